@@ -14,6 +14,7 @@ import sys
 # Modules with a register(subparsers); imported at parse time.
 SUBCOMMANDS = [
     "rlhf_ray.data.cli",
+    "rlhf_ray.stages.cli",
 ]
 
 

@@ -195,6 +195,9 @@ class DataConfig(Config):
     synthetic_users: int = field(default=200, metadata=doc("synthetic generator: number of users"))
     synthetic_items: int = field(default=300, metadata=doc("synthetic generator: number of items"))
     synthetic_interactions: int = field(default=20, metadata=doc("synthetic generator: mean interactions per user"))
+    columns: list[str] = field(default_factory=list, metadata=doc(
+        "csv/parquet: column renames NAME=COLUMN for NAME in user,item,rating,timestamp,title,category "
+        "(e.g. user=userId,item=movieId)"))
 
     def __post_init__(self) -> None:
         _check(self.k_core >= 0, "k_core", f"must be >= 0, got {self.k_core}")
@@ -204,3 +207,136 @@ class DataConfig(Config):
         _check(self.max_history >= 1, "max_history", f"must be >= 1, got {self.max_history}")
         _check(self.synthetic_users >= 2 and self.synthetic_items >= 10, "synthetic_users",
                "synthetic data needs >= 2 users and >= 10 items")
+        for pair in self.columns:
+            _check("=" in pair, "columns", f"expected NAME=COLUMN, got {pair!r}")
+
+
+# --------------------------------------------------------------------------- model / training
+
+
+@dataclass
+class ModelConfig(Config):
+    """The policy backbone: a GPT-2 built from these sizes, or any HF causal-LM directory."""
+
+    base_model: str | None = field(default=None, metadata=doc(
+        "HF causal-LM directory to start from (from_pretrained; embeddings are resized for item "
+        "tokens); default: build a GPT-2 from the sizes below"))
+    n_layer: int = field(default=2, metadata=doc("transformer blocks"))
+    n_embd: int = field(default=128, metadata=doc("hidden size"))
+    n_head: int = field(default=4, metadata=doc("attention heads (must divide n_embd)"))
+    n_positions: int = field(default=128, metadata=doc("maximum sequence length"))
+    dropout: float = field(default=0.1, metadata=doc("dropout on residuals, embeddings and attention"))
+    text_vocab_size: int = field(default=1000, metadata=doc("byte-level BPE size for the meta text"))
+    user_tokens: bool = field(default=False, metadata=doc("give every user a token (prepended to the prompt)"))
+    lora: bool = field(default=False, metadata=doc("train LoRA adapters (peft) instead of all weights"))
+    lora_r: int = field(default=8, metadata=doc("LoRA rank"))
+    lora_alpha: int = field(default=16, metadata=doc("LoRA scaling alpha"))
+    lora_dropout: float = field(default=0.05, metadata=doc("LoRA dropout"))
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_embd", "n_head", "n_positions", "lora_r"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.n_embd % self.n_head == 0, "n_head", f"{self.n_head} does not divide n_embd={self.n_embd}")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(self.text_vocab_size >= 300, "text_vocab_size",
+               f"must be >= 300 (256 bytes + specials), got {self.text_vocab_size}")
+
+
+@dataclass
+class TrainConfig(Config):
+    """Optimisation, parallelism and bookkeeping shared by every training stage."""
+
+    epochs: int = field(default=10, metadata=doc("passes over the training data"))
+    max_steps: int = field(default=0, metadata=doc("stop after this many optimizer steps (0 = no limit)"))
+    batch_size: int = field(default=64, metadata=doc("global batch size (split across workers)"))
+    lr: float = field(default=1e-3, metadata=doc("peak learning rate (AdamW)"))
+    weight_decay: float = field(default=0.01, metadata=doc("AdamW weight decay"))
+    warmup_ratio: float = field(default=0.05, metadata=doc("linear warm-up fraction of total steps, then cosine"))
+    grad_clip: float = field(default=1.0, metadata=doc("clip the global gradient norm (0 = off)"))
+    seed: int = field(default=0, metadata=doc("random seed (data order, init, dropout)"))
+    eval_every: int = field(default=1, metadata=doc("validate every N epochs"))
+    patience: int = field(default=3, metadata=doc("early stop after N validations without improvement (0 = off)"))
+    eval_users: int = field(default=0, metadata=doc("validate on at most N users (0 = all)"))
+    num_workers: int = field(default=0, metadata=doc(
+        "Ray Train workers (0 = run in this process without Ray)"))
+    zero_stage: int = field(default=0, metadata=doc("DeepSpeed ZeRO stage 0-3 (0 = plain DDP / torch)"))
+    offload: bool = field(default=False, metadata=doc("ZeRO-3 CPU offload of parameters and optimizer state"))
+    dtype: str = field(default="fp32", metadata=doc("fp32 | bf16 | fp16 (fp16 needs a GPU)"))
+    device: str = field(default="auto", metadata=doc("auto | cpu | cuda"))
+    cpus_per_worker: float = field(default=1.0, metadata=doc("CPUs reserved per Ray Train worker"))
+    tensorboard: bool = field(default=True, metadata=doc("write TensorBoard events under the output dir"))
+    progress: bool = field(default=True, metadata=doc("show progress bars"))
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_every"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "patience", "eval_users", "num_workers"):
+            _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        _check(self.dtype in ("fp32", "bf16", "fp16"), "dtype", f"must be fp32, bf16 or fp16, got {self.dtype!r}")
+        _check(self.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, got {self.device!r}")
+        _check(not self.offload or self.zero_stage == 3, "offload", "needs zero_stage 3")
+        _check(self.cpus_per_worker > 0, "cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+
+
+@dataclass
+class PretrainConfig(Config):
+    """Stage 1: rating prediction + next-token prediction on item meta text."""
+
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("backbone"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, patience=0), metadata=doc("optimisation"))
+    rating_weight: float = field(default=1.0, metadata=doc("weight of L_rating (history -> item rating MSE)"))
+    text_weight: float = field(default=1.0, metadata=doc("weight of L_next on the meta text"))
+    max_history: int = field(default=20, metadata=doc("history items in a rating-prediction prompt"))
+
+    def __post_init__(self) -> None:
+        _check(self.rating_weight >= 0 and self.text_weight >= 0, "rating_weight", "weights must be >= 0")
+        _check(self.rating_weight + self.text_weight > 0, "rating_weight", "at least one loss weight must be > 0")
+        _check(self.max_history >= 1, "max_history", f"must be >= 1, got {self.max_history}")
+
+
+@dataclass
+class SFTConfig(Config):
+    """Stage 2: ground-truth ranked pages (L_rank) + next-item prediction on every prefix."""
+
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=doc(
+        "backbone (used only when starting without a pre-trained checkpoint)"))
+    train: TrainConfig = field(default_factory=TrainConfig, metadata=doc("optimisation"))
+    page_size: int = field(default=10, metadata=doc("K: items on a page"))
+    max_history: int = field(default=50, metadata=doc("most recent history items in a prompt"))
+    window_stride: int = field(default=10, metadata=doc(
+        "next-item training slides a max_history window over each user's sequence with this stride"))
+    page_cuts: int = field(default=4, metadata=doc("ranked-page examples per user (cut points in the history)"))
+    rank_weight: float = field(default=1.0, metadata=doc("weight of L_rank on page tokens"))
+    next_weight: float = field(default=1.0, metadata=doc("weight of next-item loss on history prefixes"))
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.page_size <= 100, "page_size", f"must be in [1, 100], got {self.page_size}")
+        _check(self.max_history >= 1, "max_history", f"must be >= 1, got {self.max_history}")
+        _check(self.window_stride >= 1, "window_stride", f"must be >= 1, got {self.window_stride}")
+        _check(self.page_cuts >= 0, "page_cuts", f"must be >= 0, got {self.page_cuts}")
+        _check(self.rank_weight + self.next_weight > 0, "rank_weight", "at least one loss weight must be > 0")
+
+
+@dataclass
+class GenerationConfig(Config):
+    """Constrained page decoding, shared by evaluation, rollouts and serving."""
+
+    page_size: int = field(default=10, metadata=doc("K: items on a page"))
+    strategy: str = field(default="greedy", metadata=doc("greedy | sample | beam"))
+    temperature: float = field(default=1.0, metadata=doc("sampling temperature"))
+    top_k: int = field(default=0, metadata=doc("sample among the k most likely items (0 = all)"))
+    num_beams: int = field(default=4, metadata=doc("beams for strategy=beam"))
+    exclude_seen: bool = field(default=True, metadata=doc("never recommend an item in the user's history"))
+    max_history: int = field(default=50, metadata=doc("most recent history items in the prompt"))
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.page_size <= 100, "page_size", f"must be in [1, 100], got {self.page_size}")
+        _check(self.strategy in ("greedy", "sample", "beam"), "strategy",
+               f"must be greedy, sample or beam, got {self.strategy!r}")
+        _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _check(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k}")
+        _check(self.num_beams >= 1, "num_beams", f"must be >= 1, got {self.num_beams}")
+        _check(self.max_history >= 1, "max_history", f"must be >= 1, got {self.max_history}")

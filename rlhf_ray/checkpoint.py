@@ -1,0 +1,228 @@
+"""One self-describing checkpoint directory for every stage.
+
+    config.json + model.safetensors   loadable with transformers AutoModelForCausalLM
+    tokenizer/                         tokenizer.json + the item/user token layout
+    catalog.parquet                    item_idx <-> item id, title, category, popularity, is_tail
+    heads.safetensors                  rating / value / reward heads, when the stage has them
+    manifest.json                      stage, config, data fingerprint, metrics, versions, sha256s
+
+Written atomically (a temp sibling directory renamed into place; the manifest,
+written last, is what makes a directory a checkpoint) and verified on load: a
+missing file or a hash mismatch is a :class:`CheckpointError` naming the file.
+No pickle anywhere: weights are safetensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rlhf_ray.errors import CheckpointError
+from rlhf_ray.tokens import Vocab, load_tokenizer, save_tokenizer
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REQUIRED = ("config.json", "model.safetensors", "tokenizer/tokenizer.json", "catalog.parquet")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("rlhf-ray", "torch", "transformers", "deepspeed", "ray", "peft"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def atomic_dir(target: Path):
+    """Context manager yielding a temp sibling dir that replaces ``target`` on success only."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _cm():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+        os.rename(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    return _cm()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the backbone, its tokenizer/layout, catalogue and heads."""
+
+    path: Path
+    manifest: dict
+    model: Any
+    tokenizer: Any
+    vocab: Vocab
+    catalog: pd.DataFrame
+    heads: dict = field(default_factory=dict)  # name -> state dict tensors (prefix stripped)
+
+    @property
+    def stage(self) -> str:
+        return self.manifest["stage"]
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    *,
+    stage: str,
+    model,
+    tokenizer,
+    vocab: Vocab,
+    catalog: pd.DataFrame,
+    config: dict,
+    data_fingerprint: str,
+    metrics: dict | None = None,
+    heads=None,
+    state_dict: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically and return its path.
+
+    ``state_dict`` overrides the model's own (e.g. consolidated from ZeRO-3 shards).
+    A peft model is merged into plain weights so transformers alone can load it.
+    """
+    from safetensors.torch import save_file
+
+    from rlhf_ray.model import unwrap
+
+    out = Path(out_dir)
+    model = unwrap(model)
+    if hasattr(model, "merge_and_unload"):  # peft: export merged weights
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp), state_dict=state_dict)
+        if not (tmp / "model.safetensors").is_file():
+            raise RuntimeError(f"save_pretrained wrote no model.safetensors in {tmp} (sharded?)")
+        save_tokenizer(tokenizer, vocab, tmp / "tokenizer")
+        catalog.to_parquet(tmp / "catalog.parquet", index=False)
+        head_info = {}
+        if heads is not None and len(list(heads.parameters())):
+            tensors = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+            save_file(tensors, str(tmp / "heads.safetensors"))
+            head_info = {"names": list(getattr(heads, "names", [])), "hidden": getattr(heads, "hidden", None)}
+        files = {
+            str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "id": f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+            "stage": stage,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": config,
+            "data_fingerprint": data_fingerprint,
+            "metrics": metrics or {},
+            "versions": library_versions(),
+            "vocab": vocab.to_dict(),
+            "heads": head_info,
+            "files": files,
+            **(extra or {}),
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return out
+
+
+def verify_checkpoint(path: str | Path) -> dict:
+    """Check a checkpoint directory is complete and untampered; return its manifest."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {p}")
+    mf = p / MANIFEST
+    if not mf.is_file():
+        raise CheckpointError(f"{p}: no {MANIFEST} (incomplete or not a rlhf-ray checkpoint)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{mf}: corrupt manifest: {e}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{mf}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+    files = manifest.get("files", {})
+    for req in REQUIRED:
+        if req not in files:
+            raise CheckpointError(f"{p}: manifest lists no {req}")
+    for rel, digest in files.items():
+        f = p / rel
+        if not f.is_file():
+            raise CheckpointError(f"{p}: missing file {rel}")
+        if sha256_file(f) != digest:
+            raise CheckpointError(f"{p}: {rel} does not match its sha256 in {MANIFEST} (modified or corrupt)")
+    return manifest
+
+
+def load_checkpoint(path: str | Path, *, verify: bool = True, device: str = "cpu") -> Checkpoint:
+    """Load a checkpoint written by :func:`save_checkpoint` (hashes checked unless ``verify=False``)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    p = Path(path)
+    manifest = verify_checkpoint(p) if verify else json.loads((p / MANIFEST).read_text())
+    model = AutoModelForCausalLM.from_pretrained(str(p)).to(device)
+    tokenizer, vocab = load_tokenizer(p / "tokenizer")
+    if vocab.to_dict() != manifest["vocab"]:
+        raise CheckpointError(f"{p}: tokenizer layout differs from the manifest's")
+    catalog = pd.read_parquet(p / "catalog.parquet")
+    if len(catalog) != vocab.n_items:
+        raise CheckpointError(f"{p}: catalog has {len(catalog)} items, the vocabulary {vocab.n_items}")
+    heads = {}
+    if (p / "heads.safetensors").is_file():
+        heads = load_file(str(p / "heads.safetensors"), device=device)
+    return Checkpoint(p, manifest, model, tokenizer, vocab, catalog, heads)
+
+
+def load_heads(ckpt: Checkpoint, names: list[str] | None = None):
+    """Rebuild the :class:`rlhf_ray.model.Heads` module saved in the checkpoint."""
+    from rlhf_ray.model import Heads
+
+    info = ckpt.manifest.get("heads") or {}
+    if not info.get("names"):
+        raise CheckpointError(f"{ckpt.path}: this {ckpt.stage} checkpoint has no heads")
+    heads = Heads(info["hidden"], names or info["names"])
+    missing = heads.load_state_dict(ckpt.heads, strict=names is None)
+    if names is not None and missing.missing_keys:
+        raise CheckpointError(f"{ckpt.path}: heads missing {missing.missing_keys}")
+    return heads

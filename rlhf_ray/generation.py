@@ -1,0 +1,237 @@
+"""Constrained page decoding and page log-probabilities: written once, used by
+evaluation, SFT, PPO rollouts/updates, LPO and Serve.
+
+A prompt is ``<bos> [<user_u>] <hist> h_1 ... h_L <page>``; a page is K item
+tokens after it. At every slot the distribution is restricted to item tokens
+that are not *blocked*: blocked = seen history (optional) | caller exclusions |
+outside the caller's candidates | already on the page. Decoding (greedy,
+sampling, beam) and :func:`page_logprobs` apply exactly the same restriction,
+so the log-probs a rollout records are the ones PPO recomputes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from rlhf_ray.config import GenerationConfig
+from rlhf_ray.model import positions
+from rlhf_ray.tokens import Vocab
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Prompts:
+    input_ids: torch.Tensor  # (B, L) left-padded prompt token ids
+    attention_mask: torch.Tensor  # (B, L) 1 for real tokens
+    blocked: torch.Tensor  # (B, n_items) bool: items that may never be on the page
+
+
+@dataclass
+class Pages:
+    items: torch.Tensor  # (B, K) item_idx, -1 where no item was allowed
+    logprobs: torch.Tensor  # (B, K) log pi(item_k | prompt, items_<k) under the restricted distribution
+    prompts: Prompts
+
+
+def prompt_tokens(history: Sequence[int], vocab: Vocab, max_history: int, user_idx: int | None = None) -> list[int]:
+    """Token ids of one prompt (most recent ``max_history`` items)."""
+    hist = list(history)[-max_history:] if max_history else []
+    head = [vocab.bos] + ([vocab.user_token(user_idx)] if user_idx is not None and vocab.n_users else [])
+    return head + [vocab.hist] + [vocab.item_token(int(i)) for i in hist] + [vocab.page]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to ``(B, L)`` ids and attention mask."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        if len(s):
+            ids[b, L - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[b, L - len(s):] = 1
+    return ids, mask
+
+
+def build_prompts(
+    histories: Sequence[Sequence[int]],
+    vocab: Vocab,
+    max_history: int,
+    *,
+    exclude_seen: bool = True,
+    exclude: Sequence[Sequence[int]] | None = None,
+    candidates: Sequence[Sequence[int] | None] | None = None,
+    user_idx: Sequence[int] | None = None,
+) -> Prompts:
+    """Tokenise a batch of histories and compute each row's blocked-item mask."""
+    seqs = [
+        prompt_tokens(h, vocab, max_history, None if user_idx is None else int(user_idx[b]))
+        for b, h in enumerate(histories)
+    ]
+    ids, mask = left_pad(seqs, vocab.pad)
+    blocked = torch.zeros((len(histories), vocab.n_items), dtype=torch.bool)
+    for b, h in enumerate(histories):
+        if exclude_seen and len(h):
+            blocked[b, torch.as_tensor(list(h), dtype=torch.long)] = True  # all history, not only the prompt window
+        if exclude is not None and len(exclude[b]):
+            blocked[b, torch.as_tensor(list(exclude[b]), dtype=torch.long)] = True
+        if candidates is not None and candidates[b] is not None:
+            allow = torch.zeros(vocab.n_items, dtype=torch.bool)
+            allow[torch.as_tensor(list(candidates[b]), dtype=torch.long)] = True
+            blocked[b] |= ~allow
+    return Prompts(ids, mask, blocked)
+
+
+def _item_slice(logits: torch.Tensor, vocab: Vocab) -> torch.Tensor:
+    return logits[..., vocab.item_offset: vocab.item_offset + vocab.n_items]
+
+
+def _to(model: torch.nn.Module, *ts: torch.Tensor):
+    dev = next(model.parameters()).device
+    return [t.to(dev) for t in ts]
+
+
+@torch.no_grad()
+def score_items(model, vocab: Vocab, prompts: Prompts, mask_blocked: bool = True) -> torch.Tensor:
+    """Full-catalogue scores of the first page slot: ``(B, n_items)`` logits, blocked = -inf."""
+    ids, am, blocked = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked)
+    out = model(input_ids=ids, attention_mask=am, position_ids=positions(am), use_cache=False)
+    scores = _item_slice(out.logits[:, -1], vocab).float()
+    return scores.masked_fill(blocked, NEG_INF) if mask_blocked else scores
+
+
+@torch.no_grad()
+def generate_pages(
+    model,
+    vocab: Vocab,
+    prompts: Prompts,
+    cfg: GenerationConfig,
+    generator: torch.Generator | None = None,
+) -> Pages:
+    """Decode a page of ``cfg.page_size`` distinct, allowed items per prompt with a KV cache."""
+    if cfg.strategy == "beam" and cfg.num_beams > 1:
+        return _beam_pages(model, vocab, prompts, cfg)
+    ids, am, blocked = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked)
+    B, K = ids.shape[0], cfg.page_size
+    blocked = blocked.clone()
+    items = torch.full((B, K), -1, dtype=torch.long, device=ids.device)
+    logps = torch.zeros((B, K), device=ids.device)
+    pos = positions(am)[:, -1]  # (B,)
+    out = model(input_ids=ids, attention_mask=am, position_ids=positions(am), use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1]
+    for k in range(K):
+        scores = _item_slice(logits, vocab).float().masked_fill(blocked, NEG_INF)  # (B, n_items)
+        alive = ~blocked.all(dim=1)  # rows with at least one allowed item
+        logp = torch.log_softmax(scores, dim=-1)
+        if cfg.strategy == "sample":
+            samp = scores / cfg.temperature
+            if cfg.top_k:
+                kth = samp.topk(min(cfg.top_k, samp.shape[1]), dim=-1).values[:, -1:]
+                samp = samp.masked_fill(samp < kth, NEG_INF)
+            probs = torch.softmax(samp.masked_fill(~alive[:, None], 0.0), dim=-1)
+            choice = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            choice = scores.argmax(dim=-1)
+        choice = torch.where(alive, choice, torch.full_like(choice, -1))
+        items[:, k] = choice
+        logps[:, k] = torch.where(alive, logp.gather(1, choice.clamp(min=0)[:, None]).squeeze(1), 0.0)
+        blocked[alive, choice[alive]] = True
+        if k == K - 1:
+            break
+        step_ids = torch.where(alive, vocab.item_token(choice.clamp(min=0)), torch.full_like(choice, vocab.pad))
+        am = torch.cat([am, alive.long()[:, None]], dim=1)
+        pos = pos + 1
+        out = model(
+            input_ids=step_ids[:, None], attention_mask=am, position_ids=pos[:, None],
+            past_key_values=past, use_cache=True,
+        )
+        past, logits = out.past_key_values, out.logits[:, -1]
+    return Pages(items.cpu(), logps.cpu(), prompts)
+
+
+def _beam_pages(model, vocab: Vocab, prompts: Prompts, cfg: GenerationConfig) -> Pages:
+    """Beam search over restricted item distributions; returns the best beam per prompt."""
+    ids, am, blocked = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked)
+    B, K, W, N = ids.shape[0], cfg.page_size, cfg.num_beams, vocab.n_items
+    rep = lambda t: t.repeat_interleave(W, dim=0)  # noqa: E731  (B, ...) -> (B*W, ...)
+    ids, am, blocked = rep(ids), rep(am), rep(blocked).clone()
+    items = torch.full((B * W, K), -1, dtype=torch.long, device=ids.device)
+    step_logp = torch.zeros((B * W, K), device=ids.device)
+    total = torch.zeros(B, W, device=ids.device)
+    total[:, 1:] = NEG_INF  # all beams start identical: keep only the first alive at step 0
+    pos = positions(am)[:, -1]
+    out = model(input_ids=ids, attention_mask=am, position_ids=positions(am), use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1]
+    for k in range(K):
+        logp = torch.log_softmax(_item_slice(logits, vocab).float().masked_fill(blocked, NEG_INF), dim=-1)
+        logp = torch.nan_to_num(logp, nan=NEG_INF)  # rows with nothing allowed
+        cand = (total.reshape(B * W, 1) + logp).reshape(B, W * N)
+        best, flat = cand.topk(W, dim=-1)  # (B, W)
+        src_beam = flat // N
+        choice = flat % N
+        dead = ~torch.isfinite(best).any(dim=1, keepdim=True)  # (B, 1) no beam can extend: keep beams as they are
+        src_beam = torch.where(dead, torch.arange(W, device=ids.device).expand(B, W), src_beam)
+        src = (torch.arange(B, device=ids.device)[:, None] * W + src_beam).reshape(-1)  # (B*W,)
+        choice = choice.reshape(-1)
+        alive = torch.isfinite(best).reshape(-1)
+        items, step_logp, blocked = items[src], step_logp[src], blocked[src].clone()
+        items[:, k] = torch.where(alive, choice, torch.full_like(choice, -1))
+        step_logp[:, k] = torch.where(alive, logp[src, choice], torch.zeros_like(best.reshape(-1)))
+        blocked[alive, choice[alive]] = True
+        total = torch.where(torch.isfinite(best), best, total.gather(1, src_beam))
+        if k == K - 1:
+            break
+        past.reorder_cache(src)
+        am = torch.cat([am[src], alive.long()[:, None]], dim=1)
+        pos = pos[src] + 1
+        step_ids = torch.where(alive, vocab.item_token(choice), torch.full_like(choice, vocab.pad))
+        out = model(input_ids=step_ids[:, None], attention_mask=am, position_ids=pos[:, None],
+                    past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
+    top = total.argmax(dim=-1)  # (B,)
+    pick = torch.arange(B, device=ids.device) * W + top
+    return Pages(items[pick].cpu(), step_logp[pick].cpu(), prompts)
+
+
+def page_logprobs(
+    model,
+    vocab: Vocab,
+    prompts: Prompts,
+    pages: torch.Tensor,
+    *,
+    hidden: bool = False,
+    logits_out: bool = False,
+):
+    """Log-probs of given pages under the restricted distribution, in one forward pass.
+
+    Returns a dict: ``logprobs (B, K)`` (0 at padding), ``mask (B, K)`` (slot holds an
+    item), and optionally ``hidden (B, K, H)`` (the state that *emits* each slot, for
+    value/reward heads: row k is the prompt's last token for k = 0) and
+    ``logits (B, K, n_items)`` (restricted, for entropy). Differentiable.
+    """
+    ids, am, blocked, pages = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked, pages)
+    B, L = ids.shape
+    K = pages.shape[1]
+    slot = pages >= 0  # (B, K)
+    full_ids = torch.cat([ids, torch.where(slot, vocab.item_token(pages.clamp(min=0)), vocab.pad)], dim=1)
+    full_am = torch.cat([am, slot.long()], dim=1)
+    out = model(input_ids=full_ids, attention_mask=full_am, position_ids=positions(full_am),
+                output_hidden_states=hidden, use_cache=False)
+    step_logits = _item_slice(out.logits[:, L - 1: L + K - 1], vocab).float()  # (B, K, n_items)
+    # items already on the page before slot k: exclusive cumulative one-hot over slots
+    onehot = torch.zeros((B, K, vocab.n_items), dtype=torch.bool, device=ids.device)
+    onehot.scatter_(2, pages.clamp(min=0)[..., None], slot[..., None])
+    before = (onehot.long().cumsum(dim=1) - onehot.long()) > 0  # (B, K, n_items)
+    allowed = ~(blocked[:, None, :] | before)
+    restricted = step_logits.masked_fill(~allowed, NEG_INF)
+    logp_all = torch.log_softmax(restricted, dim=-1)
+    logp = logp_all.gather(2, pages.clamp(min=0)[..., None]).squeeze(2)
+    logp = torch.where(slot, logp, torch.zeros_like(logp))
+    res = {"logprobs": logp, "mask": slot}
+    if hidden:
+        res["hidden"] = out.hidden_states[-1][:, L - 1: L + K - 1]
+    if logits_out:
+        res["logits"] = restricted
+    return res

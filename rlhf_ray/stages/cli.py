@@ -1,0 +1,100 @@
+"""``rlhf-ray pretrain | sft | eval``.
+
+    rlhf-ray pretrain --data data/ml-100k --out runs/pretrain
+    rlhf-ray sft --data data/ml-100k --init runs/pretrain --out runs/sft [--train.num-workers 2 --train.zero-stage 2]
+    rlhf-ray eval --checkpoint runs/sft --data data/ml-100k [--json] [--predictions-out preds.parquet]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rlhf_ray.cliutil import add_config_args, add_config_file_arg, load_config
+from rlhf_ray.config import GenerationConfig, PretrainConfig, SFTConfig
+
+
+def _print_metrics(title: str, metrics: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+        return
+    print(f"== {title}")
+    for k in sorted(metrics):
+        v = metrics[k]
+        print(f"  {k:32s} {v:.4f}" if isinstance(v, float) else f"  {k:32s} {v}")
+
+
+def _train(stage: str, cls):
+    def run(args: argparse.Namespace) -> int:
+        from rlhf_ray.stages.launch import launch
+
+        cfg = load_config(cls, args, key=args.config_key)
+        metrics = launch(stage, cfg, args.data, args.out, init=getattr(args, "init", None), address=args.address)
+        shown = {k: v for k, v in metrics.items() if k.startswith("val/") and "@10" in k or k in
+                 ("checkpoint", "train/steps", "train/wall_s", "val/rating_rmse")}
+        _print_metrics(f"{stage} finished", shown, args.json)
+        return 0
+
+    return run
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rlhf_ray.checkpoint import load_checkpoint
+    from rlhf_ray.evaluation import evaluate
+    from rlhf_ray.stages.common import check_compatible, open_data
+
+    gen = load_config(GenerationConfig, args)
+    ck = load_checkpoint(args.checkpoint)
+    prepared = open_data(args.data)
+    check_compatible(ck.catalog, prepared, args.checkpoint)
+    ks = tuple(int(k) for k in args.k.split(","))
+    metrics, preds = evaluate(ck.model, ck.vocab, prepared, args.split, gen, ks=ks, max_users=args.max_users)
+    metrics = {"checkpoint": str(args.checkpoint), "stage": ck.stage, "split": args.split, **metrics}
+    if args.predictions_out:
+        out = Path(args.predictions_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        preds.to_parquet(tmp, index=False)
+        tmp.replace(out)
+    _print_metrics(f"eval {ck.stage} on {args.split}", metrics, args.json)
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, cls) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared data directory (rlhf-ray data prepare)")
+    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write (atomically)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="attach to a Ray cluster (auto | ray://host:10001); default: embedded local Ray "
+                        "when train.num_workers >= 1, no Ray at all when 0")
+    p.add_argument("--json", action="store_true", help="print final metrics as JSON")
+    add_config_file_arg(p)
+    p.add_argument("--config-key", default=None, metavar="KEY", help="read this section of --config")
+    add_config_args(p, cls)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("pretrain", help="stage 1: rating + meta-text pre-training",
+                              description="Pre-train the ranker on rating prediction and item meta text.")
+    _common(p, PretrainConfig)
+    p.set_defaults(func=_train("pretrain", PretrainConfig))
+
+    p = subparsers.add_parser("sft", help="stage 2: SFT on ground-truth ranked pages",
+                              description="Supervised fine-tuning on ranked pages + next-item prediction.")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="checkpoint to start from (normally the pretrain output); default: a fresh model")
+    _common(p, SFTConfig)
+    p.set_defaults(func=_train("sft", SFTConfig))
+
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint (full ranking + generated pages)",
+                              description="Full-ranking metrics and page metrics of a checkpoint on a split.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--k", default="10,20", help="cut-offs, comma separated (default 10,20)")
+    p.add_argument("--max-users", type=int, default=0, help="evaluate at most N users (0 = all)")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.add_argument("--predictions-out", default=None, metavar="FILE",
+                   help="write each user's targets, ranking and generated page as Parquet")
+    add_config_args(p, GenerationConfig)
+    p.set_defaults(func=_eval)

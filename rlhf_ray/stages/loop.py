@@ -1,0 +1,189 @@
+"""The one training loop every supervised stage (pretrain, SFT, reward, LPO) runs.
+
+A stage supplies a :class:`StageSpec`: the module whose ``forward(batch)`` returns
+``(loss, stats)``, a batch iterator for (epoch, rank, world), a validation
+function, and an exporter for the final checkpoint. The loop owns everything
+else, written once: seeding, the engine (torch/DDP/DeepSpeed ZeRO), progress
+bars, TensorBoard, Ray Train reporting, periodic validation, early stopping with
+best-weights restore, and the final export on rank 0.
+
+It runs in-process or inside a Ray Train worker unchanged: Ray is only touched
+through :func:`report`, which is a no-op outside a Ray Train session.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf_ray.config import TrainConfig
+from rlhf_ray.engine import Engine, rank_world
+
+
+@dataclass
+class StageSpec:
+    name: str
+    module: nn.Module  # forward(batch) -> (loss, stats: dict[str, float])
+    batches: Callable[[int, int, int], Iterable]  # (epoch, rank, world) -> batches for this rank
+    steps_per_epoch: Callable[[int], int]  # world -> optimizer steps in one epoch (same on every rank)
+    validate: Callable[[nn.Module], dict] | None  # module (eval mode) -> metrics; every rank calls it
+    export: Callable[[dict | None, dict], Path | None]  # (full state dict on rank 0, metrics) -> checkpoint
+    key_metric: str = "val/loss"
+    mode: str = "min"  # "min" or "max" for key_metric
+    history: list = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def in_ray_train() -> bool:
+    try:
+        import ray.train
+
+        ray.train.get_context().get_world_size()
+        return True
+    except Exception:
+        return False
+
+
+def report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
+    """Send metrics (and optionally a checkpoint dir) to Ray Train when running under it."""
+    if not in_ray_train():
+        return
+    import ray.train
+
+    ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, checkpoint=ckpt)
+
+
+class _Logger:
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir))
+            except Exception:  # tensorboard missing: logging is optional, training is not
+                self.tb = None
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _better(new: float, best: float | None, mode: str) -> bool:
+    if best is None or not math.isfinite(best):
+        return math.isfinite(new)
+    return new > best if mode == "max" else new < best
+
+
+def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
+    """Train ``spec.module`` with ``cfg``; returns the final metrics (best validation)."""
+    rank, world = rank_world()
+    seed_everything(cfg.seed + rank)
+    steps_epoch = spec.steps_per_epoch(world)
+    if steps_epoch < 1:
+        raise ValueError(f"{spec.name}: no training batches (batch_size={cfg.batch_size} larger than the data?)")
+    total = steps_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    engine = Engine.create(spec.module, cfg, total_steps=total)
+    is_main = rank == 0
+    logger = _Logger(log_dir / "tb", cfg.tensorboard and is_main)
+    progress = cfg.progress and is_main
+    best, best_state, stale, step = None, None, 0, 0
+    final: dict = {}
+    t_start = time.time()
+    for epoch in range(cfg.epochs):
+        engine.train(True)
+        bar = _bar(progress, steps_epoch, f"{spec.name} epoch {epoch + 1}/{cfg.epochs}")
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in _take(spec.batches(epoch, rank, world), steps_epoch):
+            loss, stats = engine.module(batch)
+            engine.backward(loss)
+            gnorm = engine.step()
+            step += 1
+            n += 1
+            stats = {"loss": float(loss.detach()), **stats, "grad_norm": gnorm, "lr": engine.lr}
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if is_main:
+                logger.log({f"train/{k}": v for k, v in stats.items()}, step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        if bar is not None:
+            bar.close()
+        epoch_metrics = {f"train/{k}": v / max(n, 1) for k, v in sums.items()}
+        epoch_metrics.update(epoch=epoch + 1, step=step, elapsed_s=time.time() - t_start)
+        done = bool(cfg.max_steps and step >= cfg.max_steps) or epoch == cfg.epochs - 1
+        if spec.validate is not None and ((epoch + 1) % cfg.eval_every == 0 or done):
+            engine.train(False)
+            with torch.no_grad():
+                epoch_metrics.update(spec.validate(engine.model))
+            key = epoch_metrics.get(spec.key_metric, float("nan"))
+            if _better(key, best, spec.mode):
+                best, stale = key, 0
+                best_state = engine.full_state_dict()
+                final = dict(epoch_metrics)
+            else:
+                stale += 1
+        else:
+            final = dict(epoch_metrics)
+            best_state = None
+        spec.history.append(epoch_metrics)
+        if is_main:
+            logger.log(epoch_metrics, step)
+            shown = {k: round(v, 4) for k, v in epoch_metrics.items()
+                     if k in ("train/loss", spec.key_metric, "val/recall@10", "val/loss", "elapsed_s")}
+            print(f"[{spec.name}] epoch {epoch + 1}: {shown}", flush=True)
+        report(epoch_metrics)
+        if done or (cfg.patience and stale >= cfg.patience):
+            if cfg.patience and stale >= cfg.patience and is_main:
+                print(f"[{spec.name}] early stop: {spec.key_metric} did not improve for {stale} validations")
+            break
+    state = best_state if best_state is not None else engine.full_state_dict()
+    final = {k: v for k, v in final.items()}
+    final["train/steps"] = step
+    final["train/wall_s"] = time.time() - t_start
+    out = spec.export(state if is_main else None, final) if is_main else None
+    logger.close()
+    if out is not None:
+        final["checkpoint"] = str(out)
+    report(final, checkpoint_dir=out)
+    return final
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _take(it: Iterable, n: int) -> Iterator:
+    for i, x in enumerate(it):
+        if i >= n:
+            return
+        yield x

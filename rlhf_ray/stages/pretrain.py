@@ -1,0 +1,164 @@
+"""Stage 1, meta-information pre-training (PageLLM): ground item tokens in their text
+and in users' tastes before any page is written.
+
+* L_next: next-token prediction on ``<bos> <item_i> <meta> title | categories <eos>``,
+  so each item token's embedding learns to predict its own meta text.
+* L_rating: from ``<bos> <hist> h_1 .. h_L <sep> <item_t>`` a scalar head on the last
+  hidden state predicts the user's rating of item t, scaled to [-1, 1] ((r - 3) / 2).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf_ray.config import PretrainConfig
+from rlhf_ray.generation import left_pad
+from rlhf_ray.losses import rating_mse, token_nll
+from rlhf_ray.model import Heads, forward, hidden_size
+from rlhf_ray.stages.common import exporter, init_policy, open_data
+from rlhf_ray.stages.loop import StageSpec, fit
+from rlhf_ray.stages.sft import IGNORE, training_sequences
+from rlhf_ray.tokens import Vocab, meta_texts
+
+RATING_MID, RATING_HALF = 3.0, 2.0
+
+
+def text_examples(prepared, tokenizer, vocab: Vocab, max_len: int) -> list[list[int]]:
+    items = prepared.items
+    texts = meta_texts(items["title"].astype(str).tolist(), [list(c) for c in items["categories"]])
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [[vocab.bos, vocab.item_token(i), vocab.meta] + ids[: max_len - 4] + [vocab.eos]
+            for i, ids in enumerate(enc)]
+
+
+def rating_examples(seqs, vocab: Vocab, max_history: int, per_user: int, rng: random.Random):
+    """(prompt token ids, scaled rating) at ``per_user`` random positions of each training sequence."""
+    out = []
+    for s in seqs:
+        n = len(s.items)
+        for t in rng.sample(range(n), min(per_user, n)):
+            hist = s.items[max(0, t - max_history): t]
+            ids = [vocab.bos, vocab.hist] + [vocab.item_token(int(i)) for i in hist] + \
+                  [vocab.sep, vocab.item_token(int(s.items[t]))]
+            out.append((ids, (float(s.ratings[t]) - RATING_MID) / RATING_HALF))
+    return out
+
+
+def text_batch(seqs: list[list[int]], pad: int) -> dict:
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.as_tensor(s)
+        mask[b, : len(s)] = 1
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    labels[:, :3] = IGNORE  # <bos> <item> <meta> are given; the text is predicted
+    return {"ids": ids, "mask": mask, "labels": labels}
+
+
+def rating_batch(examples, pad: int) -> dict:
+    ids, mask = left_pad([e[0] for e in examples], pad)
+    return {"ids": ids, "mask": mask, "target": torch.tensor([e[1] for e in examples], dtype=torch.float32)}
+
+
+class PretrainModule(nn.Module):
+    def __init__(self, lm: nn.Module, heads: Heads, cfg: PretrainConfig):
+        super().__init__()
+        self.lm, self.heads = lm, heads
+        self.text_weight, self.rating_weight = cfg.text_weight, cfg.rating_weight
+
+    def forward(self, batch: dict):
+        dev = next(self.parameters()).device
+        loss = torch.zeros((), device=dev)
+        stats = {}
+        if "text" in batch:
+            b = batch["text"]
+            logits = forward(self.lm, b["ids"].to(dev), b["mask"].to(dev))
+            l_next, _ = token_nll(logits[:, :-1], b["labels"][:, 1:].to(dev))  # shift: position t predicts t+1
+            loss = loss + self.text_weight * l_next
+            stats["l_next"] = float(l_next.detach())
+        if "rating" in batch:
+            b = batch["rating"]
+            _, h = forward(self.lm, b["ids"].to(dev), b["mask"].to(dev), hidden=True)
+            pred = self.heads["rating"](h[:, -1])  # (B,) from the target item's position (left-padded)
+            l_rating, _ = rating_mse(pred, b["target"].to(dev))
+            loss = loss + self.rating_weight * l_rating
+            stats["l_rating"] = float(l_rating.detach())
+        return loss, stats
+
+
+def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path) -> StageSpec:
+    heads = Heads(hidden_size(lm), ["rating"])
+    module = PretrainModule(lm, heads, cfg)
+    seqs = training_sequences(prepared)
+    texts = text_examples(prepared, tokenizer, vocab, cfg.model.n_positions)
+    bs = cfg.train.batch_size
+    per_user = max(1, int(np.ceil(len(texts) / max(1, len(seqs)))) * 4)
+
+    def ratings_for(epoch: int):
+        return rating_examples(seqs, vocab, cfg.max_history, per_user, random.Random(cfg.train.seed + epoch))
+
+    n_rating = sum(min(per_user, len(s.items)) for s in seqs)
+
+    def steps(world: int) -> int:
+        return max(1, max(len(texts), n_rating if cfg.rating_weight > 0 else 0) // bs)
+
+    def batches(epoch: int, rank: int, world: int):
+        rng = random.Random(cfg.train.seed * 7919 + epoch)
+        ratings = ratings_for(epoch)
+        rng.shuffle(ratings)
+        t_order = list(range(len(texts)))
+        rng.shuffle(t_order)
+        n = steps(world)
+        per_t = max(1, -(-len(texts) // n) // world)
+        per_r = max(1, -(-len(ratings) // n) // world) if ratings else 0
+        for i in range(n):
+            batch = {}
+            if cfg.text_weight > 0:
+                lo = (i * per_t * world + rank * per_t) % len(texts)
+                batch["text"] = text_batch([texts[j] for j in (t_order + t_order)[lo: lo + per_t]], vocab.pad)
+            if cfg.rating_weight > 0 and ratings:
+                lo = (i * per_r * world + rank * per_r) % len(ratings)
+                batch["rating"] = rating_batch((ratings + ratings)[lo: lo + per_r], vocab.pad)
+            yield batch
+
+    valid = _valid_ratings(prepared, vocab, cfg.max_history)
+
+    def validate(mod: nn.Module) -> dict:
+        if not valid:
+            return {}
+        errs = []
+        for s in range(0, len(valid), 256):
+            b = rating_batch(valid[s: s + 256], vocab.pad)
+            dev = next(mod.parameters()).device
+            _, h = forward(mod.lm, b["ids"].to(dev), b["mask"].to(dev), hidden=True)
+            pred = mod.heads["rating"](h[:, -1]).float().cpu()
+            errs.append(((pred - b["target"]) * RATING_HALF) ** 2)
+        return {"val/rating_rmse": float(torch.cat(errs).mean().sqrt())}
+
+    export = exporter(out_dir, stage="pretrain", lm=lm, tokenizer=tokenizer, vocab=vocab, catalog=catalog,
+                      config=cfg.to_dict(), prepared=prepared, heads=heads)
+    return StageSpec("pretrain", module, batches, steps, validate, export, key_metric="val/rating_rmse", mode="min")
+
+
+def _valid_ratings(prepared, vocab: Vocab, max_history: int):
+    s = prepared.sequences
+    out = []
+    for items, ratings, vs, ts in zip(s["items"], s["ratings"], s["valid_start"], s["test_start"]):
+        for t in range(vs, ts):
+            hist = items[max(0, t - max_history): t]
+            ids = [vocab.bos, vocab.hist] + [vocab.item_token(int(i)) for i in hist] + \
+                  [vocab.sep, vocab.item_token(int(items[t]))]
+            out.append((ids, (float(ratings[t]) - RATING_MID) / RATING_HALF))
+    return out
+
+
+def run(cfg: PretrainConfig, data_dir: str, out_dir: str) -> dict:
+    prepared = open_data(data_dir)
+    lm, tokenizer, vocab, catalog, _ = init_policy(None, cfg.model, prepared)
+    spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, Path(out_dir))
+    return fit(spec, cfg.train, Path(out_dir).parent / f"{Path(out_dir).name}.logs")

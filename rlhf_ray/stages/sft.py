@@ -1,0 +1,178 @@
+"""Stage 2, SFT: the user's history as the prompt, the ground-truth ranked page as the target.
+
+Two losses share each step (PageLLM's L_rank, plus the dense next-item signal
+sequential recommenders train on, so every interaction teaches the model):
+
+* L_rank: ``-mean_k log pi(p_k | prompt, p_<k)`` over the golden page under the
+  same restricted item distribution decoding uses (no seen or repeated items);
+  the golden page at a cut point t is the user's next K positive training items.
+* L_next: next-item cross-entropy over the item vocabulary at every position of a
+  history window ``<bos> <hist> i_1 .. i_L``.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf_ray.config import GenerationConfig, SFTConfig
+from rlhf_ray.evaluation import evaluate, pad_lists
+from rlhf_ray.generation import build_prompts, page_logprobs
+from rlhf_ray.losses import token_nll
+from rlhf_ray.stages.common import exporter, init_policy, open_data
+from rlhf_ray.stages.loop import StageSpec, fit
+from rlhf_ray.tokens import Vocab
+
+IGNORE = -100
+
+
+@dataclass
+class Sequence:
+    items: np.ndarray  # (n,) item_idx, chronological, training part only
+    ratings: np.ndarray  # (n,)
+
+
+def training_sequences(prepared) -> list[Sequence]:
+    s = prepared.sequences
+    return [Sequence(np.asarray(it[:vs]), np.asarray(r[:vs])) for it, r, vs in
+            zip(s["items"], s["ratings"], s["valid_start"]) if vs > 0]
+
+
+def next_item_windows(seqs: list[Sequence], max_history: int, stride: int) -> list[np.ndarray]:
+    """Windows of at most ``max_history`` items; the newest window always ends at the last item."""
+    out = []
+    for s in seqs:
+        n = len(s.items)
+        ends = list(range(n, max_history, -stride)) or [n]
+        if ends[-1] > max_history and n >= max_history:
+            ends.append(max_history)
+        for e in ends:
+            out.append(s.items[max(0, e - max_history): e])
+    return out
+
+
+def golden_pages(seqs: list[Sequence], K: int, cuts: int, threshold: float, rng: random.Random):
+    """(history, page) pairs: at ``cuts`` cut points, the next K positives in time order."""
+    out = []
+    for s in seqs:
+        pos_idx = np.flatnonzero(s.ratings > threshold)
+        if len(pos_idx) == 0 or cuts == 0:
+            continue
+        cand = sorted({int(p) for p in pos_idx if p >= 1})
+        if not cand:
+            continue
+        chosen = cand if len(cand) <= cuts else sorted(rng.sample(cand, cuts - 1) + [cand[-1]])
+        for t in chosen:
+            hist = s.items[:t]
+            seen = set(hist.tolist())
+            page = [int(s.items[p]) for p in pos_idx if p >= t and int(s.items[p]) not in seen][:K]
+            page = list(dict.fromkeys(page))
+            if page:
+                out.append((hist, page))
+    return out
+
+
+def window_batch(windows: list[np.ndarray], vocab: Vocab) -> dict:
+    """``<bos> <hist> i_1..i_L`` right-padded; label at position j = the next item (item_idx)."""
+    seqs = [[vocab.bos, vocab.hist] + [vocab.item_token(int(i)) for i in w] for w in windows]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), vocab.pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE)
+    for b, (s, w) in enumerate(zip(seqs, windows)):
+        ids[b, : len(s)] = torch.as_tensor(s)
+        mask[b, : len(s)] = 1
+        labels[b, 1: 1 + len(w)] = torch.tensor(np.asarray(w, dtype=np.int64))  # <hist> predicts i_1, ...
+    return {"ids": ids, "mask": mask, "labels": labels}
+
+
+def page_batch(examples, vocab: Vocab, max_history: int) -> dict:
+    prompts = build_prompts([h for h, _ in examples], vocab, max_history)
+    pages = torch.as_tensor(pad_lists([p for _, p in examples]))  # (B, K) right-padded with -1
+    return {"prompts": prompts, "pages": pages}
+
+
+class SFTModule(nn.Module):
+    def __init__(self, lm: nn.Module, vocab: Vocab, cfg: SFTConfig):
+        super().__init__()
+        self.lm = lm
+        self.vocab = vocab
+        self.rank_weight = cfg.rank_weight
+        self.next_weight = cfg.next_weight
+
+    def forward(self, batch: dict):
+        v = self.vocab
+        dev = next(self.parameters()).device
+        loss = torch.zeros((), device=dev)
+        stats = {}
+        if "windows" in batch and self.next_weight > 0:
+            w = batch["windows"]
+            ids, mask, labels = w["ids"].to(dev), w["mask"].to(dev), w["labels"].to(dev)
+            logits = self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            item_logits = logits[..., v.item_offset: v.item_offset + v.n_items]  # (B, T, n_items)
+            l_next, s = token_nll(item_logits, labels)
+            loss = loss + self.next_weight * l_next
+            stats["l_next"] = float(l_next.detach())
+        if "pages" in batch and self.rank_weight > 0:
+            p = batch["pages"]
+            res = page_logprobs(self.lm, v, p["prompts"], p["pages"])
+            l_rank = -(res["logprobs"].sum() / res["mask"].sum().clamp(min=1))
+            loss = loss + self.rank_weight * l_rank
+            stats["l_rank"] = float(l_rank.detach())
+        return loss, stats
+
+
+def build_spec(cfg: SFTConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path, parent=None,
+               stage: str = "sft") -> StageSpec:
+    seqs = training_sequences(prepared)
+    windows = next_item_windows(seqs, cfg.max_history, cfg.window_stride)
+    rng = random.Random(cfg.train.seed)
+    module = SFTModule(lm, vocab, cfg)
+    gen = GenerationConfig(page_size=cfg.page_size, max_history=cfg.max_history)
+    bs = cfg.train.batch_size
+
+    def steps(world: int) -> int:
+        return max(1, len(windows) // bs) if cfg.next_weight > 0 else max(1, len(pages_for(0)) // bs)
+
+    def pages_for(epoch: int):
+        return golden_pages(seqs, cfg.page_size, cfg.page_cuts, prepared.positive_threshold,
+                            random.Random(cfg.train.seed * 1000 + epoch))
+
+    def batches(epoch: int, rank: int, world: int):
+        order = np.random.default_rng(cfg.train.seed + epoch).permutation(len(windows))
+        pages = pages_for(epoch)
+        random.Random(cfg.train.seed + epoch).shuffle(pages)
+        n_steps = steps(world)
+        per_w = bs // world
+        per_p = max(1, -(-len(pages) // n_steps) // world) if pages else 0
+        for i in range(n_steps):
+            batch = {}
+            if cfg.next_weight > 0:
+                lo = i * bs + rank * per_w
+                batch["windows"] = window_batch([windows[j] for j in order[lo: lo + per_w]], vocab)
+            if cfg.rank_weight > 0 and pages:
+                lo = (i * per_p * world + rank * per_p) % len(pages)
+                chunk = (pages + pages)[lo: lo + per_p]
+                batch["pages"] = page_batch(chunk, vocab, cfg.max_history)
+            yield batch
+
+    def validate(mod: nn.Module) -> dict:
+        m, _ = evaluate(mod.lm, vocab, prepared, "valid", gen, ks=(10, 20), max_users=cfg.train.eval_users,
+                        pages=False, prefix="val/")
+        return m
+
+    export = exporter(out_dir, stage=stage, lm=lm, tokenizer=tokenizer, vocab=vocab, catalog=catalog,
+                      config=cfg.to_dict(), prepared=prepared, parent=parent)
+    return StageSpec(stage, module, batches, steps, validate, export, key_metric="val/ndcg@10", mode="max")
+
+
+def run(cfg: SFTConfig, data_dir: str, out_dir: str, init: str | None = None) -> dict:
+    """Train SFT in this process (or this Ray Train worker); returns final metrics."""
+    prepared = open_data(data_dir)
+    lm, tokenizer, vocab, catalog, parent = init_policy(init, cfg.model, prepared)
+    spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, Path(out_dir), parent)
+    return fit(spec, cfg.train, Path(out_dir).parent / f"{Path(out_dir).name}.logs")

@@ -1,0 +1,135 @@
+"""Item/user tokens and the meta-text tokenizer.
+
+One vocabulary holds three ranges, in this order:
+
+    [0, n_text)                          byte-level BPE for titles/categories + specials
+    [item_offset, item_offset + n_items) one token per catalogue item: ``<item_{idx}>``
+    [user_offset, user_offset + n_users) optional: one token per user: ``<user_{idx}>``
+
+Items are contiguous so "all item logits" is one slice and token id -> item_idx is
+a subtraction. The BPE part is trained offline with ``tokenizers`` on the
+catalogue's own text; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from rlhf_ray.errors import CheckpointError
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<hist>", "<page>", "<sep>", "<meta>"]
+VOCAB_FILE = "rlhf_ray_vocab.json"
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Token-id layout shared by every stage, generation and serving."""
+
+    n_text: int  # BPE + specials
+    item_offset: int
+    n_items: int
+    user_offset: int
+    n_users: int  # 0 when users have no tokens
+    pad: int
+    bos: int
+    eos: int
+    hist: int
+    page: int
+    sep: int
+    meta: int
+
+    @property
+    def size(self) -> int:
+        return self.user_offset + self.n_users
+
+    def item_token(self, item_idx):
+        """item_idx (int or array/tensor) -> token id."""
+        return item_idx + self.item_offset
+
+    def token_item(self, token_id):
+        """token id (int or array/tensor) -> item_idx (caller ensures it is an item token)."""
+        return token_id - self.item_offset
+
+    def user_token(self, user_idx):
+        if self.n_users == 0:
+            raise ValueError("this vocabulary has no user tokens (built with user_tokens=False)")
+        return user_idx + self.user_offset
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocab":
+        return cls(**d)
+
+
+def train_tokenizer(texts: Iterable[str], n_items: int, n_users: int = 0, vocab_size: int = 1000):
+    """Train a byte-level BPE on ``texts`` and append item (and user) tokens.
+
+    Returns ``(PreTrainedTokenizerFast, Vocab)``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    n_text = tok.get_vocab_size()
+    extra = [f"<item_{i}>" for i in range(n_items)] + [f"<user_{u}>" for u in range(n_users)]
+    tok.add_special_tokens(extra)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    vocab = _layout(hf, n_text, n_items, n_users)
+    return hf, vocab
+
+
+def _layout(hf, n_text: int, n_items: int, n_users: int) -> Vocab:
+    ids = {s: hf.convert_tokens_to_ids(s) for s in SPECIALS}
+    item_offset = n_text
+    user_offset = n_text + n_items
+    # The whole design relies on contiguous item ids: verify rather than assume.
+    for probe in {0, n_items // 2, n_items - 1} if n_items else set():
+        got = hf.convert_tokens_to_ids(f"<item_{probe}>")
+        if got != item_offset + probe:
+            raise RuntimeError(f"item token <item_{probe}> got id {got}, expected {item_offset + probe}")
+    return Vocab(
+        n_text=n_text, item_offset=item_offset, n_items=n_items, user_offset=user_offset, n_users=n_users,
+        pad=ids["<pad>"], bos=ids["<bos>"], eos=ids["<eos>"], hist=ids["<hist>"], page=ids["<page>"],
+        sep=ids["<sep>"], meta=ids["<meta>"],
+    )
+
+
+def save_tokenizer(hf, vocab: Vocab, directory: str | Path) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(d))
+    (d / VOCAB_FILE).write_text(json.dumps(vocab.to_dict(), indent=2))
+
+
+def load_tokenizer(directory: str | Path):
+    """Load ``(PreTrainedTokenizerFast, Vocab)`` saved by :func:`save_tokenizer`."""
+    from transformers import PreTrainedTokenizerFast
+
+    d = Path(directory)
+    if not (d / VOCAB_FILE).is_file() or not (d / "tokenizer.json").is_file():
+        raise CheckpointError(f"{d}: not a rlhf-ray tokenizer directory (needs tokenizer.json and {VOCAB_FILE})")
+    hf = PreTrainedTokenizerFast.from_pretrained(str(d))
+    vocab = Vocab.from_dict(json.loads((d / VOCAB_FILE).read_text()))
+    if len(hf) != vocab.size:
+        raise CheckpointError(f"{d}: tokenizer has {len(hf)} tokens but the layout says {vocab.size}")
+    return hf, vocab
+
+
+def meta_texts(titles: Sequence[str], categories: Sequence[Sequence[str]]) -> list[str]:
+    """The catalogue text the BPE is trained on and pre-training reads: 'title | cat, cat'."""
+    return [f"{t} | {', '.join(c)}" for t, c in zip(titles, categories)]

@@ -1,0 +1,43 @@
+"""Shared fixtures. Environment first: Ray on loopback without an auth token, DeepSpeed's
+JIT ops cached across runs, one BLAS thread per process on a 2-core box."""
+import os
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "rlhf-ray" / "torch_extensions"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+TINY_MODEL = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 96, "dropout": 0.0, "text_vocab_size": 300}
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A small prepared synthetic dataset (seeded)."""
+    from rlhf_ray.config import DataConfig
+    from rlhf_ray.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "synthetic"
+    prepare(DataConfig(dataset="synthetic", synthetic_users=80, synthetic_items=120, seed=3), out,
+            log=lambda s: None)
+    return out
+
+
+def tiny_sft_config(**train):
+    from rlhf_ray.config import SFTConfig
+
+    t = {"epochs": 1, "batch_size": 16, "progress": False, "tensorboard": False, "max_steps": 3, **train}
+    return SFTConfig.from_dict({"model": TINY_MODEL, "train": t, "max_history": 20, "page_size": 5})
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(synth_data, tmp_path_factory) -> Path:
+    """A tiny SFT checkpoint trained in-process for a few steps."""
+    from rlhf_ray.stages import sft
+
+    out = tmp_path_factory.mktemp("ckpt") / "sft"
+    sft.run(tiny_sft_config(), str(synth_data), str(out))
+    return out

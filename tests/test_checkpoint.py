@@ -1,0 +1,83 @@
+"""Checkpoint directory: round trip, transformers compatibility, tamper and incompleteness detection."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from rlhf_ray.checkpoint import MANIFEST, load_checkpoint, verify_checkpoint
+from rlhf_ray.cli import main
+from rlhf_ray.errors import CheckpointError
+from rlhf_ray.generation import build_prompts, score_items
+
+
+def test_round_trip_and_transformers_loads_it(tiny_sft, synth_data):
+    from transformers import AutoModelForCausalLM
+
+    ck = load_checkpoint(tiny_sft)
+    assert ck.stage == "sft"
+    m = json.loads((tiny_sft / MANIFEST).read_text())
+    assert m["data_fingerprint"] == json.loads((synth_data / "stats.json").read_text())["fingerprint"]
+    assert {"torch", "transformers"} <= set(m["versions"])
+    assert "model.safetensors" in m["files"] and len(m["files"]["model.safetensors"]) == 64
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_sft)).eval()
+    prompts = build_prompts([[1, 2, 3]], ck.vocab, 20)
+    torch.testing.assert_close(score_items(hf, ck.vocab, prompts), score_items(ck.model.eval(), ck.vocab, prompts))
+    assert len(ck.catalog) == ck.vocab.n_items
+    assert ck.tokenizer.convert_tokens_to_ids(f"<item_{ck.vocab.n_items - 1}>") == ck.vocab.item_offset + ck.vocab.n_items - 1
+
+
+def test_tampered_weights_are_detected(tiny_sft, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_sft, bad)
+    with open(bad / "model.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00\x01\x02\x03\x04\x05\x06\x07")
+    with pytest.raises(CheckpointError, match="model.safetensors does not match"):
+        verify_checkpoint(bad)
+
+
+@pytest.mark.parametrize("remove", ["manifest.json", "catalog.parquet", "tokenizer/tokenizer.json"])
+def test_incomplete_checkpoint_is_refused(tiny_sft, tmp_path, remove):
+    bad = tmp_path / "incomplete"
+    shutil.copytree(tiny_sft, bad)
+    (bad / remove).unlink()
+    with pytest.raises(CheckpointError):
+        load_checkpoint(bad)
+
+
+def test_cli_eval_on_bad_checkpoint_exits_2(tiny_sft, synth_data, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_sft, bad)
+    (bad / "catalog.parquet").write_bytes(b"garbage")
+    assert main(["eval", "--checkpoint", str(bad), "--data", str(synth_data)]) == 2
+    assert "catalog.parquet does not match" in capsys.readouterr().err
+
+
+def test_cli_eval_on_other_dataset_exits_2(tiny_sft, tmp_path, capsys):
+    from rlhf_ray.config import DataConfig
+    from rlhf_ray.data.prepare import prepare
+
+    other = tmp_path / "other"
+    prepare(DataConfig(dataset="synthetic", synthetic_users=60, synthetic_items=90, seed=11), other, log=lambda s: None)
+    assert main(["eval", "--checkpoint", str(tiny_sft), "--data", str(other)]) == 2
+    assert "does not match the catalogue" in capsys.readouterr().err
+
+
+def test_save_is_atomic_on_failure(tiny_sft, tmp_path):
+    """A failing save leaves the previous checkpoint intact and no temp dirs behind."""
+    from rlhf_ray.checkpoint import save_checkpoint
+
+    ck = load_checkpoint(tiny_sft)
+    target = tmp_path / "ck"
+    shutil.copytree(tiny_sft, target)
+    before = (target / MANIFEST).read_text()
+    import pandas as pd
+
+    unwritable = pd.DataFrame({"item": [object()] * ck.vocab.n_items})  # pyarrow cannot store it
+    with pytest.raises(Exception, match="object"):
+        save_checkpoint(target, stage="sft", model=ck.model, tokenizer=ck.tokenizer, vocab=ck.vocab,
+                        catalog=unwritable, config={}, data_fingerprint="f")
+    assert (target / MANIFEST).read_text() == before
+    verify_checkpoint(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]

@@ -1,0 +1,87 @@
+"""Constrained decoding: pages hold only allowed, distinct item tokens, and the log-probs
+decoding records are the ones page_logprobs recomputes."""
+import pytest
+import torch
+
+from rlhf_ray.config import GenerationConfig, ModelConfig
+from rlhf_ray.generation import build_prompts, generate_pages, page_logprobs, score_items
+from rlhf_ray.model import build_model
+from rlhf_ray.tokens import train_tokenizer
+
+N_ITEMS = 40
+
+
+@pytest.fixture(scope="module")
+def lm():
+    tok, vocab = train_tokenizer(["Toy Story | Animation, Comedy", "Heat | Action, Crime"] * 20,
+                                 n_items=N_ITEMS, vocab_size=300)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=1, n_embd=32, n_head=2, dropout=0.0, text_vocab_size=300), vocab)
+    return model.eval(), vocab
+
+
+HISTORIES = [[1, 2, 3], [], [5, 6, 7, 8, 9, 10, 11, 12], list(range(0, 36)), [39, 38]]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_pages_are_distinct_unseen_items(lm, strategy):
+    model, vocab = lm
+    prompts = build_prompts(HISTORIES, vocab, max_history=50)
+    cfg = GenerationConfig(page_size=8, strategy=strategy, num_beams=3)
+    pages = generate_pages(model, vocab, prompts, cfg, generator=torch.Generator().manual_seed(0)).items
+    assert pages.shape == (len(HISTORIES), 8)
+    for hist, row in zip(HISTORIES, pages.tolist()):
+        items = [i for i in row if i >= 0]
+        assert len(items) == len(set(items)), f"repeat in {row}"
+        assert not set(items) & set(hist), f"seen item recommended: {row} vs {hist}"
+        assert all(0 <= i < N_ITEMS for i in items)
+        # padding only when fewer than K items are allowed
+        assert len(items) == min(8, N_ITEMS - len(set(hist)))
+        assert all(i == -1 for i in row[len(items):])
+
+
+def test_exclude_and_candidates_are_respected(lm):
+    model, vocab = lm
+    cands = [list(range(10, 20)), None]
+    prompts = build_prompts([[1], [2]], vocab, 50, exclude=[[11, 12], list(range(20, 40))], candidates=cands)
+    pages = generate_pages(model, vocab, prompts, GenerationConfig(page_size=10)).items.tolist()
+    assert set(i for i in pages[0] if i >= 0) == set(range(10, 20)) - {11, 12}
+    assert pages[0].count(-1) == 2
+    assert all(i < 20 and i != 2 for i in pages[1])
+
+
+def test_seen_items_can_be_allowed(lm):
+    model, vocab = lm
+    prompts = build_prompts([list(range(N_ITEMS))], vocab, 50, exclude_seen=False)
+    pages = generate_pages(model, vocab, prompts, GenerationConfig(page_size=5, exclude_seen=False)).items
+    assert (pages >= 0).all()
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_recorded_logprobs_match_recomputation(lm, strategy):
+    model, vocab = lm
+    prompts = build_prompts(HISTORIES, vocab, 50)
+    pages = generate_pages(model, vocab, prompts, GenerationConfig(page_size=6, strategy=strategy),
+                           generator=torch.Generator().manual_seed(1))
+    again = page_logprobs(model, vocab, prompts, pages.items)
+    torch.testing.assert_close(again["logprobs"], pages.logprobs, atol=1e-4, rtol=0)
+    assert (again["mask"] == (pages.items >= 0)).all()
+    assert (pages.logprobs <= 0).all()
+
+
+def test_beam_finds_at_least_greedy_likelihood(lm):
+    model, vocab = lm
+    prompts = build_prompts(HISTORIES, vocab, 50)
+    g = generate_pages(model, vocab, prompts, GenerationConfig(page_size=5)).logprobs.sum(1)
+    b = generate_pages(model, vocab, prompts, GenerationConfig(page_size=5, strategy="beam", num_beams=4)).logprobs.sum(1)
+    assert (b >= g - 1e-4).all()
+
+
+def test_full_ranking_scores_block_seen_items(lm):
+    model, vocab = lm
+    prompts = build_prompts(HISTORIES, vocab, 50)
+    scores = score_items(model, vocab, prompts)
+    assert scores.shape == (len(HISTORIES), N_ITEMS)
+    for b, hist in enumerate(HISTORIES):
+        assert torch.isinf(scores[b, hist]).all()
+        assert torch.isfinite(scores[b]).sum() == N_ITEMS - len(set(hist))
