@@ -15,6 +15,8 @@ import sys
 SUBCOMMANDS = [
     "rlhf_ray.data.cli",
     "rlhf_ray.stages.cli",
+    "rlhf_ray.stages.lpo_cli",
+    "rlhf_ray.serve.cli",
 ]
 
 

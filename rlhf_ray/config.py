@@ -340,3 +340,227 @@ class GenerationConfig(Config):
         _check(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k}")
         _check(self.num_beams >= 1, "num_beams", f"must be >= 1, got {self.num_beams}")
         _check(self.max_history >= 1, "max_history", f"must be >= 1, got {self.max_history}")
+
+
+# --------------------------------------------------------------------------- LPO
+
+
+LPO_LOSSES = ("lpo", "lpo_sigmoid", "dpo", "sdpo")
+LPO_SAMPLERS = ("gumbel", "uniform", "popularity", "in_batch")
+
+
+@dataclass
+class LPOConfig(Config):
+    """LPO4Rec listwise alignment from an SFT checkpoint (DPO / S-DPO as baselines).
+
+    Per example (history -> next positive item, positive s+ vs. N sampled negatives s-):
+    L = (1/B) sum_b w_b (ce_weight * CE_b + lpo_weight * LPO_b),  w = tail_reweight(tail target).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=doc(
+        "backbone (unused: LPO always starts from the --sft checkpoint's model)"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-4, patience=2),
+                               metadata=doc("optimisation"))
+    loss: typing.Literal["lpo", "lpo_sigmoid", "dpo", "sdpo"] = field(default="lpo", metadata=doc(
+        "lpo (softmax over 1 positive + N negatives) | lpo_sigmoid (N pairwise terms) | "
+        "dpo (1 negative, frozen reference) | sdpo (N negatives, frozen reference)"))
+    beta: float = field(default=1.0, metadata=doc("inverse temperature on the scores inside the preference loss"))
+    n_negatives: int = field(default=16, metadata=doc("N: negatives per example (dpo always uses 1)"))
+    sampler: typing.Literal["gumbel", "uniform", "popularity", "in_batch"] = field(default="gumbel", metadata=doc(
+        "gumbel (Gumbel-top-k on the policy's scores / tau: hard negatives) | uniform | "
+        "popularity (p ~ training popularity) | in_batch (other examples' positives)"))
+    tau: float = field(default=1.0, metadata=doc(
+        "Gumbel temperature: low = the highest-scoring (hardest) negatives, high = near uniform"))
+    pool: typing.Literal["all", "head", "tail"] = field(default="head", metadata=doc(
+        "items negatives are drawn from: all | head (LPO4Rec: push popular items below the positive) | tail"))
+    reweight_strength: float = field(default=1.0, metadata=doc(
+        "adaptive reweighting towards tail-target examples: w = B softmax(strength * 1[tail]) (0 = uniform)"))
+    lpo_weight: float = field(default=1.0, metadata=doc("lambda: weight of the preference loss"))
+    ce_weight: float = field(default=1.0, metadata=doc("weight of the positive's cross-entropy -log pi(pos)"))
+    reference: bool = field(default=False, metadata=doc(
+        "lpo/lpo_sigmoid: score s = log pi - log pi_ref with a frozen copy of the SFT policy "
+        "(dpo and sdpo always use the reference)"))
+    max_history: int = field(default=50, metadata=doc("most recent history items in a prompt"))
+    examples_per_user: int = field(default=4, metadata=doc(
+        "(history prefix -> next positive) examples per user and epoch; the newest is always one"))
+
+    def __post_init__(self) -> None:
+        _check(self.loss in LPO_LOSSES, "loss", f"must be one of {list(LPO_LOSSES)}, got {self.loss!r}")
+        _check(self.sampler in LPO_SAMPLERS, "sampler", f"must be one of {list(LPO_SAMPLERS)}, got {self.sampler!r}")
+        _check(self.pool in ("all", "head", "tail"), "pool", f"must be all, head or tail, got {self.pool!r}")
+        _check(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
+        _check(self.n_negatives >= 1, "n_negatives", f"must be >= 1, got {self.n_negatives}")
+        _check(self.tau > 0, "tau", f"must be > 0, got {self.tau}")
+        _check(self.reweight_strength >= 0, "reweight_strength", f"must be >= 0, got {self.reweight_strength}")
+        _check(self.lpo_weight >= 0 and self.ce_weight >= 0, "lpo_weight", "loss weights must be >= 0")
+        _check(self.lpo_weight + self.ce_weight > 0, "lpo_weight", "at least one loss weight must be > 0")
+        _check(self.max_history >= 1, "max_history", f"must be >= 1, got {self.max_history}")
+        _check(self.examples_per_user >= 1, "examples_per_user", f"must be >= 1, got {self.examples_per_user}")
+
+    @property
+    def uses_reference(self) -> bool:
+        """A frozen reference policy is needed (dpo/sdpo, or reference scoring)."""
+        return self.reference or self.loss in ("dpo", "sdpo")
+
+    @property
+    def negatives(self) -> int:
+        """Negatives drawn per example: 1 for dpo, else n_negatives."""
+        return 1 if self.loss == "dpo" else self.n_negatives
+
+
+# --------------------------------------------------------------------------- serving
+
+
+@dataclass
+class ServeConfig(Config):
+    """``rlhf-ray serve``: the Ray Serve ranker (HTTP address, replicas, batching, request limits).
+
+    ``checkpoint``, ``max_batch_size`` and ``batch_wait_ms`` travel in the deployment's
+    ``user_config``: changing only them reconfigures running replicas in place.
+    """
+
+    checkpoint: str | None = field(default=None, metadata=doc(
+        "checkpoint directory to serve (any stage); switch later with a user_config update"))
+    data: str | None = field(default=None, metadata=doc(
+        "prepared data directory: known users' histories come from its sequences.parquet"))
+    host: str = field(default="127.0.0.1", metadata=doc("HTTP bind address (0.0.0.0 exposes it to the network)"))
+    port: int = field(default=8000, metadata=doc("HTTP port"))
+    route_prefix: str = field(default="/", metadata=doc("URL prefix of the application"))
+    app_name: str = field(default="ranker", metadata=doc("Serve application name"))
+    address: str | None = field(default=None, metadata=doc(
+        "attach to a Ray cluster (auto | ray://host:10001); default: embedded local Ray"))
+    num_cpus: int = field(default=0, metadata=doc("CPUs of an embedded local Ray (0 = all)"))
+    replicas: int = field(default=1, metadata=doc("replicas of the ranker (ignored with --autoscaling)"))
+    autoscaling: bool = field(default=False, metadata=doc("let Serve scale replicas between min and max"))
+    min_replicas: int = field(default=1, metadata=doc("autoscaling: fewest replicas"))
+    max_replicas: int = field(default=2, metadata=doc("autoscaling: most replicas"))
+    target_ongoing_requests: float = field(default=16.0, metadata=doc(
+        "autoscaling: requests in flight per replica to aim for"))
+    cpus_per_replica: float = field(default=1.0, metadata=doc("CPUs Ray reserves for each replica"))
+    torch_threads: int = field(default=1, metadata=doc("torch intra-op threads in each replica"))
+    max_batch_size: int = field(default=16, metadata=doc("most requests decoded together (@serve.batch)"))
+    batch_wait_ms: float = field(default=10.0, metadata=doc(
+        "how long a batch waits for more requests after its first one"))
+    max_ongoing_requests: int = field(default=64, metadata=doc(
+        "requests a replica accepts at once (keep >= max_batch_size)"))
+    max_k: int = field(default=50, metadata=doc("largest page a request may ask for"))
+    default_k: int = field(default=10, metadata=doc("page size when a request gives no k"))
+    max_history: int = field(default=0, metadata=doc(
+        "most recent history items in a prompt (0 = the checkpoint's training max_history)"))
+    max_body_bytes: int = field(default=65536, metadata=doc("larger request bodies get 413"))
+    blocking: bool = field(default=True, metadata=doc(
+        "keep running until Ctrl-C; --no-blocking deploys and returns (with --address it stays up)"))
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.port <= 65535, "port", f"must be in [1, 65535], got {self.port}")
+        _check(self.route_prefix.startswith("/"), "route_prefix", f"must start with '/', got {self.route_prefix!r}")
+        _check(self.num_cpus >= 0, "num_cpus", f"must be >= 0, got {self.num_cpus}")
+        for name in ("replicas", "min_replicas", "max_replicas", "torch_threads", "max_batch_size",
+                     "max_ongoing_requests"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.min_replicas <= self.max_replicas, "min_replicas",
+               f"{self.min_replicas} exceeds max_replicas={self.max_replicas}")
+        _check(self.target_ongoing_requests > 0, "target_ongoing_requests",
+               f"must be > 0, got {self.target_ongoing_requests}")
+        _check(self.cpus_per_replica >= 0, "cpus_per_replica", f"must be >= 0, got {self.cpus_per_replica}")
+        _check(self.batch_wait_ms >= 0, "batch_wait_ms", f"must be >= 0, got {self.batch_wait_ms}")
+        _check(1 <= self.max_k <= 100, "max_k", f"must be in [1, 100], got {self.max_k}")
+        _check(1 <= self.default_k <= self.max_k, "default_k", f"must be in [1, max_k={self.max_k}], got {self.default_k}")
+        _check(self.max_history >= 0, "max_history", f"must be >= 0, got {self.max_history}")
+        _check(self.max_body_bytes >= 1024, "max_body_bytes", f"must be >= 1024, got {self.max_body_bytes}")
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+PAIR_FAMILIES = ("relevance", "ranking", "diversity", "redundancy")
+
+
+@dataclass
+class PairsConfig(Config):
+    """Preference pairs synthesised from implicit feedback (``rlhf-ray pairs``; the reward stage).
+
+    Per user, from the training part only (items[:valid_start]): at a cut t the prompt is
+    items[:t] and the golden (chosen) page holds the best positives of the next ``window``
+    items; each family then writes one worse (rejected) page from it.
+    """
+
+    page_size: int = field(default=10, metadata=doc("K: items on a page"))
+    window: int = field(default=30, metadata=doc(
+        "golden pages draw from the positives among the `window` training items after the cut "
+        "(0 = up to the end of the training part)"))
+    min_history: int = field(default=3, metadata=doc("a cut leaves at least this many history items"))
+    min_page: int = field(default=4, metadata=doc("a cut needs at least this many positives in its window"))
+    cuts_per_user: int = field(default=4, metadata=doc(
+        "golden pages per user (random cuts; the latest admissible cut is always one)"))
+    max_per_category: int = field(default=3, metadata=doc(
+        "golden page: at most this many items of one category while other positives allow it"))
+    families: list[str] = field(default_factory=lambda: list(PAIR_FAMILIES), metadata=doc(
+        "rejected-page families: relevance,ranking,diversity,redundancy"))
+    strength: float = field(default=0.5, metadata=doc(
+        "perturbation strength in (0, 1]: share of the page replaced (relevance), of the page's "
+        "halves swapped (ranking), of off-category items collapsed (diversity), of slots made "
+        "redundant (redundancy, at most K/2)"))
+    negatives: typing.Literal["random", "popular", "mixed"] = field(default="mixed", metadata=doc(
+        "relevance negatives: random (uniform) | popular (p ~ training popularity) | mixed (each slot 50/50)"))
+    collapse_categories: int = field(default=1, metadata=doc(
+        "diversity family: collapse the page onto its 1 or 2 dominant categories"))
+    repeat_fraction: float = field(default=0.0, metadata=doc(
+        "redundancy family: share of injected items that are exact repeats (the rest are "
+        "same-category nearest co-occurrence neighbours)"))
+    valid_users: float = field(default=0.05, metadata=doc("share of users whose pairs are held out for validation"))
+    test_users: float = field(default=0.1, metadata=doc("share of users whose pairs are held out for evaluation"))
+    seed: int = field(default=0, metadata=doc("seed: same data + config + seed = the same pairs"))
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.page_size <= 100, "page_size", f"must be in [1, 100], got {self.page_size}")
+        _check(self.window >= 0, "window", f"must be >= 0, got {self.window}")
+        _check(self.min_history >= 1, "min_history", f"must be >= 1, got {self.min_history}")
+        _check(2 <= self.min_page <= self.page_size, "min_page",
+               f"must be in [2, page_size={self.page_size}], got {self.min_page}")
+        _check(self.cuts_per_user >= 1, "cuts_per_user", f"must be >= 1, got {self.cuts_per_user}")
+        _check(self.max_per_category >= 1, "max_per_category", f"must be >= 1, got {self.max_per_category}")
+        bad = sorted(set(self.families) - set(PAIR_FAMILIES))
+        _check(not bad and len(self.families) > 0, "families",
+               f"must be a non-empty subset of {list(PAIR_FAMILIES)}, got {self.families}")
+        _check(0.0 < self.strength <= 1.0, "strength", f"must be in (0, 1], got {self.strength}")
+        _check(self.negatives in ("random", "popular", "mixed"), "negatives",
+               f"must be random, popular or mixed, got {self.negatives!r}")
+        _check(self.collapse_categories in (1, 2), "collapse_categories",
+               f"must be 1 or 2, got {self.collapse_categories}")
+        _check(0.0 <= self.repeat_fraction <= 1.0, "repeat_fraction", f"must be in [0, 1], got {self.repeat_fraction}")
+        _check(0.0 < self.valid_users < 1.0 and 0.0 <= self.test_users < 1.0, "valid_users",
+               "valid_users must be in (0, 1) and test_users in [0, 1)")
+        _check(self.valid_users + self.test_users < 1.0, "test_users",
+               f"valid_users + test_users must be < 1, got {self.valid_users + self.test_users}")
+
+
+@dataclass
+class RewardConfig(Config):
+    """Mixed-grained reward model (PageLLM): R = alpha * g(page, user) + (1 - alpha) * mean_t r_t.
+
+    Page head g reads the hidden state of an ``<eos>`` after the page; item head r_t the state
+    at each page item token. Loss = page_weight * BT(g_c, g_r) + item_weight * BT(mean r_c, mean r_r).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=doc(
+        "backbone (used only when starting without an SFT checkpoint)"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=5e-4, patience=2),
+                               metadata=doc("optimisation"))
+    pairs: PairsConfig = field(default_factory=PairsConfig, metadata=doc("preference-pair synthesis"))
+    pairs_file: str | None = field(default=None, metadata=doc(
+        "read pairs from this Parquet file (rlhf-ray pairs) instead of synthesising them"))
+    alpha: float = field(default=0.5, metadata=doc(
+        "reward mix ratio: R = alpha * page score + (1 - alpha) * mean item reward (normalised heads)"))
+    page_weight: float = field(default=1.0, metadata=doc("weight of the page-head Bradley-Terry loss"))
+    item_weight: float = field(default=1.0, metadata=doc("weight of the mean-item-reward Bradley-Terry loss"))
+    max_history: int = field(default=50, metadata=doc("most recent history items in a prompt"))
+    norm_pairs: int = field(default=2048, metadata=doc(
+        "training pairs scored for the reward normalisation statistics (mean/std per head)"))
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
+        _check(self.page_weight >= 0 and self.item_weight >= 0, "page_weight", "loss weights must be >= 0")
+        _check(self.page_weight + self.item_weight > 0, "page_weight", "at least one loss weight must be > 0")
+        _check(self.max_history >= 1, "max_history", f"must be >= 1, got {self.max_history}")
+        _check(self.norm_pairs >= 1, "norm_pairs", f"must be >= 1, got {self.norm_pairs}")

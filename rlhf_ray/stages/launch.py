@@ -28,6 +28,11 @@ def stage_runner(stage: str):
         from rlhf_ray.stages import sft
 
         return SFTConfig, lambda cfg, data, out, init: sft.run(cfg, data, out, init)
+    if stage == "lpo":
+        from rlhf_ray.config import LPOConfig
+        from rlhf_ray.stages import lpo
+
+        return LPOConfig, lambda cfg, data, out, init: lpo.run(cfg, data, out, init)
     raise ValueError(f"unknown stage {stage!r}")
 
 

@@ -1,0 +1,118 @@
+"""The FastAPI application: routes, error mapping and the request-body limit.
+
+It talks to a *service* (the Serve deployment in :mod:`rlhf_ray.serve.app`) through
+four methods, so it holds no model and no Ray code:
+
+    async rank(RankRequest) -> Page     raises RequestError for a bad request
+    health() -> dict;  model_info() -> dict;  stats() -> dict
+
+Status codes: 200 page; 413 body over ``max_body_bytes``; 422 anything wrong with
+the request (schema, malformed JSON, k out of range, unknown item ids named in
+``unknown_items``). A 5xx means a bug or an unavailable replica, never a bad request.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from rlhf_ray.config import ServeConfig
+from rlhf_ray.serve.ranker import Page, RankRequest, RequestError
+from rlhf_ray.serve.schemas import ErrorBody, Health, ModelInfo, RankBody, RankResponse, Stats
+
+
+class RankService(Protocol):
+    cfg: ServeConfig
+
+    async def rank(self, req: RankRequest) -> Page: ...
+
+    def health(self) -> dict: ...
+
+    def model_info(self) -> dict: ...
+
+    def stats(self) -> dict: ...
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 to a request body over ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._too_large(scope, send)
+        # Read the (small) body up front so a stream without Content-Length is bounded too.
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await self._too_large(scope, send)
+            chunks.append(chunk)
+            more = msg.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, send) -> None:
+        response = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, status_code=413)
+        await response(scope, None, send)
+
+
+def build_api(service: RankService) -> FastAPI:
+    """The ASGI app for one replica; routes call ``service``."""
+    cfg = service.cfg
+    app = FastAPI(
+        title="rlhf-ray ranker",
+        version="1",
+        description="Whole-page recommendations from a rlhf-ray checkpoint: POST /v1/rank writes a page "
+                    "of k catalogue items for a user or a history.",
+    )
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_, exc: RequestError):
+        body = ErrorBody(detail=str(exc), field=exc.field, unknown_items=exc.items)
+        return JSONResponse(body.model_dump(), status_code=422)
+
+    @app.post("/v1/rank", response_model=RankResponse,
+              responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+    async def rank(body: RankBody) -> RankResponse:
+        if body.k is not None and body.k > cfg.max_k:
+            raise RequestError(f"k must be in [1, {cfg.max_k}], got {body.k}", field="k")
+        req = body.to_request(cfg.default_k)
+        page = await service.rank(req)
+        return RankResponse(items=page.items, titles=page.titles, scores=page.scores, k=req.k,
+                            source=page.source, checkpoint_id=page.checkpoint_id, stage=page.stage,
+                            strategy=req.strategy, notes=page.notes)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> dict:
+        return service.health()
+
+    @app.get("/v1/model", response_model=ModelInfo)
+    async def model() -> dict:
+        return service.model_info()
+
+    @app.get("/v1/stats", response_model=Stats)
+    async def stats() -> dict:
+        return service.stats()
+
+    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+    return app
