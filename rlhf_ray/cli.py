@@ -16,7 +16,9 @@ SUBCOMMANDS = [
     "rlhf_ray.data.cli",
     "rlhf_ray.stages.cli",
     "rlhf_ray.stages.lpo_cli",
+    "rlhf_ray.stages.reward_cli",
     "rlhf_ray.serve.cli",
+    "actors.cli",
 ]
 
 

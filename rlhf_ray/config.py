@@ -555,7 +555,7 @@ class RewardConfig(Config):
     page_weight: float = field(default=1.0, metadata=doc("weight of the page-head Bradley-Terry loss"))
     item_weight: float = field(default=1.0, metadata=doc("weight of the mean-item-reward Bradley-Terry loss"))
     max_history: int = field(default=50, metadata=doc("most recent history items in a prompt"))
-    norm_pairs: int = field(default=2048, metadata=doc(
+    norm_pairs: int = field(default=1024, metadata=doc(
         "training pairs scored for the reward normalisation statistics (mean/std per head)"))
 
     def __post_init__(self) -> None:
@@ -564,3 +564,177 @@ class RewardConfig(Config):
         _check(self.page_weight + self.item_weight > 0, "page_weight", "at least one loss weight must be > 0")
         _check(self.max_history >= 1, "max_history", f"must be >= 1, got {self.max_history}")
         _check(self.norm_pairs >= 1, "norm_pairs", f"must be >= 1, got {self.norm_pairs}")
+
+
+# --------------------------------------------------------------------------- PPO on Ray actors
+
+
+class _MergeDefaults:
+    """``from_dict`` deep-merges a partial nested mapping onto this class's defaults, so
+    ``{"train": {"zero_stage": 2}}`` keeps the PPO defaults of the other ``train`` fields
+    (plain ``Config.from_dict`` would rebuild ``train`` from TrainConfig's own defaults)."""
+
+    @classmethod
+    def from_dict(cls, data, source: str = ""):
+        def merged(base: dict, over: Mapping[str, Any]) -> dict:
+            out = dict(base)
+            for k, v in over.items():
+                out[k] = merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+            return out
+
+        return super().from_dict(merged(cls().to_dict(), dict(data or {})), source)  # type: ignore[misc]
+
+
+def _ppo_train(lr: float) -> TrainConfig:
+    return TrainConfig(epochs=1, batch_size=32, lr=lr, warmup_ratio=0.0, patience=0, tensorboard=False,
+                       progress=False)
+
+
+def _check_resources(name: str, num_cpus: float, num_gpus: float) -> None:
+    _check(num_cpus >= 0, f"{name}.num_cpus", f"must be >= 0, got {num_cpus}")
+    _check(num_gpus >= 0, f"{name}.num_gpus", f"must be >= 0, got {num_gpus}")
+
+
+@dataclass
+class PPOPolicyConfig(_MergeDefaults, Config):
+    """The trained policy: a group of ``ranks`` PolicyActors sharing one DeepSpeed/torch engine setup.
+
+    Only the engine fields of ``train`` are read (lr, weight_decay, warmup_ratio, grad_clip,
+    zero_stage, offload, dtype, device); ``train.batch_size`` is the PPO minibatch (global,
+    split evenly across ranks).
+    """
+
+    ranks: int = field(default=1, metadata=doc("actors in the policy group (one torch.distributed rank each)"))
+    num_cpus: float = field(default=0.25, metadata=doc("Ray CPUs per policy actor (fractional shares a bundle)"))
+    num_gpus: float = field(default=0.0, metadata=doc("Ray GPUs per policy actor (fractional shares a GPU)"))
+    clip_eps: float = field(default=0.2, metadata=doc("PPO ratio clip epsilon"))
+    entropy_coef: float = field(default=0.0, metadata=doc("entropy bonus weight: loss -= coef * H(pi)"))
+    train: TrainConfig = field(default_factory=lambda: _ppo_train(1e-5), metadata=doc("policy engine"))
+
+    def __post_init__(self) -> None:
+        _check(self.ranks >= 1, "ranks", f"must be >= 1, got {self.ranks}")
+        _check_resources("policy", self.num_cpus, self.num_gpus)
+        _check(self.clip_eps > 0, "clip_eps", f"must be > 0, got {self.clip_eps}")
+        _check(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
+        _check(self.train.batch_size % self.ranks == 0, "train.batch_size",
+               f"{self.train.batch_size} is not divisible by ranks={self.ranks} (every rank takes an equal shard)")
+
+
+@dataclass
+class PPOCriticConfig(_MergeDefaults, Config):
+    """The value model: SFT backbone + value head, a group of ``ranks`` CriticActors."""
+
+    ranks: int = field(default=1, metadata=doc("actors in the critic group"))
+    num_cpus: float = field(default=0.25, metadata=doc("Ray CPUs per critic actor"))
+    num_gpus: float = field(default=0.0, metadata=doc("Ray GPUs per critic actor"))
+    value_clip: float = field(default=0.2, metadata=doc("clip of the value update around the rollout values"))
+    train: TrainConfig = field(default_factory=lambda: _ppo_train(1e-4), metadata=doc("critic engine"))
+
+    def __post_init__(self) -> None:
+        _check(self.ranks >= 1, "ranks", f"must be >= 1, got {self.ranks}")
+        _check_resources("critic", self.num_cpus, self.num_gpus)
+        _check(self.value_clip > 0, "value_clip", f"must be > 0, got {self.value_clip}")
+        _check(self.train.batch_size % self.ranks == 0, "train.batch_size",
+               f"{self.train.batch_size} is not divisible by ranks={self.ranks} (every rank takes an equal shard)")
+
+
+@dataclass
+class PPORolloutConfig(_MergeDefaults, Config):
+    """Inference copies of the policy that write the training pages (sampling, seeded)."""
+
+    actors: int = field(default=1, metadata=doc("rollout actors; the batch's users are split across them"))
+    num_cpus: float = field(default=0.25, metadata=doc("Ray CPUs per rollout actor"))
+    num_gpus: float = field(default=0.0, metadata=doc("Ray GPUs per rollout actor"))
+    temperature: float = field(default=1.0, metadata=doc("sampling temperature"))
+    top_k: int = field(default=0, metadata=doc("sample among the k most likely items (0 = all)"))
+
+    def __post_init__(self) -> None:
+        _check(self.actors >= 1, "actors", f"must be >= 1, got {self.actors}")
+        _check_resources("rollout", self.num_cpus, self.num_gpus)
+        _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _check(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class PPOReferenceConfig(_MergeDefaults, Config):
+    """The frozen SFT policy that anchors the KL penalty."""
+
+    num_cpus: float = field(default=0.25, metadata=doc("Ray CPUs of the reference actor"))
+    num_gpus: float = field(default=0.0, metadata=doc("Ray GPUs of the reference actor"))
+
+    def __post_init__(self) -> None:
+        _check_resources("reference", self.num_cpus, self.num_gpus)
+
+
+@dataclass
+class PPORewardConfig(_MergeDefaults, Config):
+    """The reward actor: a trained mixed-grained reward checkpoint or the rule-based reward."""
+
+    alpha: float | None = field(default=None, metadata=doc(
+        "reward mix ratio R = alpha * page + (1 - alpha) * mean item reward (default: the checkpoint's)"))
+    num_cpus: float = field(default=0.25, metadata=doc("Ray CPUs of the reward actor"))
+    num_gpus: float = field(default=0.0, metadata=doc("Ray GPUs of the reward actor"))
+
+    def __post_init__(self) -> None:
+        _check(self.alpha is None or 0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
+        _check_resources("reward", self.num_cpus, self.num_gpus)
+
+
+@dataclass
+class PPOConfig(_MergeDefaults, Config):
+    """PPO (PageLLM) on Ray actors: rollouts, mixed-grained reward, KL to the SFT reference, GAE.
+
+    Per iteration: B = rollout_batch_size users -> pages (K = page_size slots); token reward
+    r_t = c_item * item_t + 1[t = last] * c_page * page - kl_coef * KL_t (mixed reward:
+    c_item = (1 - alpha) / K, c_page = alpha); GAE(gamma, lam); ppo_epochs passes of minibatches.
+    """
+
+    policy: PPOPolicyConfig = field(default_factory=PPOPolicyConfig, metadata=doc("policy group"))
+    critic: PPOCriticConfig = field(default_factory=PPOCriticConfig, metadata=doc("critic group"))
+    rollout: PPORolloutConfig = field(default_factory=PPORolloutConfig, metadata=doc("rollout actors"))
+    reference: PPOReferenceConfig = field(default_factory=PPOReferenceConfig, metadata=doc("reference actor"))
+    reward: PPORewardConfig = field(default_factory=PPORewardConfig, metadata=doc("reward actor"))
+    page_size: int = field(default=10, metadata=doc("K: items on a page"))
+    max_history: int = field(default=50, metadata=doc("most recent history items in a prompt"))
+    iterations: int = field(default=20, metadata=doc("PPO iterations (rollout + update)"))
+    rollout_batch_size: int = field(default=64, metadata=doc("users (pages) generated per iteration"))
+    ppo_epochs: int = field(default=2, metadata=doc("passes over each iteration's experience"))
+    gamma: float = field(default=1.0, metadata=doc("discount over page slots"))
+    lam: float = field(default=0.95, metadata=doc("GAE lambda"))
+    kl_coef: float = field(default=0.05, metadata=doc("KL penalty coefficient (initial value if adaptive)"))
+    adaptive_kl: bool = field(default=False, metadata=doc("adapt kl_coef towards kl_target (Ziegler et al.)"))
+    kl_target: float = field(default=0.1, metadata=doc("adaptive KL: target mean per-page KL"))
+    kl_horizon: int = field(default=10000, metadata=doc("adaptive KL: horizon in pages"))
+    kl_estimator: str = field(default="k1", metadata=doc("per-slot KL estimator: k1 | k2 | k3"))
+    whiten_advantages: bool = field(default=True, metadata=doc("whiten advantages over the batch"))
+    seed: int = field(default=0, metadata=doc("seed: data order, rollout sampling, minibatch order, heads"))
+    eval_every: int = field(default=5, metadata=doc("validate every N iterations (0 = never)"))
+    eval_users: int = field(default=200, metadata=doc("validate on at most N users (0 = all)"))
+    save_every: int = field(default=5, metadata=doc("write a resumable state every N iterations (0 = only at the end)"))
+    keep_states: int = field(default=2, metadata=doc("resumable states kept under OUT/state (oldest removed)"))
+    hack_threshold: float = field(default=0.05, metadata=doc(
+        "reward-hacking monitor: flag when reward rose while validation NDCG@10 or ILD fell by more "
+        "than this fraction of its first value"))
+    hack_stop: bool = field(default=False, metadata=doc("stop the run when the reward-hacking monitor flags"))
+    colocate: bool = field(default=True, metadata=doc(
+        "all roles share one placement group (fractional CPUs/GPUs per actor); false: one group per role"))
+    strategy: str = field(default="PACK", metadata=doc("placement strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD"))
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.page_size <= 100, "page_size", f"must be in [1, 100], got {self.page_size}")
+        for name in ("max_history", "iterations", "rollout_batch_size", "ppo_epochs", "kl_horizon", "keep_states"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_users", "save_every"):
+            _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        _check(0.0 < self.gamma <= 1.0, "gamma", f"must be in (0, 1], got {self.gamma}")
+        _check(0.0 <= self.lam <= 1.0, "lam", f"must be in [0, 1], got {self.lam}")
+        _check(self.kl_coef >= 0, "kl_coef", f"must be >= 0, got {self.kl_coef}")
+        _check(self.kl_target > 0, "kl_target", f"must be > 0, got {self.kl_target}")
+        _check(self.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", f"must be k1, k2 or k3, got {self.kl_estimator!r}")
+        _check(self.hack_threshold >= 0, "hack_threshold", f"must be >= 0, got {self.hack_threshold}")
+        _check(self.strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), "strategy",
+               f"must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {self.strategy!r}")
+        for role in ("policy", "critic"):
+            mb = getattr(self, role).train.batch_size
+            _check(self.rollout_batch_size % mb == 0, f"{role}.train.batch_size",
+                   f"minibatch {mb} does not divide rollout_batch_size={self.rollout_batch_size}")

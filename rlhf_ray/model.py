@@ -94,6 +94,23 @@ def forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     return out.logits
 
 
+def backbone_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final hidden states ``(B, T, H)`` without the vocabulary projection (heads only need these).
+
+    Uses the HF backbone (``model.<base_model_prefix>``, e.g. ``transformer`` for GPT-2);
+    falls back to a full forward for models that do not expose one.
+    """
+    m = unwrap(model)
+    if hasattr(m, "get_base_model"):  # peft
+        m = m.get_base_model()
+    body = getattr(m, getattr(m, "base_model_prefix", ""), None)
+    if body is None or body is m:
+        return forward(model, input_ids, attention_mask, hidden=True)[1]
+    out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+               use_cache=False)
+    return out.last_hidden_state
+
+
 class ScalarHead(nn.Module):
     """Linear map from a hidden state to one scalar per position: rating, value or reward."""
 

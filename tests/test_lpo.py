@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -52,7 +50,7 @@ def test_negatives_never_positive_or_seen(tiny_sft, synth_data, tmp_path, sample
             assert len(set(row)) == len(row)
             assert any(p in items for items in users_items)
         if pool == "head":
-            assert not torch.as_tensor(prepared.is_tail)[neg].any()
+            assert not torch.tensor(prepared.is_tail)[neg].any()
         checked += len(neg)
     assert checked >= 64
 
@@ -74,7 +72,7 @@ def test_reweighting_favours_tail_targets(tiny_sft, synth_data, tmp_path):
     flat, _ = stage(tiny_sft, synth_data, tmp_path, reweight_strength=0.0, examples_per_user=6)
     mixed = 0
     for batch in spec.batches(0, 0, 1):
-        tail = torch.as_tensor(prepared.is_tail)[batch["pos"]]  # from the data, not the batch's flag
+        tail = torch.tensor(prepared.is_tail)[batch["pos"]]  # from the data, not the batch's flag
         assert torch.equal(batch["tail"], tail)
         w = spec.module.weights(batch)
         assert w.mean().item() == pytest.approx(1.0, abs=1e-5)
@@ -150,16 +148,19 @@ def test_tail_hit_rate_rises_under_lpo(tiny_sft, synth_data, tmp_path):
     assert results[3.0] > results[0.0] + 0.1, (before, results)  # the reweighting is what lifts the tail
 
 
-def test_cli_end_to_end_writes_checkpoint(tiny_sft, synth_data, tmp_path):
+def test_cli_end_to_end_writes_checkpoint(tiny_sft, synth_data, tmp_path, capsys):
+    """``rlhf-ray lpo`` through the real CLI entry point, in this process (train.num_workers = 0: no Ray)."""
+    from rlhf_ray.cli import main
+
     out = tmp_path / "lpo-ckpt"
     cfg = tmp_path / "lpo.yaml"
     cfg.write_text("n_negatives: 4\nmax_history: 20\nsampler: uniform\n"
                    "train: {batch_size: 8, max_steps: 3, epochs: 1, progress: false, tensorboard: false}\n")
-    cmd = [sys.executable, "-m", "rlhf_ray.cli", "lpo", "--sft", str(tiny_sft), "--data", str(synth_data),
-           "--out", str(out), "--config", str(cfg), "--loss", "sdpo", "--sampler", "gumbel", "--tau", "0.5", "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads(proc.stdout[proc.stdout.index("{"):])
+    rc = main(["lpo", "--sft", str(tiny_sft), "--data", str(synth_data), "--out", str(out), "--config", str(cfg),
+               "--loss", "sdpo", "--sampler", "gumbel", "--tau", "0.5", "--json"])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    metrics = json.loads(stdout[stdout.index("{\n"):])
     assert metrics["train/steps"] == 3 and "val/tail_ndcg@10" in metrics
     manifest = verify_checkpoint(out)
     assert manifest["stage"] == "lpo" and manifest["parent"]["stage"] == "sft"

@@ -8,7 +8,8 @@ Training data only. For a user with chronological training items x_0 .. x_{n-1}
     positives       P = {x_i in W : y_i > positive_threshold}
 
 and is admissible when |P| >= ``min_page``. Each user gets up to ``cuts_per_user``
-admissible cuts (the latest one always, the rest drawn at random).
+admissible cuts: the latest one whose window fills a whole page, then random ones
+(whole-page windows first).
 
 **Golden (chosen) page** G, K = ``page_size``: P ordered by rating, best first, ties
 broken by recency relative to the prompt (sooner after the cut first); a greedy pass
@@ -250,26 +251,43 @@ def redundancy_page(page: list[int], rng: np.random.Generator, cat: Catalogue, s
 # --------------------------------------------------------------------------- per user
 
 
-def admissible_cuts(ratings: np.ndarray, threshold: float, cfg: PairsConfig) -> np.ndarray:
-    """Cuts t in [min_history, n) whose window holds >= min_page positives."""
+def admissible_cuts(ratings: np.ndarray, threshold: float, cfg: PairsConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Cuts t in [min_history, n) whose window holds >= min_page positives, and whether
+    each one's window fills a whole page (>= page_size positives)."""
     n = len(ratings)
     if n <= cfg.min_history:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
     csum = np.concatenate([[0], np.cumsum(ratings > threshold)])  # (n+1,) positives before i
     t = np.arange(cfg.min_history, n)
     end = np.full_like(t, n) if cfg.window == 0 else np.minimum(n, t + cfg.window)
-    return t[csum[end] - csum[t] >= cfg.min_page]
+    n_pos = csum[end] - csum[t]
+    ok = n_pos >= cfg.min_page
+    return t[ok], n_pos[ok] >= cfg.page_size
+
+
+def choose_cuts(cuts: np.ndarray, full: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``n`` cuts: the latest full-page cut (else the latest cut), then random full-page
+    cuts, then random partial ones; sorted."""
+    if len(cuts) <= n:
+        return cuts
+    first = cuts[full][-1] if full.any() else cuts[-1]
+    rest = [c for c in (cuts[full], cuts[~full]) if len(c)]
+    picked = [first]
+    for group in rest:
+        group = group[group != first]
+        k = min(n - len(picked), len(group))
+        if k > 0:
+            picked += rng.choice(group, size=k, replace=False).tolist()
+    return np.sort(np.asarray(picked, dtype=np.int64))
 
 
 def user_pairs(user_idx: int, items: np.ndarray, ratings: np.ndarray, threshold: float, cfg: PairsConfig,
                cat: Catalogue, rng: np.random.Generator) -> list[dict]:
     """All pairs of one user from the training part ``items``, ``ratings`` (see module docstring)."""
-    cuts = admissible_cuts(ratings, threshold, cfg)
+    cuts, full = admissible_cuts(ratings, threshold, cfg)
     if len(cuts) == 0:
         return []
-    if len(cuts) > cfg.cuts_per_user:
-        rest = rng.choice(cuts[:-1], size=cfg.cuts_per_user - 1, replace=False)
-        cuts = np.sort(np.concatenate([rest, cuts[-1:]]))
+    cuts = choose_cuts(cuts, full, cfg.cuts_per_user, rng)
     seen = set(items.tolist())
     rows = []
     for t in cuts.tolist():

@@ -74,7 +74,6 @@ class RankerDeployment:
         self.histogram: Counter[int] = Counter()
         self.requests = 0
         self.replica = _replica_id()
-        self.started = time.time()
         self._reconfiguring = asyncio.Lock()
         self._apply_batching(self.cfg.max_batch_size, self.cfg.batch_wait_ms)
         # The checkpoint arrives with the user_config: Serve calls reconfigure() next.
@@ -245,17 +244,19 @@ def deploy(cfg: ServeConfig, *, user_config_override: dict | None = None, timeou
         dep = conf["applications"][0]["deployments"][0]
         dep["user_config"] = {**dep["user_config"], **user_config_override}
     serve.start(http_options=conf["http_options"])
+    submitted = time.time()
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(conf))
-    wait_running(cfg.app_name, timeout_s)
+    wait_running(cfg.app_name, timeout_s, since=submitted)
 
 
-def wait_running(app_name: str, timeout_s: float) -> None:
-    """Poll ``serve.status()`` until ``app_name`` is RUNNING; raise on failure or timeout."""
+def wait_running(app_name: str, timeout_s: float, since: float = 0.0) -> None:
+    """Poll ``serve.status()`` until ``app_name``, deployed at or after ``since`` (unix time),
+    is RUNNING with healthy deployments; raise on failure or timeout."""
     deadline = time.monotonic() + timeout_s
     last = "not deployed yet"
     while time.monotonic() < deadline:
         app = serve.status().applications.get(app_name)
-        if app is not None:
+        if app is not None and app.last_deployed_time_s >= since - 1.0:
             status = str(getattr(app.status, "value", app.status))
             if status == "RUNNING" and all(
                     str(getattr(d.status, "value", d.status)) == "HEALTHY" for d in app.deployments.values()):

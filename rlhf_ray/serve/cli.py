@@ -53,28 +53,29 @@ def _serve(args: argparse.Namespace) -> int:
     from rlhf_ray.serve.app import deploy
 
     ray = init_ray(cfg.address, num_cpus=cfg.num_cpus or None)
+    stop = True  # shut Serve and Ray down on the way out (not for --no-blocking)
     try:
-        deploy(cfg)
-    except RuntimeError as e:
-        serve.shutdown()
-        ray.shutdown()
-        raise UserError(f"the ranker did not start: {e}") from None
-    url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
-    print(f"serving {ckpt_id} at {url}/v1/rank  (docs: {url}/docs, model: {url}/v1/model)", flush=True)
-    if not cfg.blocking:
-        if not cfg.address:
-            print("note: --no-blocking with an embedded Ray: the server stops when this command exits",
-                  file=sys.stderr)
-        return 0
-    try:
+        try:
+            deploy(cfg)
+        except RuntimeError as e:
+            raise UserError(f"the ranker did not start: {e}") from None
+        url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+        print(f"serving {ckpt_id} at {url}/v1/rank  (docs: {url}/docs, model: {url}/v1/model)", flush=True)
+        if not cfg.blocking:
+            stop = False
+            if not cfg.address:
+                print("note: --no-blocking with an embedded Ray: the server stops when this command exits",
+                      file=sys.stderr)
+            return 0
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("shutting down", file=sys.stderr)
+        print("interrupted: shutting down", file=sys.stderr)
+        return 0
     finally:
-        serve.shutdown()
-        ray.shutdown()
-    return 0
+        if stop:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -294,8 +294,8 @@ class Ranker:
     # ------------------------------------------------------------------ checks
 
     def _history_window(self, requested: int) -> int:
-        """Prompt history length: the request's setting or the checkpoint's, and never so long
-        that prompt + page overflows the model's positions."""
+        """Prompt history length: the server's setting or else the checkpoint's training one,
+        never so long that prompt + page overflows the model's positions."""
         conf = self.ckpt.manifest.get("config") or {}
         want = requested or int(conf.get("max_history") or DEFAULT_MAX_HISTORY)
         cfg = self.model.config

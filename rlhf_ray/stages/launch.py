@@ -33,6 +33,11 @@ def stage_runner(stage: str):
         from rlhf_ray.stages import lpo
 
         return LPOConfig, lambda cfg, data, out, init: lpo.run(cfg, data, out, init)
+    if stage == "reward":
+        from rlhf_ray.config import RewardConfig
+        from rlhf_ray.stages import reward
+
+        return RewardConfig, lambda cfg, data, out, init: reward.run(cfg, data, out, init)
     raise ValueError(f"unknown stage {stage!r}")
 
 

@@ -170,8 +170,8 @@ class LPOModule(nn.Module):
         if ref is not None:
             with torch.no_grad():
                 ref_logp = restricted_logprobs(ref, self.vocab, batch).to(logp.dtype)
-        scores = logp - ref_logp  # s(v): the score the preference loss and the Gumbel sampler see
-        neg = self.sample_negatives(scores, batch)  # (B, N)
+        scores = (logp - ref_logp).detach()  # s(v): the score the preference loss and the Gumbel sampler see
+        neg = self.sample_negatives(scores.nan_to_num(nan=-math.inf), batch)  # (B, N); blocked: -inf - -inf
         pi_pos, pi_neg = logp.gather(1, pos[:, None]).squeeze(1), logp.gather(1, neg)  # (B,), (B, N)
         ref_pos, ref_neg = ref_logp.gather(1, pos[:, None]).squeeze(1), ref_logp.gather(1, neg)
         ce = -pi_pos  # (B,)

@@ -18,7 +18,7 @@ from torch import nn
 from rlhf_ray.config import PretrainConfig
 from rlhf_ray.generation import left_pad
 from rlhf_ray.losses import rating_mse, token_nll
-from rlhf_ray.model import Heads, forward, hidden_size
+from rlhf_ray.model import Heads, backbone_hidden, forward, hidden_size
 from rlhf_ray.stages.common import exporter, init_policy, open_data
 from rlhf_ray.stages.loop import StageSpec, fit
 from rlhf_ray.stages.sft import IGNORE, training_sequences
@@ -83,7 +83,7 @@ class PretrainModule(nn.Module):
             stats["l_next"] = float(l_next.detach())
         if "rating" in batch:
             b = batch["rating"]
-            _, h = forward(self.lm, b["ids"].to(dev), b["mask"].to(dev), hidden=True)
+            h = backbone_hidden(self.lm, b["ids"].to(dev), b["mask"].to(dev))
             pred = self.heads["rating"](h[:, -1])  # (B,) from the target item's position (left-padded)
             l_rating, _ = rating_mse(pred, b["target"].to(dev))
             loss = loss + self.rating_weight * l_rating
@@ -135,7 +135,7 @@ def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out
         for s in range(0, len(valid), 256):
             b = rating_batch(valid[s: s + 256], vocab.pad)
             dev = next(mod.parameters()).device
-            _, h = forward(mod.lm, b["ids"].to(dev), b["mask"].to(dev), hidden=True)
+            h = backbone_hidden(mod.lm, b["ids"].to(dev), b["mask"].to(dev))
             pred = mod.heads["rating"](h[:, -1]).float().cpu()
             errs.append(((pred - b["target"]) * RATING_HALF) ** 2)
         return {"val/rating_rmse": float(torch.cat(errs).mean().sqrt())}

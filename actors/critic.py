@@ -1,0 +1,37 @@
+"""CriticActor: one rank of the value model (SFT backbone + value head, clipped value loss).
+
+    L_V = 0.5 * masked_mean( max((V - R)^2, (V_clip - R)^2) ),
+    V_clip = V_old + clip(V - V_old, -eps, eps)                 (losses.value_loss)
+"""
+from __future__ import annotations
+
+import torch
+
+from actors.experience import Experience
+from actors.models import CriticModel, load_policy
+from actors.trainer import TrainerActor
+from rlhf_ray.config import PPOCriticConfig
+from rlhf_ray.generation import Prompts
+from rlhf_ray.losses import value_loss
+
+
+class CriticActor(TrainerActor):
+    def setup(self, sft_dir: str, cfg: PPOCriticConfig, total_steps: int, seed: int = 0) -> dict:
+        self.cfg = cfg
+        ck = load_policy(sft_dir)
+        self.critic = CriticModel(ck.model, ck.vocab, seed=seed)
+        self._start_engine(self.critic, cfg.train, total_steps)
+        return {"params": sum(p.numel() for p in self.critic.parameters()), "device": str(self.engine.device)}
+
+    @torch.no_grad()
+    def values(self, prompts: Prompts, pages: torch.Tensor) -> torch.Tensor:
+        """(b, K) V(s_t) for this rank's shard (0 at padding)."""
+        return self.engine.module(prompts, pages).float().cpu()
+
+    def _loss(self, m: Experience):
+        v = self.engine.module(m.prompts, m.pages)
+        return value_loss(v, m.values, m.returns, m.mask, self.cfg.value_clip)
+
+    def train(self, exp: Experience, epochs: int, seed: int) -> dict[str, float]:
+        """Value epochs over this rank's shard; mean stats (value_loss, vf_clipfrac, value_mean, ...)."""
+        return self._fit(exp, epochs, seed, self._loss)

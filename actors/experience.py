@@ -1,0 +1,140 @@
+"""The PPO experience batch and the arithmetic that fills it (pure torch, no Ray).
+
+Shapes: B = pages (users) in the batch, K = page slots, L = prompt length,
+N = catalogue items. A page slot is an action: a_t = item at slot t, s_t = prompt +
+items before t. Token rewards (PageLLM's mixed-grained reward spread over the page):
+
+    r_t = c_item * item_t  +  1[t = last] * c_page * page  -  beta * KL_t
+
+with, for the mixed reward R = alpha * page + (1 - alpha) * mean_t item_t,
+c_item = (1 - alpha) / K' and c_page = alpha (K' = valid slots), so that without
+the KL term sum_t r_t = R exactly. KL_t is the per-slot estimate of
+KL(pi || pi_ref) (losses.kl_penalty), beta the (fixed or adaptive) KL coefficient.
+Advantages and returns come from GAE (losses.gae) over the K slots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rlhf_ray.generation import Prompts
+from rlhf_ray.losses import gae, kl_penalty, masked_mean, whiten
+
+
+@dataclass
+class PromptBatch:
+    """The users of one iteration, as the rollout actors receive them."""
+
+    histories: list  # B lists: the user's training history (item_idx), oldest first
+    user_idx: Tensor  # (B,) int64 user index
+    prompts: Prompts  # input_ids (B, L), attention_mask (B, L), blocked (B, N) bool
+
+
+@dataclass
+class Experience:
+    """One iteration's rollouts, scored; what the policy and critic train on."""
+
+    prompts: Prompts  # input_ids (B, L) left-padded, attention_mask (B, L), blocked (B, N) bool
+    pages: Tensor  # (B, K) int64 item_idx a_t, -1 where no item was allowed
+    mask: Tensor  # (B, K) bool: slot t holds an item
+    logprobs: Tensor  # (B, K) log pi_old(a_t | s_t), recorded by the rollout actor (0 at padding)
+    ref_logprobs: Tensor  # (B, K) log pi_ref(a_t | s_t), frozen SFT policy
+    values: Tensor  # (B, K) V_old(s_t) from the critic before the update
+    page_reward: Tensor  # (B,) page-level score g
+    item_rewards: Tensor  # (B, K) item-level token rewards r_t (0 at padding)
+    total_reward: Tensor  # (B,) R the reward function reports
+    kl: Tensor  # (B, K) per-slot KL estimate (0 at padding)
+    rewards: Tensor  # (B, K) token rewards incl. the KL penalty (module docstring)
+    advantages: Tensor  # (B, K) GAE advantages (whitened if configured), 0 at padding
+    returns: Tensor  # (B, K) GAE returns = advantages (before whitening) + values, 0 at padding
+
+    def __len__(self) -> int:
+        return int(self.pages.shape[0])
+
+
+@dataclass
+class RewardMix:
+    """How a reward function's ``total`` decomposes: total = c_page * page + sum_t c_item_t * item_t.
+
+    ``item_mode``: "mean" (c_item_t = item_coef / K', the mixed-grained model) or "sum"
+    (c_item_t = item_coef, e.g. the rule reward: total = page + sum_t r_t).
+    """
+
+    page_coef: float
+    item_coef: float
+    item_mode: str = "mean"
+
+    def item_weights(self, mask: Tensor) -> Tensor:
+        """(B, K) per-slot weight of the item rewards (0 at padding)."""
+        m = mask.float()
+        if self.item_mode == "mean":
+            return self.item_coef * m / m.sum(-1, keepdim=True).clamp(min=1.0)
+        return self.item_coef * m
+
+
+def last_slot(mask: Tensor) -> Tensor:
+    """(B, K) one-hot of each row's last valid slot (all zero for an empty page)."""
+    m = mask.long()
+    idx = (m * torch.arange(1, m.shape[1] + 1)).argmax(dim=1)  # (B,) position of the last 1
+    onehot = torch.zeros_like(m, dtype=torch.float32)
+    onehot[torch.arange(m.shape[0]), idx] = 1.0
+    return onehot * (m.sum(1, keepdim=True) > 0)
+
+
+def token_rewards(page: Tensor, items: Tensor, mask: Tensor, kl: Tensor, kl_coef: float,
+                  mix: RewardMix) -> Tensor:
+    """(B, K) r_t = c_item_t * item_t + 1[t = last] * c_page * page - kl_coef * KL_t (0 at padding)."""
+    m = mask.float()
+    r = mix.item_weights(mask) * items  # (B, K)
+    r = r + last_slot(mask) * (mix.page_coef * page)[:, None]
+    return (r - kl_coef * kl) * m
+
+
+def slot_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str = "k1") -> Tensor:
+    """(B, K) KL(pi || pi_ref) estimate per slot, 0 at padding."""
+    return kl_penalty(logprobs, ref_logprobs, estimator) * mask.float()
+
+
+def assemble(prompts: Prompts, pages: Tensor, logprobs: Tensor, ref_logprobs: Tensor, values: Tensor,
+             page: Tensor, items: Tensor, total: Tensor, *, mix: RewardMix, kl_coef: float,
+             kl_estimator: str = "k1", gamma: float = 1.0, lam: float = 0.95,
+             whiten_advantages: bool = True) -> Experience:
+    """Everything after scoring: KL, token rewards, GAE, whitening -> :class:`Experience`."""
+    mask = pages >= 0  # (B, K)
+    kl = slot_kl(logprobs, ref_logprobs, mask, kl_estimator)
+    rewards = token_rewards(page, items * mask, mask, kl, kl_coef, mix)
+    advantages, returns = gae(rewards, values * mask, mask, gamma=gamma, lam=lam)
+    if whiten_advantages:
+        advantages = whiten(advantages, mask)
+    return Experience(prompts=prompts, pages=pages, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
+                      values=values, page_reward=page, item_rewards=items * mask, total_reward=total, kl=kl,
+                      rewards=rewards, advantages=advantages, returns=returns)
+
+
+def experience_stats(exp: Experience) -> dict[str, float]:
+    """Scalars to log: rewards, KL, values, advantages."""
+    m = exp.mask
+    return {
+        "reward/total": float(exp.total_reward.mean()),
+        "reward/page": float(exp.page_reward.mean()),
+        "reward/item": float(masked_mean(exp.item_rewards, m)),
+        "reward/token_sum": float(exp.rewards.sum(-1).mean()),
+        "kl/per_page": float((exp.kl * m).sum(-1).mean()),
+        "kl/per_slot": float(masked_mean(exp.kl, m)),
+        "value/mean": float(masked_mean(exp.values, m)),
+        "return/mean": float(masked_mean(exp.returns, m)),
+        "page/valid_slots": float(m.float().sum(-1).mean()),
+    }
+
+
+def minibatches(n: int, size: int, epochs: int, seed: int) -> list[Tensor]:
+    """Index tensors: ``epochs`` seeded permutations of range(n), cut into chunks of ``size``."""
+    out = []
+    for epoch in range(epochs):
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+        perm = torch.randperm(n, generator=g)
+        out += [perm[s: s + size] for s in range(0, n, size)]
+    return out

@@ -1,0 +1,239 @@
+"""One actor-group abstraction: N Ray actors of one role, one torch.distributed group.
+
+    group = ModelGroup(PolicyActor, "policy", ranks=2, num_cpus=0.25, placement=placement)
+    group.call("setup", sft_dir, cfg, total_steps)          # every rank; waits; errors name the rank
+    refs = group.run_all("state_dict")                      # fan out: list[ObjectRef], rank order
+    stats = group.get(group.run_sharded("train", exp))      # exp split into equal shards, one per rank
+
+Start-up (the rendezvous): rank 0 starts first and publishes its node IP and a
+free port; ranks 1..N-1 start knowing them; a role that trains (``distributed``)
+then calls ``init_process_group`` on every rank at once with the backend its
+TrainConfig implies (gloo on CPU, NCCL on GPU: :func:`rlhf_ray.engine.backend_for`).
+Each rank is one process, so each group is that process's default group.
+
+Placement: every rank sits on a bundle of a placement group: the group's own
+(``ranks`` bundles of ``num_cpus``/``num_gpus``, PACK or SPREAD) or bundles of a
+shared one (:mod:`actors.placement`), where fractional ``num_cpus``/``num_gpus``
+let several roles share a bundle (colocation).
+
+Failures: :meth:`ModelGroup.get` waits on all ranks at once and reports the first
+failure, so a dead rank is named even while its peers block in a collective. An
+actor that died (OOM kill, ``ray.kill``, lost node) raises :class:`ActorDied`
+naming the role, rank, node and Ray's cause.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Sequence
+
+from actors.batching import split
+from rlhf_ray.errors import UserError
+
+
+class ActorDied(UserError):
+    """A role actor died (killed, out of memory, node lost): names role, rank, node and cause."""
+
+
+@dataclass
+class Placement:
+    """Where each rank of a group goes: a placement group and one bundle index per rank."""
+
+    pg: Any  # ray.util.placement_group.PlacementGroup
+    bundles: list[int]  # (ranks,) bundle index of rank r
+
+
+class BaseActor:
+    """The rank-side half of the group protocol; every role actor subclasses it.
+
+    ``distributed``: the role trains, so its ranks form a process group and take
+    equal shards (ZeRO-3 needs every rank in every forward).
+    """
+
+    distributed = False
+
+    def __init__(self, role: str, rank: int, world: int, master: tuple[str, int] | None = None):
+        self.role, self.rank, self.world = role, rank, world
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0")
+        if master is not None:
+            self._set_master(*master)
+
+    def _set_master(self, addr: str, port: int) -> None:
+        self.master = (addr, int(port))
+        os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port))
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0: this node's IP and a free port, published to the other ranks."""
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        self._set_master(ip, port)
+        return ip, port
+
+    def node(self) -> dict:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "node_id": ctx.get_node_id()}
+
+    def init_process_group(self, backend: str, timeout_s: float = 1800.0) -> None:
+        """Join this group's torch.distributed group (every rank calls it at once)."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            return
+        addr, port = self.master
+        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=self.rank,
+                                world_size=self.world, timeout=timedelta(seconds=timeout_s))
+
+    def ping(self) -> int:
+        return self.rank
+
+    @staticmethod
+    def device() -> str:
+        """Where an inference role puts its model: the GPU Ray gave this actor, else the CPU."""
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _short(err: BaseException) -> str:
+    """Ray's cause in one line: its message without the actor-id / namespace boilerplate."""
+    keep = [ln.strip() for ln in str(err).splitlines()
+            if ln.strip() and not ln.strip().startswith(("class_name:", "actor_id:", "pid:", "namespace:", "ip:"))]
+    return " ".join(keep) or type(err).__name__
+
+
+class ModelGroup:
+    """N Ray actors of ``actor_cls`` (a :class:`BaseActor` subclass) playing ``role``."""
+
+    def __init__(self, actor_cls: type, role: str, ranks: int = 1, *, num_cpus: float = 1.0,
+                 num_gpus: float = 0.0, placement: Placement | None = None, strategy: str = "PACK",
+                 ready_timeout_s: float = 300.0):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if ranks < 1:
+            raise ValueError(f"{role}: a group needs >= 1 rank, got {ranks}")
+        self.role, self.world = role, ranks
+        self.distributed = bool(getattr(actor_cls, "distributed", False))
+        self._own_pg = None
+        if placement is None:
+            bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+            pg = placement_group([dict(bundle) for _ in range(ranks)], strategy=strategy, name=f"rlhf-ray-{role}")
+            self._own_pg = pg
+            wait_placement(pg, f"{role} ({ranks} x {bundle}, {strategy})", ready_timeout_s)
+            placement = Placement(pg, list(range(ranks)))
+        if len(placement.bundles) != ranks:
+            raise ValueError(f"{role}: {len(placement.bundles)} bundles for {ranks} ranks")
+        self.placement = placement
+        remote_cls = ray.remote(actor_cls)
+
+        def start(rank: int, master):
+            return remote_cls.options(
+                num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_concurrency=1,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement.pg, placement_group_bundle_index=placement.bundles[rank]),
+            ).remote(role, rank, ranks, master)
+
+        self.actors: list = [start(0, None)]
+        self._node_refs: list = [self.actors[0].node.remote()]
+        master = self._wait_one(0, self.actors[0].rendezvous.remote()) if self.distributed else None
+        self.actors += [start(r, master) for r in range(1, ranks)]
+        self._node_refs += [a.node.remote() for a in self.actors[1:]]
+
+    # -- fan-out ----------------------------------------------------------------
+    def run_all(self, method: str, *args, **kwargs) -> list:
+        """``method(*args, **kwargs)`` on every rank: ObjectRefs in rank order (not waited for)."""
+        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+
+    def run_sharded(self, method: str, *batches, **kwargs) -> list:
+        """Split each positional batch into ``world`` shards (rows, dim 0) and call rank r with shard r.
+
+        Training roles (``distributed``) need equal shards: a batch whose rows do not divide
+        by the world size is an error rather than a ZeRO-3 hang.
+        """
+        shards = [split(b, self.world, equal=self.distributed) for b in batches]
+        return [getattr(a, method).remote(*[s[r] for s in shards], **kwargs) for r, a in enumerate(self.actors)]
+
+    def call_rank(self, rank: int, method: str, *args, **kwargs) -> Any:
+        """``method`` on one rank, waited for (errors name the rank)."""
+        return self._wait_one(rank, getattr(self.actors[rank], method).remote(*args, **kwargs))
+
+    def call(self, method: str, *args, **kwargs) -> list:
+        """:meth:`run_all` and wait: results in rank order."""
+        return self.get(self.run_all(method, *args, **kwargs))
+
+    # -- waiting, with errors that name the rank ----------------------------------
+    def get(self, refs: Sequence, timeout_s: float | None = None) -> list:
+        """Results of per-rank ``refs`` (rank order); the first failure raises, naming its rank."""
+        import ray
+
+        index = {ref: r for r, ref in enumerate(refs)}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+            if not ready:
+                raise TimeoutError(f"{self.role}: ranks {sorted(index[p] for p in pending)} did not answer "
+                                   f"within {timeout_s} s")
+            self._wait_one(index[ready[0]], ready[0])
+        return [self._wait_one(index[ref], ref) for ref in refs]
+
+    def node(self, rank: int) -> dict:
+        """Where rank ``rank`` runs ({"ip", "pid", "node_id"}; ip "unknown" if it never answered)."""
+        import ray
+
+        try:
+            return ray.get(self._node_refs[rank], timeout=5)
+        except Exception:
+            return {"ip": "unknown"}
+
+    def _wait_one(self, rank: int, ref) -> Any:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return ray.get(ref)
+        except RayActorError as e:
+            node = self.node(rank)
+            where = f"node {node['ip']}" + (f", pid {node['pid']}" if "pid" in node else "")
+            raise ActorDied(f"{self.role} rank {rank} ({where}) died: {_short(e)}") from e
+        except RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, UserError):  # the user's input is wrong: say so, with the rank
+                raise type(cause)(f"{self.role} rank {rank}: {cause}") from e
+            raise
+
+    # -- teardown ---------------------------------------------------------------
+    def kill(self) -> None:
+        """Kill every rank and free the group's own placement group (shared ones are the caller's)."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # already dead
+                pass
+        if self._own_pg is not None:
+            remove_placement_group(self._own_pg)
+            self._own_pg = None
+
+
+def wait_placement(pg, what: str, timeout_s: float) -> None:
+    """Wait for a placement group, or explain which resources the cluster lacks."""
+    import ray
+
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise UserError(
+            f"placement group for {what} not ready after {timeout_s:.0f} s: the cluster has "
+            f"{ray.cluster_resources()} in all, {ray.available_resources()} free; lower num_cpus/num_gpus "
+            f"or ranks, or add nodes") from None

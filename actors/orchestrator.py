@@ -1,0 +1,366 @@
+"""The PPO controller (PageLLM stage 4): one loop driving the role groups.
+
+    orch = PPOOrchestrator(cfg, sft="runs/sft", reward="runs/reward", data="data/ml-100k", out="runs/ppo")
+    result = orch.run(resume=True)        # final metrics; the policy is exported to OUT/policy
+
+Iteration i (B = rollout_batch_size users, K = page_size slots):
+
+ 1. sync      policy -> rollout actors when the policy changed (object store; :meth:`sync_weights`)
+ 2. generate  users i*B .. i*B+B-1 of a seeded permutation of the train split -> pages (B, K),
+              log pi_old (B, K), sampled with seed (seed, i, rollout rank)
+ 3. score     at once: reward (page (B,), items (B, K), total (B,)), reference log pi_ref (B, K),
+              critic values V (B, K)
+ 4. advantage KL_t, token rewards r_t = c_item item_t + 1[t = last] c_page page - beta KL_t,
+              GAE(gamma, lam), whitening (actors.experience)
+ 5. train     ppo_epochs over minibatches on the policy and critic groups (concurrently)
+ 6. beta      the KL controller sees the mean per-page KL (fixed or adaptive)
+
+Every ``eval_every`` iterations: validation (NDCG@10, Recall@20, tail recall, page ILD and
+entropy) on rollout actor 0 and the reward-hacking monitor. Every ``save_every``: a
+resumable state (actors.state). At the end: the policy as a ``ppo`` checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from actors.batching import concat
+from actors.critic import CriticActor
+from actors.experience import PromptBatch, assemble, experience_stats
+from actors.group import ModelGroup
+from actors.monitor import HackingMonitor
+from actors.placement import RoleSpec, plan
+from actors.policy import PolicyActor
+from actors.reference import ReferenceActor
+from actors.reward import RewardActor
+from actors.rollout import RolloutActor
+from actors.state import RunState, rng_state, set_rng_state
+from rlhf_ray.config import GenerationConfig, PPOConfig
+from rlhf_ray.errors import UserError
+from rlhf_ray.generation import build_prompts
+from rlhf_ray.losses import AdaptiveKLController, FixedKLController
+
+PHASES = ("sync", "generate", "score", "advantage", "train")
+
+
+def _mean_stats(per_rank: list[dict]) -> dict[str, float]:
+    keys = per_rank[0].keys()
+    return {k: float(np.mean([s[k] for s in per_rank])) for k in keys}
+
+
+class PPOOrchestrator:
+    def __init__(self, cfg: PPOConfig, sft: str, reward: str | Callable, data: str, out: str,
+                 log: Callable[[str], None] = print):
+        from rlhf_ray.checkpoint import verify_checkpoint
+        from rlhf_ray.stages.common import check_compatible, open_data
+        from rlhf_ray.tokens import load_tokenizer
+
+        import pandas as pd
+
+        self.cfg, self.log = cfg, log
+        self.sft = str(Path(sft).expanduser().resolve())
+        self.reward_source = reward if callable(reward) or reward == "rule" else str(Path(reward).expanduser().resolve())
+        self.data = str(Path(data).expanduser().resolve())
+        self.out = Path(out).expanduser().resolve()
+        self.sft_manifest = verify_checkpoint(self.sft)
+        _, self.vocab = load_tokenizer(Path(self.sft) / "tokenizer")
+        self.prepared = open_data(self.data)
+        check_compatible(pd.read_parquet(Path(self.sft) / "catalog.parquet"), self.prepared, self.sft)
+        train = self.prepared.histories("train")
+        if not train.histories:
+            raise UserError(f"{self.data}: no user has a training history")
+        self.train_histories, self.train_users = train.histories, torch.as_tensor(train.user_idx)
+        self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+                       else FixedKLController(cfg.kl_coef))
+        self.monitor = HackingMonitor(cfg.hack_threshold)
+        self.state = RunState(self.out / "state", keep=cfg.keep_states)
+        self.history: list[dict] = []
+        self.validations: list[dict] = []
+        self.groups: dict[str, ModelGroup] = {}
+        self.layout = None
+        self._dirty = False  # the policy changed since the rollout actors last loaded it
+        self.mix = None
+
+    # -- actors --------------------------------------------------------------------------
+    def total_steps(self) -> int:
+        c = self.cfg
+        return c.iterations * c.ppo_epochs * (c.rollout_batch_size // c.policy.train.batch_size)
+
+    def start(self) -> None:
+        """Place and start every role, then set them all up concurrently."""
+        import ray
+
+        c = self.cfg
+        specs = [RoleSpec("policy", c.policy.ranks, c.policy.num_cpus, c.policy.num_gpus),
+                 RoleSpec("critic", c.critic.ranks, c.critic.num_cpus, c.critic.num_gpus),
+                 RoleSpec("reference", 1, c.reference.num_cpus, c.reference.num_gpus),
+                 RoleSpec("reward", 1, c.reward.num_cpus, c.reward.num_gpus),
+                 RoleSpec("rollout", c.rollout.actors, c.rollout.num_cpus, c.rollout.num_gpus)]
+        self.layout = plan(specs, c.colocate, c.strategy)
+        classes = {"policy": PolicyActor, "critic": CriticActor, "reference": ReferenceActor,
+                   "reward": RewardActor, "rollout": RolloutActor}
+        for s in specs:
+            self.groups[s.role] = ModelGroup(classes[s.role], s.role, s.ranks, num_cpus=s.num_cpus,
+                                             num_gpus=s.num_gpus, placement=self.layout.placements[s.role],
+                                             strategy=c.strategy)
+        gen = GenerationConfig(page_size=c.page_size, strategy="sample", temperature=c.rollout.temperature,
+                               top_k=c.rollout.top_k, exclude_seen=True, max_history=c.max_history)
+        steps = self.total_steps()
+        pending = {
+            "policy": self.policy.run_all("setup", self.sft, c.policy, steps),
+            "critic": self.critic.run_all("setup", self.sft, c.critic, c.iterations * c.ppo_epochs *
+                                          (c.rollout_batch_size // c.critic.train.batch_size), c.seed),
+            "reference": self.groups["reference"].run_all("setup", self.sft),
+            "reward": self.groups["reward"].run_all("setup", self.reward_source, c.reward, self.data),
+            "rollout": self.rollout.run_all("setup", self.sft, gen, c.seed),
+        }
+        info = {role: self.groups[role].get(refs) for role, refs in pending.items()}
+        self.mix = self.groups["reward"].call_rank(0, "reward_mix")
+        self.prepared_ref = ray.put(self.prepared)
+        self.log(f"[ppo] roles up: policy x{c.policy.ranks} (ZeRO-{c.policy.train.zero_stage}), critic x{c.critic.ranks} "
+                 f"(ZeRO-{c.critic.train.zero_stage}), rollout x{c.rollout.actors}, reference, reward "
+                 f"{info['reward'][0]['kind']} {info['reward'][0]['mix']}; "
+                 f"{'colocated ' + str(self.layout.bundles) if c.colocate else 'spread (' + c.strategy + ')'}")
+
+    @property
+    def policy(self) -> ModelGroup:
+        return self.groups["policy"]
+
+    @property
+    def critic(self) -> ModelGroup:
+        return self.groups["critic"]
+
+    @property
+    def rollout(self) -> ModelGroup:
+        return self.groups["rollout"]
+
+    def shutdown(self) -> None:
+        for g in self.groups.values():
+            g.kill()
+        self.groups = {}
+        if self.layout is not None:
+            self.layout.remove()
+            self.layout = None
+
+    # -- one iteration ---------------------------------------------------------------------
+    def batch_users(self, iteration: int) -> np.ndarray:
+        """Indices into the train users for ``iteration``: a seeded permutation per pass over them."""
+        U, B = len(self.train_histories), self.cfg.rollout_batch_size
+        pos = np.arange(iteration * B, (iteration + 1) * B)
+        out = np.empty(B, dtype=np.int64)
+        for epoch in np.unique(pos // U):
+            perm = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, int(epoch)])).permutation(U)
+            sel = pos // U == epoch
+            out[sel] = perm[pos[sel] % U]
+        return out
+
+    def prompt_batch(self, iteration: int) -> PromptBatch:
+        idx = self.batch_users(iteration)
+        hist = [self.train_histories[i] for i in idx]
+        users = self.train_users[idx]
+        prompts = build_prompts(hist, self.vocab, self.cfg.max_history, exclude_seen=True,
+                                user_idx=users.tolist() if self.vocab.n_users else None)
+        return PromptBatch(hist, users, prompts)
+
+    def sync_weights(self) -> None:
+        """Policy -> rollout actors.
+
+        CPU (here): policy rank 0 puts its consolidated weights in the object store once
+        (``publish_weights``: every rank takes part, ZeRO-3 gathers) and the same ObjectRef goes
+        to every rollout actor. On GPUs this is the one method to replace with a collective
+        broadcast from policy rank 0 to the rollout actors; ``load_weights`` keeps its contract.
+        """
+        published = self.policy.call("publish_weights")
+        state_ref = published[0][0]
+        self.rollout.call("load_weights", state_ref)
+        self._dirty = False
+
+    def make_experience(self, iteration: int, timer) -> tuple[PromptBatch, "object"]:
+        c = self.cfg
+        with timer("sync"):
+            if self._dirty:
+                self.sync_weights()
+        batch = self.prompt_batch(iteration)
+        with timer("generate"):
+            out = concat(self.rollout.get(self.rollout.run_sharded("generate", batch, iteration=iteration)))
+        pages, logprobs = out["items"], out["logprobs"]
+        with timer("score"):
+            reward_refs = self.groups["reward"].run_sharded("score", batch.histories, pages, batch.user_idx)
+            ref_refs = self.groups["reference"].run_sharded("logprobs", batch.prompts, pages)
+            value_refs = self.critic.run_sharded("values", batch.prompts, pages)
+            rew = concat(self.groups["reward"].get(reward_refs))
+            ref_logprobs = concat(self.groups["reference"].get(ref_refs))
+            values = concat(self.critic.get(value_refs))
+        with timer("advantage"):
+            exp = assemble(batch.prompts, pages, logprobs, ref_logprobs, values, rew["page"], rew["items"],
+                           rew["total"], mix=self.mix, kl_coef=self.kl_ctl.value, kl_estimator=c.kl_estimator,
+                           gamma=c.gamma, lam=c.lam, whiten_advantages=c.whiten_advantages)
+        return batch, exp
+
+    def iteration(self, it: int) -> dict:
+        c = self.cfg
+        times = {p: 0.0 for p in PHASES}
+
+        @contextmanager
+        def timer(phase: str):
+            t0 = time.perf_counter()
+            yield
+            times[phase] += time.perf_counter() - t0
+
+        t_start = time.perf_counter()
+        kl_coef = self.kl_ctl.value
+        _, exp = self.make_experience(it, timer)
+        seed = int(np.random.SeedSequence([c.seed, it, 7]).generate_state(1)[0])
+        with timer("train"):
+            p_refs = self.policy.run_sharded("train", exp, epochs=c.ppo_epochs, seed=seed)
+            c_refs = self.critic.run_sharded("train", exp, epochs=c.ppo_epochs, seed=seed)
+            p_stats, c_stats = _mean_stats(self.policy.get(p_refs)), _mean_stats(self.critic.get(c_refs))
+        self._dirty = True
+        stats = experience_stats(exp)
+        self.kl_ctl.update(stats["kl/per_page"], n_steps=len(exp))
+        wall = time.perf_counter() - t_start
+        metrics = {"iteration": it + 1, **stats, "kl/coef": kl_coef,
+                   **{f"policy/{k}": v for k, v in p_stats.items()},
+                   **{f"critic/{k}": v for k, v in c_stats.items()},
+                   **{f"time/{k}_s": v for k, v in times.items()},
+                   "time/iteration_s": wall, "perf/pages_per_s": len(exp) / wall}
+        self.monitor.observe_reward(stats["reward/total"])
+        return metrics
+
+    # -- validation, state, export ---------------------------------------------------------------
+    def validate(self, iteration: int) -> dict:
+        """Greedy pages + full ranking on the valid split with the current policy (rollout actor 0)."""
+        if self._dirty:
+            self.sync_weights()
+        gen = GenerationConfig(page_size=self.cfg.page_size, strategy="greedy", max_history=self.cfg.max_history)
+        m = self.rollout.call_rank(0, "evaluate", self.prepared_ref, gen, "valid", self.cfg.eval_users)
+        m = {"iteration": iteration, **m}
+        self.validations.append(m)
+        return m
+
+    def controller_state(self, completed: int) -> dict:
+        return {"iteration": completed, "data_position": completed * self.cfg.rollout_batch_size,
+                "kl": self.kl_ctl.state_dict(), "monitor": self.monitor.state_dict(), "rng": rng_state(),
+                "history": self.history, "validations": self.validations, "config": self.cfg.to_dict()}
+
+    def save_state(self, completed: int) -> Path:
+        def engines(tmp: Path) -> None:
+            p = self.policy.run_all("save_state", str(tmp / "policy"))
+            c = self.critic.run_all("save_state", str(tmp / "critic"))
+            self.policy.get(p)
+            self.critic.get(c)
+
+        path = self.state.write(completed, engines, self.controller_state(completed))
+        self.log(f"[ppo] state saved: {path}")
+        return path
+
+    def restore(self) -> int:
+        """Load the newest complete state; returns the number of completed iterations (0: none)."""
+        d = self.state.latest()
+        if d is None:
+            self.log(f"[ppo] --resume: no complete state under {self.state.root}; starting from the SFT policy")
+            return 0
+        ctl = json.loads((d / "controller.json").read_text())
+        if ctl.get("config") != self.cfg.to_dict():
+            raise UserError(f"{d}: saved with a different PPO config; resume with the same config "
+                            f"(or a new --out)")
+        p = self.policy.run_all("load_state", str(d / "policy"))
+        c = self.critic.run_all("load_state", str(d / "critic"))
+        self.policy.get(p)
+        self.critic.get(c)
+        self.kl_ctl.load_state_dict(ctl["kl"])
+        self.monitor = HackingMonitor.from_state(ctl["monitor"])
+        set_rng_state(ctl["rng"])
+        self.history, self.validations = ctl["history"], ctl["validations"]
+        self._dirty = True  # rollout actors still hold the SFT weights
+        self.log(f"[ppo] resumed from {d} after {ctl['iteration']} iterations")
+        return int(ctl["iteration"])
+
+    def _write_log(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in self.history + self.validations))
+        tmp.replace(self.out / "metrics.jsonl")
+
+    def export(self, metrics: dict) -> str:
+        src = self.reward_source if isinstance(self.reward_source, str) else getattr(
+            self.reward_source, "__name__", "custom")
+        path = self.policy.call("export", str(self.out / "policy"), config=self.cfg.to_dict(), metrics=metrics,
+                                data_fingerprint=self.prepared.fingerprint,
+                                extra={"ppo": {"sft": self.sft, "reward": src}})[0]
+        return path
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
+        """Train; returns the final metrics. ``stop_after``: leave after that many iterations of
+        this call (a resumable state is written there), as a preempted run would."""
+        c = self.cfg
+        if not resume and self.state.latest() is not None:
+            raise UserError(f"{self.state.root} holds a resumable state: pass --resume to continue it, "
+                            f"or choose another --out")
+        t0 = time.time()
+        self.start()
+        try:
+            done = self.restore() if resume else 0
+            if c.eval_every and done == 0:
+                base = self.validate(0)
+                self.monitor.observe_validation(0, base)
+                self.log(f"[ppo] baseline (SFT) {self._brief(base)}")
+            stopped = None
+            ran = 0
+            for it in range(done, c.iterations):
+                m = self.iteration(it)
+                self.history.append(m)
+                ran += 1
+                self.log(f"[ppo] iter {it + 1}/{c.iterations} reward {m['reward/total']:.4f} "
+                         f"kl {m['kl/per_page']:.4f} pg {m['policy/policy_loss']:.4f} "
+                         f"vf {m['critic/value_loss']:.4f} {m['perf/pages_per_s']:.1f} pages/s")
+                last = it + 1 == c.iterations
+                if c.eval_every and ((it + 1) % c.eval_every == 0 or last):
+                    v = self.validate(it + 1)
+                    self.log(f"[ppo] validation after {it + 1}: {self._brief(v)}")
+                    alert = self.monitor.observe_validation(it + 1, v)
+                    if alert:
+                        self.log(f"[ppo] WARNING reward hacking? reward +{alert['reward_gain']:.4f} since the "
+                                 f"start while {alert['metric']} fell {100 * alert['drop']:.1f}% "
+                                 f"({alert['baseline']:.4f} -> {alert['now']:.4f})")
+                        if c.hack_stop:
+                            stopped = f"reward-hacking monitor at iteration {it + 1}"
+                preempt = stop_after is not None and ran >= stop_after and not last
+                if (c.save_every and (it + 1) % c.save_every == 0) or last or stopped or preempt:
+                    self.save_state(it + 1)
+                self._write_log()
+                if stopped or preempt:
+                    break
+            if stopped:
+                self.log(f"[ppo] stopped by the {stopped}")
+            final = self.final_metrics(stopped)
+            if (stop_after is None or done + ran >= c.iterations) or stopped:
+                final["checkpoint"] = self.export(final)
+                self.log(f"[ppo] policy exported to {final['checkpoint']}")
+            final["wall_s"] = time.time() - t0
+            return final
+        finally:
+            self.shutdown()
+
+    def final_metrics(self, stopped: str | None) -> dict:
+        out: dict = {"iterations": len(self.history)}
+        if self.history:
+            out.update({k: v for k, v in self.history[-1].items() if k != "iteration"})
+        if self.validations:
+            out.update({k: v for k, v in self.validations[-1].items() if k != "iteration"})
+        out["hacking_alerts"] = len(self.monitor.alerts)
+        if stopped:
+            out["stopped"] = stopped
+        return out
+
+    @staticmethod
+    def _brief(m: dict) -> str:
+        keys = ("val/ndcg@10", "val/recall@20", "val/tail_recall@20", "val/page_ild", "val/page_entropy")
+        return " ".join(f"{k.split('/')[1]} {m[k]:.4f}" for k in keys if k in m)

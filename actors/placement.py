@@ -1,0 +1,69 @@
+"""Where the PPO roles run: one shared placement group (colocated) or one per role (spread).
+
+Colocated: ``n = max(ranks)`` bundles; rank r of a multi-rank role sits on bundle
+(start + r) mod n, so the ranks of one group land on distinct bundles (distinct
+GPUs on a GPU node), and single-rank roles go to the least loaded bundle. Each
+bundle asks for the sum of what its actors ask (fractional CPUs/GPUs), so on a
+2-core box the default (7 actors x 0.25 CPU) fits in one group of 1.75 CPUs.
+
+Spread: no shared group; each :class:`~actors.group.ModelGroup` makes its own
+with ``ranks`` bundles and the configured strategy (PACK or SPREAD across nodes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actors.group import Placement, wait_placement
+
+
+@dataclass
+class RoleSpec:
+    role: str
+    ranks: int
+    num_cpus: float  # per actor
+    num_gpus: float  # per actor
+
+
+@dataclass
+class Layout:
+    placements: dict[str, Placement | None]  # role -> shared bundles, or None (the group makes its own)
+    pg: object | None  # the shared placement group (None when spread)
+    bundles: list[dict]  # resources of each shared bundle
+
+    def remove(self) -> None:
+        if self.pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.pg)
+            self.pg = None
+
+
+def colocated_bundles(roles: list[RoleSpec]) -> tuple[list[dict], dict[str, list[int]]]:
+    """Bundle resources and each role's bundle index per rank (pure; see module docstring)."""
+    n = max(r.ranks for r in roles)
+    load = [{"CPU": 0.0, "GPU": 0.0} for _ in range(n)]
+    assign: dict[str, list[int]] = {}
+    for spec in sorted(roles, key=lambda s: -s.ranks):  # multi-rank groups first
+        start = min(range(n), key=lambda b: (load[b]["CPU"] + load[b]["GPU"], b))
+        idx = [(start + r) % n for r in range(spec.ranks)]
+        for b in idx:
+            load[b]["CPU"] += spec.num_cpus
+            load[b]["GPU"] += spec.num_gpus
+        assign[spec.role] = idx
+    bundles = []
+    for b in load:
+        res = {k: round(v, 4) for k, v in b.items() if v > 0}
+        bundles.append(res or {"CPU": 0.01})  # Ray refuses an empty bundle
+    return bundles, assign
+
+
+def plan(roles: list[RoleSpec], colocate: bool, strategy: str = "PACK", timeout_s: float = 300.0) -> Layout:
+    """Create the shared placement group (colocated) and say where each role's ranks go."""
+    if not colocate:
+        return Layout({r.role: None for r in roles}, None, [])
+    from ray.util.placement_group import placement_group
+
+    bundles, assign = colocated_bundles(roles)
+    pg = placement_group(bundles, strategy=strategy, name="rlhf-ray-ppo")
+    wait_placement(pg, f"PPO roles colocated ({bundles}, {strategy})", timeout_s)
+    return Layout({role: Placement(pg, idx) for role, idx in assign.items()}, pg, bundles)

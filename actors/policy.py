@@ -1,0 +1,90 @@
+"""PolicyActor: one rank of the trained policy (PPO clipped surrogate + entropy bonus).
+
+    L = L_clip(rho, A) - entropy_coef * H(pi(. | s_t))        (losses.ppo_policy_loss)
+    rho_t = pi_theta(a_t | s_t) / pi_old(a_t | s_t)
+
+log pi_theta comes from :func:`rlhf_ray.generation.page_logprobs`, the same restricted
+distribution the rollout actors sampled from. Gradient clipping: the Engine
+(``train.grad_clip``).
+"""
+from __future__ import annotations
+
+import torch
+
+from actors.experience import Experience
+from actors.models import load_policy
+from actors.trainer import TrainerActor
+from rlhf_ray.config import PPOPolicyConfig
+from rlhf_ray.generation import Prompts, page_logprobs
+from rlhf_ray.losses import entropy_from_logits, ppo_policy_loss
+
+
+def restricted_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean entropy of the restricted item distribution; ``logits`` (B, K, N) hold -inf
+    at disallowed items. Padded slots (possibly all -inf) are neutralised before the softmax."""
+    safe = logits.masked_fill(~mask[..., None], 0.0)
+    return entropy_from_logits(safe, mask, allowed=torch.isfinite(safe))
+
+
+class PolicyActor(TrainerActor):
+    def setup(self, sft_dir: str, cfg: PPOPolicyConfig, total_steps: int) -> dict:
+        self.cfg = cfg
+        self.sft_dir = sft_dir
+        ck = load_policy(sft_dir)
+        self.vocab = ck.vocab
+        self._start_engine(ck.model, cfg.train, total_steps)
+        return {"params": sum(p.numel() for p in ck.model.parameters()), "device": str(self.engine.device)}
+
+    def _loss(self, m: Experience):
+        out = page_logprobs(self.engine.module, self.vocab, m.prompts, m.pages, logits_out=True)
+        loss, stats = ppo_policy_loss(out["logprobs"], m.logprobs, m.advantages, m.mask, self.cfg.clip_eps)
+        if self.cfg.entropy_coef > 0:
+            entropy = restricted_entropy(out["logits"], m.mask)
+            loss = loss - self.cfg.entropy_coef * entropy
+        else:
+            with torch.no_grad():
+                entropy = restricted_entropy(out["logits"], m.mask)
+        stats["entropy"] = float(entropy.detach())
+        return loss, stats
+
+    def train(self, exp: Experience, epochs: int, seed: int) -> dict[str, float]:
+        """PPO epochs over this rank's shard; mean stats (policy_loss, clipfrac, approx_kl, entropy, ...)."""
+        return self._fit(exp, epochs, seed, self._loss)
+
+    @torch.no_grad()
+    def logprobs(self, prompts: Prompts, pages: torch.Tensor) -> torch.Tensor:
+        """(b, K) log pi_theta of given pages (every rank of a ZeRO-3 group must call)."""
+        return page_logprobs(self.engine.module, self.vocab, prompts, pages)["logprobs"].float().cpu()
+
+    def state_dict(self) -> dict | None:
+        """Consolidated weights on rank 0 (None elsewhere): what rollouts load and export writes.
+        A collective under ZeRO-3: call on every rank."""
+        state = self.engine.full_state_dict()
+        return state if self.rank == 0 else None
+
+    def publish_weights(self) -> list | None:
+        """Rank 0 puts its consolidated weights in the object store once and returns ``[ref]``
+        (a small value: the driver passes the ref on without fetching the weights)."""
+        state = self.state_dict()
+        if state is None:
+            return None
+        import ray
+
+        return [ray.put(state)]
+
+    def export(self, out_dir: str, *, config: dict, metrics: dict, data_fingerprint: str,
+               extra: dict | None = None) -> str | None:
+        """Write the final policy as a ``ppo`` checkpoint (rank 0; every rank calls for ZeRO-3)."""
+        state = self.engine.full_state_dict()
+        if self.rank != 0:
+            return None
+        from rlhf_ray.checkpoint import save_checkpoint
+        from rlhf_ray.stages.common import load_lm_state
+
+        ck = load_policy(self.sft_dir)  # a plain copy of the architecture, filled with the trained weights
+        load_lm_state(ck.model, state)
+        info = {"parent": {"id": ck.manifest["id"], "stage": ck.manifest["stage"]}, **(extra or {})}
+        path = save_checkpoint(out_dir, stage="ppo", model=ck.model, tokenizer=ck.tokenizer, vocab=ck.vocab,
+                               catalog=ck.catalog, config=config, data_fingerprint=data_fingerprint,
+                               metrics=metrics, state_dict=state, extra=info)
+        return str(path)

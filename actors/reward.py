@@ -1,0 +1,66 @@
+"""RewardActor: scores pages with a :class:`rlhf_ray.reward.RewardFn`.
+
+Sources: a reward checkpoint directory (``ModelReward``, the trained mixed-grained
+model, alpha from the config or the checkpoint), ``"rule"`` (``RuleReward`` on the
+prepared data), or, from Python, any zero-argument factory returning a RewardFn.
+The actor also reports how the function's ``total`` splits into page and item parts
+(:class:`actors.experience.RewardMix`), which the controller needs to spread the
+reward over page slots, and checks that split on every batch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable, Sequence
+
+import torch
+
+from actors.experience import RewardMix
+from actors.group import BaseActor
+from rlhf_ray.config import PPORewardConfig
+from rlhf_ray.errors import UserError
+
+
+def reward_mix(fn) -> RewardMix:
+    """Mixed-grained rewards (an ``alpha`` attribute): total = alpha * page + (1 - alpha) * mean_t item_t.
+    Otherwise (RuleReward): total = page + sum_t item_t."""
+    alpha = getattr(fn, "alpha", None)
+    if alpha is not None:
+        return RewardMix(page_coef=float(alpha), item_coef=1.0 - float(alpha), item_mode="mean")
+    return RewardMix(page_coef=1.0, item_coef=1.0, item_mode="sum")
+
+
+def build_reward(source: str, cfg: PPORewardConfig, data_dir: str, device: str = "cpu"):
+    """A RewardFn from ``source``: "rule" or a reward checkpoint directory."""
+    from rlhf_ray.reward import ModelReward, RuleReward
+    from rlhf_ray.stages.common import check_compatible, open_data
+
+    prepared = open_data(data_dir)
+    if source == "rule":
+        return RuleReward(prepared)
+    fn = ModelReward.from_checkpoint(source, alpha=cfg.alpha, device=device)
+    if fn.catalog is not None:
+        check_compatible(fn.catalog, prepared, source)
+    return fn
+
+
+class RewardActor(BaseActor):
+    def setup(self, source: str | Callable, cfg: PPORewardConfig, data_dir: str) -> dict:
+        self.fn = source() if callable(source) else build_reward(source, cfg, data_dir, self.device())
+        self.mix = reward_mix(self.fn)
+        return {"kind": type(self.fn).__name__, "mix": asdict(self.mix)}
+
+    def reward_mix(self) -> RewardMix:
+        return self.mix
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[Sequence[int]], pages: torch.Tensor, user_idx) -> dict:
+        """{"page": (B,), "items": (B, K), "total": (B,)} float32 CPU tensors."""
+        out = self.fn(histories, pages, user_idx=[int(u) for u in user_idx])
+        page, items, total = (t.detach().float().cpu() for t in (out.page, out.items, out.total))
+        mask = pages >= 0
+        items = items * mask
+        recon = self.mix.page_coef * page + (self.mix.item_weights(mask) * items).sum(-1)
+        if not torch.allclose(recon, total, rtol=1e-4, atol=1e-4):
+            raise UserError(f"reward {type(self.fn).__name__}: total != {self.mix} applied to page and items "
+                            f"(max gap {float((recon - total).abs().max()):.3g}); PPO cannot spread it over slots")
+        return {"page": page, "items": items, "total": total}

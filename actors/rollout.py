@@ -1,0 +1,59 @@
+"""RolloutActor: an inference copy of the policy that writes the training pages.
+
+Pages are sampled with the shared constrained decoder
+(:func:`rlhf_ray.generation.generate_pages`): only catalogue items, no repeats, no
+seen items. The log-probs it records are under the same restricted distribution
+``page_logprobs`` recomputes in the policy. Sampling is seeded by
+(seed, iteration, rank), so a resumed run draws the same pages.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from actors.experience import PromptBatch
+from actors.group import BaseActor
+from actors.models import load_policy
+from rlhf_ray.config import GenerationConfig
+
+
+class RolloutActor(BaseActor):
+    def setup(self, sft_dir: str, gen: GenerationConfig, seed: int) -> dict:
+        ck = load_policy(sft_dir, device=self.device())
+        self.model = ck.model.eval().requires_grad_(False)
+        self.vocab, self.gen, self.seed = ck.vocab, gen, seed
+        self.version = 0
+        return {"params": sum(p.numel() for p in self.model.parameters())}
+
+    def load_weights(self, state: dict) -> int:
+        """Load the policy's consolidated weights; returns the number of loads so far.
+
+        On CPU the state arrives through the object store (the controller passes one
+        ObjectRef to every rollout actor); a GPU collective broadcast would replace
+        this method's transport, not its contract."""
+        from rlhf_ray.stages.common import load_lm_state
+
+        dev = next(self.model.parameters()).device
+        load_lm_state(self.model, {k: v.to(dev) for k, v in state.items()})
+        self.version += 1
+        return self.version
+
+    @torch.no_grad()
+    def generate(self, batch: PromptBatch, iteration: int) -> dict:
+        """{"items": (b, K) item_idx (-1 pad), "logprobs": (b, K)} sampled pages for this shard."""
+        from rlhf_ray.generation import generate_pages
+
+        seed = int(np.random.SeedSequence([self.seed, iteration, self.rank]).generate_state(1)[0])
+        g = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
+        pages = generate_pages(self.model, self.vocab, batch.prompts, self.gen, generator=g)
+        return {"items": pages.items, "logprobs": pages.logprobs.float()}
+
+    @torch.no_grad()
+    def evaluate(self, prepared, gen: GenerationConfig, split: str = "valid", max_users: int = 0,
+                 prefix: str = "val/") -> dict:
+        """evaluation.evaluate on ``split`` with the current weights (greedy pages by default)."""
+        from rlhf_ray.evaluation import evaluate
+
+        metrics, _ = evaluate(self.model, self.vocab, prepared, split, gen, ks=(10, 20), max_users=max_users,
+                              prefix=prefix)
+        return metrics

@@ -1,0 +1,79 @@
+"""What the two training roles (policy, critic) share: an Engine per rank, the
+minibatch loop over this rank's shard, resumable state, and weight checksums.
+
+Each rank holds B / world rows of the experience and runs ``epochs`` seeded
+permutations of them in minibatches of ``train.batch_size / world`` rows, so every
+rank takes the same number of forward/backward passes (ZeRO-3 needs all ranks in
+each one); the engine averages gradients across ranks, so one step is a step on a
+global minibatch of ``train.batch_size`` rows.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from actors.batching import take, to_device
+from actors.experience import Experience, minibatches
+from actors.group import BaseActor
+from rlhf_ray.config import TrainConfig
+from rlhf_ray.engine import Engine, backend_for, resolve_device
+
+
+class TrainerActor(BaseActor):
+    distributed = True
+
+    def _start_engine(self, module: nn.Module, train: TrainConfig, total_steps: int) -> Engine:
+        device = resolve_device(train)
+        self.init_process_group(backend_for(device))
+        self.train_cfg = train
+        self.engine = Engine.create(module, train, total_steps=max(1, total_steps),
+                                    micro_batch=max(1, train.batch_size // self.world))
+        self.engine.train(True)  # dropout is off (p = 0), so train mode is deterministic
+        return self.engine
+
+    def _fit(self, exp: Experience, epochs: int, seed: int,
+             loss_fn: Callable[[Experience], tuple[torch.Tensor, dict]]) -> dict[str, float]:
+        """Minibatch steps over this rank's shard; mean stats over the steps."""
+        mb = max(1, self.train_cfg.batch_size // self.world)
+        rank_seed = int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0])
+        sums: dict[str, float] = {}
+        steps = 0
+        for idx in minibatches(len(exp), mb, epochs, rank_seed):
+            batch = to_device(take(exp, idx), self.engine.device)
+            loss, stats = loss_fn(batch)
+            self.engine.backward(loss)
+            stats["grad_norm"] = self.engine.step()
+            steps += 1
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        out = {k: v / max(steps, 1) for k, v in sums.items()}
+        out.update(steps=float(steps), lr=self.engine.lr)
+        return out
+
+    # -- resumable state -----------------------------------------------------------
+    def save_state(self, directory: str) -> None:
+        """Model + optimizer + schedule (DeepSpeed's own format under ZeRO); every rank calls."""
+        self.engine.save_state(directory, tag="state")
+
+    def load_state(self, directory: str) -> None:
+        self.engine.load_state(directory, tag="state")
+
+    # -- consistency checks ------------------------------------------------------------
+    def _gathered(self):
+        """Full parameters on this rank for the duration (ZeRO-3 gathers the partitions)."""
+        if self.engine.deepspeed and self.train_cfg.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.engine.model.parameters()), modifier_rank=None)
+        return contextlib.nullcontext()
+
+    def checksums(self) -> dict[str, str]:
+        """{parameter name: sha256 of its fp32 bytes} of the full model (a collective under ZeRO-3)."""
+        with self._gathered():
+            return {n: hashlib.sha256(p.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+                    for n, p in self.engine.model.named_parameters()}

@@ -1,0 +1,167 @@
+"""Mixed-grained reward model on ml-100k: held-out pair accuracy per family (page head alone,
+item head alone, their mix), and whether the reward prefers the page holding the user's true
+next item over a random page.
+
+    python bench/reward_ml100k.py --data /tmp/ml100k-prepared [--sft DIR] [--smoke-test]
+
+Without ``--sft`` a quick SFT checkpoint is trained first, the same as
+``rlhf-ray sft --data DATA --out /tmp/reward-bench-sft --train.epochs 2``. The reward model
+(``rlhf-ray reward`` with the settings below) starts from it. Measured:
+
+* pair accuracy: fraction of held-out-user pairs (split "test", users never trained on)
+  with R(chosen) > R(rejected), per family and overall; "page" = g alone, "item" = mean_t r_t
+  alone, "mix" = alpha g~ + (1 - alpha) mean_t r~_t.
+* next item: for each test user (history = items[:test_start]), the "true" page is the test
+  item at slot 1 followed by the SFT model's greedy page without it (K - 1 items); it is
+  compared with K random unseen items ("vs random") and with the SFT page itself ("vs sft":
+  the true item replacing SFT's last slot and leading the page). Fraction of users with
+  R(true page) > R(other page).
+* wall-clock training time on this machine (shared CPU: timings vary with its load).
+
+Writes ``bench/results/reward_ml100k.json`` and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS = Path(__file__).parent / "results" / "reward_ml100k.json"
+
+
+def train_sft(data: str, out: str) -> float:
+    t = time.time()
+    exe = str(Path(sys.executable).with_name("rlhf-ray"))
+    subprocess.run([exe, "sft", "--data", data, "--out", out, "--train.epochs", "2", "--no-train.progress"],
+                   check=True)
+    return time.time() - t
+
+
+def next_item_test(reward, sft_dir: str, prepared, page_size: int, max_users: int, seed: int) -> dict:
+    """R(test item + SFT's page) vs R(random page) and vs R(SFT page), per head and mixed."""
+    import numpy as np
+    import torch
+
+    from rlhf_ray.checkpoint import load_checkpoint
+    from rlhf_ray.config import GenerationConfig
+    from rlhf_ray.generation import build_prompts, generate_pages
+    from rlhf_ray.reward import item_mean
+
+    h = prepared.histories("test")
+    n = len(h.histories) if not max_users else min(max_users, len(h.histories))
+    hist, users = h.histories[:n], h.user_idx[:n].tolist()
+    target = [t[0] for t in h.targets[:n]]
+    ck = load_checkpoint(sft_dir)
+    ck.model.eval()
+    gen = GenerationConfig(page_size=page_size)
+    sft_pages = []
+    for s in range(0, n, 256):
+        prompts = build_prompts(hist[s: s + 256], ck.vocab, gen.max_history)
+        sft_pages.append(generate_pages(ck.model, ck.vocab, prompts, gen).items)
+    sft = torch.cat(sft_pages)  # (n, K)
+    rng = np.random.default_rng(seed)
+    true, rand = [], []
+    for b in range(n):
+        rest = [int(x) for x in sft[b].tolist() if x != target[b] and x >= 0]
+        true.append([target[b]] + rest[: page_size - 1])
+        allowed = np.setdiff1d(np.arange(prepared.n_items), np.asarray(hist[b] + [target[b]]))
+        rand.append(rng.choice(allowed, size=page_size, replace=False).tolist())
+    pages = {"true": torch.tensor(true), "random": torch.tensor(rand), "sft": sft}
+    out = {name: reward(hist, p, users) for name, p in pages.items()}
+    scores = {name: {"page": o.page, "item": item_mean(o.items, pages[name] >= 0), "mix": o.total}
+              for name, o in out.items()}
+    return {f"vs_{other}": {head: float((scores["true"][head] > scores[other][head]).float().mean())
+                            for head in ("page", "item", "mix")} for other in ("random", "sft")} | {"users": n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="/tmp/ml100k-prepared")
+    ap.add_argument("--sft", default=None, help="SFT checkpoint (default: train one in /tmp/reward-bench-sft)")
+    ap.add_argument("--out", default="/tmp/reward-bench/reward", help="reward checkpoint to write")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-history", type=int, default=20)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--strength", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--max-users", type=int, default=0, help="next-item test: at most N test users (0 = all)")
+    ap.add_argument("--smoke-test", action="store_true", help="a few steps, to check the script runs")
+    ap.add_argument("--results", default=str(RESULTS))
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from rlhf_ray.config import RewardConfig
+    from rlhf_ray.reward import ModelReward
+    from rlhf_ray.stages import reward as stage
+    from rlhf_ray.stages.common import open_data
+
+    sft_s = None
+    sft_dir = args.sft
+    if sft_dir is None:
+        sft_dir = "/tmp/reward-bench-sft"
+        sft_s = train_sft(args.data, sft_dir)
+    train = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_steps": args.max_steps,
+             "progress": False, "tensorboard": False}
+    if args.smoke_test:
+        train.update(max_steps=5, epochs=1)
+    cfg = RewardConfig.from_dict({"train": train, "max_history": args.max_history, "alpha": args.alpha,
+                                  "pairs": {"strength": args.strength}})
+    t = time.time()
+    metrics = stage.run(cfg, args.data, args.out, sft_dir)
+    train_s = time.time() - t
+
+    prepared = open_data(args.data)
+    reward = ModelReward.from_checkpoint(args.out)
+    pairs = stage.pairs_for_checkpoint(reward.manifest, prepared)
+    t = time.time()
+    table = stage.evaluate_pairs(reward, pairs[pairs["split"] == "test"])
+    eval_s = time.time() - t
+    nxt = next_item_test(reward, sft_dir, prepared, cfg.pairs.page_size,
+                         50 if args.smoke_test else args.max_users, seed=0)
+
+    result = {
+        "config": cfg.to_dict(), "sft": sft_dir, "data": args.data, "smoke_test": args.smoke_test,
+        "pairs": {k: v for k, v in reward.manifest["pairs"].items() if k not in ("config",)},
+        "held_out_pair_accuracy": table, "next_item": nxt,
+        "train": {"steps": metrics.get("train/steps"), "best_epoch": metrics.get("epoch"),
+                  "wall_s": round(train_s, 1),  # pair synthesis + model load + fit (validations included)
+                  "fit_wall_s": round(metrics.get("train/wall_s", float("nan")), 1),
+                  "sft_wall_s": None if sft_s is None else round(sft_s, 1),
+                  "best_val_acc": metrics.get("val/acc")},
+        "eval_wall_s": round(eval_s, 1),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform(),
+                    "load_avg_1m": os.getloadavg()[0]},
+    }
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(result, indent=2, default=str))
+
+    print(f"\nheld-out pair accuracy ({table['overall']['n']} pairs of test users, alpha = {reward.alpha:g})")
+    print(f"  {'family':12s} {'n':>6s} {'page':>7s} {'item':>7s} {'mix':>7s}")
+    for g, v in table.items():
+        print(f"  {g:12s} {v['n']:6d} {v['page']:7.3f} {v['item']:7.3f} {v['mix']:7.3f}")
+    print(f"\nnext item ({nxt['users']} test users): fraction with R(true item + SFT page) > R(other)")
+    print(f"  {'other':12s} {'page':>7s} {'item':>7s} {'mix':>7s}")
+    for k in ("vs_random", "vs_sft"):
+        print(f"  {k:12s} {nxt[k]['page']:7.3f} {nxt[k]['item']:7.3f} {nxt[k]['mix']:7.3f}")
+    tr = result["train"]
+    print(f"\ntraining: {tr['steps']} steps, {tr['wall_s']} s in all ({tr['fit_wall_s']} s in the loop, validations "
+          f"included; {args.threads} threads, load avg {result['machine']['load_avg_1m']:.1f}); "
+          f"held-out eval {eval_s:.1f} s"
+          + (f"; SFT {sft_s:.0f} s" if sft_s else ""))
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Page rewards, pluggable: PPO calls any :class:`RewardFn`.
+
+    reward = ModelReward.from_checkpoint("runs/reward")          # trained, mixed-grained
+    reward = RuleReward(load_prepared("data/ml-100k"))            # rule-based
+    out = reward(histories, pages, user_idx=users)                # pages (B, K) item_idx, -1 = pad
+    out.total  # (B,)   out.page  # (B,)   out.items  # (B, K), 0 at padding
+
+**Mixed-grained reward model** (PageLLM). A sequence is the generation prompt
+(:func:`rlhf_ray.generation.build_prompts`) followed by the page's item tokens and
+``<eos>``; with h(.) the backbone's final hidden state:
+
+    g(page, user) = w_g . h(<eos>) + b_g                  page-level score
+    r_t           = w_r . h(item_t) + b_r                 item-level token reward, t = 1..K'
+    R             = alpha * g~ + (1 - alpha) * (1/K') sum_t r~_t
+
+K' = the page's items (padding excluded); ``~`` = normalised with the mean/std of
+g and of mean_t r_t over the training pairs' pages (saved in the checkpoint
+manifest), so alpha mixes commensurate scales: alpha = 1 gives g~ alone, alpha = 0
+the mean item reward alone. Reported items are the normalised r~_t.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rlhf_ray.errors import CheckpointError
+from rlhf_ray.generation import Prompts, build_prompts
+from rlhf_ray.model import forward, positions, unwrap
+from rlhf_ray.tokens import Vocab
+
+HEAD_NAMES = ["page", "item"]
+
+
+@dataclass
+class RewardOutput:
+    page: Tensor  # (B,) page-level score
+    items: Tensor  # (B, K) item-level token rewards, 0 where the page slot is padding
+    total: Tensor  # (B,) the reward PPO optimises
+
+
+@runtime_checkable
+class RewardFn(Protocol):
+    """Anything that scores pages: ``(histories, pages (B, K) item_idx with -1 pad) -> RewardOutput``.
+
+    ``histories[b]``: user b's item_idx history, oldest first. ``user_idx`` (B,) is optional;
+    rewards that need to know the user (e.g. :class:`RuleReward`'s hits) require it.
+    Returns CPU float32 tensors.
+    """
+
+    def __call__(self, histories: Sequence[Sequence[int]], pages: Tensor,
+                 user_idx: Sequence[int] | None = None) -> RewardOutput: ...
+
+
+def item_mean(items: Tensor, mask: Tensor) -> Tensor:
+    """(B,) mean_t items[b, t] over the slots where ``mask`` (B, K) is set (0 for an empty page)."""
+    m = mask.to(items.dtype)
+    return (items * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+
+
+def mix(page: Tensor, items: Tensor, mask: Tensor, alpha: float) -> Tensor:
+    """(B,) R = alpha * page + (1 - alpha) * mean_t items."""
+    return alpha * page + (1.0 - alpha) * item_mean(items, mask)
+
+
+def as_pages(pages) -> Tensor:
+    """(B, K) int64 item_idx tensor from a tensor / array / list of equal-length lists."""
+    t = torch.as_tensor(np.asarray(pages) if not isinstance(pages, Tensor) else pages).long()
+    if t.ndim != 2:
+        raise ValueError(f"pages: expected a 2-D (B, K) item_idx array (-1 = padding), got shape {tuple(t.shape)}")
+    return t
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def final_hidden(lm: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
+    """(B, T, H) last-layer hidden states (after the final norm) with padding-aware positions.
+
+    Skips the LM head (a (B, T, V) product nobody reads here) when the model exposes its
+    decoder as ``base_model`` (GPT-2: ``transformer``; peft: the wrapped model's); otherwise
+    falls back to :func:`rlhf_ray.model.forward`.
+    """
+    m = unwrap(lm)
+    if hasattr(m, "get_base_model"):  # peft
+        m = m.get_base_model()
+    base = getattr(m, "base_model", None)
+    if isinstance(base, nn.Module) and base is not m:
+        out = base(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False)
+        return out.last_hidden_state
+    return forward(lm, ids, mask, hidden=True)[1]
+
+
+def score_pages(lm: nn.Module, heads: nn.Module, vocab: Vocab, prompts: Prompts,
+                pages: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Raw head outputs for ``[prompt | page items | <eos>]``, one forward pass. Differentiable.
+
+    ``prompts``: left-padded (B, L); ``pages``: (B, K) item_idx, -1 = padding (its token is
+    masked out, so the ``<eos>`` follows the last real item in position). Returns
+    ``page (B,)``, ``items (B, K)`` (0 at padding) and ``mask (B, K)``.
+    """
+    dev = next(lm.parameters()).device
+    ids, am, pages = prompts.input_ids.to(dev), prompts.attention_mask.to(dev), pages.to(dev)
+    B, L = ids.shape
+    K = pages.shape[1]
+    slot = pages >= 0  # (B, K)
+    item_ids = torch.where(slot, vocab.item_token(pages.clamp(min=0)), torch.full_like(pages, vocab.pad))
+    eos = torch.full((B, 1), vocab.eos, dtype=ids.dtype, device=dev)
+    full_ids = torch.cat([ids, item_ids, eos], dim=1)  # (B, L + K + 1)
+    full_am = torch.cat([am, slot.long(), torch.ones_like(eos)], dim=1)
+    h = final_hidden(lm, full_ids, full_am)  # (B, L + K + 1, H)
+    page = heads["page"](h[:, -1]).float()  # (B,) from <eos>
+    items = heads["item"](h[:, L: L + K]).float() * slot  # (B, K) from each item token
+    return page, items, slot
+
+
+@dataclass
+class RewardNorm:
+    """Per-head normalisation: g~ = (g - page_mean) / page_std, r~_t = (r_t - item_mean) / item_std
+    (item stats are those of mean_t r_t, so mean_t r~_t = (mean_t r_t - item_mean) / item_std)."""
+
+    page_mean: float = 0.0
+    page_std: float = 1.0
+    item_mean: float = 0.0
+    item_std: float = 1.0
+
+    @classmethod
+    def fit(cls, page: Tensor, item_means: Tensor, eps: float = 1e-6) -> "RewardNorm":
+        """Statistics of page scores (N,) and per-page mean item rewards (N,)."""
+        return cls(float(page.mean()), float(page.std(unbiased=False).clamp(min=eps)),
+                   float(item_means.mean()), float(item_means.std(unbiased=False).clamp(min=eps)))
+
+    def to_dict(self) -> dict:
+        return {"page": {"mean": self.page_mean, "std": self.page_std},
+                "item": {"mean": self.item_mean, "std": self.item_std}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RewardNorm":
+        return cls(float(d["page"]["mean"]), float(d["page"]["std"]), float(d["item"]["mean"]),
+                   float(d["item"]["std"]))
+
+    def apply(self, page: Tensor, items: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        return (page - self.page_mean) / self.page_std, ((items - self.item_mean) / self.item_std) * mask
+
+
+class ModelReward:
+    """The trained mixed-grained reward model as a :class:`RewardFn` (inference only).
+
+    ``norm=None`` scores with the raw heads. The backbone and heads are used as given
+    (``from_checkpoint`` puts them in eval mode on ``device``).
+    """
+
+    def __init__(self, lm: nn.Module, heads: nn.Module, vocab: Vocab, *, alpha: float = 0.5,
+                 norm: RewardNorm | None = None, max_history: int = 50, batch_size: int = 256):
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.lm, self.heads, self.vocab = lm, heads, vocab
+        self.alpha, self.norm = float(alpha), norm or RewardNorm()
+        self.max_history, self.batch_size = max_history, batch_size
+        self.manifest: dict = {}  # set by from_checkpoint, with the checkpoint's catalogue
+        self.catalog = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, alpha: float | None = None, device: str = "cpu",
+                        batch_size: int = 256, verify: bool = True) -> "ModelReward":
+        """Load a ``reward`` checkpoint; ``alpha=None`` keeps the trained mix ratio."""
+        from rlhf_ray.checkpoint import load_checkpoint, load_heads
+
+        ck = load_checkpoint(path, verify=verify, device=device)
+        info = ck.manifest.get("reward")
+        if ck.stage != "reward" or not info:
+            raise CheckpointError(f"{path}: a {ck.stage!r} checkpoint, not a reward model (rlhf-ray reward)")
+        heads = load_heads(ck, HEAD_NAMES).to(device).eval()
+        self = cls(ck.model.eval(), heads, ck.vocab, alpha=info["alpha"] if alpha is None else alpha,
+                   norm=RewardNorm.from_dict(info["norm"]), max_history=int(info["max_history"]),
+                   batch_size=batch_size)
+        self.manifest, self.catalog = ck.manifest, ck.catalog
+        return self
+
+    @torch.no_grad()
+    def __call__(self, histories: Sequence[Sequence[int]], pages, user_idx: Sequence[int] | None = None
+                 ) -> RewardOutput:
+        pages = as_pages(pages)
+        if len(histories) != pages.shape[0]:
+            raise ValueError(f"histories: {len(histories)} rows for {pages.shape[0]} pages")
+        outs = []
+        for s in range(0, len(histories), self.batch_size):
+            users = None if user_idx is None else list(user_idx[s: s + self.batch_size])
+            prompts = build_prompts(histories[s: s + self.batch_size], self.vocab, self.max_history,
+                                    exclude_seen=False, user_idx=users)
+            outs.append(score_pages(self.lm, self.heads, self.vocab, prompts, pages[s: s + self.batch_size]))
+        page = torch.cat([o[0] for o in outs]).cpu()
+        items = torch.cat([o[1] for o in outs]).cpu()
+        mask = torch.cat([o[2] for o in outs]).cpu()
+        page, items = self.norm.apply(page, items, mask)
+        return RewardOutput(page, items, mix(page, items, mask, self.alpha))
+
+
+# --------------------------------------------------------------------------- rules
+
+
+class RuleReward:
+    """A rule-based :class:`RewardFn` (no model): hits on the user's held-out positives,
+    a tail bonus, a diversity bonus, a penalty for seen or repeated items.
+
+        r_t   = hit * 1[p_t in T_u] + tail * 1[p_t is a tail item] - repeat * 1[p_t in H_u or p_t in p_<t]
+        page  = diversity * H_cat(page) / ln(K')      (category entropy, 0 when K' < 2)
+        total = page + sum_t r_t                      (+hit per hit)
+
+    T_u = the user's positive targets of ``split`` (``valid`` by default: using ``test``
+    would leak the test set into training); H_u = the given history. ``user_idx`` is
+    required when ``hit`` != 0.
+    """
+
+    def __init__(self, prepared, split: str = "valid", *, hit: float = 1.0, tail: float = 0.1,
+                 diversity: float = 0.5, repeat: float = 1.0):
+        h = prepared.histories(split)
+        self.targets = {int(u): set(t) for u, t in zip(h.user_idx, h.targets)}
+        self.is_tail = torch.tensor(np.asarray(prepared.is_tail, dtype=bool))
+        self.categories = np.asarray(prepared.item_categories)
+        self.hit, self.tail, self.diversity, self.repeat = hit, tail, diversity, repeat
+
+    def __call__(self, histories: Sequence[Sequence[int]], pages, user_idx: Sequence[int] | None = None
+                 ) -> RewardOutput:
+        from rlhf_ray.metrics import category_entropy
+
+        pages = as_pages(pages)
+        B, K = pages.shape
+        if self.hit and user_idx is None:
+            raise ValueError("RuleReward needs user_idx to count hits on held-out positives")
+        mask = pages >= 0
+        safe = pages.clamp(min=0)
+        hits = torch.zeros((B, K))
+        seen = torch.zeros((B, K), dtype=torch.bool)
+        for b in range(B):
+            tgt = self.targets.get(int(user_idx[b]), set()) if user_idx is not None else set()
+            hist = set(int(i) for i in histories[b])
+            row = pages[b].tolist()
+            for k, item in enumerate(row):
+                if item < 0:
+                    continue
+                hits[b, k] = float(item in tgt and item not in row[:k])
+                seen[b, k] = item in hist or item in row[:k]
+        items = (self.hit * hits + self.tail * self.is_tail[safe].float() - self.repeat * seen.float()) * mask
+        n = mask.sum(-1)
+        ent = torch.as_tensor(np.nan_to_num(category_entropy(pages.numpy(), self.categories)), dtype=torch.float32)
+        page = self.diversity * torch.where(n >= 2, ent / torch.log(n.clamp(min=2).float()), torch.zeros(B))
+        return RewardOutput(page, items, page + items.sum(-1))

@@ -1,0 +1,212 @@
+"""PPO pieces that need no Ray: token-reward assembly, batching, placement plan, the
+reward-hacking monitor, resumable-state bookkeeping, PPOConfig."""
+import json
+import math
+
+import pytest
+import torch
+
+from actors.batching import concat, split, take
+from actors.experience import Experience, RewardMix, assemble, last_slot, minibatches, token_rewards
+from actors.monitor import HackingMonitor
+from actors.placement import RoleSpec, colocated_bundles
+from actors.reward import reward_mix
+from actors.state import RunState, complete, iter_name, rng_state, set_rng_state
+from rlhf_ray.config import ConfigError, PPOConfig
+from rlhf_ray.generation import Prompts
+from rlhf_ray.losses import gae, whiten
+
+
+def _prompts(B: int, L: int = 3, N: int = 6) -> Prompts:
+    return Prompts(torch.arange(B * L).reshape(B, L), torch.ones(B, L, dtype=torch.long),
+                   torch.zeros(B, N, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------- token rewards
+
+
+def test_token_rewards_mixed_reward_by_hand():
+    # alpha = 0.25, K = 3: items scaled (1 - alpha) / K' = 0.25 per slot, page alpha at the last valid slot
+    page = torch.tensor([2.0, -1.0])
+    items = torch.tensor([[1.0, 2.0, 3.0], [4.0, 8.0, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])  # row 1: K' = 2
+    kl = torch.tensor([[0.1, 0.0, -0.2], [0.3, 0.1, 0.0]])
+    mix = RewardMix(page_coef=0.25, item_coef=0.75, item_mode="mean")
+    r = token_rewards(page, items, mask, kl, kl_coef=0.5, mix=mix)
+    expected = torch.tensor([
+        [0.25 * 1 - 0.05, 0.25 * 2 - 0.0, 0.25 * 3 + 0.25 * 2.0 + 0.1],
+        [0.375 * 4 - 0.15, 0.375 * 8 + 0.25 * -1.0 - 0.05, 0.0],
+    ])
+    assert torch.allclose(r, expected, atol=1e-6), (r, expected)
+    # without KL the slots sum to R = alpha * page + (1 - alpha) * mean_t items
+    r0 = token_rewards(page, items, mask, torch.zeros_like(kl), 0.5, mix)
+    total = 0.25 * page + 0.75 * torch.tensor([2.0, 6.0])
+    assert torch.allclose(r0.sum(-1), total, atol=1e-6)
+
+
+def test_token_rewards_sum_mode_and_last_slot():
+    mask = torch.tensor([[True, False, False], [False, False, False], [True, True, True]])
+    assert last_slot(mask).tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 1]]
+    r = token_rewards(torch.tensor([1.0, 1.0, 0.5]), torch.ones(3, 3), mask, torch.zeros(3, 3), 0.1,
+                      RewardMix(1.0, 1.0, "sum"))
+    assert r.tolist() == [[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.5]]
+
+
+def test_assemble_experience_by_hand():
+    B, K = 2, 3
+    pages = torch.tensor([[4, 1, 2], [0, 5, -1]])
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -1.0, 0.0]])
+    ref = torch.tensor([[-1.2, -2.0, -0.4], [-1.5, -0.5, 0.0]])
+    values = torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.3, 9.0]])  # 9.0 at padding must not leak in
+    page = torch.tensor([1.0, 2.0])
+    items = torch.tensor([[0.0, 1.0, 0.5], [1.0, -1.0, 7.0]])  # 7.0 at padding must not leak in
+    mix = RewardMix(0.5, 0.5, "mean")
+    exp = assemble(_prompts(B), pages, logp, ref, values, page, items, total=torch.zeros(B), mix=mix,
+                   kl_coef=0.1, gamma=1.0, lam=0.9, whiten_advantages=False)
+    # k1 KL: logp - ref at valid slots
+    assert torch.allclose(exp.kl, torch.tensor([[0.2, 0.0, -0.1], [0.0, -0.5, 0.0]]), atol=1e-6)
+    # r_t = 0.5 / K' * item_t + 0.5 * page at last - 0.1 * kl_t
+    r = torch.tensor([[0.5 / 3 * 0 - 0.02, 0.5 / 3 * 1, 0.5 / 3 * 0.5 + 0.5 + 0.01],
+                      [0.25 * 1, 0.25 * -1 + 1.0 + 0.05, 0.0]])
+    assert torch.allclose(exp.rewards, r, atol=1e-6)
+    # GAE by hand for row 1 (two valid slots, V after the last = 0)
+    d1 = r[1, 1] + 0 - 0.3
+    d0 = r[1, 0] + 0.3 - 0.3
+    a1, a0 = d1, d0 + 0.9 * d1
+    assert torch.allclose(exp.advantages[1], torch.tensor([a0, a1, 0.0]), atol=1e-6)
+    assert torch.allclose(exp.returns[1], torch.tensor([a0 + 0.3, a1 + 0.3, 0.0]), atol=1e-6)
+    adv, ret = gae(r, values * exp.mask, exp.mask, 1.0, 0.9)
+    assert torch.equal(exp.advantages, adv) and torch.equal(exp.returns, ret)
+    white = assemble(_prompts(B), pages, logp, ref, values, page, items, torch.zeros(B), mix=mix, kl_coef=0.1,
+                     lam=0.9, whiten_advantages=True)
+    assert torch.allclose(white.advantages, whiten(adv, exp.mask), atol=1e-6)
+    assert float(exp.item_rewards[1, 2]) == 0.0
+
+
+def test_kl_zero_when_policy_equals_reference():
+    logp = -torch.rand(4, 5)
+    exp = assemble(_prompts(4), torch.arange(20).reshape(4, 5), logp, logp.clone(), torch.zeros(4, 5),
+                   torch.ones(4), torch.ones(4, 5), torch.ones(4), mix=RewardMix(1.0, 1.0, "sum"), kl_coef=1.0,
+                   kl_estimator="k3")
+    assert float(exp.kl.abs().max()) == 0.0
+
+
+def test_reward_mix_from_reward_function():
+    class Mixed:
+        alpha = 0.3
+
+    m = reward_mix(Mixed())
+    assert (m.page_coef, round(m.item_coef, 6), m.item_mode) == (0.3, 0.7, "mean")
+    assert reward_mix(object()) == RewardMix(1.0, 1.0, "sum")
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def test_split_take_concat_round_trip():
+    exp = Experience(prompts=_prompts(6), pages=torch.arange(18).reshape(6, 3), mask=torch.ones(6, 3, dtype=torch.bool),
+                     **{k: torch.randn(6, 3) for k in ("logprobs", "ref_logprobs", "values", "item_rewards", "kl",
+                                                       "rewards", "advantages", "returns")},
+                     page_reward=torch.randn(6), total_reward=torch.randn(6))
+    shards = split(exp, 3, equal=True)
+    assert [len(s) for s in shards] == [2, 2, 2]
+    assert torch.equal(shards[1].prompts.input_ids, exp.prompts.input_ids[2:4])
+    back = concat(shards)
+    assert torch.equal(back.advantages, exp.advantages) and torch.equal(back.prompts.blocked, exp.prompts.blocked)
+    picked = take(exp, [5, 0])
+    assert picked.pages.tolist() == [exp.pages[5].tolist(), exp.pages[0].tolist()]
+    with pytest.raises(ValueError, match="equal shards"):
+        split(exp, 4, equal=True)
+    assert [len(x) for x in split([[1], [2], [3]], 2)] == [2, 1]
+
+
+def test_minibatches_are_seeded_permutations():
+    a = minibatches(10, 4, epochs=2, seed=3)
+    assert [len(i) for i in a] == [4, 4, 2, 4, 4, 2]
+    assert sorted(torch.cat(a[:3]).tolist()) == list(range(10))
+    assert all(torch.equal(x, y) for x, y in zip(a, minibatches(10, 4, 2, 3)))
+    assert not all(torch.equal(x, y) for x, y in zip(a, minibatches(10, 4, 2, 4)))
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def test_colocated_bundles_sum_requests_and_spread_ranks():
+    roles = [RoleSpec("policy", 2, 0.25, 0.0), RoleSpec("critic", 2, 0.25, 0.0), RoleSpec("reference", 1, 0.25, 0.0),
+             RoleSpec("reward", 1, 0.25, 0.0), RoleSpec("rollout", 1, 0.25, 0.0)]
+    bundles, assign = colocated_bundles(roles)
+    assert len(bundles) == 2
+    assert math.isclose(sum(b["CPU"] for b in bundles), 1.75)
+    assert sorted(assign["policy"]) == [0, 1] and sorted(assign["critic"]) == [0, 1]
+    assert max(b["CPU"] for b in bundles) <= 1.0  # single-rank roles balanced over the bundles
+    gpu, _ = colocated_bundles([RoleSpec("policy", 1, 0.1, 0.5), RoleSpec("rollout", 1, 0.1, 0.5)])
+    assert gpu == [{"CPU": 0.2, "GPU": 1.0}]
+
+
+# --------------------------------------------------------------------------- monitor
+
+
+def test_hacking_monitor_flags_reward_up_quality_down():
+    mon = HackingMonitor(threshold=0.1)
+    assert mon.observe_validation(0, {"val/ndcg@10": 0.20, "val/page_ild": 0.5}) is None
+    mon.observe_reward(1.0)
+    mon.observe_reward(1.2)
+    assert mon.observe_validation(2, {"val/ndcg@10": 0.19, "val/page_ild": 0.5}) is None  # 5% drop: fine
+    mon.observe_reward(1.5)
+    alert = mon.observe_validation(3, {"val/ndcg@10": 0.20, "val/page_ild": 0.4})  # ILD -20% while reward up
+    assert alert and alert["metric"] == "val/page_ild" and math.isclose(alert["drop"], 0.2)
+    mon2 = HackingMonitor.from_state(json.loads(json.dumps(mon.state_dict())))
+    mon2.observe_reward(0.5)  # reward below the baseline: a quality drop alone is not hacking
+    assert mon2.observe_validation(4, {"val/ndcg@10": 0.1, "val/page_ild": 0.1}) is None
+    assert len(mon2.alerts) == 1
+
+
+# --------------------------------------------------------------------------- resumable state
+
+
+def test_run_state_atomic_latest_and_half_written(tmp_path):
+    st = RunState(tmp_path / "state", keep=2)
+    assert st.latest() is None
+    for it in (1, 2, 3):
+        st.write(it, lambda d: (d / "policy").mkdir(), {"iteration": it})
+    assert st.latest().name == iter_name(3)
+    assert sorted(p.name for p in (tmp_path / "state").iterdir() if p.name.startswith("iter_")) == \
+        [iter_name(2), iter_name(3)]
+
+    def crash(d):
+        (d / "policy").mkdir()
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        st.write(4, crash, {"iteration": 4})
+    assert st.latest().name == iter_name(3)
+    assert not [p for p in (tmp_path / "state").iterdir() if p.name.startswith(".iter_")]
+    # a directory with an iter_ name but no controller.json (e.g. copied by hand, truncated) is not complete
+    bad = tmp_path / "state" / iter_name(9)
+    (bad / "policy").mkdir(parents=True)
+    (tmp_path / "state" / "latest").write_text(iter_name(9))
+    assert not complete(bad)
+    assert st.latest().name == iter_name(3)
+
+
+def test_rng_state_round_trip():
+    s = json.loads(json.dumps(rng_state()))
+    a = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    set_rng_state(s)
+    b = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_ppo_config_partial_sections_keep_ppo_defaults():
+    cfg = PPOConfig.from_dict({"policy": {"ranks": 2, "train": {"zero_stage": 3}}})
+    assert cfg.policy.train.zero_stage == 3 and cfg.policy.train.lr == PPOConfig().policy.train.lr
+    assert cfg.policy.train.batch_size == PPOConfig().policy.train.batch_size
+    with pytest.raises(ConfigError, match="rollout_batch_size"):
+        PPOConfig.from_dict({"rollout_batch_size": 48})
+    with pytest.raises(ConfigError, match="ranks"):
+        PPOConfig.from_dict({"policy": {"ranks": 3}})
+    with pytest.raises(ConfigError, match="alpha"):
+        PPOConfig.from_dict({"reward": {"alpha": 1.5}})

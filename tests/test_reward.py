@@ -1,0 +1,245 @@
+"""Mixed-grained reward model: the scoring pass, the Bradley-Terry loss path, learning,
+the checkpoint round trip, alpha, the rule-based reward and the CLI."""
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY_MODEL
+from rlhf_ray.config import ConfigError, DataConfig, RewardConfig
+from rlhf_ray.data.pairs import load_pairs
+from rlhf_ray.errors import CheckpointError
+from rlhf_ray.evaluation import pad_lists
+from rlhf_ray.generation import build_prompts
+from rlhf_ray.model import Heads
+from rlhf_ray.reward import (HEAD_NAMES, ModelReward, RewardFn, RewardNorm, RuleReward, item_mean, score_pages)
+from rlhf_ray.stages import reward as stage
+
+PAIRS = {"page_size": 5, "max_per_category": 2, "min_page": 3}
+
+
+def reward_config(**over) -> RewardConfig:
+    train = {"epochs": 1, "batch_size": 32, "lr": 2e-3, "patience": 0, "progress": False, "tensorboard": False}
+    return RewardConfig.from_dict({"model": TINY_MODEL, "max_history": 20, "norm_pairs": 256,
+                                   "train": {**train, **over.pop("train", {})},
+                                   "pairs": {**PAIRS, **over.pop("pairs", {})}, **over})
+
+
+@pytest.fixture(scope="module")
+def rm_data(tmp_path_factory) -> Path:
+    """More users than ``synth_data``, so held-out users' pairs measure generalisation."""
+    from rlhf_ray.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("rm") / "data"
+    prepare(DataConfig(dataset="synthetic", synthetic_users=300, synthetic_items=120, seed=3), out, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(rm_data, tmp_path_factory):
+    """One epoch (~90 steps) of reward training from a fresh tiny backbone (the SFT start is
+    covered by the CLI test); with one validation the export is the last state."""
+    import copy
+
+    from rlhf_ray.stages.common import init_policy, open_data
+    from rlhf_ray.stages.loop import fit
+
+    cfg = reward_config(pairs={"strength": 1.0, "negatives": "random"})
+    out = tmp_path_factory.mktemp("rm") / "reward"
+    prepared = open_data(rm_data)
+    lm, tok, vocab, catalog, parent = init_policy(None, cfg.model, prepared)
+    spec = stage.build_spec(cfg, prepared, lm, tok, vocab, catalog, out, parent)
+    before = copy.deepcopy(spec.module).eval()
+    metrics = fit(spec, cfg.train, out.parent / "logs")
+    pairs, meta = load_pairs(str(out) + ".pairs.parquet")
+    return SimpleNamespace(out=out, module=spec.module.eval(), before=before, metrics=metrics, cfg=cfg, pairs=pairs,
+                           meta=meta, vocab=vocab)
+
+
+def _scorer(sft_dir):
+    """An SFT backbone with fresh (seeded) reward heads, in eval mode."""
+    from rlhf_ray.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(sft_dir)
+    torch.manual_seed(0)
+    return ck.model.eval(), Heads(ck.model.config.n_embd, HEAD_NAMES).eval(), ck.vocab
+
+
+# --------------------------------------------------------------------------- loss and scoring
+
+
+def test_pair_loss_matches_hand_computed_values():
+    loss, stats = stage.pair_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]),
+                                  torch.tensor([2.0, -1.0]), torch.tensor([0.0, 1.0]), page_weight=1.0, item_weight=0.5)
+    l_page = (math.log(1 + math.exp(-1)) + math.log(2)) / 2
+    l_item = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(2))) / 2
+    assert float(loss) == pytest.approx(l_page + 0.5 * l_item, abs=1e-6)
+    assert stats["acc_page"] == 0.5 and stats["acc_item"] == 0.5
+    assert stats["l_page"] == pytest.approx(l_page, abs=1e-6)
+
+
+def test_scores_ignore_batching_and_padding(tiny_sft):
+    lm, heads, vocab = _scorer(tiny_sft)
+    hist = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11]]
+    pages = torch.tensor([[20, 21, 22, 23], [24, 25, -1, -1], [26, 27, 28, -1]])
+    with torch.no_grad():
+        page, items, mask = score_pages(lm, heads, vocab, build_prompts(hist, vocab, 20, exclude_seen=False), pages)
+        for b in range(3):
+            k = int(mask[b].sum())
+            p1, i1, _ = score_pages(lm, heads, vocab, build_prompts(hist[b:b + 1], vocab, 20, exclude_seen=False),
+                                    pages[b:b + 1, :k])
+            assert float(p1[0]) == pytest.approx(float(page[b]), abs=1e-5)
+            torch.testing.assert_close(i1[0], items[b, :k], atol=1e-5, rtol=0)
+    assert (items[~mask] == 0).all()
+
+
+def test_item_rewards_are_causal_and_read_their_own_item(tiny_sft):
+    lm, heads, vocab = _scorer(tiny_sft)
+    prompts = build_prompts([[1, 2, 3]] * 2, vocab, 20, exclude_seen=False)
+    with torch.no_grad():
+        page, items, _ = score_pages(lm, heads, vocab, prompts, torch.tensor([[20, 21, 22, 23], [20, 21, 40, 23]]))
+    torch.testing.assert_close(items[0, :2], items[1, :2])  # slots before the change: same context
+    assert abs(float(items[0, 2] - items[1, 2])) > 1e-6  # r_t reads the item at t
+    assert abs(float(page[0] - page[1])) > 1e-6
+
+
+def test_stage_loss_path_is_bradley_terry_on_both_heads(trained):
+    m = trained.before  # the module before training
+    lm, heads, vocab = m.lm, m.heads, trained.vocab
+    cfg = reward_config(page_weight=1.0, item_weight=0.5)
+    rows = trained.pairs.iloc[::97].iloc[:6]  # a few users and families
+    module = stage.RewardModule(lm, heads, vocab, cfg).eval()
+    with torch.no_grad():
+        loss, stats = module(stage.pair_batch(rows, vocab, cfg.max_history))
+    by_hand = {}
+    for col in ("chosen", "rejected"):  # each page scored alone
+        scores = []
+        for r in rows.itertuples():
+            with torch.no_grad():
+                p, i, m = score_pages(lm, heads, vocab, build_prompts([r.history], vocab, 20, exclude_seen=False),
+                                      torch.tensor([getattr(r, col)]))
+            scores.append((float(p[0]), float(item_mean(i, m)[0])))
+        by_hand[col] = np.array(scores)
+    bt = lambda c, r: float(np.mean(np.log1p(np.exp(-(c - r)))))  # noqa: E731  -log sigma(c - r)
+    expected = bt(by_hand["chosen"][:, 0], by_hand["rejected"][:, 0]) + \
+        0.5 * bt(by_hand["chosen"][:, 1], by_hand["rejected"][:, 1])
+    assert float(loss) == pytest.approx(expected, abs=1e-5)
+    assert stats["l_page"] == pytest.approx(bt(by_hand["chosen"][:, 0], by_hand["rejected"][:, 0]), abs=1e-5)
+
+
+# --------------------------------------------------------------------------- learning and the checkpoint
+
+
+def test_reward_model_separates_held_out_pairs(trained):
+    test_pairs = trained.pairs[trained.pairs["split"] == "test"]
+    assert len(test_pairs) > 100
+    reward = ModelReward.from_checkpoint(trained.out)
+    table = stage.evaluate_pairs(reward, test_pairs)
+    m = trained.before
+    untrained = stage.evaluate_pairs(ModelReward(m.lm, m.heads, trained.vocab, max_history=20), test_pairs)
+    assert table["overall"]["mix"] > 0.6, table
+    assert table["overall"]["mix"] > untrained["overall"]["mix"] + 0.1, (table, untrained)
+    assert table["relevance"]["mix"] > 0.7, table
+    assert trained.metrics["train/steps"] >= 50
+
+
+def test_checkpoint_round_trip_gives_the_same_scores(trained):
+    reward = ModelReward.from_checkpoint(trained.out)
+    man = reward.manifest
+    assert man["stage"] == "reward" and man["heads"]["names"] == HEAD_NAMES
+    assert man["reward"]["alpha"] == trained.cfg.alpha and man["pairs"]["digest"] == trained.meta["digest"]
+    norm = RewardNorm.from_dict(man["reward"]["norm"])
+    assert norm.page_mean == pytest.approx(trained.metrics["norm/page_mean"])
+    m = trained.module
+    live = ModelReward(m.lm, m.heads, trained.vocab, alpha=trained.cfg.alpha, norm=norm, max_history=20)
+    rows = trained.pairs.iloc[:40]
+    pages = torch.as_tensor(pad_lists(rows["chosen"].tolist()))
+    a = reward(rows["history"].tolist(), pages, rows["user_idx"].tolist())
+    b = live(rows["history"].tolist(), pages, rows["user_idx"].tolist())
+    for x, y in ((a.page, b.page), (a.items, b.items), (a.total, b.total)):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    raw = ModelReward(m.lm, m.heads, trained.vocab, max_history=20)(rows["history"].tolist(), pages)
+    torch.testing.assert_close(a.page, (raw.page - norm.page_mean) / norm.page_std, atol=1e-5, rtol=1e-5)
+
+
+def test_alpha_selects_the_heads(trained):
+    rows = trained.pairs.iloc[:30]
+    hist = rows["history"].tolist()
+    pages = torch.as_tensor(pad_lists(rows["rejected"].tolist()))
+    mask = pages >= 0
+    r1 = ModelReward.from_checkpoint(trained.out, alpha=1.0)(hist, pages)
+    r0 = ModelReward.from_checkpoint(trained.out, alpha=0.0)(hist, pages)
+    rh = ModelReward.from_checkpoint(trained.out, alpha=0.25)(hist, pages)
+    torch.testing.assert_close(r1.total, r1.page)
+    torch.testing.assert_close(r0.total, item_mean(r0.items, mask))
+    torch.testing.assert_close(rh.total, 0.25 * r1.page + 0.75 * item_mean(r0.items, mask), atol=1e-5, rtol=1e-5)
+    assert isinstance(r1.total, torch.Tensor) and r1.items.shape == pages.shape
+
+
+# --------------------------------------------------------------------------- rules, protocol, CLI
+
+
+def test_rule_reward_counts_hits_tail_diversity_and_repeats(rm_data):
+    from rlhf_ray.data.prepared import load_prepared
+
+    prepared = load_prepared(rm_data)
+    h = prepared.histories("valid")
+    u, hist, target = int(h.user_idx[0]), h.histories[0], h.targets[0][0]
+    tail = int(np.flatnonzero(prepared.is_tail & ~np.isin(np.arange(prepared.n_items), hist + [target]))[0])
+    rule = RuleReward(prepared, hit=1.0, tail=0.1, diversity=0.5, repeat=1.0)
+    out = rule([hist], torch.tensor([[target, tail, hist[0], target, -1]]), user_idx=[u])
+    tail_bonus = 0.1 * prepared.is_tail[[target, tail, hist[0], target]].astype(float)
+    expected_items = np.array([1.0, 0.0, -1.0, -1.0, 0.0]) + np.append(tail_bonus, 0.0)
+    np.testing.assert_allclose(out.items[0].numpy(), expected_items, atol=1e-6)
+    cats = prepared.item_categories[[target, tail, hist[0], target]]
+    p = np.unique(cats, return_counts=True)[1] / 4
+    assert float(out.page[0]) == pytest.approx(0.5 * float(-(p * np.log(p)).sum()) / math.log(4), abs=1e-5)
+    assert float(out.total[0]) == pytest.approx(float(out.page[0]) + expected_items.sum(), abs=1e-5)
+    with pytest.raises(ValueError, match="user_idx"):
+        rule([hist], torch.tensor([[target]]))
+
+
+def test_rewards_satisfy_the_protocol(trained, rm_data):
+    from rlhf_ray.data.prepared import load_prepared
+
+    assert isinstance(ModelReward.from_checkpoint(trained.out), RewardFn)
+    assert isinstance(RuleReward(load_prepared(rm_data)), RewardFn)
+
+
+def _last_json(stdout: str) -> dict:
+    """The JSON document a --json command prints last (training logs may precede it)."""
+    start = stdout.rfind("\n{") + 1
+    return json.loads(stdout[start:])
+
+
+def test_cli_trains_and_evaluates_a_reward_model(synth_data, tiny_sft, tmp_path, capsys):
+    from rlhf_ray.cli import main
+
+    rm_data = synth_data
+    out = tmp_path / "reward"
+    args = ["reward", "--sft", str(tiny_sft), "--data", str(rm_data), "--out", str(out), "--max-history", "20",
+            "--train.max-steps", "3", "--train.batch-size", "8", "--no-train.progress", "--no-train.tensorboard",
+            "--norm-pairs", "16", "--pairs.page-size", "5", "--pairs.min-page", "3", "--alpha", "0.3", "--json"]
+    assert main(args) == 0
+    assert _last_json(capsys.readouterr().out)["checkpoint"] == str(out.resolve())
+    assert main(["eval-reward", "--reward", str(out), "--data", str(rm_data), "--json"]) == 0
+    first = _last_json(capsys.readouterr().out)
+    assert first["alpha"] == 0.3 and set(first["accuracy"]) >= {"overall", "relevance", "ranking"}
+    assert first["accuracy"]["overall"]["n"] > 0
+    Path(str(out.resolve()) + ".pairs.parquet").unlink()  # synthesised again from the manifest's config
+    assert main(["eval-reward", "--reward", str(out), "--data", str(rm_data), "--json"]) == 0
+    assert _last_json(capsys.readouterr().out)["accuracy"] == first["accuracy"]
+    assert main(args[:-1] + ["--max-history", "200"]) == 2  # prompt + page longer than the model's positions
+    assert "max_history" in capsys.readouterr().err
+    assert ModelReward.from_checkpoint(out).manifest["parent"]["stage"] == "sft"
+
+
+def test_user_errors(tiny_sft):
+    with pytest.raises(CheckpointError, match="not a reward model"):
+        ModelReward.from_checkpoint(tiny_sft)
+    with pytest.raises(ConfigError, match="alpha"):
+        reward_config(alpha=1.5)

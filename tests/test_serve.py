@@ -1,0 +1,304 @@
+"""The ranker as a real Ray Serve application over real HTTP on 127.0.0.1.
+
+One Serve app for the module (2 CPUs): pages, batching, every kind of bad request,
+docs, and in-place reconfigure to another checkpoint (and to a broken one). The
+CLI's start-up checks run in a subprocess without Ray.
+"""
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+
+from rlhf_ray.checkpoint import load_checkpoint, save_checkpoint
+from rlhf_ray.config import ServeConfig
+from rlhf_ray.data.prepared import load_prepared
+
+MAX_K = 20
+WAIT_S = 90  # upper bound when polling for a reconfigure to land (never a timing assertion)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_sft, synth_data):
+    from ray import serve
+
+    from rlhf_ray.rayutil import init_ray
+    from rlhf_ray.serve.app import deploy
+
+    cfg = ServeConfig(checkpoint=str(tiny_sft), data=str(synth_data), port=_free_port(), max_k=MAX_K,
+                      max_batch_size=16, batch_wait_ms=50.0, max_body_bytes=65536)
+    ray = init_ray(num_cpus=2, log_to_driver=False)
+    try:
+        deploy(cfg)
+        with httpx.Client(base_url=f"http://127.0.0.1:{cfg.port}", timeout=60) as client:
+            yield cfg, client
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(synth_data):
+    return load_prepared(synth_data)
+
+
+def _items(data) -> list[str]:
+    return data.items["item"].astype(str).tolist()
+
+
+def _full_history(data, user: str) -> set[str]:
+    uidx = int(data.users.loc[data.users["user"].astype(str) == user, "user_idx"].iloc[0])
+    row = data.sequences.loc[data.sequences["user_idx"] == uidx].iloc[0]
+    ids = _items(data)
+    return {ids[i] for i in row["items"][: int(row["end"])]}
+
+
+def _assert_page(body: dict, k: int, forbidden=()):
+    assert len(body["items"]) == k == len(body["titles"]) == len(body["scores"])
+    assert len(set(body["items"])) == k, body["items"]
+    assert not set(body["items"]) & set(forbidden), body["items"]
+    assert all(s <= 0 for s in body["scores"])
+
+
+def test_page_for_a_known_user(server, data, tiny_sft):
+    cfg, client = server
+    user = str(data.users["user"].iloc[3])
+    r = client.post("/v1/rank", json={"user_id": user, "k": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    _assert_page(body, 10, forbidden=_full_history(data, user))
+    assert body["source"] == "user_history"
+    manifest = json.loads((tiny_sft / "manifest.json").read_text())
+    assert body["checkpoint_id"] == manifest["id"] and body["stage"] == "sft"
+    titles = dict(zip(_items(data), data.items["title"]))
+    assert body["titles"] == [titles[i] for i in body["items"]]
+    assert client.post("/v1/rank", json={"user_id": user}).json()["k"] == cfg.default_k
+
+
+def test_page_for_a_history_with_exclude_and_candidates(server, data):
+    _, client = server
+    ids = _items(data)
+    hist, excl, cands = ids[:6], [int(i) for i in ids[6:9]], ids[4:30]  # ids may be ints too
+    r = client.post("/v1/rank", json={"history": hist, "k": 7, "exclude": excl, "candidates": cands})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    _assert_page(body, 7, forbidden=hist + [str(i) for i in excl])
+    assert set(body["items"]) <= set(cands) and body["source"] == "request_history"
+
+
+def test_popularity_for_empty_history_and_unknown_user(server, data):
+    _, client = server
+    top = data.items.sort_values("popularity", ascending=False, kind="stable")["item"].astype(str).tolist()
+    for req in ({"history": []}, {"user_id": "never-seen"}):
+        body = client.post("/v1/rank", json={**req, "k": 4}).json()
+        assert body["source"] == "popularity" and body["items"] == top[:4], body
+
+
+def test_sampling_with_a_seed_is_reproducible(server, data):
+    _, client = server
+    req = {"history": _items(data)[:3], "k": 6, "strategy": "sample", "temperature": 2.0, "seed": 5}
+    a, b = (client.post("/v1/rank", json=req).json() for _ in range(2))
+    assert a["items"] == b["items"] and a["strategy"] == "sample"
+    _assert_page(a, 6, forbidden=req["history"])
+
+
+def _concurrent(base_url: str, bodies: list[dict]) -> list[httpx.Response]:
+    async def go():
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as c:
+            return await asyncio.gather(*(c.post("/v1/rank", json=b) for b in bodies))
+
+    return asyncio.run(go())
+
+
+def test_batching_batches_and_matches_one_at_a_time(server, data):
+    cfg, client = server
+    ids = _items(data)
+    users = data.users["user"].astype(str).tolist()
+    bodies = [{"user_id": users[i], "k": 1 + i % MAX_K} if i % 2 else
+              {"history": ids[i: i + 1 + i % 7], "k": 1 + (3 * i) % MAX_K, "exclude": ids[40 + i: 42 + i]}
+              for i in range(16)]
+    before = client.get("/v1/stats").json()["batch_size_histogram"]
+    seen_batch = False
+    for _ in range(3):  # a loaded machine may spread one burst thinly; three bursts must batch
+        together = _concurrent(str(client.base_url), bodies)
+        after = client.get("/v1/stats").json()["batch_size_histogram"]
+        grown = {int(s): n - before.get(s, 0) for s, n in after.items() if n > before.get(s, 0)}
+        if any(s > 1 for s in grown):
+            seen_batch = True
+            break
+    assert seen_batch, f"no batch > 1 among 16 concurrent requests: {after}"
+    for body, resp in zip(bodies, together):
+        assert resp.status_code == 200, resp.text
+        alone = client.post("/v1/rank", json=body).json()
+        assert resp.json()["items"] == alone["items"], body
+        assert resp.json()["scores"] == pytest.approx(alone["scores"], abs=1e-5)
+    model = client.get("/v1/model").json()
+    assert model["batch_size_histogram"] == client.get("/v1/stats").json()["batch_size_histogram"]
+
+
+BAD_BODIES = [
+    ("both user_id and history", {"user_id": "1", "history": ["1"]}, 422),
+    ("neither user_id nor history", {"k": 3}, 422),
+    ("k = 0", {"history": [], "k": 0}, 422),
+    ("k above max_k", {"history": [], "k": MAX_K + 1}, 422),
+    ("k not an integer", {"history": [], "k": "ten"}, 422),
+    ("history not a list", {"history": "1,2"}, 422),
+    ("float item id", {"history": [1.5]}, 422),
+    ("unknown strategy", {"history": [], "strategy": "beam"}, 422),
+    ("temperature 0", {"history": [], "temperature": 0}, 422),
+    ("unknown field", {"history": [], "kk": 3}, 422),
+    ("not an object", ["1", "2"], 422),
+]
+
+
+@pytest.mark.parametrize("what,body,status", BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+def test_bad_request_gets_its_4xx(server, what, body, status):
+    _, client = server
+    r = client.post("/v1/rank", json=body)
+    assert r.status_code == status, (what, r.status_code, r.text)
+    assert r.json()["detail"]
+
+
+def test_unknown_items_are_named(server, data):
+    _, client = server
+    r = client.post("/v1/rank", json={"history": [_items(data)[0], "no-such-item"], "exclude": [999999]})
+    assert r.status_code == 422, r.text
+    assert r.json()["unknown_items"] == ["999999", "no-such-item"] and "no-such-item" in r.json()["detail"]
+
+
+def test_malformed_json_wrong_method_and_oversized_bodies(server):
+    cfg, client = server
+    json_ct = {"content-type": "application/json"}
+    assert client.post("/v1/rank", content=b'{"history": [', headers=json_ct).status_code == 422
+    assert client.post("/v1/rank", content=b"", headers=json_ct).status_code == 422
+    assert client.get("/v1/rank").status_code == 405
+    huge = {"history": [str(i) for i in range(cfg.max_body_bytes // 4)]}
+    r = client.post("/v1/rank", json=huge)
+    assert r.status_code == 413 and str(cfg.max_body_bytes) in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit holds for a streamed body too
+        for _ in range(cfg.max_body_bytes // 1000 + 2):
+            yield b" " * 1000
+
+    assert client.post("/v1/rank", content=chunks(), headers=json_ct).status_code == 413
+    assert client.get("/healthz").status_code == 200  # and the replica is fine
+
+
+def test_health_model_and_docs(server, tiny_sft):
+    cfg, client = server
+    manifest = json.loads((tiny_sft / "manifest.json").read_text())
+    assert client.get("/healthz").json() == {"status": "ok", "checkpoint_id": manifest["id"], "stage": "sft"}
+    model = client.get("/v1/model").json()
+    assert model["id"] == manifest["id"] and model["stage"] == "sft" and model["created"] == manifest["created"]
+    assert model["metrics"]["val/recall@10"] == pytest.approx(manifest["metrics"]["val/recall@10"])
+    assert model["max_k"] == MAX_K and model["known_users"] > 0 and model["reconfigure_error"] is None
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/rank", "/v1/model", "/healthz", "/v1/stats"} <= set(paths)
+    assert client.get("/docs").status_code == 200
+
+
+def _other_checkpoint(src, out):
+    """A copy of ``src`` with perturbed weights, saved as a new (ppo-stage) checkpoint."""
+    ck = load_checkpoint(src)
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for p in ck.model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+    return save_checkpoint(out, stage="ppo", model=ck.model, tokenizer=ck.tokenizer, vocab=ck.vocab,
+                           catalog=ck.catalog, config=ck.manifest["config"],
+                           data_fingerprint=ck.manifest["data_fingerprint"], metrics={"note": 1.0})
+
+
+def _poll_model(client, until, what: str) -> dict:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        model = client.get("/v1/model").json()
+        if until(model):
+            return model
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not seen within {WAIT_S} s; last /v1/model: {model}")
+
+
+def test_reconfigure_swaps_checkpoint_in_place(server, data, tiny_sft, tmp_path_factory):
+    from rlhf_ray.serve.app import deploy
+
+    cfg, client = server
+    users = data.users["user"].astype(str).tolist()[:8]
+    before_model = client.get("/v1/model").json()
+    before = [client.post("/v1/rank", json={"user_id": u, "k": 10}).json()["items"] for u in users]
+
+    other = _other_checkpoint(tiny_sft, tmp_path_factory.mktemp("ckpt2") / "ppo")
+    new_id = json.loads((other / "manifest.json").read_text())["id"]
+    deploy(cfg, user_config_override={"checkpoint": str(other), "max_batch_size": 8})
+    model = _poll_model(client, lambda m: m["id"] == new_id, "the new checkpoint")
+    assert model["stage"] == "ppo" and model["requested_checkpoint"] == str(other)
+    assert model["stats"]["replica"] == before_model["stats"]["replica"], "the replica was restarted"
+    assert model["stats"]["max_batch_size"] == 8
+    after = [client.post("/v1/rank", json={"user_id": u, "k": 10}).json() for u in users]
+    assert all(a["checkpoint_id"] == new_id and a["stage"] == "ppo" for a in after)
+    assert [a["items"] for a in after] != before
+
+    # a tampered checkpoint: refused, the current one keeps serving, the error is reported
+    bad = tmp_path_factory.mktemp("bad") / "ppo"
+    shutil.copytree(other, bad)
+    with open(bad / "model.safetensors", "r+b") as f:
+        f.seek(-8, os.SEEK_END)
+        f.write(b"\x00" * 8)
+    deploy(cfg, user_config_override={"checkpoint": str(bad), "max_batch_size": 8})
+    model = _poll_model(client, lambda m: m["reconfigure_error"], "the reconfigure error")
+    assert "sha256" in model["reconfigure_error"] and model["id"] == new_id
+    assert model["requested_checkpoint"] == str(bad)
+    r = client.post("/v1/rank", json={"user_id": users[0], "k": 10})
+    assert r.status_code == 200 and r.json()["checkpoint_id"] == new_id
+
+    deploy(cfg)  # back to the original user_config
+    _poll_model(client, lambda m: m["id"] == before_model["id"] and m["reconfigure_error"] is None,
+                "the original checkpoint")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "rlhf_ray.cli", "serve", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refuses_a_missing_or_tampered_checkpoint(tiny_sft, tmp_path):
+    r = _cli("--checkpoint", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "not found" in r.stderr and "nope" in r.stderr, r.stderr
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_sft, bad)
+    (bad / "catalog.parquet").write_bytes(b"not parquet")
+    r = _cli("--checkpoint", str(bad), "--port", "1")
+    assert r.returncode == 2 and "catalog.parquet" in r.stderr and "sha256" in r.stderr, r.stderr
+    r = _cli("--checkpoint", str(tiny_sft), "--max-k", "0")
+    assert r.returncode == 2 and "max_k" in r.stderr, r.stderr
+
+
+def test_cli_prints_a_deployable_config(tiny_sft, synth_data):
+    import yaml
+
+    r = _cli("--checkpoint", str(tiny_sft), "--data", str(synth_data), "--replicas", "2",
+             "--max-batch-size", "8", "--batch-wait-ms", "5", "--print-config")
+    assert r.returncode == 0, r.stderr
+    conf = yaml.safe_load(r.stdout)
+    app = conf["applications"][0]
+    assert app["import_path"] == "rlhf_ray.serve.app:build_app" and conf["http_options"]["host"] == "127.0.0.1"
+    assert app["args"]["checkpoint"] == str(tiny_sft) and app["args"]["data"] == str(synth_data)
+    dep = app["deployments"][0]
+    assert dep["num_replicas"] == 2
+    assert dep["user_config"] == {"checkpoint": str(tiny_sft), "max_batch_size": 8, "batch_wait_ms": 5.0}
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(conf)  # what serve deploy / a RayService accepts
