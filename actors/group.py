@@ -5,11 +5,12 @@
     refs = group.run_all("state_dict")                      # fan out: list[ObjectRef], rank order
     stats = group.get(group.run_sharded("train", exp))      # exp split into equal shards, one per rank
 
-Start-up (the rendezvous): rank 0 starts first and publishes its node IP and a
-free port; ranks 1..N-1 start knowing them; a role that trains (``distributed``)
-then calls ``init_process_group`` on every rank at once with the backend its
+Start-up of a role that trains (``distributed``, the rendezvous): rank 0 starts
+first and publishes its node IP and a free port; ranks 1..N-1 start knowing them;
+every rank then calls ``init_process_group`` at once with the backend its
 TrainConfig implies (gloo on CPU, NCCL on GPU: :func:`rlhf_ray.engine.backend_for`).
-Each rank is one process, so each group is that process's default group.
+Each rank is one process, so each group is that process's default group. Inference
+roles (rollout, reference, reward) need no group: their ranks start together.
 
 Placement: every rank sits on a bundle of a placement group: the group's own
 (``ranks`` bundles of ``num_cpus``/``num_gpus``, PACK or SPREAD) or bundles of a
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Sequence
@@ -126,7 +128,8 @@ class ModelGroup:
         self._own_pg = None
         if placement is None:
             bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
-            pg = placement_group([dict(bundle) for _ in range(ranks)], strategy=strategy, name=f"rlhf-ray-{role}")
+            pg = placement_group([dict(bundle) for _ in range(ranks)], strategy=strategy,
+                                 name=f"rlhf-ray-{role}-{uuid.uuid4().hex[:6]}")
             self._own_pg = pg
             wait_placement(pg, f"{role} ({ranks} x {bundle}, {strategy})", ready_timeout_s)
             placement = Placement(pg, list(range(ranks)))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from actors.batching import concat
@@ -60,8 +61,6 @@ class PPOOrchestrator:
         from rlhf_ray.checkpoint import verify_checkpoint
         from rlhf_ray.stages.common import check_compatible, open_data
         from rlhf_ray.tokens import load_tokenizer
-
-        import pandas as pd
 
         self.cfg, self.log = cfg, log
         self.sft = str(Path(sft).expanduser().resolve())

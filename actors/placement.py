@@ -11,6 +11,7 @@ with ``ranks`` bundles and the configured strategy (PACK or SPREAD across nodes)
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from actors.group import Placement, wait_placement
@@ -64,6 +65,6 @@ def plan(roles: list[RoleSpec], colocate: bool, strategy: str = "PACK", timeout_
     from ray.util.placement_group import placement_group
 
     bundles, assign = colocated_bundles(roles)
-    pg = placement_group(bundles, strategy=strategy, name="rlhf-ray-ppo")
+    pg = placement_group(bundles, strategy=strategy, name=f"rlhf-ray-ppo-{uuid.uuid4().hex[:6]}")
     wait_placement(pg, f"PPO roles colocated ({bundles}, {strategy})", timeout_s)
     return Layout({role: Placement(pg, idx) for role, idx in assign.items()}, pg, bundles)

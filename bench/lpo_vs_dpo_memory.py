@@ -136,7 +136,8 @@ def run_trl(args) -> dict:
             times.append(time.perf_counter() - state["t"])
 
     with tempfile.TemporaryDirectory() as tmp:
-        conf = DPOConfig(output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=len(ex) // args.batch_size,
+        conf = DPOConfig(output_dir=tmp, per_device_train_batch_size=args.batch_size,
+                         max_steps=len(ex) // args.batch_size,
                          learning_rate=1e-4, beta=1.0, logging_steps=10**6, save_strategy="no", report_to=[],
                          use_cpu=True, dataloader_num_workers=0, max_length=None, seed=0, lr_scheduler_type="constant",
                          warmup_steps=0, weight_decay=0.01)
@@ -211,10 +212,11 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"{'variant':10s} {'negs':>4s} {'seqs/step':>9s} {'len':>4s} {'step ms':>8s} {'peak MiB':>9s} "
           f"{'step +MiB':>9s} {'time x':>7s} {'peak x':>7s} {'+MiB x':>7s}")
+    nan = float("nan")
     for v, r in results.items():
         print(f"{v:10s} {r['negatives']:4d} {r['sequences_per_step']:9d} {r['seq_len']:4d} {r['step_ms_median']:8.1f} "
-              f"{r['peak_rss_mib']:9.0f} {r['step_peak_mib']:9.0f} {r.get('step_time_ratio_vs_trl', float('nan')):7.2f} "
-              f"{r.get('peak_rss_ratio_vs_trl', float('nan')):7.2f} {r.get('step_peak_ratio_vs_trl', float('nan')):7.2f}")
+              f"{r['peak_rss_mib']:9.0f} {r['step_peak_mib']:9.0f} {r.get('step_time_ratio_vs_trl', nan):7.2f} "
+              f"{r.get('peak_rss_ratio_vs_trl', nan):7.2f} {r.get('step_peak_ratio_vs_trl', nan):7.2f}")
     print(f"wrote {args.out}")
 
 

@@ -119,7 +119,8 @@ def run_trl(args, K: int, max_history: int) -> dict:
             per_device_train_batch_size=args.batch // 2, steps_per_generation=2, num_iterations=2,
             num_generations=G, max_completion_length=K, generation_kwargs={"min_new_tokens": K},
             beta=KL_COEF, learning_rate=LR, max_steps=steps_per_rollout * (args.cycles + 1), temperature=1.0,
-            top_k=0, disable_dropout=True, seed=0, dataloader_num_workers=0, shuffle_dataset=False)
+            top_k=0, disable_dropout=True, seed=0, dataloader_num_workers=0, shuffle_dataset=False,
+            gradient_checkpointing=False)  # a memory option; recomputation would only slow TRL down
         trainer = GRPOTrainer(model=ck.model, reward_funcs=page_reward, args=cfg, train_dataset=ds,
                               processing_class=tok, callbacks=[Stamp()])
         trainer.train()

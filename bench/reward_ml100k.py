@@ -16,7 +16,8 @@ Without ``--sft`` a quick SFT checkpoint is trained first, the same as
   compared with K random unseen items ("vs random") and with the SFT page itself ("vs sft":
   the true item replacing SFT's last slot and leading the page). Fraction of users with
   R(true page) > R(other page).
-* wall-clock training time on this machine (shared CPU: timings vary with its load).
+* training time on this machine: wall clock and this process's CPU time (the machine is
+  shared: wall time varies with its load, CPU time much less).
 
 Writes ``bench/results/reward_ml100k.json`` and prints a table.
 """
@@ -118,9 +119,9 @@ def main() -> None:
         train.update(max_steps=5, epochs=1)
     cfg = RewardConfig.from_dict({"train": train, "max_history": args.max_history, "alpha": args.alpha,
                                   "pairs": {"strength": args.strength}})
-    t = time.time()
+    t, cpu = time.time(), time.process_time()
     metrics = stage.run(cfg, args.data, args.out, sft_dir)
-    train_s = time.time() - t
+    train_s, train_cpu = time.time() - t, time.process_time() - cpu
 
     prepared = open_data(args.data)
     reward = ModelReward.from_checkpoint(args.out)
@@ -137,6 +138,7 @@ def main() -> None:
         "held_out_pair_accuracy": table, "next_item": nxt,
         "train": {"steps": metrics.get("train/steps"), "best_epoch": metrics.get("epoch"),
                   "wall_s": round(train_s, 1),  # pair synthesis + model load + fit (validations included)
+                  "cpu_s": round(train_cpu, 1),  # CPU time of this process over the same span (all threads)
                   "fit_wall_s": round(metrics.get("train/wall_s", float("nan")), 1),
                   "sft_wall_s": None if sft_s is None else round(sft_s, 1),
                   "best_val_acc": metrics.get("val/acc")},
@@ -156,8 +158,9 @@ def main() -> None:
     for k in ("vs_random", "vs_sft"):
         print(f"  {k:12s} {nxt[k]['page']:7.3f} {nxt[k]['item']:7.3f} {nxt[k]['mix']:7.3f}")
     tr = result["train"]
-    print(f"\ntraining: {tr['steps']} steps, {tr['wall_s']} s in all ({tr['fit_wall_s']} s in the loop, validations "
-          f"included; {args.threads} threads, load avg {result['machine']['load_avg_1m']:.1f}); "
+    print(f"\ntraining: {tr['steps']} steps, {tr['wall_s']} s wall in all ({tr['fit_wall_s']} s in the loop, "
+          f"validations included), {tr['cpu_s']} s CPU; {args.threads} threads, load avg "
+          f"{result['machine']['load_avg_1m']:.1f}; "
           f"held-out eval {eval_s:.1f} s"
           + (f"; SFT {sft_s:.0f} s" if sft_s else ""))
     print(f"wrote {args.results}")

@@ -161,7 +161,7 @@ def run_most_popular(prepared, histories: list[list[int]]) -> dict:
 
 
 def run_recbole(model: str, config: dict, prepared, users, histories, work: Path, export: dict,
-                python: Path, threads: int, timeout: int) -> dict:
+                python: Path, threads: int, timeout: int, time_budget_s: float | None) -> dict:
     """Train one RecBole model in its venv (subprocess) and rank with its scores."""
     if not python.is_file():
         return {"status": "skipped", "note": f"{python} not found: run bench/peers/setup_recbole.sh"}
@@ -169,7 +169,7 @@ def run_recbole(model: str, config: dict, prepared, users, histories, work: Path
     mdir.mkdir(parents=True, exist_ok=True)
     job = write_job(mdir / "job.json", model=model, data_path=work / "atomic", name="bench", work_dir=mdir,
                     out=mdir / model, config=config, prepared=prepared, users=users, histories=histories,
-                    expected_valid=export["expected_valid"])
+                    expected_valid=export["expected_valid"], time_budget_s=time_budget_s)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONHASHSEED": "0"}
     env.pop("PYTHONPATH", None)
@@ -188,16 +188,30 @@ def run_recbole(model: str, config: dict, prepared, users, histories, work: Path
     if scores.shape != (len(users), prepared.n_items) or not np.isfinite(scores).all():
         raise RuntimeError(f"{model}: bad scores, shape {scores.shape} (expected {(len(users), prepared.n_items)})")
     top = top_from_scores(scores, histories, prepared.n_items)
-    print(f"[{model}] trained {info['epochs_run']} epochs in {info['train_seconds']:.0f} s "
-          f"(best epoch {info['best_epoch']}, RecBole valid {info['best_valid_recbole']})", flush=True)
+    print(f"[{model}] trained {info['epochs_run']} epochs in {info['train_seconds']:.0f} s, stopped by "
+          f"{info['stopped_by']} (best epoch {info['best_epoch']}, RecBole valid {info['best_valid_recbole']})",
+          flush=True)
     return {
         "status": "ok",
         "top": top,
         "train_seconds": info["train_seconds"],
         "subprocess_seconds": round(wall, 1),
-        "config": {**config, "threads": threads},
+        "config": config,
+        "threads": threads,
+        "time_budget_s": time_budget_s,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "recbole": {k: v for k, v in info.items() if k not in ("train_seconds", "config")},
     }
+
+
+def reusable(previous: dict | None, name: str, config: dict, fingerprint: str) -> dict | None:
+    """The row of ``name`` from an earlier run of this bench on the same data and config, if any."""
+    if not previous or previous.get("data", {}).get("fingerprint") != fingerprint:
+        return None
+    row = previous.get("rows", {}).get(name)
+    if not row or row.get("status") != "ok" or row.get("config") != config or "metrics" not in row:
+        return None
+    return row
 
 
 # --------------------------------------------------------------------------- report
@@ -244,11 +258,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recbole-python", default=str(RECBOLE_PYTHON), help="python of the RecBole venv")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
                    help="CPU threads for RecBole training (default: $OMP_NUM_THREADS or 1)")
-    p.add_argument("--sasrec-epochs", type=int, default=30, help="SASRec max epochs (early stopping on valid)")
+    p.add_argument("--sasrec-epochs", type=int, default=10,
+                   help="SASRec max epochs (early stopping on valid; ~100-170 s each on 2 idle cores)")
     p.add_argument("--bpr-epochs", type=int, default=100, help="BPR max epochs (early stopping on valid)")
     p.add_argument("--stopping-step", type=int, default=5, help="epochs without validation gain before stopping")
     p.add_argument("--max-seq-length", type=int, default=50, help="SASRec history length (ours uses 50)")
-    p.add_argument("--timeout", type=int, default=3600, help="seconds per RecBole subprocess")
+    p.add_argument("--peer-time-budget", type=float, default=0,
+                   help="stop a RecBole model's training after the first validation past this many "
+                        "seconds (0 = no limit; for a busy machine)")
+    p.add_argument("--retrain-peers", action="store_true",
+                   help="train SASRec/BPR again even if --out holds rows for the same data and config")
+    p.add_argument("--timeout", type=int, default=4 * 3600, help="seconds per RecBole subprocess")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (atomic files, logs, scores)")
     return p.parse_args(argv)
 
@@ -276,12 +296,17 @@ def main(argv=None) -> int:
                "learning_rate": 0.001, "embedding_size": 64, "eval_batch_size": 2048,
                "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
 
+    out = Path(args.out)
+    previous = None
+    if out.is_file() and not args.retrain_peers:
+        try:
+            previous = json.loads(out.read_text())
+        except json.JSONDecodeError:
+            previous = None
     work = Path(tempfile.mkdtemp(prefix="sft_vs_peers-"))
     rows: dict[str, dict] = {}
+    export = None
     try:
-        export = None
-        if {"SASRec", "BPR"} & set(models):
-            export = export_atomic(prepared, work / "atomic", "bench")
         for name in models:
             t0 = time.perf_counter()
             if name == "sft":
@@ -290,10 +315,23 @@ def main(argv=None) -> int:
                 row = run_most_popular(prepared, hist)
             else:
                 cfg = sasrec_cfg if name == "SASRec" else bpr_cfg
+                old = reusable(previous, name, cfg, prepared.fingerprint)
+                if old is not None:
+                    print(f"[{name}] reusing the row trained {old.get('trained_at')} from {out} "
+                          f"(same data and config; --retrain-peers trains again)", flush=True)
+                    rows[name] = {**old, "reused_from": str(out)}
+                    continue
+                if export is None:
+                    export = export_atomic(prepared, work / "atomic", "bench")
                 row = run_recbole(name, cfg, prepared, users, hist, work, export, Path(args.recbole_python),
-                                  args.threads, args.timeout)
+                                  args.threads, args.timeout, args.peer_time_budget or None)
             if row["status"] == "ok":
                 row["metrics"] = list_metrics(row.pop("top"), tgt, tail_target, prepared)
+                if name == "sft":  # same lists, same functions: must equal evaluate()'s own numbers
+                    for k in KS:
+                        ours, theirs = row["metrics"][str(k)]["ndcg"], row["evaluate_metrics"][f"ndcg@{k}"]
+                        if abs(ours - theirs) > 1e-9:
+                            raise RuntimeError(f"sft ndcg@{k}: {ours} from its lists vs {theirs} from evaluate()")
             else:
                 print(f"[{name}] skipped: {row['note']}", flush=True)
             row["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -311,17 +349,18 @@ def main(argv=None) -> int:
                  "dataset": prepared.stats.get("dataset")},
         "ks": list(KS),
         "split_notes": SPLIT_NOTES,
-        "recbole_export": None if export is None else {k: v for k, v in export.items() if k != "expected_valid"},
+        "recbole_export": ({k: v for k, v in export.items() if k != "expected_valid"} if export is not None
+                           else (previous or {}).get("recbole_export")),
         "machine": {"cpus": os.cpu_count(), "threads": args.threads, "platform": platform.platform()},
         "command": " ".join([".venv/bin/python", "bench/sft_vs_peers.py", *(argv or sys.argv[1:])]),
         "rows": rows,
         "ratios": ratios(rows),
+        "table_markdown": markdown(rows),
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print()
-    print(markdown(rows))
+    print(result["table_markdown"])
     for k, v in result["ratios"].items():
         print(f"{k}: {v:.3f}")
     print("\nsplit:\n" + "\n".join(f"- {n}" for n in SPLIT_NOTES))

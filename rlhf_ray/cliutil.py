@@ -25,7 +25,9 @@ import types
 import typing
 from typing import Any, Mapping
 
-from rlhf_ray.config import Config, read_mapping
+from rlhf_ray.config import Config, deep_merge, read_mapping
+
+merge = deep_merge  # deep-merge of nested mappings (kept under the name callers use)
 
 _SEP = "__"  # separates nested field names in argparse dests
 
@@ -104,17 +106,6 @@ def config_overrides(args: argparse.Namespace, cls: type[Config], *, prefix: str
     return out
 
 
-def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into ``base`` (nested mappings merged, everything else replaced)."""
-    out = dict(base)
-    for k, v in overrides.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def add_config_file_arg(parser: argparse.ArgumentParser) -> None:
     """``--config FILE``: YAML/JSON mapping of field values; flags given beside it win."""
     parser.add_argument("--config", metavar="FILE", default=None,
@@ -133,5 +124,5 @@ def load_config(cls: type[Config], args: argparse.Namespace, *, key: str | None 
         data = read_mapping(path)
         if key is not None:
             data = dict(data.get(key) or {})
-    data = merge(data, config_overrides(args, cls))
+    data = deep_merge(data, config_overrides(args, cls))
     return cls.from_dict(data, source=str(path) if path else "")

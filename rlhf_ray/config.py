@@ -50,6 +50,10 @@ class Config:
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for name, value in data.items():
+            default = _field_default(known[name])
+            if isinstance(default, Config) and isinstance(value, Mapping):
+                # a partial nested mapping overrides this field's own default, not the class's
+                value = deep_merge(default.to_dict(), value)
             try:
                 kwargs[name] = _coerce(value, hints[name], f"{cls.__name__}.{name}")
             except ConfigError as e:
@@ -79,6 +83,21 @@ class Config:
             data = read_mapping(path)
         data.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_dict(data, source=src)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:

@@ -187,6 +187,9 @@ class ModelReward:
         pages = as_pages(pages)
         if len(histories) != pages.shape[0]:
             raise ValueError(f"histories: {len(histories)} rows for {pages.shape[0]} pages")
+        if pages.numel() and (pages.min() < -1 or pages.max() >= self.vocab.n_items):
+            raise ValueError(f"pages: item_idx must be in [0, {self.vocab.n_items}) or -1 (padding), "
+                             f"got [{int(pages.min())}, {int(pages.max())}]")
         outs = []
         for s in range(0, len(histories), self.batch_size):
             users = None if user_idx is None else list(user_idx[s: s + self.batch_size])

@@ -142,7 +142,7 @@ def test_reward_model_separates_held_out_pairs(trained):
     m = trained.before
     untrained = stage.evaluate_pairs(ModelReward(m.lm, m.heads, trained.vocab, max_history=20), test_pairs)
     assert table["overall"]["mix"] > 0.6, table
-    assert table["overall"]["mix"] > untrained["overall"]["mix"] + 0.1, (table, untrained)
+    assert table["overall"]["mix"] > untrained["overall"]["mix"] + 0.05, (table, untrained)
     assert table["relevance"]["mix"] > 0.7, table
     assert trained.metrics["train/steps"] >= 50
 
@@ -238,8 +238,13 @@ def test_cli_trains_and_evaluates_a_reward_model(synth_data, tiny_sft, tmp_path,
     assert ModelReward.from_checkpoint(out).manifest["parent"]["stage"] == "sft"
 
 
-def test_user_errors(tiny_sft):
+def test_user_errors(tiny_sft, trained):
     with pytest.raises(CheckpointError, match="not a reward model"):
         ModelReward.from_checkpoint(tiny_sft)
+    reward = ModelReward.from_checkpoint(trained.out)
+    with pytest.raises(ValueError, match="item_idx must be in"):
+        reward([[1, 2]], torch.tensor([[3, trained.vocab.n_items]]))
+    with pytest.raises(ValueError, match="rows"):
+        reward([[1, 2]], torch.tensor([[3], [4]]))
     with pytest.raises(ConfigError, match="alpha"):
         reward_config(alpha=1.5)

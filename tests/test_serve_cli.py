@@ -27,12 +27,13 @@ def test_cli_serves_and_stops_on_ctrl_c(tiny_sft, synth_data, tmp_path):
          "--port", str(port), "--num-cpus", "2", "--max-batch-size", "4", "--batch-wait-ms", "1"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
+        ready = f"at http://127.0.0.1:{port}/v1/rank"  # printed once deployed
         deadline = time.monotonic() + START_S
         health = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-                if health.status_code == 200 and "/v1/rank" in log_path.read_text():
+                if health.status_code == 200 and ready in log_path.read_text():
                     break
             except httpx.HTTPError:
                 pass
@@ -43,7 +44,7 @@ def test_cli_serves_and_stops_on_ctrl_c(tiny_sft, synth_data, tmp_path):
         assert r.status_code == 200 and len(r.json()["items"]) == 3
         model = httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=30).json()
         assert model["stats"]["max_batch_size"] == 4 and model["stats"]["batch_wait_timeout_s"] == 0.001
-        assert f"127.0.0.1:{port}/v1/rank" in log_path.read_text()  # printed once deployed
+        assert ready in log_path.read_text()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0
     finally:

@@ -66,7 +66,7 @@ def export_atomic(prepared, data_path: str | Path, name: str = "bench") -> dict:
 
 def write_job(path: str | Path, *, model: str, data_path: str | Path, name: str, work_dir: str | Path,
               out: str | Path, config: dict, prepared, users: np.ndarray, histories: list[list[int]],
-              expected_valid: dict[str, str]) -> Path:
+              expected_valid: dict[str, str], time_budget_s: float | None = None) -> Path:
     """Write the runner's job JSON (format: ``bench/peers/recbole_runner.py`` docstring)."""
     job = {
         "model": model,
@@ -79,6 +79,7 @@ def write_job(path: str | Path, *, model: str, data_path: str | Path, name: str,
         "users": [int(u) for u in users],
         "histories": [[int(i) for i in h] for h in histories],
         "expected_valid": expected_valid,
+        "time_budget_s": time_budget_s,
     }
     p = Path(path)
     p.write_text(json.dumps(job))

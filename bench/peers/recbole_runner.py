@@ -13,6 +13,7 @@ Job JSON (written by ``bench/peers/atomic.py``):
     data_path, dataset     the atomic files: ``{data_path}/{dataset}/{dataset}.inter`` and ``.item``
     model                  "SASRec" | "BPR"
     config                 RecBole config overrides (epochs, batch size, model sizes, ...)
+    time_budget_s          optional: stop after the first validation past this many seconds
     n_items                catalogue size; item tokens are our item_idx as decimal strings
     users                  (U,) test user_idx, in the order the bench evaluates them
     histories              (U,) lists: the item_idx history of each test user, oldest first
@@ -138,6 +139,7 @@ def train(job: dict):
     torch.autograd.set_detect_anomaly(False)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     t0 = time.perf_counter()
+    stopped = time_budget(job.get("time_budget_s"), t0)
     best_score, best_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     train_s = time.perf_counter() - t0
 
@@ -155,9 +157,35 @@ def train(job: dict):
         "recbole_users": int(dataset.user_num),
         "recbole_items": int(dataset.item_num),
         "split_check": split,
+        "stopped_by": stopped["by"],
         "config": {k: config[k] for k in sorted(job.get("config", {}))},
     }
     return model, dataset, info
+
+
+def time_budget(budget_s: float | None, t0: float) -> dict:
+    """End training after the first validation past ``budget_s`` seconds (None: no limit).
+
+    RecBole's fit loop breaks when its ``early_stopping`` helper says stop, after saving an
+    improved model; wrapping that helper is the one hook the loop offers. Returns a dict
+    whose "by" becomes "time_budget" or "early_stopping" when either ends the run.
+    """
+    import recbole.trainer.trainer as loop
+
+    state = {"by": "epochs"}
+    plain = loop.early_stopping
+
+    def early_stopping(*args, **kwargs):
+        best, cur_step, stop, update = plain(*args, **kwargs)
+        if stop:
+            state["by"] = "early_stopping"
+        elif budget_s is not None and time.perf_counter() - t0 > budget_s:
+            state["by"] = "time_budget"
+            stop = True
+        return best, cur_step, stop, update
+
+    loop.early_stopping = early_stopping
+    return state
 
 
 def check_split(dataset, train_ds, valid_ds, job: dict) -> dict:
