@@ -7,7 +7,9 @@
     rlhf-ray ppo ... --config ppo.yaml --policy.ranks 2 --policy.train.zero-stage 3
 
 Writes OUT/policy (the ``ppo`` checkpoint eval/serve load), OUT/state/ (resumable
-states) and OUT/metrics.jsonl (one line per iteration and per validation).
+states) and OUT/metrics.jsonl (one line per iteration and per validation). On a
+multi-node cluster the actors read --sft/--reward/--data and write OUT/state
+themselves: those paths must be on storage every node sees.
 """
 from __future__ import annotations
 

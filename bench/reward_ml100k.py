@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--max-history", type=int, default=20)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--strength", type=float, default=0.5)
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: the 2 cores are shared)")
     ap.add_argument("--max-users", type=int, default=0, help="next-item test: at most N test users (0 = all)")
     ap.add_argument("--smoke-test", action="store_true", help="a few steps, to check the script runs")
     ap.add_argument("--results", default=str(RESULTS))

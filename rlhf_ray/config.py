@@ -564,7 +564,7 @@ class RewardConfig(Config):
 
     model: ModelConfig = field(default_factory=ModelConfig, metadata=doc(
         "backbone (used only when starting without an SFT checkpoint)"))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=5e-4, patience=2),
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3, patience=2),
                                metadata=doc("optimisation"))
     pairs: PairsConfig = field(default_factory=PairsConfig, metadata=doc("preference-pair synthesis"))
     pairs_file: str | None = field(default=None, metadata=doc(
@@ -573,7 +573,8 @@ class RewardConfig(Config):
         "reward mix ratio: R = alpha * page score + (1 - alpha) * mean item reward (normalised heads)"))
     page_weight: float = field(default=1.0, metadata=doc("weight of the page-head Bradley-Terry loss"))
     item_weight: float = field(default=1.0, metadata=doc("weight of the mean-item-reward Bradley-Terry loss"))
-    max_history: int = field(default=50, metadata=doc("most recent history items in a prompt"))
+    max_history: int = field(default=20, metadata=doc(
+        "most recent history items in a prompt (scoring cost grows with it; PPO scores every rollout)"))
     norm_pairs: int = field(default=1024, metadata=doc(
         "training pairs scored for the reward normalisation statistics (mean/std per head)"))
 
@@ -588,22 +589,6 @@ class RewardConfig(Config):
 # --------------------------------------------------------------------------- PPO on Ray actors
 
 
-class _MergeDefaults:
-    """``from_dict`` deep-merges a partial nested mapping onto this class's defaults, so
-    ``{"train": {"zero_stage": 2}}`` keeps the PPO defaults of the other ``train`` fields
-    (plain ``Config.from_dict`` would rebuild ``train`` from TrainConfig's own defaults)."""
-
-    @classmethod
-    def from_dict(cls, data, source: str = ""):
-        def merged(base: dict, over: Mapping[str, Any]) -> dict:
-            out = dict(base)
-            for k, v in over.items():
-                out[k] = merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-            return out
-
-        return super().from_dict(merged(cls().to_dict(), dict(data or {})), source)  # type: ignore[misc]
-
-
 def _ppo_train(lr: float) -> TrainConfig:
     return TrainConfig(epochs=1, batch_size=32, lr=lr, warmup_ratio=0.0, patience=0, tensorboard=False,
                        progress=False)
@@ -615,7 +600,7 @@ def _check_resources(name: str, num_cpus: float, num_gpus: float) -> None:
 
 
 @dataclass
-class PPOPolicyConfig(_MergeDefaults, Config):
+class PPOPolicyConfig(Config):
     """The trained policy: a group of ``ranks`` PolicyActors sharing one DeepSpeed/torch engine setup.
 
     Only the engine fields of ``train`` are read (lr, weight_decay, warmup_ratio, grad_clip,
@@ -640,7 +625,7 @@ class PPOPolicyConfig(_MergeDefaults, Config):
 
 
 @dataclass
-class PPOCriticConfig(_MergeDefaults, Config):
+class PPOCriticConfig(Config):
     """The value model: SFT backbone + value head, a group of ``ranks`` CriticActors."""
 
     ranks: int = field(default=1, metadata=doc("actors in the critic group"))
@@ -658,7 +643,7 @@ class PPOCriticConfig(_MergeDefaults, Config):
 
 
 @dataclass
-class PPORolloutConfig(_MergeDefaults, Config):
+class PPORolloutConfig(Config):
     """Inference copies of the policy that write the training pages (sampling, seeded)."""
 
     actors: int = field(default=1, metadata=doc("rollout actors; the batch's users are split across them"))
@@ -675,7 +660,7 @@ class PPORolloutConfig(_MergeDefaults, Config):
 
 
 @dataclass
-class PPOReferenceConfig(_MergeDefaults, Config):
+class PPOReferenceConfig(Config):
     """The frozen SFT policy that anchors the KL penalty."""
 
     num_cpus: float = field(default=0.25, metadata=doc("Ray CPUs of the reference actor"))
@@ -686,7 +671,7 @@ class PPOReferenceConfig(_MergeDefaults, Config):
 
 
 @dataclass
-class PPORewardConfig(_MergeDefaults, Config):
+class PPORewardConfig(Config):
     """The reward actor: a trained mixed-grained reward checkpoint or the rule-based reward."""
 
     alpha: float | None = field(default=None, metadata=doc(
@@ -700,7 +685,7 @@ class PPORewardConfig(_MergeDefaults, Config):
 
 
 @dataclass
-class PPOConfig(_MergeDefaults, Config):
+class PPOConfig(Config):
     """PPO (PageLLM) on Ray actors: rollouts, mixed-grained reward, KL to the SFT reference, GAE.
 
     Per iteration: B = rollout_batch_size users -> pages (K = page_size slots); token reward

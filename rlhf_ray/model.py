@@ -69,7 +69,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def hidden_size(model: nn.Module) -> int:
-    return unwrap(model).config.hidden_size if hasattr(unwrap(model), "config") else unwrap(model).config.n_embd
+    """Width of the final hidden state (``config.hidden_size``; GPT-2 aliases it to n_embd)."""
+    return unwrap(model).config.hidden_size
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -18,15 +18,20 @@ def run(args, **kw):
 
 
 def test_smoke_pipeline_runs_then_skips_completed_stages(tmp_path):
+    """data -> pretrain -> sft -> reward -> ppo (Ray actors) -> lpo -> eval, then a rerun skips."""
     out = tmp_path / "run"
     first = run(["pipeline", "--smoke", "--out", str(out)])
     assert first.returncode == 0, first.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["stages"]) >= {"data", "pretrain", "sft", "eval"}
-    ev = summary["stages"]["eval"]
-    assert 0.0 <= ev["ndcg@10"] <= 1.0 and ev["users"] > 0
+    assert set(summary["stages"]) == {"data", "pretrain", "sft", "reward", "ppo", "lpo", "eval"}
+    table = summary["stages"]["eval"]
+    for stage in ("sft", "ppo", "lpo"):
+        assert 0.0 <= table[stage]["ndcg@10"] <= 1.0 and table[stage]["users"] > 0
+        assert (out / f"predictions-{stage}.parquet").is_file()
     assert verify_checkpoint(out / "sft")["parent"]["stage"] == "pretrain"
-    assert (out / "predictions.parquet").is_file()
+    assert verify_checkpoint(out / "reward")["stage"] == "reward"
+    assert verify_checkpoint(out / "ppo" / "policy")["stage"] == "ppo"
+    assert verify_checkpoint(out / "lpo")["parent"]["stage"] == "ppo"  # default order: ppo then lpo
     second = run(["pipeline", "--smoke", "--out", str(out), "--stages", "pretrain,sft"])
     assert second.returncode == 0, second.stderr[-2000:]
     assert "pretrain: complete checkpoint" in second.stdout and "sft: complete checkpoint" in second.stdout
@@ -60,5 +65,5 @@ def test_missing_data_dir_exits_2(tmp_path):
 def test_help_lists_every_stage():
     res = run(["--help"])
     assert res.returncode == 0
-    for cmd in ("data", "pretrain", "sft", "eval", "pipeline"):
+    for cmd in ("data", "pretrain", "sft", "reward", "ppo", "lpo", "eval", "serve", "pipeline"):
         assert cmd in res.stdout

@@ -90,7 +90,7 @@ def test_resume_equals_uninterrupted_run(ray_local, tiny_sft, synth_data, tmp_pa
     from actors.state import iter_name
     from rlhf_ray.errors import UserError
 
-    cfg = ppo_config(iterations=4, save_every=1, eval_every=2, adaptive_kl=True, kl_target=0.01,
+    cfg = ppo_config(iterations=4, save_every=1, eval_every=2, adaptive_kl=True, kl_target=0.01, kl_horizon=16,
                      policy={"ranks": 2, "train": {"zero_stage": 2}})
 
     def orch(out: Path) -> PPOOrchestrator:
@@ -114,10 +114,11 @@ def test_resume_equals_uninterrupted_run(ray_local, tiny_sft, synth_data, tmp_pa
     assert final_b["iterations"] == final_a["iterations"] == 4
     wa, wb = _weights(straight_dir), _weights(split_dir)
     assert wa.keys() == wb.keys()
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-6
-    _assert_same_history(straight.history, resumed.history)
-    _assert_same_history(straight.validations, resumed.validations)
-    assert straight.kl_ctl.value == pytest.approx(resumed.kl_ctl.value, abs=1e-9)
+    # bit-exact on CPU (gloo, one thread per rank); a lost KL-controller state alone shows up here
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    _assert_same_history(straight.history, resumed.history, tol=0.0)
+    _assert_same_history(straight.validations, resumed.validations, tol=0.0)
+    assert straight.kl_ctl.value == pytest.approx(resumed.kl_ctl.value, abs=1e-12)
 
 
 def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:

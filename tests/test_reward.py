@@ -216,26 +216,31 @@ def _last_json(stdout: str) -> dict:
     return json.loads(stdout[start:])
 
 
-def test_cli_trains_and_evaluates_a_reward_model(synth_data, tiny_sft, tmp_path, capsys):
+def test_cli_trains_and_evaluates_a_reward_model(synth_data, tiny_sft, trained, tmp_path, capsys):
     from rlhf_ray.cli import main
 
-    rm_data = synth_data
-    out = tmp_path / "reward"
-    args = ["reward", "--sft", str(tiny_sft), "--data", str(rm_data), "--out", str(out), "--max-history", "20",
+    pairs_file, out = tmp_path / "pairs.parquet", tmp_path / "reward"
+    assert main(["pairs", "--data", str(synth_data), "--out", str(pairs_file), "--page-size", "5",
+                 "--min-page", "3"]) == 0
+    args = ["reward", "--sft", str(tiny_sft), "--data", str(synth_data), "--out", str(out), "--max-history", "20",
             "--train.max-steps", "3", "--train.batch-size", "8", "--no-train.progress", "--no-train.tensorboard",
-            "--norm-pairs", "16", "--pairs.page-size", "5", "--pairs.min-page", "3", "--alpha", "0.3", "--json"]
-    assert main(args) == 0
+            "--norm-pairs", "16", "--alpha", "0.3", "--json"]
+    capsys.readouterr()
+    assert main(args + ["--pairs-file", str(pairs_file)]) == 0
     assert _last_json(capsys.readouterr().out)["checkpoint"] == str(out.resolve())
-    assert main(["eval-reward", "--reward", str(out), "--data", str(rm_data), "--json"]) == 0
+    assert ModelReward.from_checkpoint(out).manifest["parent"]["stage"] == "sft"
+    assert main(["eval-reward", "--reward", str(out), "--data", str(synth_data), "--json"]) == 0
     first = _last_json(capsys.readouterr().out)
     assert first["alpha"] == 0.3 and set(first["accuracy"]) >= {"overall", "relevance", "ranking"}
     assert first["accuracy"]["overall"]["n"] > 0
-    Path(str(out.resolve()) + ".pairs.parquet").unlink()  # synthesised again from the manifest's config
-    assert main(["eval-reward", "--reward", str(out), "--data", str(rm_data), "--json"]) == 0
+    pairs_file.unlink()  # synthesised again from the config recorded in the manifest
+    assert main(["eval-reward", "--reward", str(out), "--data", str(synth_data), "--json"]) == 0
     assert _last_json(capsys.readouterr().out)["accuracy"] == first["accuracy"]
-    assert main(args[:-1] + ["--max-history", "200"]) == 2  # prompt + page longer than the model's positions
+    other = str(trained.out) + ".pairs.parquet"  # pairs of another data set
+    assert main(args + ["--pairs-file", other]) == 2
+    assert "other data" in capsys.readouterr().err
+    assert main(args + ["--max-history", "200"]) == 2  # prompt + page longer than the model's positions
     assert "max_history" in capsys.readouterr().err
-    assert ModelReward.from_checkpoint(out).manifest["parent"]["stage"] == "sft"
 
 
 def test_user_errors(tiny_sft, trained):

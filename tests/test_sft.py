@@ -58,7 +58,7 @@ def test_sft_loss_falls_and_parameters_change(synth_data):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         assert {"l_next", "l_rank"} <= set(stats)
     assert losses[-1] < losses[0] - 0.5, losses
     changed = [k for k, v in module.named_parameters() if not torch.equal(v, before[k])]

@@ -172,9 +172,7 @@ def relevance_page(page: list[int], rng: np.random.Generator, cat: Catalogue, se
     K = len(page)
     n = min(K, max(1, int(strength * K + 0.5)))
     slots = np.sort(rng.choice(K, size=n, replace=False))
-    n_pop = {"random": 0, "popular": n}.get(negatives)
-    if n_pop is None:
-        n_pop = int(rng.binomial(n, 0.5))
+    n_pop = n if negatives == "popular" else 0 if negatives == "random" else int(rng.binomial(n, 0.5))
     exclude = seen | set(page)
     negs = cat.sample_unseen(rng, n_pop, exclude, popular=True)
     negs += cat.sample_unseen(rng, n - len(negs), exclude | set(negs), popular=False)

@@ -47,6 +47,10 @@ def seed_everything(seed: int) -> None:
 
 
 def in_ray_train() -> bool:
+    import sys
+
+    if "ray.train" not in sys.modules:  # a Ray Train worker has imported it already; importing costs seconds
+        return False
     try:
         import ray.train
 

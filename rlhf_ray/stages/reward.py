@@ -6,7 +6,7 @@ rejected page) from :mod:`rlhf_ray.data.pairs`, scores the 2B pages in one forwa
 pass and minimises
 
     L = page_weight * BT(g_c, g_r) + item_weight * BT(rbar_c, rbar_r),
-    BT(a, b) = -(1/B) sum_b log sigma(a_b - b_b),   rbar = (1/K') sum_t r_t   (eq. of PageLLM sec. 3.3)
+    BT(a, b) = -(1/B) sum_b log sigma(a_b - b_b),   rbar = (1/K') sum_t r_t
 
 Validation scores the held-out ``valid`` users' pairs; its key metric is the pairwise
 accuracy of the mixed reward R = alpha g~ + (1 - alpha) rbar~. Each validation also fits
@@ -164,10 +164,10 @@ def pairs_for_checkpoint(manifest: dict, prepared, pairs_file: str | None = None
 # --------------------------------------------------------------------------- stage
 
 
-def _check_length(cfg: RewardConfig, lm: nn.Module, vocab: Vocab) -> None:
+def _check_length(max_history: int, page_size: int, lm: nn.Module, vocab: Vocab) -> None:
     conf = unwrap(lm).config
     n_pos = getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None)
-    need = 4 + (1 if vocab.n_users else 0) + cfg.max_history + cfg.pairs.page_size  # bos hist page eos
+    need = 4 + (1 if vocab.n_users else 0) + max_history + page_size  # <bos> [<user>] <hist> .. <page> .. <eos>
     if n_pos is not None and need > n_pos:
         raise ConfigError(f"max_history: prompt + page + <eos> needs {need} positions but the model has {n_pos}; "
                           f"lower max_history or pairs.page_size")
@@ -175,8 +175,11 @@ def _check_length(cfg: RewardConfig, lm: nn.Module, vocab: Vocab) -> None:
 
 def build_spec(cfg: RewardConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path,
                parent: dict | None = None) -> StageSpec:
-    _check_length(cfg, lm, vocab)
+    if not cfg.pairs_file:
+        _check_length(cfg.max_history, cfg.pairs.page_size, lm, vocab)  # fail before synthesis
     pairs, meta = pairs_for_training(cfg, prepared)
+    page_size = int(max(map(len, pairs["chosen"])))
+    _check_length(cfg.max_history, page_size, lm, vocab)
     pairs_path = cfg.pairs_file
     if not pairs_path:
         pairs_path = str(out_dir.parent / f"{out_dir.name}.pairs.parquet")
@@ -228,8 +231,8 @@ def build_spec(cfg: RewardConfig, prepared, lm, tokenizer, vocab, catalog, out_d
             raise RuntimeError("reward: no normalisation statistics in the final metrics "
                                "(validation never ran?)") from None
         return {"reward": {"alpha": cfg.alpha, "norm": norm.to_dict(), "max_history": cfg.max_history,
-                           "page_size": cfg.pairs.page_size, "heads": HEAD_NAMES},
-                "pairs": {**{k: v for k, v in meta.items()}, "file": str(Path(pairs_path).resolve())}}
+                           "page_size": page_size, "heads": HEAD_NAMES},
+                "pairs": {**meta, "file": str(Path(pairs_path).resolve())}}
 
     export = exporter(out_dir, stage="reward", lm=lm, tokenizer=tokenizer, vocab=vocab, catalog=catalog,
                       config=cfg.to_dict(), prepared=prepared, heads=heads, parent=parent, extra=extra)
