@@ -137,7 +137,7 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
     plan = ["pretrain", "sft", "reward", *pipe.order]
     policies: dict[str, str] = {}
     for stage in plan:
-        init = str(ckpt["sft"]) if stage == "reward" else policy
+        init = {"pretrain": None, "reward": str(ckpt["sft"])}.get(stage, policy)
         if stage not in stages:
             if stage != "reward" and (ckpt[stage] / "manifest.json").is_file():
                 policy = str(ckpt[stage])

@@ -16,29 +16,26 @@ from typing import Any
 from rlhf_ray.checkpoint import MANIFEST, atomic_dir, verify_checkpoint
 
 
+# stage -> (config class name in rlhf_ray.config, module in rlhf_ray.stages); every module has
+# run(cfg, data_dir, out_dir, init) and is imported only when its stage runs.
+STAGES = {
+    "pretrain": ("PretrainConfig", "pretrain"),
+    "sft": ("SFTConfig", "sft"),
+    "reward": ("RewardConfig", "reward"),
+    "lpo": ("LPOConfig", "lpo"),
+}
+
+
 def stage_runner(stage: str):
-    """(config class, run function) of a stage; imported lazily."""
-    if stage == "pretrain":
-        from rlhf_ray.config import PretrainConfig
-        from rlhf_ray.stages import pretrain
+    """(config class, run function) of a stage."""
+    import importlib
 
-        return PretrainConfig, lambda cfg, data, out, init: pretrain.run(cfg, data, out)
-    if stage == "sft":
-        from rlhf_ray.config import SFTConfig
-        from rlhf_ray.stages import sft
+    from rlhf_ray import config
 
-        return SFTConfig, lambda cfg, data, out, init: sft.run(cfg, data, out, init)
-    if stage == "lpo":
-        from rlhf_ray.config import LPOConfig
-        from rlhf_ray.stages import lpo
-
-        return LPOConfig, lambda cfg, data, out, init: lpo.run(cfg, data, out, init)
-    if stage == "reward":
-        from rlhf_ray.config import RewardConfig
-        from rlhf_ray.stages import reward
-
-        return RewardConfig, lambda cfg, data, out, init: reward.run(cfg, data, out, init)
-    raise ValueError(f"unknown stage {stage!r}")
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; valid: {sorted(STAGES)}")
+    cls_name, module = STAGES[stage]
+    return getattr(config, cls_name), importlib.import_module(f"rlhf_ray.stages.{module}").run
 
 
 def _worker(config: dict) -> None:

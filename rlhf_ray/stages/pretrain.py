@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from rlhf_ray.config import PretrainConfig
+from rlhf_ray.errors import UserError
 from rlhf_ray.generation import left_pad
 from rlhf_ray.losses import rating_mse, token_nll
 from rlhf_ray.model import Heads, backbone_hidden, forward, hidden_size
@@ -157,7 +158,10 @@ def _valid_ratings(prepared, vocab: Vocab, max_history: int):
     return out
 
 
-def run(cfg: PretrainConfig, data_dir: str, out_dir: str) -> dict:
+def run(cfg: PretrainConfig, data_dir: str, out_dir: str, init: str | None = None) -> dict:
+    """Pre-train a fresh model (``init`` must be None: this stage starts every model)."""
+    if init:
+        raise UserError("pretrain builds a new model; it does not start from a checkpoint")
     prepared = open_data(data_dir)
     lm, tokenizer, vocab, catalog, _ = init_policy(None, cfg.model, prepared)
     spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, Path(out_dir))
