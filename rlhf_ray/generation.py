@@ -217,9 +217,10 @@ def page_logprobs(
     slot = pages >= 0  # (B, K)
     full_ids = torch.cat([ids, torch.where(slot, vocab.item_token(pages.clamp(min=0)), vocab.pad)], dim=1)
     full_am = torch.cat([am, slot.long()], dim=1)
+    # only the K positions that emit page slots need the vocabulary projection: keep the last K + 1
     out = model(input_ids=full_ids, attention_mask=full_am, position_ids=positions(full_am),
-                output_hidden_states=hidden, use_cache=False)
-    step_logits = _item_slice(out.logits[:, L - 1: L + K - 1], vocab).float()  # (B, K, n_items)
+                output_hidden_states=hidden, use_cache=False, logits_to_keep=K + 1)
+    step_logits = _item_slice(out.logits[:, :K], vocab).float()  # (B, K, n_items): positions L-1 .. L+K-2
     # items already on the page before slot k: exclusive cumulative one-hot over slots
     onehot = torch.zeros((B, K, vocab.n_items), dtype=torch.bool, device=ids.device)
     onehot.scatter_(2, pages.clamp(min=0)[..., None], slot[..., None])
