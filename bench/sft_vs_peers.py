@@ -259,7 +259,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
                    help="CPU threads for RecBole training (default: $OMP_NUM_THREADS or 1)")
     p.add_argument("--sasrec-epochs", type=int, default=10,
-                   help="SASRec max epochs (early stopping on valid; ~100-170 s each on 2 idle cores)")
+                   help="SASRec max epochs (early stopping on valid); 210-550 s each at length 50 on "
+                        "this 2-core box while shared with other jobs")
     p.add_argument("--bpr-epochs", type=int, default=100, help="BPR max epochs (early stopping on valid)")
     p.add_argument("--stopping-step", type=int, default=5, help="epochs without validation gain before stopping")
     p.add_argument("--max-seq-length", type=int, default=50, help="SASRec history length (ours uses 50)")

@@ -221,9 +221,15 @@ def item_columns(dataset, n_items: int):
     return torch.as_tensor(ids, dtype=torch.long)
 
 
-@__import__("torch").no_grad()
 def score(model, dataset, job: dict, batch_size: int = 256):
     """(U, n_items) float32 numpy scores, columns in our item_idx order."""
+    import torch
+
+    with torch.no_grad():
+        return _score(model, dataset, job, batch_size)
+
+
+def _score(model, dataset, job: dict, batch_size: int):
     import numpy as np
     import torch
     from recbole.data.interaction import Interaction
