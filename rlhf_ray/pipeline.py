@@ -81,15 +81,25 @@ def load_pipeline_config(path: str | Path | None, smoke: bool = False) -> dict[s
             for name, cls in SECTIONS.items()}
 
 
-def _done(ckpt: Path, cfg: dict, fingerprint: str) -> bool:
-    """A stage is done when its checkpoint verifies and was made from the same config and data."""
-    from rlhf_ray.checkpoint import verify_checkpoint
+def _done(ckpt: Path, cfg: dict, fingerprint: str, init: str | None) -> bool:
+    """A stage is done when its checkpoint verifies and was made from the same config, data and
+    starting checkpoint (so retraining an earlier stage retrains everything after it)."""
+    import json
+
+    from rlhf_ray.checkpoint import MANIFEST, verify_checkpoint
 
     try:
         m = verify_checkpoint(ckpt)
     except CheckpointError:
         return False
-    return m.get("config") == cfg and m.get("data_fingerprint") == fingerprint
+    if m.get("config") != cfg or m.get("data_fingerprint") != fingerprint:
+        return False
+    if init is None:
+        return True
+    if "ppo" in m:  # PPO records the path of the policy it started from
+        return m["ppo"].get("sft") == init
+    parent_id = json.loads((Path(init) / MANIFEST).read_text()).get("id") if (Path(init) / MANIFEST).is_file() else None
+    return (m.get("parent") or {}).get("id") == parent_id
 
 
 def _scalars(d: dict) -> dict:
@@ -146,7 +156,7 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
             continue
         cfg = cfgs[stage]
         t = time.time()
-        if not force and _done(ckpt[stage], cfg.to_dict(), fp):
+        if not force and _done(ckpt[stage], cfg.to_dict(), fp, init):
             print(f"[pipeline] {stage}: complete checkpoint at {ckpt[stage]}, skipped")
             metrics = {"skipped": True}
         elif stage == "ppo":
