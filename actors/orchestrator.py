@@ -361,5 +361,5 @@ class PPOOrchestrator:
 
     @staticmethod
     def _brief(m: dict) -> str:
-        keys = ("val/ndcg@10", "val/recall@20", "val/tail_recall@20", "val/page_ild", "val/page_entropy")
+        keys = ("val/ndcg@10", "val/recall@20", "val/tail_recall@20", "val/page_ild", "val/page_cat_entropy")
         return " ".join(f"{k.split('/')[1]} {m[k]:.4f}" for k in keys if k in m)

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from rlhf_ray.jsonio import write_json_atomic  # noqa: F401  (re-exported: pipeline, stages)
 from rlhf_ray.errors import CheckpointError
 from rlhf_ray.tokens import Vocab, load_tokenizer, save_tokenizer
 
@@ -76,12 +77,6 @@ def atomic_dir(target: Path):
             shutil.rmtree(old, ignore_errors=True)
 
     return _cm()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -13,7 +13,10 @@ actor. Conventions shared by every function:
   the average rather than counted as 0.
 * Positions and ranks are 1-based in the formulas; the position discount is the
   DCG one, ``d(i) = 1 / log2(i + 1)``.
-* Every metric here is higher-is-better.
+* Every metric declares its direction in :data:`DIRECTION` ("max" = higher is better,
+  "min" = lower is better); :func:`direction` reads it for any report key
+  (``"tail_page_recall@20"``, ``"val/ndcg@10"``), so callers never set a mode by hand.
+  All are higher-is-better except :func:`redundancy` (PageLLM's Entropy direction).
 * Torch tensors are accepted (``.detach().cpu()`` then ``np.asarray``; torch is not
   imported here).
 """
@@ -330,12 +333,79 @@ def category_entropy(pages: Any, item_categories: Any) -> np.ndarray:
     return np.where(n > 0, h + 0.0, np.nan)  # + 0.0 turns -0.0 into 0.0
 
 
+def redundancy(pages: Any, item_categories: Any) -> np.ndarray:
+    """(B,) Category redundancy of a page (nats). LOWER is better.
+
+    R = ln(min(n, C)) - H,  H = category entropy of the page's n valid items
+    (:func:`category_entropy`), C = number of categories in the catalogue.
+
+    Shannon's redundancy: how far the page's category distribution is from the most
+    spread-out one a page of n items can have. 0 = every item in a different category
+    (or as even as C allows); ln n = all items in one category. PageLLM reports an
+    "Entropy" page metric where lower is better (a redundancy measure); its formula is
+    not in the text we could read, so this is our definition of that direction. It is
+    reported beside :func:`category_entropy` (higher = more diverse) and
+    :func:`category_coverage`, never instead of them. NaN for a page with no valid item.
+    """
+    c, valid = _page_categories(pages, item_categories)
+    n_cat = int(np.unique(_np(item_categories)).size)
+    n = valid.sum(axis=1)
+    h = category_entropy(pages, item_categories)
+    h_max = np.log(np.maximum(np.minimum(n, n_cat), 1))
+    return np.where(n > 0, np.maximum(h_max - h, 0.0), np.nan)
+
+
+def category_coverage(pages: Any, item_categories: Any) -> np.ndarray:
+    """(B,) Distinct categories on a page / min(n, C). Higher is better.
+
+    n = valid items on the page, C = categories in the catalogue; 1 = no category
+    repeats while another was available. NaN for a page with no valid item.
+    """
+    c, valid = _page_categories(pages, item_categories)
+    n_cat = int(np.unique(_np(item_categories)).size)
+    n = valid.sum(axis=1)
+    c = np.where(valid, c, -1)
+    srt = np.sort(c, axis=1)
+    distinct = ((srt[:, 1:] != srt[:, :-1]) & (srt[:, 1:] >= 0)).sum(axis=1) + (srt[:, :1] >= 0).sum(axis=1)
+    return np.where(n > 0, distinct / np.maximum(np.minimum(n, n_cat), 1), np.nan)
+
+
 def coverage(pages: Any, n_items: int) -> float:
     """Catalogue coverage = |distinct items on any page| / n_items, in [0, 1]. Higher is better."""
     pg = _ids(pages, "pages", 2, "(B, K)")
     n_items = _pos_int(n_items, "n_items")
     _in_table(pg, n_items, "n_items")
     return float(np.unique(pg[pg >= 0]).size / n_items)
+
+
+# --------------------------------------------------------------------------- directions
+
+#: Direction of every metric by base name: "max" = higher is better, "min" = lower is better.
+DIRECTION: dict[str, str] = {
+    "ndcg": "max", "recall": "max", "hr": "max", "mrr": "max", "was": "max", "pwkt": "max",
+    "ild": "max", "cat_entropy": "max", "cat_coverage": "max", "coverage": "max",
+    "redundancy": "min",
+}
+_PREFIXES = ("val/", "test/", "tail_", "head_", "page_")
+
+
+def direction(key: str) -> str:
+    """"max" or "min" for a report key such as ``"val/tail_page_ndcg@10"`` or ``"page_redundancy"``.
+
+    Strips a split prefix (``val/``), the group (``tail_``/``head_``), ``page_`` and the
+    ``@k`` cut-off, then looks the base name up in :data:`DIRECTION`; an unknown name is
+    an error naming it (a metric must declare its direction before it can be optimised).
+    """
+    base = key.split("@", 1)[0]
+    changed = True
+    while changed:
+        changed = False
+        for p in _PREFIXES:
+            if base.startswith(p):
+                base, changed = base[len(p):], True
+    if base not in DIRECTION:
+        raise KeyError(f"{key!r}: no direction declared for metric {base!r} (known: {sorted(DIRECTION)})")
+    return DIRECTION[base]
 
 
 # --------------------------------------------------------------------------- aggregation and reports
@@ -394,9 +464,12 @@ def ranking_report(topk: Any, targets: Any, ks: Sequence[int] = (10, 20),
 
 
 def page_report(pages: Any, item_categories: Any, n_items: int) -> dict[str, float]:
-    """{"ild": mean category ILD, "entropy": mean category entropy, "coverage": coverage}."""
+    """Means of the page-quality metrics: {"ild", "cat_entropy", "cat_coverage", "redundancy",
+    "coverage"} (see each function for its formula and direction)."""
     return {
         "ild": mean(ild(pages, item_categories=item_categories)),
-        "entropy": mean(category_entropy(pages, item_categories)),
+        "cat_entropy": mean(category_entropy(pages, item_categories)),
+        "cat_coverage": mean(category_coverage(pages, item_categories)),
+        "redundancy": mean(redundancy(pages, item_categories)),
         "coverage": coverage(pages, n_items),
     }

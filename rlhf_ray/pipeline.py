@@ -178,24 +178,29 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
     return summary
 
 
-REPORT_KEYS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "tail_recall@20", "page_ild", "page_entropy",
+REPORT_KEYS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "tail_recall@20", "page_ild", "page_redundancy",
                "coverage@20")
 
 
 def evaluate_policies(policies: dict[str, str], prepared, gen: GenerationConfig, out: Path, max_users: int) -> dict:
-    """Test metrics of every policy checkpoint, one predictions file each, and a printed table."""
+    """Test metrics of every policy checkpoint, one predictions file each, and a printed table.
+
+    Metrics undefined under the data's protocol are listed under ``"n/a"`` with the reason
+    and printed as ``n/a``, never as a number.
+    """
     from rlhf_ray.checkpoint import load_checkpoint
-    from rlhf_ray.evaluation import evaluate
+    from rlhf_ray.evaluation import evaluate_full
 
     t = time.time()
     table = {}
     for stage, path in policies.items():
         ck = load_checkpoint(path)
-        metrics, preds = evaluate(ck.model, ck.vocab, prepared, "test", gen, ks=(10, 20), max_users=max_users)
-        preds.to_parquet(out / f"predictions-{stage}.parquet", index=False)
-        table[stage] = {"checkpoint": path, **metrics}
-    print("[pipeline] test metrics (full ranking; page_* from the generated page)")
-    print("  " + "stage".ljust(8) + "".join(k.rjust(15) for k in REPORT_KEYS))
+        ev = evaluate_full(ck.model, ck.vocab, prepared, "test", gen, max_users=max_users)
+        ev.per_user.to_parquet(out / f"predictions-{stage}.parquet", index=False)
+        table[stage] = {"checkpoint": path, "protocol": ev.protocol, **ev.metrics, "n/a": ev.na}
+    print("[pipeline] test metrics (full ranking; page_* from the generated page; page_redundancy: lower is better)")
+    print("  " + "stage".ljust(8) + "".join(k.rjust(17) for k in REPORT_KEYS))
     for stage, m in table.items():
-        print("  " + stage.ljust(8) + "".join(f"{m.get(k, float('nan')):15.4f}" for k in REPORT_KEYS))
+        cells = [f"{m[k]:17.4f}" if isinstance(m.get(k), float) else "n/a".rjust(17) for k in REPORT_KEYS]
+        print("  " + stage.ljust(8) + "".join(cells))
     return {"seconds": time.time() - t, **table}

@@ -312,11 +312,34 @@ def test_page_report():
     pages = np.array([[0, 1, 2, 3], [2, 4, 3, -1]])
     rep = M.page_report(pages, CATS, n_items=10)
     # ild (5/6 + 2/3) / 2 = 0.75; entropy (1.03972 + 0.63651) / 2; coverage {0..4} / 10
+    h1, h2 = 1.5 * math.log(2), -(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3)
+    n_cat = len(set(CATS.tolist()))
     assert rep == pytest.approx({
         "ild": 0.75,
-        "entropy": (1.5 * math.log(2) - (2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3)) / 2,
+        "cat_entropy": (h1 + h2) / 2,
+        "cat_coverage": (3 / min(4, n_cat) + 2 / min(3, n_cat)) / 2,
+        "redundancy": (math.log(min(4, n_cat)) - h1 + math.log(min(3, n_cat)) - h2) / 2,
         "coverage": 0.5,
     })
+
+
+def test_redundancy_and_category_coverage_by_hand():
+    cats = np.array([0, 0, 1, 2, 3])  # 4 categories
+    pages = np.array([[0, 1, 2, 3],     # categories 0 0 1 2: H = 1.5 ln 2, 3 distinct of 4
+                      [0, 2, 3, 4],     # four distinct: redundancy 0, coverage 1
+                      [0, 1, -1, -1],   # one category for 2 items: redundancy ln 2, coverage 1/2
+                      [-1, -1, -1, -1]])
+    close(M.redundancy(pages, cats), [math.log(4) - 1.5 * math.log(2), 0.0, math.log(2), NAN])
+    close(M.category_coverage(pages, cats), [0.75, 1.0, 0.5, NAN])
+
+
+def test_directions_are_declared_for_every_report_key():
+    assert M.direction("ndcg@10") == "max"
+    assert M.direction("val/tail_page_recall@20") == "max"
+    assert M.direction("page_redundancy") == "min"
+    assert M.direction("test/page_cat_entropy") == "max"
+    with pytest.raises(KeyError, match="no direction declared for metric 'loss'"):
+        M.direction("val/loss")
 
 
 def test_tensor_like_inputs_are_converted():

@@ -103,7 +103,7 @@ def test_validation_and_export(orch, tmp_path):
     from rlhf_ray.checkpoint import load_checkpoint
 
     v = orch.validate(1)
-    for k in ("val/ndcg@10", "val/recall@20", "val/tail_recall@20", "val/page_ild", "val/page_entropy"):
+    for k in ("val/ndcg@10", "val/recall@20", "val/tail_recall@20", "val/page_ild", "val/page_cat_entropy"):
         assert k in v and math.isfinite(v[k]), k
     orch.out = tmp_path  # export into this test's directory
     path = orch.export({"val/ndcg@10": v["val/ndcg@10"]})

@@ -13,15 +13,21 @@ from pathlib import Path
 
 from rlhf_ray.cliutil import add_config_args, add_config_file_arg, load_config
 from rlhf_ray.config import GenerationConfig, PretrainConfig, SFTConfig
+from rlhf_ray.jsonio import json_safe
 
 
 def _print_metrics(title: str, metrics: dict, as_json: bool) -> None:
+    """Print metrics as a table or as strict JSON (NaN/inf become null; "n/a" reasons kept)."""
     if as_json:
-        print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+        print(json.dumps(json_safe(metrics), indent=2, sort_keys=True, default=str, allow_nan=False))
         return
     print(f"== {title}")
     for k in sorted(metrics):
         v = metrics[k]
+        if isinstance(v, dict):
+            for kk in sorted(v):
+                print(f"  {kk:32s} n/a ({v[kk]})")
+            continue
         print(f"  {k:32s} {v:.4f}" if isinstance(v, float) else f"  {k:32s} {v}")
 
 
@@ -41,16 +47,18 @@ def _train(stage: str, cls):
 
 def _eval(args: argparse.Namespace) -> int:
     from rlhf_ray.checkpoint import load_checkpoint
-    from rlhf_ray.evaluation import evaluate
+    from rlhf_ray.evaluation import evaluate_full
     from rlhf_ray.stages.common import check_compatible, open_data
 
     gen = load_config(GenerationConfig, args)
     ck = load_checkpoint(args.checkpoint)
     prepared = open_data(args.data)
     check_compatible(ck.catalog, prepared, args.checkpoint)
-    ks = tuple(int(k) for k in args.k.split(","))
-    metrics, preds = evaluate(ck.model, ck.vocab, prepared, args.split, gen, ks=ks, max_users=args.max_users)
-    metrics = {"checkpoint": str(args.checkpoint), "stage": ck.stage, "split": args.split, **metrics}
+    ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
+    ev = evaluate_full(ck.model, ck.vocab, prepared, args.split, gen, ks=ks, max_users=args.max_users)
+    metrics = {"checkpoint": str(args.checkpoint), "stage": ck.stage, "split": args.split,
+               "protocol": ev.protocol, **ev.metrics, "n/a": ev.na}
+    preds = ev.per_user
     if args.predictions_out:
         out = Path(args.predictions_out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="DIR")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--split", default="test", choices=["valid", "test"])
-    p.add_argument("--k", default="10,20", help="cut-offs, comma separated (default 10,20)")
+    p.add_argument("--k", default=None, help="full-ranking cut-offs, comma separated (default: the protocol's: "
+                   "10,20 for leave-one-out, 10,20,40,100 for the temporal split)")
     p.add_argument("--max-users", type=int, default=0, help="evaluate at most N users (0 = all)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.add_argument("--predictions-out", default=None, metavar="FILE",
