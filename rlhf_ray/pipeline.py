@@ -178,8 +178,13 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
     return summary
 
 
-REPORT_KEYS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "tail_recall@20", "page_ild", "page_redundancy",
-               "coverage@20")
+#: columns of the printed test table, per evaluation protocol (rlhf_ray.evaluation.PROTOCOLS)
+REPORT_KEYS = {
+    "loo": ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "tail_recall@20", "page_ild", "page_redundancy",
+            "coverage@20"),
+    "pagellm": ("page_recall@10", "page_ndcg@10", "recall@20", "ndcg@100", "page_was", "page_pwkt",
+                "tail_page_recall@10", "page_ild", "page_redundancy"),
+}
 
 
 def evaluate_policies(policies: dict[str, str], prepared, gen: GenerationConfig, out: Path, max_users: int) -> dict:
@@ -198,9 +203,12 @@ def evaluate_policies(policies: dict[str, str], prepared, gen: GenerationConfig,
         ev = evaluate_full(ck.model, ck.vocab, prepared, "test", gen, max_users=max_users)
         ev.per_user.to_parquet(out / f"predictions-{stage}.parquet", index=False)
         table[stage] = {"checkpoint": path, "protocol": ev.protocol, **ev.metrics, "n/a": ev.na}
-    print("[pipeline] test metrics (full ranking; page_* from the generated page; page_redundancy: lower is better)")
-    print("  " + "stage".ljust(8) + "".join(k.rjust(17) for k in REPORT_KEYS))
+    protocol = next(iter(table.values()))["protocol"] if table else "loo"
+    keys = REPORT_KEYS[protocol]
+    print(f"[pipeline] test metrics, {protocol} protocol (full ranking; page_* from the generated page; "
+          "page_redundancy: lower is better)")
+    print("  " + "stage".ljust(8) + "".join(k.rjust(21) for k in keys))
     for stage, m in table.items():
-        cells = [f"{m[k]:17.4f}" if isinstance(m.get(k), float) else "n/a".rjust(17) for k in REPORT_KEYS]
+        cells = [f"{m[k]:21.4f}" if isinstance(m.get(k), float) else "n/a".rjust(21) for k in keys]
         print("  " + stage.ljust(8) + "".join(cells))
     return {"seconds": time.time() - t, **table}

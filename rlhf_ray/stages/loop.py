@@ -9,9 +9,16 @@ best-weights restore, and the final export on rank 0.
 
 It runs in-process or inside a Ray Train worker unchanged: Ray is only touched
 through :func:`report`, which is a no-op outside a Ray Train session.
+
+With more than one rank the final metrics also carry, for every rank r, evidence that
+data-parallel training really ran everywhere (:func:`rank_summary`, gathered from all
+ranks): ``dist/rank{r}/steps``, ``dist/rank{r}/param_digest`` (equal on all ranks iff
+their live parameters are bit-identical) and ``dist/rank{r}/loss_start`` /
+``loss_end`` (mean training loss of the rank's first / last few steps).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -114,6 +121,8 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
     progress = cfg.progress and is_main
     best, best_state, stale, step = None, None, 0, 0
     final: dict = {}
+    losses: list[float] = []  # this rank's loss per step, for rank_summary
+    stopped_by = "epochs"
     t_start = time.time()
     for epoch in range(cfg.epochs):
         engine.train(True)
@@ -127,6 +136,7 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
             step += 1
             n += 1
             stats = {"loss": float(loss.detach()), **stats, "grad_norm": gnorm, "lr": engine.lr}
+            losses.append(stats["loss"])
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if is_main:
@@ -163,19 +173,71 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
             print(f"[{spec.name}] epoch {epoch + 1}: {shown}", flush=True)
         report(epoch_metrics)
         if done or (cfg.patience and stale >= cfg.patience):
-            if cfg.patience and stale >= cfg.patience and is_main:
-                print(f"[{spec.name}] early stop: {spec.key_metric} did not improve for {stale} validations")
+            if cfg.patience and stale >= cfg.patience:
+                stopped_by = "early_stopping"
+                if is_main:
+                    print(f"[{spec.name}] early stop: {spec.key_metric} did not improve for {stale} validations")
+            else:
+                stopped_by = "max_steps" if cfg.max_steps and step >= cfg.max_steps else "epochs"
             break
     state = best_state if best_state is not None else engine.full_state_dict()
     final = {k: v for k, v in final.items()}
+    # how training ended: "early_stopping" (converged on validation), or a cap ("epochs",
+    # "max_steps") that bound before validation stopped improving
+    final["train/stopped_by"] = stopped_by
+    final["train/epochs_run"] = epoch + 1
+    final["train/best_epoch"] = final.get("epoch", epoch + 1)
     final["train/steps"] = step
     final["train/wall_s"] = time.time() - t_start
+    final.update(rank_summary(engine, step, losses))
     out = spec.export(state if is_main else None, final) if is_main else None
     logger.close()
     if out is not None:
         final["checkpoint"] = str(out)
     report(final, checkpoint_dir=out)
     return final
+
+
+def param_digest(module: nn.Module, zero3: bool = False) -> int:
+    """A 52-bit digest (exact as a float64) of the names and bytes of ``module``'s parameters, in
+    order. ``zero3``: the parameters are ZeRO-3 partitioned; each is gathered in turn (a collective)."""
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        h.update(name.encode())
+        if zero3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p]):
+                h.update(p.detach().contiguous().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(p.detach().contiguous().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
+    return int(h.hexdigest()[:13], 16)
+
+
+def rank_summary(engine: Engine, steps: int, losses: list[float], window: int = 3) -> dict:
+    """Per-rank steps, parameter digest and first/last-steps loss, gathered from every rank
+    (a collective: all ranks call it); ``{}`` with a single rank.
+
+    ``loss_start`` / ``loss_end``: mean loss of the rank's first / last ``min(window, steps // 2)``
+    steps (at least one)."""
+    import torch.distributed as dist
+
+    rank, world = rank_world()
+    if world < 2:
+        return {}
+    k = max(1, min(window, len(losses) // 2))
+    start = sum(losses[:k]) / k if losses else float("nan")
+    end = sum(losses[-k:]) / k if losses else float("nan")
+    digest = param_digest(engine.model, zero3=engine.deepspeed and engine.cfg.zero_stage == 3)
+    mine = torch.tensor([steps, digest, start, end], dtype=torch.float64, device=engine.device)
+    rows = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(rows, mine)
+    out: dict = {}
+    for r, row in enumerate(rows):
+        s, digest, a, b = row.tolist()
+        out.update({f"dist/rank{r}/steps": int(s), f"dist/rank{r}/param_digest": int(digest),
+                    f"dist/rank{r}/loss_start": a, f"dist/rank{r}/loss_end": b})
+    return out
 
 
 def _bar(enabled: bool, total: int, desc: str):

@@ -1,0 +1,266 @@
+"""The full comparison table of one evaluation protocol: ours (SFT, PPO, LPO; seeds) and peers.
+
+    .venv/bin/python bench/protocol_table.py --protocol loo --seeds 0,1,2
+    .venv/bin/python bench/protocol_table.py --protocol pagellm --seeds 0,1,2
+    .venv/bin/python bench/protocol_table.py --protocol loo --seeds 0 --smoke     # plumbing check, minutes
+
+Protocols (``rlhf_ray.evaluation.PROTOCOLS``):
+
+* ``loo``: leave-one-out, the sequential-recommender protocol of SASRec and LPO4Rec: one
+  held-out positive per user; full-catalogue ranking (seen items excluded) at K = 10, 20;
+  WAS/PWKT are n/a.
+* ``pagellm``: PageLLM's per-user temporal 80/10/10 split: every held-out positive is a
+  target; the generated page (20 items) is judged (page Recall/NDCG@10/20, WAS, PWKT, ILD,
+  redundancy) and the full ranking at K = 20, 40, 100.
+
+Tail items: the data is prepared with ``tail_fraction 0.8``, i.e. head = the 20% most
+popular training items, tail = the other 80% (the Pareto split). LPO4Rec's own code tags
+only the 20% least frequent items as tail; on ml-100k that leaves 30 leave-one-out test
+users with a tail target (26 on validation), too few to show or refute any tail effect, so
+the measurement departs from it (428 test users under leave-one-out; 2163 tail targets of
+648 users under the temporal split).
+
+Ours: for each seed the whole pipeline (``rlhf-ray pipeline``) runs with the shipped config
+(``--config``), every stage's seed set, the protocol's split, and evaluation pages of 20;
+its per-user test metrics come from the pipeline's ``predictions-{stage}.parquet``.
+Checkpoints are chosen on validation inside each stage (early stopping); test is read once,
+here. Peers: the top-100 lists that ``bench/peers_bench.py`` wrote to
+``runs/peers/{protocol}/{model}.npz`` (its JSON says how each was trained and selected),
+scored here by the same ``rlhf_ray.evaluation.score_lists`` (a peer's page = its top 20).
+
+Every cell: mean over seeds (spread = sample std over seeds, for ours) and a 95% bootstrap
+interval over users of the seed-averaged per-user value. Comparisons are paired over the
+same users (``rlhf_ray.stats.paired_diff``); a difference is called higher/lower only
+when its interval excludes 0. Writes ``bench/results/protocol_{protocol}.json`` (with
+provenance) and prints the markdown tables that ``bench/readme_tables.py`` puts in README.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from provenance import Run  # noqa: E402
+
+from rlhf_ray import metrics as M  # noqa: E402
+from rlhf_ray import stats  # noqa: E402
+from rlhf_ray.data.prepared import load_prepared  # noqa: E402
+from rlhf_ray.evaluation import PROTOCOLS, score_lists  # noqa: E402
+
+OURS = ("sft", "ppo", "lpo")
+PEERS = ("SASRec", "GRU4Rec", "BPR", "LightGCN", "most_popular")
+SPLIT = {"loo": "leave_one_out", "pagellm": "temporal"}
+#: columns of the printed table per protocol (per-user metrics, then list-level scalars)
+COLUMNS = {
+    "loo": ["ndcg@10", "recall@10", "ndcg@20", "recall@20", "tail_recall@20", "page_ndcg@10", "page_ild",
+            "page_redundancy"],
+    "pagellm": ["page_recall@10", "page_ndcg@10", "page_recall@20", "page_ndcg@20", "recall@20", "recall@40",
+                "recall@100", "ndcg@100", "page_was", "page_pwkt", "page_ild", "page_redundancy",
+                "tail_page_recall@20"],
+}
+HEADLINE = {"loo": "ndcg@10", "pagellm": "page_ndcg@10"}
+SCALARS = ("coverage@20", "page_coverage")
+
+
+def protocol_config(base: str, protocol: str, seed: int, smoke: bool) -> dict:
+    """The shipped pipeline config with this protocol's split, Pareto tail, seeds and 20-item pages."""
+    raw = yaml.safe_load(Path(base).read_text()) or {}
+    raw.setdefault("data", {}).update({"split": SPLIT[protocol], "tail_fraction": 0.8})
+    raw.setdefault("generation", {})["page_size"] = 20
+    for stage in ("pretrain", "sft", "reward", "lpo"):
+        raw.setdefault(stage, {}).setdefault("train", {})["seed"] = seed
+    raw.setdefault("ppo", {})["seed"] = seed
+    if smoke:
+        raw["data"].update({"dataset": "synthetic", "synthetic_users": 150, "synthetic_items": 200})
+    return raw
+
+
+def run_ours(args, seed: int, work: Path) -> Path:
+    """Run (or reuse) the pipeline for one seed; returns its output directory."""
+    out = work / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = out / "config.yaml"
+    cfg.write_text(yaml.safe_dump(protocol_config(args.config, args.protocol, seed, args.smoke)))
+    cmd = [sys.executable, "-m", "rlhf_ray.cli", "pipeline", "--config", str(cfg), "--out", str(out)]
+    if args.smoke:
+        cmd.append("--smoke")
+    print(f"[protocol] $ {' '.join(cmd)}", flush=True)
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def per_user_ours(outs: list[Path], prepared) -> dict[str, list[pd.DataFrame]]:
+    """{stage: [per-user frame of each seed]} read from the pipelines' prediction files."""
+    frames: dict[str, list[pd.DataFrame]] = {}
+    users = [int(u) for u in prepared.histories("test").user_idx]
+    for out in outs:
+        for stage in OURS:
+            f = out / f"predictions-{stage}.parquet"
+            if not f.is_file():
+                continue
+            df = pd.read_parquet(f)
+            if df["user_idx"].tolist() != users:
+                raise RuntimeError(f"{f}: users differ from the prepared test users (different data?)")
+            frames.setdefault(stage, []).append(df)
+    return frames
+
+
+def per_user_peers(peers_dir: Path, prepared, protocol: str) -> dict[str, pd.DataFrame]:
+    """{peer: per-user frame} scored here from the peers' top-100 lists."""
+    hist, targets, ratings, users = prepared.histories("test")
+    out = {}
+    for name in PEERS:
+        f = peers_dir / f"{name}.npz"
+        if not f.is_file():
+            print(f"[protocol] peer {name}: {f} missing, row left out", flush=True)
+            continue
+        z = np.load(f)
+        if not np.array_equal(z["user_idx"], users):
+            raise RuntimeError(f"{f}: users differ from the prepared test users")
+        top = z["top"].astype(np.int64)
+        s = score_lists(top, top[:, :20], targets, ratings, prepared, protocol)
+        df = pd.DataFrame({"user_idx": users, **s.per_user})
+        df.attrs["scalars"] = s.scalars
+        out[name] = df
+    return out
+
+
+def seed_avg(frames: list[pd.DataFrame], metric: str) -> np.ndarray:
+    """(U,) each user's value averaged over seeds (NaN where undefined in every seed)."""
+    a = np.stack([f[metric].to_numpy(dtype=float) for f in frames])
+    n = (~np.isnan(a)).sum(axis=0)
+    return np.where(n > 0, np.nansum(a, axis=0) / np.maximum(n, 1), np.nan)
+
+
+def cell(frames: list[pd.DataFrame], metric: str, seed: int = 0) -> dict | None:
+    """Mean over seeds, seed spread, and the user bootstrap interval of the seed-averaged values."""
+    if not frames or metric not in frames[0]:
+        return None
+    per_seed = [M.mean(f[metric].to_numpy(dtype=float)) for f in frames]
+    ci = stats.bootstrap_ci(seed_avg(frames, metric), seed=seed)
+    return {**ci, "seeds": stats.seed_summary(per_seed)}
+
+
+def build_table(protocol: str, ours: dict, peers: dict, na: dict) -> dict:
+    rows: dict[str, dict] = {}
+    methods = {**{k: v for k, v in ours.items()}, **{k: [v] for k, v in peers.items()}}
+    for name, frames in methods.items():
+        row = {m: cell(frames, m) for m in COLUMNS[protocol]}
+        rows[name] = {"kind": "ours" if name in OURS else "peer", "n_seeds": len(frames),
+                      "metrics": {m: v for m, v in row.items() if v is not None},
+                      "n/a": {m: na.get(m, "n/a: not produced") for m, v in row.items() if v is None}}
+    comparisons = {}
+    head = HEADLINE[protocol]
+    if "sft" in methods:
+        for name, frames in methods.items():
+            if name == "sft":
+                continue
+            comparisons[f"{name} vs sft"] = {
+                m: stats.paired_diff(seed_avg(frames, m), seed_avg(methods["sft"], m))
+                for m in COLUMNS[protocol] if m in frames[0] and m in methods["sft"][0]}
+        peer_means = {p: rows[p]["metrics"][head]["mean"] for p in peers if head in rows[p]["metrics"]}
+        if peer_means:
+            best = max(peer_means, key=peer_means.get)
+            comparisons["sft vs best peer"] = {"peer": best, head: stats.paired_diff(
+                seed_avg(methods["sft"], head), seed_avg([peers[best]], head))}
+    return {"rows": rows, "comparisons": comparisons, "headline": head}
+
+
+def fmt(c: dict | None) -> str:
+    if c is None or c.get("mean") is None:
+        return "n/a"
+    s = f"{c['mean']:.4f}"
+    sd = (c.get("seeds") or {}).get("std")
+    if sd is not None:
+        s += f" ±{sd:.4f}"
+    return s + f" [{c['lo']:.4f}, {c['hi']:.4f}]"
+
+
+def markdown(protocol: str, table: dict, counts: dict) -> str:
+    cols = COLUMNS[protocol]
+    lines = [f"| model | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for name, r in table["rows"].items():
+        label = f"ours, {name}" if r["kind"] == "ours" else name
+        lines.append(f"| {label} | {r['n_seeds']} | " + " | ".join(fmt(r["metrics"].get(c)) for c in cols) + " |")
+    lines.append("")
+    lines.append(f"Cells: mean over seeds ±std over seeds [95% bootstrap interval over users]. "
+                 f"{int(counts['users'])} test users, {int(counts['targets'])} targets, "
+                 f"{int(counts['tail_targets'])} tail targets of {int(counts['tail_users'])} users. "
+                 "page_redundancy: lower is better; every other column higher is better.")
+    comp = table["comparisons"]
+    if comp:
+        lines += ["", f"| comparison (paired over users) | {table['headline']} diff [95% CI] | verdict |", "|---|---|---|"]
+        for name, d in comp.items():
+            x = d.get(table["headline"]) if isinstance(d, dict) else None
+            if not x or x.get("diff") is None:
+                continue
+            label = name + (f" ({d['peer']})" if "peer" in d else "")
+            lines.append(f"| {label} | {x['diff']:+.4f} [{x['lo']:+.4f}, {x['hi']:+.4f}] (x{x['rel']:.3f}) | "
+                         f"{x['verdict']} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
+    p.add_argument("--seeds", default="0,1,2", help="training seeds of our pipeline (default 0,1,2)")
+    p.add_argument("--config", default=str(ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml"),
+                   help="pipeline config to run for our rows (default: the shipped ml-100k config)")
+    p.add_argument("--work", default=None, help="run directory (default runs/bench/PROTOCOL)")
+    p.add_argument("--peers-dir", default=None, help="peer top-100 lists (default runs/peers/PROTOCOL)")
+    p.add_argument("--no-train", action="store_true", help="only read finished pipelines (no new runs)")
+    p.add_argument("--smoke", action="store_true", help="synthetic data, tiny models: checks the plumbing")
+    p.add_argument("--results", default=str(BENCH / "results"), help="where the JSON goes")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    if not seeds:
+        raise SystemExit("--seeds: give at least one seed")
+    work = Path(args.work or ROOT / "runs" / "bench" / (args.protocol + ("-smoke" if args.smoke else "")))
+    peers_dir = Path(args.peers_dir or ROOT / "runs" / "peers" / args.protocol)
+    run = Run(inputs={"config": args.config, "peers_dir": peers_dir})
+    t0 = time.time()
+    outs = []
+    for s in seeds:
+        out = work / f"seed{s}"
+        outs.append(out if args.no_train else run_ours(args, s, work))
+    prepared = load_prepared(outs[0] / "data")
+    run.add_input("data", outs[0] / "data")
+    for out in outs:
+        for stage in OURS:
+            run.add_input(f"{out.name}/{stage}", out / (f"{stage}/policy" if stage == "ppo" else stage))
+    ours = per_user_ours(outs, prepared)
+    peers = {} if args.smoke else per_user_peers(peers_dir, prepared, args.protocol)
+    hist, targets, ratings, users = prepared.histories("test")
+    probe = score_lists(np.zeros((len(targets), 100), dtype=np.int64), None, targets, ratings, prepared,
+                        args.protocol)
+    counts = {k: probe.scalars[k] for k in ("users", "targets", "tail_targets", "tail_users")}
+    table = build_table(args.protocol, ours, peers, probe.na)
+    md = markdown(args.protocol, table, counts)
+    print(md)
+    name = f"protocol_{args.protocol}" + ("_smoke" if args.smoke else "")
+    path = run.write(name, {"protocol": args.protocol, "split": SPLIT[args.protocol], "seeds": seeds,
+                            "counts": counts, "data_fingerprint": prepared.fingerprint,
+                            "tail_definition": "head = 20% most popular training items, tail = the other 80%",
+                            "columns": COLUMNS[args.protocol], **table, "markdown": md,
+                            "seconds": round(time.time() - t0, 1)}, results_dir=args.results)
+    print(f"[protocol] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

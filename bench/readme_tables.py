@@ -1,0 +1,146 @@
+"""Generate README's results tables from ``bench/results/*.json`` (never typed by hand).
+
+    .venv/bin/python bench/readme_tables.py            # rewrite the generated sections of README.md
+    .venv/bin/python bench/readme_tables.py --check    # exit 1 if README differs from the JSON
+
+README.md holds blocks delimited by ``<!-- BEGIN bench:NAME -->`` and ``<!-- END bench:NAME -->``;
+each NAME has a renderer below that reads one results JSON and returns markdown naming the
+commit and the command that produced it. Text outside the blocks is left alone. A block
+whose JSON is missing says so instead of showing numbers. Imports nothing of the project
+beyond the standard library, so it runs anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+README = ROOT / "README.md"
+
+
+def _load(name: str) -> dict | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _source(doc: dict) -> str:
+    prov = doc.get("provenance", {})
+    git = prov.get("git", {})
+    commit = (git.get("commit") or "unknown")[:10] + (" (dirty tree)" if git.get("dirty") else "")
+    load = prov.get("load_before") or []
+    return (f"Generated from `bench/results/` by `bench/readme_tables.py`; measured at commit `{commit}` "
+            f"with `{prov.get('command')}` (load average before: {load[0] if load else 'n/a'}).")
+
+
+def _missing(name: str, how: str) -> str:
+    return f"*No results yet: `bench/results/{name}.json` is missing. Produce it with `{how}`.*"
+
+
+def protocol(name: str, how: str):
+    def render() -> str:
+        doc = _load(name)
+        if doc is None:
+            return _missing(name, how)
+        return doc["markdown"] + "\n\n" + _source(doc)
+
+    return render
+
+
+def sft_select(name: str, how: str):
+    def render() -> str:
+        doc = _load(name)
+        if doc is None:
+            return _missing(name, how)
+        lines = ["| SFT variant | overrides | val NDCG@10 | stopped by | best epoch / run | train s |",
+                 "|---|---|---|---|---|---|"]
+        for v, r in doc["grid"].items():
+            mark = " (selected)" if v == doc["selected"] else ""
+            ov = ", ".join(f"{k}={x}" for k, x in r["overrides"].items())
+            val = r.get("val_ndcg@10")
+            lines.append(f"| {v}{mark} | {ov} | {val:.4f} | {r.get('stopped_by')} | {r.get('best_epoch')} / "
+                         f"{r.get('epochs_run')} | {r.get('train_wall_s') or 0:.0f} |" if val is not None else
+                         f"| {v}{mark} | {ov} | n/a | {r.get('stopped_by')} | | |")
+        return "\n".join(lines) + "\n\n" + _source(doc)
+
+    return render
+
+
+def peers(name: str, how: str):
+    def render() -> str:
+        doc = _load(name)
+        if doc is None:
+            return _missing(name, how)
+        lines = ["| peer | configs tried | selected | val NDCG@10 | stopped by | converged | best epoch / run | "
+                 "wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|"]
+        for model, r in (doc.get("peers") or doc.get("models") or {}).items():
+            sel = r.get("selected") or {}
+            if isinstance(sel, str):
+                sel = (r.get("configs") or {}).get(sel, {"name": sel})
+            tried = r.get("configs") or r.get("tried") or []
+            n_tried = len(tried)
+            label = sel.get("name") or r.get("selected_name") or ""
+            val = sel.get("valid_ndcg@10", r.get("valid_ndcg@10"))
+
+            def g(k):
+                return sel.get(k, r.get(k))
+            lines.append(f"| {model} | {n_tried} | {label} | "
+                         f"{val:.4f} | " if isinstance(val, (int, float)) else f"| {model} | {n_tried} | {label} | n/a | ")
+            lines[-1] += (f"{g('stopped_by')} | {g('converged')} | {g('best_epoch')} / {g('epochs_run')} | "
+                          f"{(g('wall_s') or 0):.0f} | {(g('cpu_s') or 0):.0f} |")
+        return "\n".join(lines) + "\n\n" + _source(doc)
+
+    return render
+
+
+BLOCKS = {
+    "protocol_loo": protocol("protocol_loo", "python bench/protocol_table.py --protocol loo"),
+    "protocol_pagellm": protocol("protocol_pagellm", "python bench/protocol_table.py --protocol pagellm"),
+    "sft_select_loo": sft_select("sft_select_loo", "python bench/sft_select.py --protocol loo"),
+    "peers_loo": peers("peers_loo", "python bench/peers_bench.py --protocol loo --data DIR"),
+    "peers_pagellm": peers("peers_pagellm", "python bench/peers_bench.py --protocol pagellm --data DIR"),
+}
+PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)
+
+
+def render_readme(text: str) -> str:
+    def sub(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in BLOCKS:
+            raise SystemExit(f"README.md: unknown generated block bench:{name} (known: {sorted(BLOCKS)})")
+        return m.group(1) + BLOCKS[name]().rstrip() + "\n" + m.group(4)
+
+    return PATTERN.sub(sub, text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="exit 1 if README.md is not what the JSON gives")
+    p.add_argument("--readme", default=str(README))
+    args = p.parse_args(argv)
+    path = Path(args.readme)
+    old = path.read_text()
+    new = render_readme(old)
+    if args.check:
+        if new != old:
+            print(f"{path}: generated tables are out of date; run python bench/readme_tables.py", file=sys.stderr)
+            return 1
+        print(f"{path}: generated tables match bench/results")
+        return 0
+    if new != old:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
+        print(f"rewrote the generated blocks of {path}")
+    else:
+        print(f"{path}: up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

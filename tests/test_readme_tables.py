@@ -1,0 +1,24 @@
+"""README's results tables are generated from bench/results/*.json and must match them."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_generated_blocks_match_the_results_json():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "readme_tables.py"), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr + out.stdout
+
+
+def test_renderer_replaces_only_marked_blocks(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import readme_tables
+
+    text = ("intro\n<!-- BEGIN bench:protocol_loo -->\nstale numbers 0.1234\n<!-- END bench:protocol_loo -->\n"
+            "outro 0.5\n")
+    new = readme_tables.render_readme(text)
+    assert new.startswith("intro\n<!-- BEGIN bench:protocol_loo -->\n") and new.endswith(
+        "<!-- END bench:protocol_loo -->\noutro 0.5\n")
+    assert "stale numbers" not in new
