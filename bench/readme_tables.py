@@ -41,68 +41,57 @@ def _missing(name: str, how: str) -> str:
     return f"*No results yet: `bench/results/{name}.json` is missing. Produce it with `{how}`.*"
 
 
-def protocol(name: str, how: str):
+def block(name: str, how: str, body):
+    """A renderer: ``body(doc)`` markdown of ``results/{name}.json`` + its source line, or a 'missing' note."""
     def render() -> str:
         doc = _load(name)
-        if doc is None:
-            return _missing(name, how)
-        return doc["markdown"] + "\n\n" + _source(doc)
+        return _missing(name, how) if doc is None else body(doc) + "\n\n" + _source(doc)
 
     return render
 
 
-def sft_select(name: str, how: str):
-    def render() -> str:
-        doc = _load(name)
-        if doc is None:
-            return _missing(name, how)
-        lines = ["| SFT variant | overrides | val NDCG@10 | stopped by | best epoch / run | train s |",
-                 "|---|---|---|---|---|---|"]
-        for v, r in doc["grid"].items():
-            mark = " (selected)" if v == doc["selected"] else ""
-            ov = ", ".join(f"{k}={x}" for k, x in r["overrides"].items())
-            val = r.get("val_ndcg@10")
-            lines.append(f"| {v}{mark} | {ov} | {val:.4f} | {r.get('stopped_by')} | {r.get('best_epoch')} / "
-                         f"{r.get('epochs_run')} | {r.get('train_wall_s') or 0:.0f} |" if val is not None else
-                         f"| {v}{mark} | {ov} | n/a | {r.get('stopped_by')} | | |")
-        return "\n".join(lines) + "\n\n" + _source(doc)
-
-    return render
+def protocol_body(doc: dict) -> str:
+    return doc["markdown"]
 
 
-def peers(name: str, how: str):
-    def render() -> str:
-        doc = _load(name)
-        if doc is None:
-            return _missing(name, how)
-        lines = ["| peer | configs tried | selected | val NDCG@10 | stopped by | converged | best epoch / run | "
-                 "wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|"]
-        for model, r in (doc.get("peers") or doc.get("models") or {}).items():
-            sel = r.get("selected") or {}
-            if isinstance(sel, str):
-                sel = (r.get("configs") or {}).get(sel, {"name": sel})
-            tried = r.get("configs") or r.get("tried") or []
-            n_tried = len(tried)
-            label = sel.get("name") or r.get("selected_name") or ""
-            val = sel.get("valid_ndcg@10", r.get("valid_ndcg@10"))
+def sft_select_body(doc: dict) -> str:
+    lines = ["| SFT variant | overrides | val NDCG@10 | stopped by | best epoch / run | train s |",
+             "|---|---|---|---|---|---|"]
+    for v, r in doc["grid"].items():
+        mark = " (selected)" if v == doc["selected"] else ""
+        ov = ", ".join(f"{k}={x}" for k, x in r["overrides"].items())
+        val = r.get("val_ndcg@10")
+        shown = f"{val:.4f}" if isinstance(val, (int, float)) else "n/a"
+        lines.append(f"| {v}{mark} | {ov} | {shown} | {r.get('stopped_by')} | {r.get('best_epoch')} / "
+                     f"{r.get('epochs_run')} | {r.get('train_wall_s') or 0:.0f} |")
+    return "\n".join(lines)
 
-            def g(k):
-                return sel.get(k, r.get(k))
-            lines.append(f"| {model} | {n_tried} | {label} | "
-                         f"{val:.4f} | " if isinstance(val, (int, float)) else f"| {model} | {n_tried} | {label} | n/a | ")
-            lines[-1] += (f"{g('stopped_by')} | {g('converged')} | {g('best_epoch')} / {g('epochs_run')} | "
-                          f"{(g('wall_s') or 0):.0f} | {(g('cpu_s') or 0):.0f} |")
-        return "\n".join(lines) + "\n\n" + _source(doc)
 
-    return render
+def peers_body(doc: dict) -> str:
+    lines = ["| peer | configs tried | selected | val NDCG@10 | stopped by | converged | best epoch / run | "
+             "wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|"]
+    for model, r in (doc.get("peers") or doc.get("models") or {}).items():
+        sel = r.get("selected") or {}
+        if isinstance(sel, str):
+            sel = (r.get("configs") or {}).get(sel, {"name": sel})
+
+        def g(k):
+            return sel.get(k, r.get(k))
+        val = g("valid_ndcg@10")
+        shown = f"{val:.4f}" if isinstance(val, (int, float)) else "n/a"
+        lines.append(f"| {model} | {len(r.get('configs') or r.get('tried') or [])} | "
+                     f"{sel.get('name') or r.get('selected_name') or ''} | {shown} | {g('stopped_by')} | "
+                     f"{g('converged')} | {g('best_epoch')} / {g('epochs_run')} | {(g('wall_s') or 0):.0f} | "
+                     f"{(g('cpu_s') or 0):.0f} |")
+    return "\n".join(lines)
 
 
 BLOCKS = {
-    "protocol_loo": protocol("protocol_loo", "python bench/protocol_table.py --protocol loo"),
-    "protocol_pagellm": protocol("protocol_pagellm", "python bench/protocol_table.py --protocol pagellm"),
-    "sft_select_loo": sft_select("sft_select_loo", "python bench/sft_select.py --protocol loo"),
-    "peers_loo": peers("peers_loo", "python bench/peers_bench.py --protocol loo --data DIR"),
-    "peers_pagellm": peers("peers_pagellm", "python bench/peers_bench.py --protocol pagellm --data DIR"),
+    "protocol_loo": block("protocol_loo", "python bench/protocol_table.py --protocol loo", protocol_body),
+    "protocol_pagellm": block("protocol_pagellm", "python bench/protocol_table.py --protocol pagellm", protocol_body),
+    "sft_select_loo": block("sft_select_loo", "python bench/sft_select.py --protocol loo", sft_select_body),
+    "peers_loo": block("peers_loo", "python bench/peers_bench.py --protocol loo --data DIR", peers_body),
+    "peers_pagellm": block("peers_pagellm", "python bench/peers_bench.py --protocol pagellm --data DIR", peers_body),
 }
 PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)
 
