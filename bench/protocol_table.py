@@ -37,6 +37,8 @@ provenance) and prints the markdown tables that ``bench/readme_tables.py`` puts 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import subprocess
 import sys
 import time
@@ -95,7 +97,20 @@ def run_ours(args, seed: int, work: Path) -> Path:
     if args.smoke:
         cmd.append("--smoke")
     print(f"[protocol] $ {' '.join(cmd)}", flush=True)
+    t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cost = {"wall_s": round(time.time() - t0, 1),
+            # CPU of the pipeline process and the descendants it waited for (Ray's own worker
+            # processes are reaped by Ray, so PPO's actors are under-counted)
+            "cpu_s": round((c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime), 1)}
+    summary = out / "summary.json"
+    if summary.is_file():
+        stages = json.loads(summary.read_text()).get("stages", {})
+        cost["stage_seconds"] = {k: round(v.get("seconds", 0.0), 1) for k, v in stages.items()}
+        cost["sft"] = {k: stages.get("sft", {}).get(k) for k in ("train/stopped_by", "train/best_epoch",
+                                                                  "train/epochs_run", "val/ndcg@10")}
+    (out / "cost.json").write_text(json.dumps(cost, indent=2))
     return out
 
 
@@ -243,6 +258,7 @@ def main(argv=None) -> int:
     for out in outs:
         for stage in OURS:
             run.add_input(f"{out.name}/{stage}", out / (f"{stage}/policy" if stage == "ppo" else stage))
+    costs = {o.name: json.loads((o / "cost.json").read_text()) for o in outs if (o / "cost.json").is_file()}
     ours = per_user_ours(outs, prepared)
     peers = {} if args.smoke else per_user_peers(peers_dir, prepared, args.protocol)
     hist, targets, ratings, users = prepared.histories("test")
@@ -256,7 +272,7 @@ def main(argv=None) -> int:
     path = run.write(name, {"protocol": args.protocol, "split": SPLIT[args.protocol], "seeds": seeds,
                             "counts": counts, "data_fingerprint": prepared.fingerprint,
                             "tail_definition": "head = 20% most popular training items, tail = the other 80%",
-                            "columns": COLUMNS[args.protocol], **table, "markdown": md,
+                            "columns": COLUMNS[args.protocol], **table, "markdown": md, "ours_cost": costs,
                             "seconds": round(time.time() - t0, 1)}, results_dir=args.results)
     print(f"[protocol] wrote {path}")
     return 0
