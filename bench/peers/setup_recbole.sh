@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Make bench/.venv-recbole: RecBole 1.2.1 for the peer rows of bench/sft_vs_peers.py.
+# Make bench/.venv-recbole: RecBole 1.2.1 for the peers of bench/peers_bench.py.
 #
 #   bash bench/peers/setup_recbole.sh            # about a minute; ~1 GB
 #   bash bench/peers/setup_recbole.sh --force    # rebuild from scratch
 #
 # A venv of its own because recbole 1.2.1 pins ray<=2.6.3, which must never reach the
 # project's .venv (ray 2.60). recbole goes in with --no-deps plus the packages that the
-# SASRec/BPR path really imports (recbole.config/data/model/trainer/utils): its pins on
+# SASRec/GRU4Rec/BPR/LightGCN path really imports (recbole.config/data/model/trainer/utils): its pins on
 # ray (only quick_start imports it, and the runner does not use quick_start), thop
 # (FLOPs count, quick_start only), plotly (hyper-tuning plots) and tabulate are left out.
 # setuptools<81 keeps pkg_resources for tensorboard; pandas<3 because RecBole's
 # dataset code relies on pandas 2 behaviour. numpy 2 needs the alias shim in
-# recbole_runner.py.
+# recbole_runner.py (scipy >= 1.12 one for LightGCN).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
