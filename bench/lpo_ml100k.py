@@ -16,22 +16,24 @@ in its LPOConfig fields:
     lpo_no_reweight  ablation: reweight_strength=0
     lpo_pool_all     ablation: pool=all (negatives from every item, not only head items)
 
-Writes ``bench/results/lpo_ml100k.json`` and prints a table.
+Writes ``bench/results/lpo_ml100k.json`` (through bench/provenance.py) and prints a table.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-RESULTS = Path(__file__).parent / "results" / "lpo_ml100k.json"
-KEYS = ("ndcg@10", "ndcg@20", "hr@10", "hr@20", "tail_ndcg@10", "tail_ndcg@20", "tail_hr@10", "tail_hr@20")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ppo_common import Run, results_dir  # noqa: E402
+# tail_recall = tail hit rate under leave-one-out (one target per user); a metric the protocol leaves
+# undefined is absent from evaluate()'s dict and shows as n/a
+KEYS = ("ndcg@10", "ndcg@20", "hr@10", "hr@20", "tail_ndcg@10", "tail_ndcg@20", "tail_recall@10", "tail_recall@20")
 METHODS = {
     "dpo": {"loss": "dpo"},
     "sdpo": {"loss": "sdpo"},
@@ -87,9 +89,11 @@ def main() -> None:
     p.add_argument("--tau", type=float, default=1.0)
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--smoke-test", action="store_true", help="a few steps per method, 50 users (checks the script)")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--smoke", "--smoke-test", dest="smoke_test", action="store_true",
+                   help="a few steps per method, 50 users (checks the script); result to the smoke directory")
+    p.add_argument("--out", default=None, help="result file (default bench/results/lpo_ml100k.json)")
     args = p.parse_args()
+    run = Run(inputs={"data": args.data, "sft": args.sft})
 
     from rlhf_ray.stages.common import open_data
     from rlhf_ray.stages.launch import launch
@@ -101,6 +105,7 @@ def main() -> None:
         t = time.time()
         train_sft(args.data, sft, args.sft_epochs, args.smoke_test)
         print(f"[bench] sft trained in {time.time() - t:.0f}s -> {sft}", flush=True)
+        run.add_input("sft", sft)
     prepared = open_data(args.data)
     max_users = 50 if args.smoke_test else 0
     train = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
@@ -118,23 +123,25 @@ def main() -> None:
         final = launch("lpo", cfg, args.data, str(work / name), init=str(sft))
         results[name] = {**test_metrics(work / name, prepared, max_users), "train_s": time.time() - t,
                          "steps": final.get("train/steps"), "val_ndcg@10": final.get("val/ndcg@10")}
-        print(f"[bench] {name}: ndcg@10 {results[name]['ndcg@10']:.4f} tail_hr@20 "
-              f"{results[name]['tail_hr@20']:.4f} ({results[name]['train_s']:.0f}s)", flush=True)
+        print(f"[bench] {name}: ndcg@10 {results[name].get('ndcg@10', float('nan')):.4f} tail_recall@20 "
+              f"{results[name].get('tail_recall@20', float('nan')):.4f} ({results[name]['train_s']:.0f}s)", flush=True)
     report = {
         "dataset": prepared.stats.get("dataset", "?"), "split": "test",
         "protocol": "full ranking over all items, seen items excluded",
-        "sft": str(sft), "users": results["sft"]["users"], "tail_users": results["sft"]["tail_users"],
+        "sft": str(sft), "users": results["sft"].get("users"), "tail_users": results["sft"].get("tail_users"),
         "smoke_test": args.smoke_test, "wall_s": time.time() - t_all,
         "configs": configs, "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, sort_keys=False))
-    print(f"\n{report['dataset']} test, {int(report['users'])} users ({int(report['tail_users'])} with a tail target)")
+    out = Path(args.out) if args.out else results_dir(args.smoke_test) / "lpo_ml100k.json"
+    out = run.write(out.stem, report, results_dir=out.parent)
+    print(f"\n{report['dataset']} test, {int(report['users'] or 0)} users ({int(report['tail_users'] or 0)} with a tail "
+          f"target)")
     extra = ("coverage@20", "tail_share@20", "tail_coverage@20")
     print(f"{'method':16s} " + " ".join(f"{k:>12s}" for k in KEYS + extra) + f" {'train s':>7s}")
     for name, r in results.items():
-        print(f"{name:16s} " + " ".join(f"{r[k]:12.4f}" for k in KEYS + extra) + f" {r['train_s']:7.0f}")
+        print(f"{name:16s} " + " ".join(f"{r[k]:12.4f}" if isinstance(r.get(k), float) and r[k] == r[k]
+                                         else f"{'n/a':>12s}"
+                                         for k in KEYS + extra) + f" {r['train_s']:7.0f}")
     print(f"wrote {out}")
 
 

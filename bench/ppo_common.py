@@ -1,19 +1,28 @@
-"""Shared by the PPO benchmarks: inputs (train a quick SFT / reward checkpoint when missing),
-the environment for Ray on loopback, result files and tables."""
+"""Shared by the benchmarks: inputs (train a quick SFT / reward checkpoint when missing), the
+environment for Ray on loopback, Ray process bookkeeping, where results go, and tables.
+
+Results are written through :mod:`provenance` (``Run.write``): git commit, command, threads,
+CPU model, load before/after and input ids travel with every JSON. A ``--smoke`` run writes to
+``SMOKE_RESULTS`` (outside the repository) so it never replaces a real result.
+"""
 from __future__ import annotations
 
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+SMOKE_RESULTS = Path(os.environ.get("RLHF_RAY_SMOKE_RESULTS", "/tmp/rlhf-ray-bench-smoke"))
 DATA = "/tmp/ml100k-prepared"
 SFT = "/tmp/ppo-bench-sft"
 REWARD = "/tmp/ppo-bench-reward"
+
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+from provenance import Run  # noqa: E402,F401  (re-exported for the benches)
 
 
 def bench_env() -> None:
@@ -25,45 +34,81 @@ def bench_env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def results_dir(smoke: bool) -> Path:
+    """bench/results for real runs, SMOKE_RESULTS for ``--smoke`` runs."""
+    return SMOKE_RESULTS if smoke else RESULTS
+
+
 def _cli(*args: str) -> None:
     cmd = [sys.executable, "-m", "rlhf_ray.cli", *args]
     print("[bench] $ rlhf-ray " + " ".join(args), flush=True)
     subprocess.run(cmd, check=True)
 
 
-def ensure_sft(data: str, sft: str, epochs: int = 2) -> str:
-    """The SFT checkpoint, trained with the CLI when ``sft`` holds none."""
+def ensure_sft(data: str, sft: str, epochs: int = 2, max_steps: int = 0) -> str:
+    """The SFT checkpoint, trained with the CLI when ``sft`` holds none (``max_steps`` > 0 caps it)."""
     if not (Path(sft) / "manifest.json").is_file():
+        extra = ["--train.max-steps", str(max_steps)] if max_steps else []
         _cli("sft", "--data", data, "--out", sft, "--train.epochs", str(epochs), "--no-train.progress",
-             "--no-train.tensorboard")
+             "--no-train.tensorboard", *extra)
     return sft
 
 
-def ensure_reward(data: str, sft: str, reward: str, epochs: int = 1) -> str:
+def ensure_reward(data: str, sft: str, reward: str, epochs: int = 1, max_steps: int = 0) -> str:
     """A reward checkpoint ("rule" passes through), trained with the CLI when missing."""
     if reward == "rule" or (Path(reward) / "manifest.json").is_file():
         return reward
+    extra = ["--train.max-steps", str(max_steps)] if max_steps else []
     _cli("reward", "--sft", sft, "--data", data, "--out", reward, "--train.epochs", str(epochs),
-         "--no-train.progress", "--no-train.tensorboard")
+         "--no-train.progress", "--no-train.tensorboard", *extra)
     return reward
 
 
-def machine() -> dict:
-    import torch
+# --------------------------------------------------------------------------- Ray processes
 
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+RAY_MARKERS = ("raylet", "gcs_server", "ray::", "ray/dashboard", "ray/_private", "ray_client_server",
+               "default_worker.py", "plasma_store")
 
 
-def write_results(name: str, obj: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
-    print(f"[bench] wrote {path}")
-    return path
+def ray_processes() -> dict[int, str]:
+    """{pid: command line} of every process on this machine that belongs to Ray (from /proc)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if cmd and any(m in cmd for m in RAY_MARKERS):
+            out[int(d.name)] = cmd[:200]
+    return out
+
+
+def wait_ray_gone(baseline: set[int], timeout_s: float = 60.0) -> dict:
+    """Wait until no Ray process other than the ``baseline`` pids (present before the bench) is left.
+
+    Returns {"waited_s", "left": {pid: cmd} still alive at the deadline (empty = clean),
+    "others": count of baseline Ray processes (not this bench's)}."""
+    t0 = time.time()
+    while True:
+        extra = {p: c for p, c in ray_processes().items() if p not in baseline}
+        if not extra or time.time() - t0 > timeout_s:
+            return {"waited_s": round(time.time() - t0, 2), "left": extra, "others": len(baseline)}
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- numbers and tables
+
+
+def spread(xs: list[float]) -> dict:
+    """{"median", "min", "max", "n", "values"} of repeated measurements (None when empty)."""
+    import statistics
+
+    xs = [float(x) for x in xs]
+    if not xs:
+        return {"median": None, "min": None, "max": None, "n": 0, "values": []}
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs), "values": xs}
 
 
 def table(rows: list[dict], cols: list[str], fmt: str = "{:.4f}") -> str:

@@ -6,11 +6,11 @@ reward mix ratio ablated: alpha in {0, 0.5, 1} (item rewards only / both / page 
 
 Metrics (test split, all users unless --test-users): full-ranking NDCG@10 and Recall@20,
 tail Recall@20 (users whose target is a tail item), and on the greedy page the model writes:
-ILD and category entropy. Every PPO run has the same config and seed; only the reward's
+ILD, category entropy and catalogue coverage (a metric undefined under the data's protocol is left out). Every PPO run has the same config and seed; only the reward's
 alpha differs. Missing inputs are trained first with the CLI (bench/ppo_common.py):
 ``rlhf-ray sft --train.epochs 2`` and ``rlhf-ray reward --train.epochs 1``.
 
-Writes bench/results/ppo_ml100k.json and prints a table.
+Writes bench/results/ppo_ml100k.json (through bench/provenance.py) and prints a table.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_common import DATA, REWARD, SFT, bench_env, ensure_reward, ensure_sft, machine, table, write_results  # noqa: E402
+from ppo_common import DATA, REWARD, SFT, Run, bench_env, ensure_reward, ensure_sft, results_dir, table  # noqa: E402
 
-METRICS = ("ndcg@10", "recall@20", "tail_recall@20", "page_ild", "page_entropy", "page_coverage")
+METRICS = ("ndcg@10", "recall@20", "tail_recall@20", "page_ild", "page_cat_entropy", "page_coverage")
 
 
 def test_metrics(ckpt: str, prepared, K: int, H: int, max_users: int) -> dict:
@@ -73,13 +73,17 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=6, help="validation (and hacking monitor) period")
     p.add_argument("--alphas", default="0,0.5,1")
     p.add_argument("--test-users", type=int, default=0, help="evaluate on at most N test users (0 = all)")
-    p.add_argument("--smoke-test", action="store_true", help="2 iterations, alpha 0.5 only, 100 test users")
+    p.add_argument("--smoke", "--smoke-test", dest="smoke_test", action="store_true",
+                   help="2 iterations, alpha 0.5 only, 100 test users; result to the smoke directory")
     args = p.parse_args()
     bench_env()
+    run = Run()
     if args.smoke_test:
         args.iterations, args.alphas, args.test_users, args.eval_every = 2, "0.5", 100, 2
     ensure_sft(args.data, args.sft)
     args.reward = ensure_reward(args.data, args.sft, args.reward)
+    for name in ("data", "sft", "reward"):
+        run.add_input(name, None if getattr(args, name) == "rule" else getattr(args, name))
     if args.reward == "rule":
         print("[bench] note: the rule reward has no alpha; the ablation needs a reward checkpoint")
     sft_cfg = json.loads((Path(args.sft) / "manifest.json").read_text())["config"]
@@ -101,12 +105,14 @@ def main() -> None:
         print(f"[bench] {row['model']}: {row}", flush=True)
     cols = ["model", *METRICS, "train_reward", "kl_per_page"]
     print(table(rows, cols))
-    write_results("ppo_ml100k", {
+    path = run.write("ppo_ml100k", {
         "what": "PPO vs SFT on ml-100k test; reward mix ratio alpha ablation",
-        "inputs": {"data": args.data, "sft": args.sft, "reward": args.reward, "iterations": args.iterations,
+        "smoke": args.smoke_test,
+        "settings": {"reward": args.reward, "iterations": args.iterations,
                    "batch": args.batch, "page_size": K, "max_history": H, "lr": args.lr, "critic_lr": args.critic_lr,
                    "kl_coef": args.kl_coef, "ppo_epochs": 2, "test_users": args.test_users or "all"},
-        "machine": machine(), "results": rows})
+        "results": rows}, results_dir=results_dir(args.smoke_test))
+    print(f"[bench] wrote {path}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ is DDP) and in placement: colocated (one placement group, fractional CPUs) or sp
 placement group per role). One warm-up iteration, then ``--iterations`` measured ones.
 Missing inputs are trained first with the CLI (bench/ppo_common.py).
 
-Writes bench/results/ppo_throughput.json and prints a table.
+Writes bench/results/ppo_throughput.json (through bench/provenance.py) and prints a table.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_common import DATA, REWARD, SFT, bench_env, ensure_reward, ensure_sft, machine, table, write_results  # noqa: E402
+from ppo_common import DATA, REWARD, SFT, Run, bench_env, ensure_reward, ensure_sft, results_dir, table  # noqa: E402
 
 SETUPS = {
     "zero0-1rank-colocated": {"ranks": 1, "zero": 0, "colocate": True},
@@ -79,13 +79,17 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=3, help="measured iterations per setup")
     p.add_argument("--batch", type=int, default=64, help="pages per iteration (rollout_batch_size)")
     p.add_argument("--setups", default=",".join(SETUPS), help="comma-separated subset of " + ",".join(SETUPS))
-    p.add_argument("--smoke-test", action="store_true", help="1 measured iteration, 2 setups")
+    p.add_argument("--smoke", "--smoke-test", dest="smoke_test", action="store_true",
+                   help="1 measured iteration, 2 setups; result to the smoke directory")
     args = p.parse_args()
     bench_env()
+    run = Run()
     if args.smoke_test:
         args.iterations, args.setups = 1, "zero0-1rank-colocated,zero2-2rank-colocated"
     ensure_sft(args.data, args.sft)
     args.reward = ensure_reward(args.data, args.sft, args.reward)
+    for name in ("data", "sft", "reward"):
+        run.add_input(name, None if getattr(args, name) == "rule" else getattr(args, name))
     import json
 
     sft_cfg = json.loads((Path(args.sft) / "manifest.json").read_text())["config"]
@@ -95,12 +99,14 @@ def main() -> None:
     rows = [measure(name, SETUPS[name], args, sft_cfg) for name in args.setups.split(",")]
     cols = ["setup", "pages_per_s", "iteration_s", *[f"{ph}_s" for ph in PHASES], "startup_s"]
     print(table(rows, cols, "{:.3f}"))
-    write_results("ppo_throughput", {
+    path = run.write("ppo_throughput", {
         "what": "PPO iteration throughput (pages/s) and per-phase seconds on Ray actors",
-        "inputs": {"data": args.data, "sft": args.sft, "reward": args.reward, "batch": args.batch,
+        "smoke": args.smoke_test,
+        "settings": {"reward": args.reward, "batch": args.batch,
                    "page_size": sft_cfg["page_size"], "max_history": sft_cfg["max_history"],
                    "ppo_epochs": 2, "minibatch": args.batch // 2, "measured_iterations": args.iterations},
-        "machine": machine(), "results": rows})
+        "results": rows}, results_dir=results_dir(args.smoke_test))
+    print(f"[bench] wrote {path}")
 
 
 if __name__ == "__main__":

@@ -19,22 +19,20 @@ Without ``--sft`` a quick SFT checkpoint is trained first, the same as
 * training time on this machine: wall clock and this process's CPU time (the machine is
   shared: wall time varies with its load, CPU time much less).
 
-Writes ``bench/results/reward_ml100k.json`` and prints a table.
+Writes ``bench/results/reward_ml100k.json`` (through bench/provenance.py) and prints a table.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-RESULTS = Path(__file__).parent / "results" / "reward_ml100k.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ppo_common import Run, results_dir  # noqa: E402
 
 
 def train_sft(data: str, out: str) -> float:
@@ -96,9 +94,11 @@ def main() -> None:
     ap.add_argument("--strength", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: the 2 cores are shared)")
     ap.add_argument("--max-users", type=int, default=0, help="next-item test: at most N test users (0 = all)")
-    ap.add_argument("--smoke-test", action="store_true", help="a few steps, to check the script runs")
-    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--smoke", "--smoke-test", dest="smoke_test", action="store_true",
+                    help="a few steps, to check the script runs; result to the smoke directory")
+    ap.add_argument("--results", default=None, help="result file (default bench/results/reward_ml100k.json)")
     args = ap.parse_args()
+    run = Run(inputs={"data": args.data, "sft": args.sft})
 
     import torch
 
@@ -113,6 +113,7 @@ def main() -> None:
     if sft_dir is None:
         sft_dir = "/tmp/reward-bench-sft"
         sft_s = train_sft(args.data, sft_dir)
+        run.add_input("sft", sft_dir)
     train = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_steps": args.max_steps,
              "progress": False, "tensorboard": False}
     if args.smoke_test:
@@ -123,6 +124,7 @@ def main() -> None:
     metrics = stage.run(cfg, args.data, args.out, sft_dir)
     train_s, train_cpu = time.time() - t, time.process_time() - cpu
 
+    run.add_input("reward", args.out)
     prepared = open_data(args.data)
     reward = ModelReward.from_checkpoint(args.out)
     pairs = stage.pairs_for_checkpoint(reward.manifest, prepared)
@@ -142,12 +144,10 @@ def main() -> None:
                   "fit_wall_s": round(metrics.get("train/wall_s", float("nan")), 1),
                   "sft_wall_s": None if sft_s is None else round(sft_s, 1),
                   "best_val_acc": metrics.get("val/acc")},
-        "eval_wall_s": round(eval_s, 1),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform(),
-                    "load_avg_1m": os.getloadavg()[0]},
+        "eval_wall_s": round(eval_s, 1), "torch_threads": args.threads,
     }
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(result, indent=2, default=str))
+    out = Path(args.results) if args.results else results_dir(args.smoke_test) / "reward_ml100k.json"
+    out = run.write(out.stem, result, results_dir=out.parent)
 
     print(f"\nheld-out pair accuracy ({table['overall']['n']} pairs of test users, alpha = {reward.alpha:g})")
     print(f"  {'family':12s} {'n':>6s} {'page':>7s} {'item':>7s} {'mix':>7s}")
@@ -160,10 +160,10 @@ def main() -> None:
     tr = result["train"]
     print(f"\ntraining: {tr['steps']} steps, {tr['wall_s']} s wall in all ({tr['fit_wall_s']} s in the loop, "
           f"validations included), {tr['cpu_s']} s CPU; {args.threads} threads, load avg "
-          f"{result['machine']['load_avg_1m']:.1f}; "
+          f"{run.load_before[0] if run.load_before else float('nan'):.1f}; "
           f"held-out eval {eval_s:.1f} s"
           + (f"; SFT {sft_s:.0f} s" if sft_s else ""))
-    print(f"wrote {args.results}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

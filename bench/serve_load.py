@@ -1,22 +1,31 @@
-"""Load test of the Serve ranker on loopback, against the in-process ceiling.
+"""Load test of the Serve ranker on loopback, against an in-process ceiling measured between the loads.
 
-    .venv/bin/python bench/serve_load.py --checkpoint runs/ml-100k/sft --data data/ml-100k \
-        --requests 2000 --concurrency 1,8,32 --ks 10,20 --max-seconds 25
+    .venv/bin/python bench/serve_load.py --checkpoint runs/ml-100k/sft --data runs/ml-100k/data \
+        --requests 2000 --concurrency 1,8,32 --ks 10,20 --max-seconds 25 [--smoke]
 
-For each page size k and each concurrency c, c closed-loop clients (httpx async,
-one connection each) send ``POST /v1/rank {"user_id": ..., "k": k}`` for the data's
-users in turn, until ``--requests`` are answered or ``--max-seconds`` have passed,
-whichever comes first. Reported: throughput (answered requests per second), latency
-percentiles, errors (non-200 or transport errors) and the mean batch size the
-replica decoded. The *ceiling* is the same requests ranked in-process by
-:class:`rlhf_ray.serve.ranker.Ranker` in batches of ``--max-batch-size`` with the
-replica's thread count, before and after the load (the mean is used): the server
-cannot beat it; ``ratio`` = served / ceiling.
+Phases, for each page size k:  ceiling, load c1, ceiling, load c2, ceiling, ...
 
-The server (local Ray, one replica, 127.0.0.1, a free port) is started here unless
-``--url`` points at a running one. Client and server share this machine's cores,
-so the client's own CPU use is part of what is measured. Results go to
-``bench/results/serve_load.json``.
+* load: c closed-loop clients (httpx async, one connection each) send
+  ``POST /v1/rank {"user_id": ..., "k": k}`` for the data's users in turn, until ``--requests``
+  are answered or ``--max-seconds`` have passed, whichever comes first. Reported: throughput
+  (answered requests = pages per second), latency percentiles, errors (non-200 or transport
+  errors), and the batches the replica formed in that phase (its ``/v1/stats`` histogram before
+  and after: mean batch size and the histogram itself).
+* ceiling: the same requests ranked in this process by :class:`rlhf_ray.serve.ranker.Ranker`
+  (built as the replica builds it, with the replica's torch thread count), no HTTP, no Ray:
+  seconds per batch at every batch size 1..``--max-batch-size`` (at least ``--ceiling-batches``
+  batches and ``--ceiling-seconds`` per size, bounded by ``--max-seconds``).
+
+Each load phase is compared with the ceiling *at the batch sizes the server formed in it*: the
+phase's histogram {size s: n_s batches} replayed with the adjacent ceilings' seconds per batch,
+ceiling = sum n_s s / sum n_s t(s), once with the ceiling phase before the load and once with
+the one after; ``ratio`` = served pages/s / the mean of the two, and ``ceiling_drift`` = after /
+before says how much the machine moved meanwhile.
+
+The server (local Ray, one replica, 127.0.0.1, a free port) is started here unless ``--url``
+points at a running one, which must be on loopback. Client and server share this machine's
+cores, so the client's own CPU use is part of what is measured; the ceiling has no client.
+Results go to bench/results/serve_load.json through bench/provenance.py.
 """
 from __future__ import annotations
 
@@ -24,20 +33,24 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import httpx  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ppo_common import Run, results_dir  # noqa: E402
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,27 +58,34 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory to serve")
     p.add_argument("--data", required=True, help="prepared data dir (users whose histories are ranked)")
-    p.add_argument("--requests", type=int, default=2000, help="requests per setting (upper bound)")
-    p.add_argument("--max-seconds", type=float, default=25.0, help="seconds per setting (upper bound)")
+    p.add_argument("--requests", type=int, default=2000, help="requests per load phase (upper bound)")
+    p.add_argument("--max-seconds", type=float, default=25.0, help="seconds per load phase (upper bound)")
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
     p.add_argument("--ks", default="10,20", help="comma-separated page sizes")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=20.0)
     p.add_argument("--torch-threads", type=int, default=1, help="replica (and ceiling) torch threads")
-    p.add_argument("--ceiling-pages", type=int, default=512,
-                   help="pages per k for the ceiling, measured before and after the load (upper bound)")
-    p.add_argument("--url", default=None, help="benchmark a running server instead of starting one")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--ceiling-batches", type=int, default=5, help="at least this many batches per size per ceiling")
+    p.add_argument("--ceiling-seconds", type=float, default=0.3, help="at least this long per size per ceiling")
+    p.add_argument("--url", default=None, help="benchmark a running loopback server instead of starting one")
+    p.add_argument("--out", default=None, help="result file (default bench/results/serve_load.json)")
+    p.add_argument("--smoke", "--smoke-test", dest="smoke", action="store_true",
+                   help="k=10, clients 1,4, batches up to 4, 60 requests / 5 s per phase; to the smoke directory")
     a = p.parse_args(argv)
+    if a.smoke:
+        a.ks, a.concurrency, a.max_batch_size, a.requests, a.max_seconds = "10", "1,4", 4, 60, 5.0
+        a.ceiling_batches, a.ceiling_seconds = 3, 0.1
     a.concurrency = [int(c) for c in a.concurrency.split(",")]
     a.ks = [int(k) for k in a.ks.split(",")]
+    if a.url and urlparse(a.url).hostname not in LOOPBACK:
+        p.error(f"--url must be a loopback address ({', '.join(sorted(LOOPBACK))}), got {a.url}")
     return a
 
 
-def percentile(sorted_xs: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in [0, 100])."""
+def percentile(sorted_xs: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an ascending list (q in [0, 100]); None for no data."""
     if not sorted_xs:
-        return float("nan")
+        return None
     i = max(0, min(len(sorted_xs) - 1, int(round(q / 100 * len(sorted_xs) + 0.5)) - 1))
     return sorted_xs[i]
 
@@ -105,30 +125,38 @@ async def load(url: str, users: list[str], k: int, concurrency: int, n: int, max
         "answered": len(lat), "errors": sum(errors.values()), "error_kinds": errors, "seconds": wall,
         "throughput_rps": len(lat) / wall if wall else 0.0,
         "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95), "p99_ms": percentile(ms, 99),
-        "mean_ms": statistics.fmean(ms) if ms else float("nan"),
+        "mean_ms": statistics.fmean(ms) if ms else None,
     }
 
 
-def ceiling(checkpoint: str, data: str, users: list[str], ks: list[int], batch: int, threads: int,
-            pages: int, max_s: float) -> dict[int, dict]:
-    """Pages per second of in-process batched ranking (no HTTP, no Ray)."""
-    import torch
+def ceiling_table(ranker, users: list[str], k: int, sizes: list[int], min_batches: int, min_s: float,
+                  max_s: float) -> dict[int, dict]:
+    """{size: {"batches", "seconds_per_batch", "pages_per_s"}}: in-process ranking, no HTTP, no Ray."""
+    from rlhf_ray.serve.ranker import RankRequest
 
-    from rlhf_ray.serve.ranker import Ranker, RankRequest, UserHistories
-
-    torch.set_num_threads(threads)
-    ranker = Ranker.load(checkpoint, UserHistories.load(data), max_k=max(ks))
-    out = {}
-    for k in ks:
-        ranker.rank([RankRequest(user_id=u, k=k) for u in users[:batch]])  # warm-up
-        done, t0 = 0, time.perf_counter()
-        while done < pages and time.perf_counter() - t0 < max_s:
-            reqs = [RankRequest(user_id=users[(done + i) % len(users)], k=k) for i in range(batch)]
+    out, cursor = {}, 0
+    for s in sizes:
+        ranker.rank([RankRequest(user_id=users[(cursor + i) % len(users)], k=k) for i in range(s)])  # warm-up
+        times: list[float] = []
+        t_start = time.perf_counter()
+        while len(times) < min_batches or time.perf_counter() - t_start < min_s:
+            reqs = [RankRequest(user_id=users[(cursor + i) % len(users)], k=k) for i in range(s)]
+            cursor += s
+            t0 = time.perf_counter()
             ranker.rank(reqs)
-            done += batch
-        wall = time.perf_counter() - t0
-        out[k] = {"pages": done, "seconds": wall, "pages_per_s": done / wall, "batch_size": batch}
+            times.append(time.perf_counter() - t0)
+            if time.perf_counter() - t_start > max_s:
+                break
+        spb = statistics.median(times)
+        out[s] = {"batches": len(times), "seconds_per_batch": spb, "pages_per_s": s / spb}
     return out
+
+
+def replay(histogram: dict[int, int], table: dict[int, dict]) -> float | None:
+    """Pages/s of the batches in ``histogram`` ({size: count}) at ``table``'s seconds per batch."""
+    pages = sum(s * n for s, n in histogram.items())
+    secs = sum(n * table[s]["seconds_per_batch"] for s, n in histogram.items() if s in table)
+    return pages / secs if secs else None
 
 
 def _free_port() -> int:
@@ -137,59 +165,84 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(a: argparse.Namespace) -> str:
+def serve_config(a: argparse.Namespace):
     from rlhf_ray.config import ServeConfig
+
+    return ServeConfig(checkpoint=a.checkpoint, data=a.data, port=_free_port(), host="127.0.0.1",
+                       max_k=max(a.ks), default_k=min(a.ks), max_batch_size=a.max_batch_size,
+                       batch_wait_ms=a.batch_wait_ms, torch_threads=a.torch_threads,
+                       max_ongoing_requests=max(64, 2 * max(a.concurrency)))
+
+
+def start_server(cfg) -> str:
     from rlhf_ray.rayutil import init_ray
     from rlhf_ray.serve.app import deploy
 
-    cfg = ServeConfig(checkpoint=a.checkpoint, data=a.data, port=_free_port(), max_k=max(a.ks),
-                      default_k=min(a.ks),
-                      max_batch_size=a.max_batch_size, batch_wait_ms=a.batch_wait_ms,
-                      torch_threads=a.torch_threads, max_ongoing_requests=max(64, 2 * max(a.concurrency)))
     init_ray(num_cpus=os.cpu_count(), log_to_driver=False)
     deploy(cfg)
     return f"http://127.0.0.1:{cfg.port}"
 
 
-def batches_between(before: dict, after: dict) -> float:
-    """Mean batch size of the batches decoded between two /v1/stats snapshots."""
+def histogram_between(before: dict, after: dict) -> dict[int, int]:
+    """Batches decoded between two /v1/stats snapshots: {size: count}."""
     h0, h1 = before["batch_size_histogram"], after["batch_size_histogram"]
     diff = {int(s): n - h0.get(s, 0) for s, n in h1.items()}
-    n = sum(diff.values())
-    return sum(s * c for s, c in diff.items()) / n if n else float("nan")
+    return {s: n for s, n in sorted(diff.items()) if n > 0}
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    t_start, load_start = time.perf_counter(), os.getloadavg()[0]
+    run = Run(inputs={"checkpoint": a.checkpoint, "data": a.data})
+    import torch
+
     from rlhf_ray.data.prepared import load_prepared
+    from rlhf_ray.serve.ranker import Ranker, UserHistories
 
     users = load_prepared(a.data).users["user"].astype(str).tolist()
     manifest = json.loads((Path(a.checkpoint) / "manifest.json").read_text())
     print(f"checkpoint {manifest['id']} ({manifest['stage']}), {len(users)} users", flush=True)
-    ceil_args = (a.checkpoint, a.data, users, a.ks, a.max_batch_size, a.torch_threads, a.ceiling_pages,
-                 a.max_seconds)
-    ceil_before = ceiling(*ceil_args)
-    for k, c in ceil_before.items():
-        print(f"ceiling k={k}: {c['pages_per_s']:.1f} pages/s (in-process, batches of {c['batch_size']})", flush=True)
+    cfg = serve_config(a)
+    torch.set_num_threads(a.torch_threads)
+    ranker = Ranker.load(a.checkpoint, UserHistories.load(a.data), max_k=cfg.max_k, max_history=cfg.max_history)
+    sizes = list(range(1, a.max_batch_size + 1))
+
+    def ceiling(k: int) -> dict[int, dict]:
+        t = ceiling_table(ranker, users, k, sizes, a.ceiling_batches, a.ceiling_seconds, a.max_seconds)
+        print(f"  ceiling k={k}: " + " ".join(f"{s}:{v['pages_per_s']:.0f}" for s, v in t.items()) + " pages/s",
+              flush=True)
+        return t
 
     started_here = a.url is None
-    url = start_server(a) if started_here else a.url
-    rows = []
+    url = start_server(cfg) if started_here else a.url
+    phases, rows = [], []
     try:
         with httpx.Client(base_url=url, timeout=60) as c:
             for k in a.ks:
                 for _ in range(3):  # warm-up (not counted)
                     c.post("/v1/rank", json={"user_id": users[0], "k": k}).raise_for_status()
+                before_table = ceiling(k)
+                phases.append({"phase": "ceiling", "k": k, "table": before_table})
                 for conc in a.concurrency:
                     before = c.get("/v1/stats").json()
                     res = asyncio.run(load(url, users, k, conc, a.requests, a.max_seconds))
-                    res["mean_batch"] = batches_between(before, c.get("/v1/stats").json())
-                    res.update(k=k, concurrency=conc)
+                    hist = histogram_between(before, c.get("/v1/stats").json())
+                    n_batches = sum(hist.values())
+                    res.update(k=k, concurrency=conc, batch_size_histogram=hist, batches=n_batches,
+                               mean_batch=sum(s * n for s, n in hist.items()) / n_batches if n_batches else None)
+                    phases.append({"phase": "load", "k": k, "concurrency": conc})
+                    after_table = ceiling(k)
+                    phases.append({"phase": "ceiling", "k": k, "table": after_table})
+                    cb, ca = replay(hist, before_table), replay(hist, after_table)
+                    res.update(ceiling_before_pages_per_s=cb, ceiling_after_pages_per_s=ca)
+                    if cb and ca:
+                        res.update(ceiling_pages_per_s=(cb + ca) / 2, ratio=res["throughput_rps"] / ((cb + ca) / 2),
+                                   ratio_vs_before=res["throughput_rps"] / cb, ratio_vs_after=res["throughput_rps"] / ca,
+                                   ceiling_drift=ca / cb)
                     rows.append(res)
-                    print(f"k={k:<3} c={conc:<3} {res['throughput_rps']:8.1f} req/s  p50 {res['p50_ms']:7.1f} ms  "
-                          f"p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}  batch {res['mean_batch']:.1f}",
-                          flush=True)
+                    print(f"k={k:<3} c={conc:<3} {res['throughput_rps']:8.1f} req/s  p50 {res['p50_ms'] or 0:7.1f} ms  "
+                          f"p99 {res['p99_ms'] or 0:7.1f} ms  errors {res['errors']}  batch "
+                          f"{res['mean_batch'] or 0:.1f}  ratio {res.get('ratio') or 0:.2f}", flush=True)
+                    before_table = after_table
             model = c.get("/v1/model").json()
     finally:
         if started_here:
@@ -198,61 +251,40 @@ def main(argv=None) -> int:
 
             serve.shutdown()
             ray.shutdown()
-    # The machine's load drifts: measure the ceiling again after the load and use the mean.
-    ceil_after = ceiling(*ceil_args)
-    ceil = {k: {"batch_size": a.max_batch_size, "pages_per_pass": ceil_before[k]["pages"],
-                "pages_per_s": (ceil_before[k]["pages_per_s"] + ceil_after[k]["pages_per_s"]) / 2,
-                "pages_per_s_before": ceil_before[k]["pages_per_s"], "pages_per_s_after": ceil_after[k]["pages_per_s"]}
-            for k in a.ks}
-    for r in rows:
-        r["ceiling_pages_per_s"] = ceil[r["k"]]["pages_per_s"]
-        r["ratio"] = r["throughput_rps"] / r["ceiling_pages_per_s"]
 
-    result = {
-        "benchmark": "serve_load", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-                    "loadavg_1m_start": load_start, "loadavg_1m_end": os.getloadavg()[0]},
+    out = Path(a.out) if a.out else results_dir(a.smoke) / "serve_load.json"
+    path = run.write(out.stem, {
+        "what": "Serve /v1/rank on loopback under closed-loop load vs the in-process ceiling at the same batch "
+                "sizes, ceilings interleaved with the load phases",
+        "smoke": a.smoke,
         "checkpoint": {"path": a.checkpoint, "id": manifest["id"], "stage": manifest["stage"],
                        "n_items": model["n_items"], "max_history": model["max_history"]},
-        "settings": {"requests_per_setting": a.requests, "max_seconds_per_setting": a.max_seconds,
+        "settings": {"requests_per_phase": a.requests, "max_seconds_per_phase": a.max_seconds,
                      "max_batch_size": a.max_batch_size, "batch_wait_ms": a.batch_wait_ms,
-                     "torch_threads": a.torch_threads, "replicas": 1, "server": url if not started_here else "local"},
-        "ceiling": {str(k): v for k, v in ceil.items()},
+                     "torch_threads": a.torch_threads, "replicas": 1, "ceiling_sizes": sizes,
+                     "ceiling_batches": a.ceiling_batches, "ceiling_seconds": a.ceiling_seconds,
+                     "server": url if not started_here else "local (127.0.0.1)"},
         "results": rows,
+        "phases": [{**ph, "table": {str(s): v for s, v in ph["table"].items()}} if "table" in ph else ph
+                   for ph in phases],
         "batch_size_histogram": model["batch_size_histogram"],
-        "total_seconds": time.perf_counter() - t_start,
-    }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
+    }, results_dir=out.parent)
     print_table(rows)
-    m = result["machine"]
-    print(f"load average (1 min) {m['loadavg_1m_start']:.1f} at start, {m['loadavg_1m_end']:.1f} at end, "
-          f"on {m['cpus']} CPUs shared by client, Serve proxy and replica (and anything else running)")
-    print(f"wrote {out} ({result['total_seconds']:.0f} s in all)")
+    print(f"load average {run.load_before} at start; client, Serve proxy and replica share {os.cpu_count()} CPUs")
+    print(f"wrote {path}")
     return 0
-
-
-def _finite(obj):
-    """NaN (e.g. a percentile of nothing) -> None, so the file is strict JSON."""
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def print_table(rows: list[dict]) -> None:
     head = f"| {'k':>3} | {'clients':>7} | {'answered':>8} | {'errors':>6} | {'req/s':>7} | {'p50 ms':>7} | " \
-           f"{'p95 ms':>7} | {'p99 ms':>7} | {'batch':>5} | {'ceiling/s':>9} | {'ratio':>5} |"
+           f"{'p99 ms':>7} | {'batch':>5} | {'ceiling/s':>9} | {'ratio':>5} | {'drift':>5} |"
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    f = lambda x, w, d=1: f"{x:>{w}.{d}f}" if isinstance(x, (int, float)) else f"{'n/a':>{w}}"  # noqa: E731
     for r in rows:
         print(f"| {r['k']:>3} | {r['concurrency']:>7} | {r['answered']:>8} | {r['errors']:>6} | "
-              f"{r['throughput_rps']:>7.1f} | {r['p50_ms']:>7.1f} | {r['p95_ms']:>7.1f} | {r['p99_ms']:>7.1f} | "
-              f"{r['mean_batch']:>5.1f} | {r['ceiling_pages_per_s']:>9.1f} | {r['ratio']:>5.2f} |")
+              f"{f(r['throughput_rps'], 7)} | {f(r['p50_ms'], 7)} | {f(r['p99_ms'], 7)} | {f(r['mean_batch'], 5)} | "
+              f"{f(r.get('ceiling_pages_per_s'), 9)} | {f(r.get('ratio'), 5, 2)} | {f(r.get('ceiling_drift'), 5, 2)} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""Bench results carry their provenance and are strict JSON (bench/provenance.py, bench/ppo_common.py)."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+# The benches that must write through provenance.Run (no hand-rolled JSON writers).
+PROVENANCE_BENCHES = ("ppo_common.py", "ppo_ml100k.py", "ppo_throughput.py", "ppo_vs_trl_grpo.py", "lpo_ml100k.py",
+                      "lpo_vs_dpo_memory.py", "reward_ml100k.py", "serve_load.py", "sft_throughput.py")
+
+
+def strict_load(text: str):
+    """json.loads that rejects NaN / Infinity (which Python's json accepts by default)."""
+    def bad(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=bad)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "manifest.json").write_text(json.dumps({"stage": "sft", "id": "sft-x"}))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "stats.json").write_text(json.dumps({"fingerprint": "abc123"}))
+    return ck, data
+
+
+def test_result_has_provenance_and_is_strict_json(tmp_path, inputs):
+    from provenance import Run
+
+    ck, data = inputs
+    run = Run(inputs={"sft": ck, "data": data}, argv=["bench/some_bench.py", "--steps", "3"])
+    path = run.write("some_bench", {"value": float("nan"), "nested": {"inf": float("inf"), "ok": 1.5}},
+                     results_dir=tmp_path / "results")
+    assert path == tmp_path / "results" / "some_bench.json"
+    doc = strict_load(path.read_text())
+    assert doc["value"] is None and doc["nested"] == {"inf": None, "ok": 1.5}
+    prov = doc["provenance"]
+    assert re.fullmatch(r"[0-9a-f]{40}", prov["git"]["commit"] or ""), prov["git"]
+    assert isinstance(prov["git"]["dirty"], bool)
+    assert prov["command"].endswith("bench/some_bench.py --steps 3")
+    assert len(prov["load_before"]) == 3 and len(prov["load_after"]) == 3
+    assert prov["machine"]["cpu_model"] and prov["machine"]["cpus"] >= 1
+    assert prov["inputs"]["sft"] == {"path": str(ck), "kind": "checkpoint", "stage": "sft",
+                                     "manifest_sha256": prov["inputs"]["sft"]["manifest_sha256"]}
+    assert len(prov["inputs"]["sft"]["manifest_sha256"]) == 64
+    assert prov["inputs"]["data"]["fingerprint"] == "abc123"
+    assert not list((tmp_path / "results").glob(".*tmp*"))  # written atomically: no temporary left
+
+
+def test_smoke_results_go_outside_the_repository(monkeypatch):
+    import ppo_common
+
+    assert ppo_common.results_dir(False) == BENCH / "results"
+    assert BENCH.parent not in ppo_common.results_dir(True).resolve().parents
+
+
+@pytest.mark.parametrize("name", PROVENANCE_BENCHES)
+def test_bench_writes_through_provenance(name):
+    src = (BENCH / name).read_text()
+    assert "write_text(json.dumps" not in src and "json.dump(" not in src, f"{name} writes JSON by hand"
+    assert "write_results(" not in src, f"{name} uses the old writer"
+    if name != "ppo_common.py":
+        assert "run.write(" in src and "Run(" in src, f"{name} does not write through provenance.Run"
