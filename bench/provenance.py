@@ -42,7 +42,7 @@ RESULTS = BENCH / "results"
 def _git(*args: str) -> str:
     try:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20,
-                              check=True).stdout.strip()
+                              check=True).stdout.rstrip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
