@@ -68,22 +68,8 @@ def sft_select_body(doc: dict) -> str:
 
 
 def peers_body(doc: dict) -> str:
-    lines = ["| peer | configs tried | selected | val NDCG@10 | stopped by | converged | best epoch / run | "
-             "wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|"]
-    for model, r in (doc.get("peers") or doc.get("models") or {}).items():
-        sel = r.get("selected") or {}
-        if isinstance(sel, str):
-            sel = (r.get("configs") or {}).get(sel, {"name": sel})
-
-        def g(k):
-            return sel.get(k, r.get(k))
-        val = g("valid_ndcg@10")
-        shown = f"{val:.4f}" if isinstance(val, (int, float)) else "n/a"
-        lines.append(f"| {model} | {len(r.get('configs') or r.get('tried') or [])} | "
-                     f"{sel.get('name') or r.get('selected_name') or ''} | {shown} | {g('stopped_by')} | "
-                     f"{g('converged')} | {g('best_epoch')} / {g('epochs_run')} | {(g('wall_s') or 0):.0f} | "
-                     f"{(g('cpu_s') or 0):.0f} |")
-    return "\n".join(lines)
+    """The peers bench renders its own table (selected config, stopping, seconds, test figures)."""
+    return doc["table_markdown"]
 
 
 BLOCKS = {
