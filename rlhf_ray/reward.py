@@ -207,22 +207,39 @@ class ModelReward:
 
 
 class RuleReward:
-    """A rule-based :class:`RewardFn` (no model): hits on the user's held-out positives,
-    a tail bonus, a diversity bonus, a penalty for seen or repeated items.
+    """A rule-based :class:`RewardFn` (no model): hits on the user's relevant items, a tail
+    bonus, a diversity bonus, a penalty for seen or repeated items.
 
-        r_t   = hit * 1[p_t in T_u] + tail * 1[p_t is a tail item] - repeat * 1[p_t in H_u or p_t in p_<t]
-        page  = diversity * H_cat(page) / ln(K')      (category entropy, 0 when K' < 2)
-        total = page + sum_t r_t                      (+hit per hit)
+        seen_t = 1[p_t in H_u or p_t in p_<t]
+        r_t    = hit * 1[p_t in T_u and not seen_t] + tail * 1[p_t is a tail item] - repeat * seen_t
+        page   = diversity * H_cat(page) / ln(K')      (category entropy, 0 when K' < 2)
+        total  = page + sum_t r_t                      (+hit per hit)
 
-    T_u = the user's positive targets of ``split`` (``valid`` by default: using ``test``
-    would leak the test set into training); H_u = the given history. ``user_idx`` is
-    required when ``hit`` != 0.
+    H_u = the given history. T_u, the relevant set, is by default (``split="train"``) the
+    user's positives in the *training range* (items before ``valid_start``), never a held-out
+    target: PPO validates on the ``valid`` targets and the final figures use ``test``, so a
+    reward that paid for either would train on what is measured. A hit therefore needs a
+    history that stops inside the training range: the training positives that follow it
+    count; with the whole training range as the history (PPO's prompts) every training
+    positive is already in H_u and the rule pays only its tail, diversity and repeat terms.
+    ``split="valid"`` / ``"test"`` take that split's targets as T_u instead: for offline
+    analysis, never for a policy validated or tested on that split. ``user_idx`` is required
+    when ``hit`` != 0.
     """
 
-    def __init__(self, prepared, split: str = "valid", *, hit: float = 1.0, tail: float = 0.1,
+    def __init__(self, prepared, split: str = "train", *, hit: float = 1.0, tail: float = 0.1,
                  diversity: float = 0.5, repeat: float = 1.0):
-        h = prepared.histories(split)
-        self.targets = {int(u): set(t) for u, t in zip(h.user_idx, h.targets)}
+        if split == "train":
+            thr = prepared.positive_threshold
+            s = prepared.sequences
+            self.targets = {int(u): set(np.asarray(it[:vs])[np.asarray(r[:vs]) > thr].tolist())
+                            for u, it, r, vs in zip(s["user_idx"], s["items"], s["ratings"], s["valid_start"])}
+        elif split in ("valid", "test"):
+            h = prepared.histories(split)
+            self.targets = {int(u): set(t) for u, t in zip(h.user_idx, h.targets)}
+        else:
+            raise ValueError(f"split must be train, valid or test, got {split!r}")
+        self.split = split
         self.is_tail = torch.tensor(np.asarray(prepared.is_tail, dtype=bool))
         self.categories = np.asarray(prepared.item_categories)
         self.hit, self.tail, self.diversity, self.repeat = hit, tail, diversity, repeat
@@ -234,7 +251,7 @@ class RuleReward:
         pages = as_pages(pages)
         B, K = pages.shape
         if self.hit and user_idx is None:
-            raise ValueError("RuleReward needs user_idx to count hits on held-out positives")
+            raise ValueError("RuleReward needs user_idx to count hits on the user's relevant items")
         mask = pages >= 0
         safe = pages.clamp(min=0)
         hits = torch.zeros((B, K))
@@ -246,8 +263,8 @@ class RuleReward:
             for k, item in enumerate(row):
                 if item < 0:
                     continue
-                hits[b, k] = float(item in tgt and item not in row[:k])
                 seen[b, k] = item in hist or item in row[:k]
+                hits[b, k] = float(item in tgt and not seen[b, k])
         items = (self.hit * hits + self.tail * self.is_tail[safe].float() - self.repeat * seen.float()) * mask
         n = mask.sum(-1)
         ent = torch.as_tensor(np.nan_to_num(category_entropy(pages.numpy(), self.categories)), dtype=torch.float32)

@@ -1,11 +1,14 @@
 """The real CLI in a subprocess: the smoke pipeline end to end, resume-by-skip, and bad input."""
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 from rlhf_ray.checkpoint import verify_checkpoint
 
@@ -17,24 +20,69 @@ def run(args, **kw):
     return subprocess.run(CLI + args, capture_output=True, text=True, timeout=600, env=env, **kw)
 
 
+# what each stage's summary entry must hold (on top of "seconds" and "checkpoint")
+STAGE_KEYS = {
+    "pretrain": {"train/steps", "train/loss", "val/rating_rmse"},
+    "sft": {"train/steps", "train/loss", "val/ndcg@10", "val/recall@10"},
+    "reward": {"train/steps", "train/loss", "val/acc", "norm/page_mean", "norm/page_std"},
+    "ppo": {"iterations", "reward/total", "policy/steps", "critic/steps", "val/ndcg@10"},
+    "lpo": {"train/steps", "train/loss", "val/ndcg@10", "val/tail_ndcg@10"},
+}
+
+
+def _weights(path):
+    from rlhf_ray.checkpoint import load_checkpoint
+
+    return [p.detach().clone() for p in load_checkpoint(path).model.parameters()]
+
+
 def test_smoke_pipeline_runs_then_skips_completed_stages(tmp_path):
     """data -> pretrain -> sft -> reward -> ppo (Ray actors) -> lpo -> eval, then a rerun skips."""
+    from rlhf_ray.pipeline import SMOKE
+    from rlhf_ray.reward import ModelReward
+
     out = tmp_path / "run"
     first = run(["pipeline", "--smoke", "--out", str(out)])
     assert first.returncode == 0, first.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["stages"]) == {"data", "pretrain", "sft", "reward", "ppo", "lpo", "eval"}
+    ckpt = {"pretrain": out / "pretrain", "sft": out / "sft", "reward": out / "reward", "ppo": out / "ppo" / "policy",
+            "lpo": out / "lpo"}
+    # every training stage: its metrics, finite, with the step counts the smoke config asks for
+    for stage, keys in STAGE_KEYS.items():
+        m = summary["stages"][stage]
+        assert keys <= set(m), (stage, sorted(keys - set(m)))
+        assert all(math.isfinite(m[k]) for k in keys), (stage, {k: m[k] for k in keys})
+        assert m["checkpoint"] == str(ckpt[stage]) and m["seconds"] > 0
+    for stage in ("pretrain", "reward", "lpo"):
+        assert summary["stages"][stage]["train/steps"] == SMOKE[stage]["train"]["max_steps"]
+    assert summary["stages"]["sft"]["train/steps"] >= 1
+    assert summary["stages"]["ppo"]["iterations"] == SMOKE["ppo"]["iterations"]
+    assert summary["stages"]["ppo"]["policy/steps"] > 0 and summary["stages"]["ppo"]["critic/steps"] > 0
+    # the checkpoints load, chain parent to child by id, and were all made from this data
+    fingerprint = json.loads((out / "data" / "stats.json").read_text())["fingerprint"]
+    man = {stage: verify_checkpoint(path) for stage, path in ckpt.items()}
+    assert all(m["stage"] == stage and m["data_fingerprint"] == fingerprint for stage, m in man.items())
+    parents = {"sft": "pretrain", "reward": "sft", "ppo": "sft", "lpo": "ppo"}  # default order: ppo then lpo
+    for child, parent in parents.items():
+        assert man[child]["parent"] == {"id": man[parent]["id"], "stage": parent}, child
+    assert ModelReward.from_checkpoint(ckpt["reward"]).manifest["id"] == man["reward"]["id"]
+    # each training stage moved the weights it started from
+    for child, parent in (("sft", "pretrain"), ("ppo", "sft"), ("lpo", "ppo")):
+        a, b = _weights(ckpt[child]), _weights(ckpt[parent])
+        assert len(a) == len(b) and any(not torch.equal(x, y) for x, y in zip(a, b)), child
+    # the eval table is each policy's own test predictions, averaged over its users
     table = summary["stages"]["eval"]
     for stage in ("sft", "ppo", "lpo"):
-        assert 0.0 <= table[stage]["ndcg@10"] <= 1.0 and table[stage]["users"] > 0
-        assert (out / f"predictions-{stage}.parquet").is_file()
-    assert verify_checkpoint(out / "sft")["parent"]["stage"] == "pretrain"
-    assert verify_checkpoint(out / "reward")["stage"] == "reward"
-    assert verify_checkpoint(out / "ppo" / "policy")["stage"] == "ppo"
-    assert verify_checkpoint(out / "lpo")["parent"]["stage"] == "ppo"  # default order: ppo then lpo
+        preds = pd.read_parquet(out / f"predictions-{stage}.parquet")
+        assert table[stage]["checkpoint"] == str(ckpt[stage])
+        assert table[stage]["users"] == len(preds) == preds["user_idx"].nunique() > 0
+        for k in ("ndcg@10", "recall@20"):
+            assert table[stage][k] == pytest.approx(float(preds[k].mean()), abs=1e-9), (stage, k)
     second = run(["pipeline", "--smoke", "--out", str(out), "--stages", "pretrain,sft"])
     assert second.returncode == 0, second.stderr[-2000:]
     assert "pretrain: complete checkpoint" in second.stdout and "sft: complete checkpoint" in second.stdout
+    assert verify_checkpoint(ckpt["sft"])["id"] == man["sft"]["id"]  # skipped: not retrained
 
 
 @pytest.mark.parametrize("flag,value,needle", [

@@ -14,7 +14,6 @@ from actors.reward import reward_mix
 from actors.state import RunState, complete, iter_name, rng_state, set_rng_state
 from rlhf_ray.config import ConfigError, PPOConfig
 from rlhf_ray.generation import Prompts
-from rlhf_ray.losses import gae, whiten
 
 
 def _prompts(B: int, L: int = 3, N: int = 6) -> Prompts:
@@ -53,34 +52,61 @@ def test_token_rewards_sum_mode_and_last_slot():
 
 
 def test_assemble_experience_by_hand():
-    B, K = 2, 3
-    pages = torch.tensor([[4, 1, 2], [0, 5, -1]])
-    logp = torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -1.0, 0.0]])
-    ref = torch.tensor([[-1.2, -2.0, -0.4], [-1.5, -0.5, 0.0]])
-    values = torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.3, 9.0]])  # 9.0 at padding must not leak in
-    page = torch.tensor([1.0, 2.0])
-    items = torch.tensor([[0.0, 1.0, 0.5], [1.0, -1.0, 7.0]])  # 7.0 at padding must not leak in
+    """KL, token rewards, GAE (gamma 0.9, lambda 0.8) and whitening written out for every row:
+    a full page (K' = 3), one with a padded slot (K' = 2) and one with a single item."""
+    B = 3
+    pages = torch.tensor([[4, 1, 2], [0, 5, -1], [3, -1, -1]])
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -1.0, 0.0], [-0.7, 0.0, 0.0]])
+    ref = torch.tensor([[-1.2, -2.0, -0.4], [-1.5, -0.5, 0.0], [-1.0, 0.0, 0.0]])
+    values = torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.3, 9.0], [0.4, 5.0, 5.0]])  # 9.0, 5.0 at padding: must not leak
+    page = torch.tensor([1.0, 2.0, -0.5])
+    items = torch.tensor([[0.0, 1.0, 0.5], [1.0, -1.0, 7.0], [2.0, 3.0, 3.0]])  # 7.0, 3.0 at padding
     mix = RewardMix(0.5, 0.5, "mean")
     exp = assemble(_prompts(B), pages, logp, ref, values, page, items, total=torch.zeros(B), mix=mix,
-                   kl_coef=0.1, gamma=1.0, lam=0.9, whiten_advantages=False)
-    # k1 KL: logp - ref at valid slots
-    assert torch.allclose(exp.kl, torch.tensor([[0.2, 0.0, -0.1], [0.0, -0.5, 0.0]]), atol=1e-6)
-    # r_t = 0.5 / K' * item_t + 0.5 * page at last - 0.1 * kl_t
-    r = torch.tensor([[0.5 / 3 * 0 - 0.02, 0.5 / 3 * 1, 0.5 / 3 * 0.5 + 0.5 + 0.01],
-                      [0.25 * 1, 0.25 * -1 + 1.0 + 0.05, 0.0]])
+                   kl_coef=0.1, gamma=0.9, lam=0.8, whiten_advantages=False)
+    # k1 KL: logp - ref at valid slots, 0 at padding
+    assert torch.allclose(exp.kl, torch.tensor([[0.2, 0.0, -0.1], [0.0, -0.5, 0.0], [0.3, 0.0, 0.0]]), atol=1e-6)
+    # r_t = 0.5 / K' * item_t + 0.5 * page at the last valid slot - 0.1 * kl_t
+    r = torch.tensor([[0.5 / 3 * 0.0 - 0.1 * 0.2, 0.5 / 3 * 1.0 - 0.1 * 0.0, 0.5 / 3 * 0.5 + 0.5 * 1.0 - 0.1 * -0.1],
+                      [0.5 / 2 * 1.0 - 0.1 * 0.0, 0.5 / 2 * -1.0 + 0.5 * 2.0 - 0.1 * -0.5, 0.0],
+                      [0.5 / 1 * 2.0 + 0.5 * -0.5 - 0.1 * 0.3, 0.0, 0.0]])
+    assert torch.allclose(r, torch.tensor([[-0.02, 1 / 6, 0.5933333], [0.25, 0.8, 0.0], [0.72, 0.0, 0.0]]), atol=1e-6)
     assert torch.allclose(exp.rewards, r, atol=1e-6)
-    # GAE by hand for row 1 (two valid slots, V after the last = 0)
-    d1 = r[1, 1] + 0 - 0.3
-    d0 = r[1, 0] + 0.3 - 0.3
-    a1, a0 = d1, d0 + 0.9 * d1
-    assert torch.allclose(exp.advantages[1], torch.tensor([a0, a1, 0.0]), atol=1e-6)
-    assert torch.allclose(exp.returns[1], torch.tensor([a0 + 0.3, a1 + 0.3, 0.0]), atol=1e-6)
-    adv, ret = gae(r, values * exp.mask, exp.mask, 1.0, 0.9)
-    assert torch.equal(exp.advantages, adv) and torch.equal(exp.returns, ret)
+    # GAE from the last valid slot back: delta_t = r_t + 0.9 V_{t+1} - V_t (V after the last valid slot = 0),
+    # A_t = delta_t + 0.9 * 0.8 A_{t+1}; returns = A + V
+    # row 0 (K' = 3)
+    d02 = 0.5933333 + 0.9 * 0.0 - 0.1  # 0.4933333
+    d01 = 1 / 6 + 0.9 * 0.1 - 0.2  # 0.0566667
+    d00 = -0.02 + 0.9 * 0.2 - 0.5  # -0.34
+    a02 = d02
+    a01 = d01 + 0.72 * a02  # 0.4118667
+    a00 = d00 + 0.72 * a01  # -0.043456
+    # row 1 (K' = 2): the padded slot's value 9.0 is not V_2
+    d11 = 0.8 + 0.9 * 0.0 - 0.3  # 0.5
+    d10 = 0.25 + 0.9 * 0.3 - 0.3  # 0.22
+    a11 = d11
+    a10 = d10 + 0.72 * a11  # 0.58
+    # row 2 (K' = 1)
+    a20 = 0.72 + 0.9 * 0.0 - 0.4  # 0.32
+    adv = torch.tensor([[a00, a01, a02], [a10, a11, 0.0], [a20, 0.0, 0.0]])
+    assert torch.allclose(adv, torch.tensor([[-0.043456, 0.4118667, 0.4933333], [0.58, 0.5, 0.0], [0.32, 0.0, 0.0]]),
+                          atol=1e-6)
+    assert torch.allclose(exp.advantages, adv, atol=1e-6)
+    ret = torch.tensor([[a00 + 0.5, a01 + 0.2, a02 + 0.1], [a10 + 0.3, a11 + 0.3, 0.0], [a20 + 0.4, 0.0, 0.0]])
+    assert torch.allclose(ret, torch.tensor([[0.456544, 0.6118667, 0.5933333], [0.88, 0.8, 0.0], [0.72, 0.0, 0.0]]),
+                          atol=1e-6)
+    assert torch.allclose(exp.returns, ret, atol=1e-6)
+    assert float(exp.item_rewards[1, 2]) == 0.0 and float(exp.item_rewards[2, 1:].abs().sum()) == 0.0
+    # whitening over the 6 valid slots: population mean and variance, padding stays 0
+    valid = [a00, a01, a02, a10, a11, a20]
+    mu = sum(valid) / 6
+    sd = math.sqrt(sum((a - mu) ** 2 for a in valid) / 6 + 1e-8)
     white = assemble(_prompts(B), pages, logp, ref, values, page, items, torch.zeros(B), mix=mix, kl_coef=0.1,
-                     lam=0.9, whiten_advantages=True)
-    assert torch.allclose(white.advantages, whiten(adv, exp.mask), atol=1e-6)
-    assert float(exp.item_rewards[1, 2]) == 0.0
+                     gamma=0.9, lam=0.8, whiten_advantages=True)
+    expected = torch.tensor([[(a00 - mu) / sd, (a01 - mu) / sd, (a02 - mu) / sd],
+                             [(a10 - mu) / sd, (a11 - mu) / sd, 0.0], [(a20 - mu) / sd, 0.0, 0.0]])
+    assert torch.allclose(white.advantages, expected, atol=1e-5)
+    assert torch.equal(white.returns, exp.returns)  # returns use the raw advantages
 
 
 def test_kl_zero_when_policy_equals_reference():
