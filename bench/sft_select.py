@@ -113,7 +113,9 @@ def main(argv=None) -> int:
         dest = Path(args.write_config)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.write_text(f"# {args.config} with the SFT variant {best!r} chosen on {args.protocol} validation NDCG@10 "
+        shown = Path(args.config).resolve()
+        shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+        tmp.write_text(f"# {shown} with the SFT variant {best!r} chosen on {args.protocol} validation NDCG@10 "
                        "by bench/sft_select.py\n" + yaml.safe_dump(base, sort_keys=False))
         tmp.replace(dest)
         seed0 = ROOT / "runs" / "bench" / args.protocol / "seed0"
