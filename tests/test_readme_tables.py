@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,3 +24,17 @@ def test_renderer_replaces_only_marked_blocks(tmp_path):
     assert new.startswith("intro\n<!-- BEGIN bench:protocol_loo -->\n") and new.endswith(
         "<!-- END bench:protocol_loo -->\noutro 0.5\n")
     assert "stale numbers" not in new
+
+
+def test_every_committed_result_records_its_provenance():
+    """Every JSON in bench/results/ names the commit, the exact command and the load it ran under."""
+    import json
+
+    files = sorted((ROOT / "bench" / "results").glob("*.json"))
+    for f in files:
+        doc = json.loads(f.read_text(), parse_constant=lambda c: pytest.fail(f"{f.name}: bare {c}"))
+        prov = doc.get("provenance") or {}
+        assert prov.get("git", {}).get("commit"), f"{f.name}: no git commit"
+        assert prov.get("command"), f"{f.name}: no command"
+        assert prov.get("load_before") is not None and prov.get("load_after") is not None, f"{f.name}: no load"
+        assert "inputs" in prov, f"{f.name}: no input ids"
