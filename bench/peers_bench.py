@@ -400,12 +400,14 @@ def main(argv=None) -> int:
     name = f"peers_{args.protocol}" + ("_smoke" if args.smoke else "")
     peers: dict[str, dict] = {}
     previous = Path(args.results_dir) / f"{name}.json"
-    if previous.is_file():  # peers not run by this invocation keep their entries (same data only)
+    if previous.is_file():  # entries of the last invocation stay until this one replaces them (same data only)
         old = json.loads(previous.read_text())
         if old.get("data", {}).get("fingerprint") == prepared.fingerprint:
             for m in ("most_popular", *PEERS):
-                if m not in models and m in old.get("peers", {}):
-                    peers[m] = {**old["peers"][m], "from_earlier_invocation": old.get("provenance", {}).get("command")}
+                if m in old.get("peers", {}):
+                    entry = old["peers"][m]
+                    cmd = entry.get("from_earlier_invocation") or old.get("provenance", {}).get("command")
+                    peers[m] = {**entry, "from_earlier_invocation": cmd}
 
     def write() -> Path:
         payload = {
