@@ -21,27 +21,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
-from typing import Any, Mapping
+from typing import Any
 
 from rlhf_ray.config import Config, deep_merge, read_mapping
-
-merge = deep_merge  # deep-merge of nested mappings (kept under the name callers use)
+from rlhf_ray.config.base import choices, unwrap_optional
 
 _SEP = "__"  # separates nested field names in argparse dests
 
 
-def _unwrap_optional(tp: Any) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
 def _metavar(tp: Any) -> str:
-    tp = _unwrap_optional(tp)
+    tp = unwrap_optional(tp)
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
         return "A,B,..."
@@ -66,7 +56,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[Config], *,
         if f.name in exclude:
             continue
         tp = hints[f.name]
-        inner = _unwrap_optional(tp)
+        inner = unwrap_optional(tp)
         name = f"{prefix}{f.name}"
         dest = name.replace(".", _SEP)
         if isinstance(inner, type) and issubclass(inner, Config):
@@ -82,8 +72,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[Config], *,
             group.add_argument(*flags, dest=dest, default=None, help=help_text,
                                action=argparse.BooleanOptionalAction)
         elif typing.get_origin(inner) is typing.Literal:
-            group.add_argument(*flags, dest=dest, default=None, help=help_text,
-                               choices=list(typing.get_args(inner)))
+            group.add_argument(*flags, dest=dest, default=None, help=help_text, choices=list(choices(inner)))
         else:
             group.add_argument(*flags, dest=dest, default=None, help=help_text, metavar=_metavar(tp))
 
@@ -94,7 +83,7 @@ def config_overrides(args: argparse.Namespace, cls: type[Config], *, prefix: str
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
-        inner = _unwrap_optional(hints[f.name])
+        inner = unwrap_optional(hints[f.name])
         if isinstance(inner, type) and issubclass(inner, Config):
             sub = config_overrides(args, inner, prefix=f"{name}.")
             if sub:

@@ -1,5 +1,5 @@
 """Shared settings of the PPO tests (no tests here): a tiny PPO run on the tiny SFT fixture."""
-from rlhf_ray.cliutil import merge
+from rlhf_ray.config import deep_merge as merge
 from rlhf_ray.config import PPOConfig
 
 TINY_PPO = {

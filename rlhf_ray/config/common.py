@@ -1,0 +1,104 @@
+"""Config pieces several stages share: the backbone, optimisation, the prompt, decoding."""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+
+from rlhf_ray.config.base import Config, doc, require
+
+
+@dataclass
+class ModelConfig(Config):
+    """The policy backbone: a GPT-2 built from these sizes, or any HF causal-LM directory."""
+
+    base_model: str | None = field(default=None, metadata=doc(
+        "HF causal-LM directory to start from (from_pretrained; embeddings are resized for item "
+        "tokens); default: build a GPT-2 from the sizes below"))
+    n_layer: int = field(default=2, metadata=doc("transformer blocks", ge=1))
+    n_embd: int = field(default=128, metadata=doc("hidden size", ge=1))
+    n_head: int = field(default=4, metadata=doc("attention heads (must divide n_embd)", ge=1))
+    n_positions: int = field(default=128, metadata=doc("maximum sequence length", ge=1))
+    dropout: float = field(default=0.1, metadata=doc("dropout on residuals, embeddings and attention",
+                                                     ge=0.0, lt=1.0))
+    text_vocab_size: int = field(default=1000, metadata=doc(
+        "byte-level BPE size for the meta text (>= 300: 256 bytes + specials)", ge=300))
+    user_tokens: bool = field(default=False, metadata=doc("give every user a token (prepended to the prompt)"))
+    lora: bool = field(default=False, metadata=doc("train LoRA adapters (peft) instead of all weights"))
+    lora_r: int = field(default=8, metadata=doc("LoRA rank", ge=1))
+    lora_alpha: int = field(default=16, metadata=doc("LoRA scaling alpha"))
+    lora_dropout: float = field(default=0.05, metadata=doc("LoRA dropout"))
+
+    def validate(self) -> None:
+        require(self.n_embd % self.n_head == 0, "n_head", f"{self.n_head} does not divide n_embd={self.n_embd}")
+
+
+@dataclass
+class TrainConfig(Config):
+    """Optimisation, parallelism and bookkeeping shared by every training stage."""
+
+    epochs: int = field(default=10, metadata=doc("passes over the training data", ge=1))
+    max_steps: int = field(default=0, metadata=doc("stop after this many optimizer steps (0 = no limit)", ge=0))
+    batch_size: int = field(default=64, metadata=doc("global batch size (split across workers)", ge=1))
+    lr: float = field(default=1e-3, metadata=doc("peak learning rate (AdamW)", gt=0))
+    weight_decay: float = field(default=0.01, metadata=doc("AdamW weight decay"))
+    warmup_ratio: float = field(default=0.05, metadata=doc(
+        "linear warm-up fraction of total steps, then cosine", ge=0.0, lt=1.0))
+    grad_clip: float = field(default=1.0, metadata=doc("clip the global gradient norm (0 = off)"))
+    seed: int = field(default=0, metadata=doc("random seed (data order, init, dropout)"))
+    eval_every: int = field(default=1, metadata=doc("validate every N epochs", ge=1))
+    patience: int = field(default=3, metadata=doc(
+        "early stop after N validations without improvement (0 = off)", ge=0))
+    eval_users: int = field(default=0, metadata=doc("validate on at most N users (0 = all)", ge=0))
+    num_workers: int = field(default=0, metadata=doc("Ray Train workers (0 = run in this process without Ray)", ge=0))
+    zero_stage: int = field(default=0, metadata=doc("DeepSpeed ZeRO stage 0-3 (0 = plain DDP / torch)", ge=0, le=3))
+    offload: bool = field(default=False, metadata=doc("ZeRO-3 CPU offload of parameters and optimizer state"))
+    dtype: typing.Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata=doc(
+        "fp32 | bf16 | fp16 (fp16 needs a GPU)"))
+    device: typing.Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=doc("auto | cpu | cuda"))
+    cpus_per_worker: float = field(default=1.0, metadata=doc("CPUs reserved per Ray Train worker", gt=0))
+    tensorboard: bool = field(default=True, metadata=doc("write TensorBoard events beside the output dir"))
+    progress: bool = field(default=True, metadata=doc("show progress bars"))
+
+    def validate(self) -> None:
+        require(not self.offload or self.zero_stage == 3, "offload", "needs zero_stage 3")
+
+
+@dataclass
+class PromptConfig(Config):
+    """How a user's history becomes a prompt and how long the page after it is: one declaration
+    for every stage, decoder and server (``<bos> [<user>] <hist> h_1..h_L <page>``, then K items).
+
+    SFT, reward, PPO (rollout, reference, policy, critic), LPO and evaluation configs inherit
+    these fields (same YAML keys and flags in every section); a pipeline's ``prompt:`` section
+    sets them for all of its stages at once, and every checkpoint records the prompt it was
+    trained with (``manifest["prompt"]``), which Serve and the PPO reward actor use.
+    Stages that score the first slot only (LPO) or given pages (reward) read ``max_history``.
+    """
+
+    max_history: int = field(default=50, metadata=doc("most recent history items in a prompt", ge=1))
+    page_size: int = field(default=10, metadata=doc("K: items on a page", ge=1, le=100))
+    exclude_seen: bool = field(default=True, metadata=doc("never put an item of the user's history on the page"))
+
+    @property
+    def prompt(self) -> "PromptConfig":
+        """Just the prompt fields (of a stage config that inherits them)."""
+        return PromptConfig(self.max_history, self.page_size, self.exclude_seen)
+
+
+@dataclass
+class GenerationConfig(PromptConfig):
+    """Constrained page decoding, shared by evaluation, rollouts and serving."""
+
+    strategy: typing.Literal["greedy", "sample", "beam"] = field(default="greedy", metadata=doc(
+        "greedy | sample | beam"))
+    temperature: float = field(default=1.0, metadata=doc("sampling temperature", gt=0))
+    top_k: int = field(default=0, metadata=doc("sample among the k most likely items (0 = all)", ge=0))
+    num_beams: int = field(default=4, metadata=doc("beams for strategy=beam", ge=1))
+
+
+@dataclass
+class ActorResources(Config):
+    """Ray resources of one actor of a PPO role (fractional values share a bundle / a GPU)."""
+
+    num_cpus: float = field(default=0.25, metadata=doc("Ray CPUs per actor (fractional shares a bundle)", ge=0))
+    num_gpus: float = field(default=0.0, metadata=doc("Ray GPUs per actor (fractional shares a GPU)", ge=0))

@@ -1,0 +1,124 @@
+"""PPO (PageLLM) on Ray actors: one config for the controller, a sub-config per role.
+
+Each role actor receives only its own sub-config (and the shared prompt), never the whole
+:class:`PPOConfig`.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+
+from rlhf_ray.config.base import doc, require
+from rlhf_ray.config.common import ActorResources, PromptConfig, TrainConfig
+
+
+def _ppo_train(lr: float) -> TrainConfig:
+    return TrainConfig(epochs=1, batch_size=32, lr=lr, warmup_ratio=0.0, patience=0, tensorboard=False,
+                       progress=False)
+
+
+@dataclass
+class _TrainedRole(ActorResources):
+    ranks: int = field(default=1, metadata=doc("actors in the group (one torch.distributed rank each)", ge=1))
+
+    def validate(self) -> None:
+        require(self.train.batch_size % self.ranks == 0, "train.batch_size",
+                f"{self.train.batch_size} is not divisible by ranks={self.ranks} (every rank takes an equal shard)")
+
+
+@dataclass
+class PPOPolicyConfig(_TrainedRole):
+    """The trained policy: a group of ``ranks`` PolicyActors sharing one DeepSpeed/torch engine setup.
+
+    Only the engine fields of ``train`` are read (lr, weight_decay, warmup_ratio, grad_clip,
+    zero_stage, offload, dtype, device); ``train.batch_size`` is the PPO minibatch (global,
+    split evenly across ranks).
+    """
+
+    clip_eps: float = field(default=0.2, metadata=doc("PPO ratio clip epsilon", gt=0))
+    entropy_coef: float = field(default=0.0, metadata=doc("entropy bonus weight: loss -= coef * H(pi)", ge=0))
+    train: TrainConfig = field(default_factory=lambda: _ppo_train(1e-5), metadata=doc("policy engine"))
+
+
+@dataclass
+class PPOCriticConfig(_TrainedRole):
+    """The value model: SFT backbone + value head, a group of ``ranks`` CriticActors."""
+
+    value_clip: float = field(default=0.2, metadata=doc("clip of the value update around the rollout values", gt=0))
+    train: TrainConfig = field(default_factory=lambda: _ppo_train(1e-4), metadata=doc("critic engine"))
+
+
+@dataclass
+class PPORolloutConfig(ActorResources):
+    """Inference copies of the policy that write the training pages (sampling, seeded)."""
+
+    actors: int = field(default=1, metadata=doc("rollout actors; the batch's users are split across them", ge=1))
+    temperature: float = field(default=1.0, metadata=doc("sampling temperature", gt=0))
+    top_k: int = field(default=0, metadata=doc("sample among the k most likely items (0 = all)", ge=0))
+
+
+@dataclass
+class PPOReferenceConfig(ActorResources):
+    """The frozen SFT policy that anchors the KL penalty."""
+
+
+@dataclass
+class PPORewardConfig(ActorResources):
+    """The reward actor: a trained mixed-grained reward checkpoint or the rule-based reward."""
+
+    alpha: float | None = field(default=None, metadata=doc(
+        "reward mix ratio R = alpha * page + (1 - alpha) * mean item reward (default: the checkpoint's)",
+        ge=0.0, le=1.0))
+
+
+@dataclass
+class PPOConfig(PromptConfig):
+    """PPO (PageLLM) on Ray actors: rollouts, mixed-grained reward, KL to the SFT reference, GAE.
+
+    Per iteration: B = rollout_batch_size users -> pages (K = page_size slots); token reward
+    r_t = c_item * item_t + 1[t = last] * c_page * page - kl_coef * KL_t (mixed reward:
+    c_item = (1 - alpha) / K, c_page = alpha); GAE(gamma, lam); ppo_epochs passes of minibatches.
+    """
+
+    policy: PPOPolicyConfig = field(default_factory=PPOPolicyConfig, metadata=doc("policy group"))
+    critic: PPOCriticConfig = field(default_factory=PPOCriticConfig, metadata=doc("critic group"))
+    rollout: PPORolloutConfig = field(default_factory=PPORolloutConfig, metadata=doc("rollout actors"))
+    reference: PPOReferenceConfig = field(default_factory=PPOReferenceConfig, metadata=doc("reference actor"))
+    reward: PPORewardConfig = field(default_factory=PPORewardConfig, metadata=doc("reward actor"))
+    iterations: int = field(default=20, metadata=doc("PPO iterations (rollout + update)", ge=1))
+    rollout_batch_size: int = field(default=64, metadata=doc("users (pages) generated per iteration", ge=1))
+    ppo_epochs: int = field(default=2, metadata=doc("passes over each iteration's experience", ge=1))
+    gamma: float = field(default=1.0, metadata=doc("discount over page slots", gt=0.0, le=1.0))
+    lam: float = field(default=0.95, metadata=doc("GAE lambda", ge=0.0, le=1.0))
+    kl_coef: float = field(default=0.05, metadata=doc("KL penalty coefficient (initial value if adaptive)", ge=0))
+    adaptive_kl: bool = field(default=False, metadata=doc("adapt kl_coef towards kl_target (Ziegler et al.)"))
+    kl_target: float = field(default=0.1, metadata=doc("adaptive KL: target mean per-page KL", gt=0))
+    kl_horizon: int = field(default=10000, metadata=doc("adaptive KL: horizon in pages", ge=1))
+    kl_estimator: typing.Literal["k1", "k2", "k3"] = field(default="k1", metadata=doc(
+        "per-slot KL estimator: k1 | k2 | k3"))
+    whiten_advantages: bool = field(default=True, metadata=doc("whiten advantages over the batch"))
+    seed: int = field(default=0, metadata=doc("seed: data order, rollout sampling, minibatch order, heads"))
+    eval_every: int = field(default=5, metadata=doc("validate every N iterations (0 = never)", ge=0))
+    eval_users: int = field(default=200, metadata=doc("validate on at most N users (0 = all)", ge=0))
+    save_every: int = field(default=5, metadata=doc(
+        "write a resumable state every N iterations (0 = only at the end)", ge=0))
+    keep_states: int = field(default=2, metadata=doc("resumable states kept under OUT.state (oldest removed)", ge=1))
+    hack_threshold: float = field(default=0.05, metadata=doc(
+        "reward-hacking monitor: flag when reward rose while validation NDCG@10 or ILD fell by more "
+        "than this fraction of its first value", ge=0))
+    hack_stop: bool = field(default=False, metadata=doc("stop the run when the reward-hacking monitor flags"))
+    colocate: bool = field(default=True, metadata=doc(
+        "all roles share one placement group (fractional CPUs/GPUs per actor); false: one group per role"))
+    strategy: typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = field(default="PACK", metadata=doc(
+        "placement strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD"))
+    tensorboard: bool = field(default=True, metadata=doc("write TensorBoard events beside the output dir"))
+
+    def validate(self) -> None:
+        for role in ("policy", "critic"):
+            mb = getattr(self, role).train.batch_size
+            require(self.rollout_batch_size % mb == 0, f"{role}.train.batch_size",
+                    f"minibatch {mb} does not divide rollout_batch_size={self.rollout_batch_size}")
+
+    def total_steps(self, role: "PPOPolicyConfig | PPOCriticConfig") -> int:
+        """Optimizer steps a trained role takes over the whole run."""
+        return self.iterations * self.ppo_epochs * (self.rollout_batch_size // role.train.batch_size)

@@ -1,0 +1,56 @@
+"""``rlhf-ray serve``: the Ray Serve ranker."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlhf_ray.config.base import Config, doc, require
+
+
+@dataclass
+class ServeConfig(Config):
+    """``rlhf-ray serve``: the Ray Serve ranker (HTTP address, replicas, batching, request limits).
+
+    ``checkpoint``, ``max_batch_size`` and ``batch_wait_ms`` travel in the deployment's
+    ``user_config``: changing only them reconfigures running replicas in place. Prompts are
+    built with the checkpoint's own prompt config (``manifest["prompt"]``) unless
+    ``max_history`` overrides its history length.
+    """
+
+    checkpoint: str | None = field(default=None, metadata=doc(
+        "checkpoint directory to serve (any stage); switch later with a user_config update"))
+    data: str | None = field(default=None, metadata=doc(
+        "prepared data directory: known users' histories come from its sequences.parquet"))
+    host: str = field(default="127.0.0.1", metadata=doc("HTTP bind address (0.0.0.0 exposes it to the network)"))
+    port: int = field(default=8000, metadata=doc("HTTP port", ge=1, le=65535))
+    route_prefix: str = field(default="/", metadata=doc("URL prefix of the application"))
+    app_name: str = field(default="ranker", metadata=doc("Serve application name"))
+    address: str | None = field(default=None, metadata=doc(
+        "attach to a Ray cluster (auto | ray://host:10001); default: embedded local Ray"))
+    num_cpus: int = field(default=0, metadata=doc("CPUs of an embedded local Ray (0 = all)", ge=0))
+    replicas: int = field(default=1, metadata=doc("replicas of the ranker (ignored with --autoscaling)", ge=1))
+    autoscaling: bool = field(default=False, metadata=doc("let Serve scale replicas between min and max"))
+    min_replicas: int = field(default=1, metadata=doc("autoscaling: fewest replicas", ge=1))
+    max_replicas: int = field(default=2, metadata=doc("autoscaling: most replicas", ge=1))
+    target_ongoing_requests: float = field(default=16.0, metadata=doc(
+        "autoscaling: requests in flight per replica to aim for", gt=0))
+    cpus_per_replica: float = field(default=1.0, metadata=doc("CPUs Ray reserves for each replica", ge=0))
+    torch_threads: int = field(default=1, metadata=doc("torch intra-op threads in each replica", ge=1))
+    max_batch_size: int = field(default=16, metadata=doc("most requests decoded together (@serve.batch)", ge=1))
+    batch_wait_ms: float = field(default=10.0, metadata=doc(
+        "how long a batch waits for more requests after its first one", ge=0))
+    max_ongoing_requests: int = field(default=64, metadata=doc(
+        "requests a replica accepts at once (keep >= max_batch_size)", ge=1))
+    max_k: int = field(default=50, metadata=doc("largest page a request may ask for", ge=1, le=100))
+    default_k: int = field(default=10, metadata=doc("page size when a request gives no k", ge=1))
+    max_history: int = field(default=0, metadata=doc(
+        "most recent history items in a prompt (0 = the checkpoint's prompt)", ge=0))
+    max_body_bytes: int = field(default=65536, metadata=doc("larger request bodies get 413", ge=1024))
+    blocking: bool = field(default=True, metadata=doc(
+        "keep running until Ctrl-C; --no-blocking deploys and returns (with --address it stays up)"))
+
+    def validate(self) -> None:
+        require(self.route_prefix.startswith("/"), "route_prefix", f"must start with '/', got {self.route_prefix!r}")
+        require(self.min_replicas <= self.max_replicas, "min_replicas",
+                f"{self.min_replicas} exceeds max_replicas={self.max_replicas}")
+        require(self.default_k <= self.max_k, "default_k",
+                f"must be in [1, max_k={self.max_k}], got {self.default_k}")
