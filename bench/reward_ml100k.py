@@ -51,7 +51,7 @@ def next_item_test(reward, sft_dir: str, prepared, page_size: int, max_users: in
     from rlhf_ray.checkpoint import load_checkpoint
     from rlhf_ray.config import GenerationConfig
     from rlhf_ray.generation import build_prompts, generate_pages
-    from rlhf_ray.reward import item_mean
+    from rlhf_ray.rewards import item_mean
 
     h = prepared.histories("test")
     n = len(h.histories) if not max_users else min(max_users, len(h.histories))
@@ -104,8 +104,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from rlhf_ray.config import RewardConfig
-    from rlhf_ray.reward import ModelReward
-    from rlhf_ray.stages import reward as stage
+    from rlhf_ray.rewards import ModelReward
+    from rlhf_ray.stages import reward_model as stage
     from rlhf_ray.stages.common import open_data
 
     sft_s = None

@@ -162,11 +162,31 @@ def save_checkpoint(
     return out
 
 
+_VERIFIED: dict[Path, tuple] = {}  # path -> (stat signature, manifest) of checkpoints hashed in this process
+
+
+def _signature(p: Path, files: dict) -> tuple:
+    """Size and mtime of the manifest and of every listed file: what a rewrite or an edit changes."""
+    out = []
+    for rel in (MANIFEST, *sorted(files)):
+        try:
+            st = (p / rel).stat()
+        except OSError:
+            return ()
+        out.append((rel, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 def verify_checkpoint(path: str | Path) -> dict:
-    """Check a checkpoint directory is complete and untampered; return its manifest."""
-    p = Path(path)
+    """Check a checkpoint directory is complete and untampered; return its manifest.
+
+    The sha256 of every file is computed once per process: a checkpoint verified here before
+    whose files all keep their size and modification time is not hashed again (an edit or a
+    rewrite changes them, so it is).
+    """
+    p = Path(path).resolve()
     if not p.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {p}")
+        raise CheckpointError(f"checkpoint directory not found: {Path(path)}")
     mf = p / MANIFEST
     if not mf.is_file():
         raise CheckpointError(f"{p}: no {MANIFEST} (incomplete or not a rlhf-ray checkpoint)")
@@ -180,13 +200,19 @@ def verify_checkpoint(path: str | Path) -> dict:
     for req in REQUIRED:
         if req not in files:
             raise CheckpointError(f"{p}: manifest lists no {req}")
+    sig = _signature(p, files)
+    cached = _VERIFIED.get(p)
+    if sig and cached is not None and cached[0] == sig:
+        return json.loads(json.dumps(cached[1]))  # a copy: callers may edit theirs
     for rel, digest in files.items():
         f = p / rel
         if not f.is_file():
             raise CheckpointError(f"{p}: missing file {rel}")
         if sha256_file(f) != digest:
             raise CheckpointError(f"{p}: {rel} does not match its sha256 in {MANIFEST} (modified or corrupt)")
-    return manifest
+    if sig:
+        _VERIFIED[p] = (sig, manifest)
+    return json.loads(json.dumps(manifest))
 
 
 def load_checkpoint(path: str | Path, *, verify: bool = True, device: str = "cpu") -> Checkpoint:
@@ -207,6 +233,24 @@ def load_checkpoint(path: str | Path, *, verify: bool = True, device: str = "cpu
     if (p / "heads.safetensors").is_file():
         heads = load_file(str(p / "heads.safetensors"), device=device)
     return Checkpoint(p, manifest, model, tokenizer, vocab, catalog, heads)
+
+
+def catalog_mismatch(ckpt_items: list[str], data_items: list[str]) -> str | None:
+    """Why a dataset's items (item_idx order) are not a checkpoint's catalogue, or None if they are."""
+    if list(data_items) == list(ckpt_items):
+        return None
+    unknown = sorted(set(data_items) - set(ckpt_items))
+    return f"{len(unknown)} item(s) not in its catalogue, e.g. {unknown[:5]}" if unknown else \
+        "the same items in a different order / subset"
+
+
+def prompt_of(manifest: dict, default_history: int = 50) -> dict:
+    """The prompt a checkpoint was trained with (``max_history``, ``page_size``, ``exclude_seen``):
+    the manifest's ``prompt`` entry, else what its stage config recorded, else ``default_history``."""
+    conf = manifest.get("config") or {}
+    prompt = dict(manifest.get("prompt") or {})
+    prompt.setdefault("max_history", int(conf.get("max_history") or default_history))
+    return prompt
 
 
 def load_heads(ckpt: Checkpoint, names: list[str] | None = None):

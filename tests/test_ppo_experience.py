@@ -10,7 +10,7 @@ from actors.batching import concat, split, take
 from actors.experience import Experience, RewardMix, assemble, last_slot, minibatches, token_rewards
 from actors.monitor import HackingMonitor
 from actors.placement import RoleSpec, colocated_bundles
-from actors.reward import reward_mix
+from actors.reward_actor import reward_mix
 from actors.state import RunState, complete, iter_name, rng_state, set_rng_state
 from rlhf_ray.config import ConfigError, PPOConfig
 from rlhf_ray.generation import Prompts

@@ -16,8 +16,8 @@ from rlhf_ray.errors import CheckpointError
 from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.generation import build_prompts
 from rlhf_ray.model import Heads
-from rlhf_ray.reward import (HEAD_NAMES, ModelReward, RewardFn, RewardNorm, RuleReward, item_mean, score_pages)
-from rlhf_ray.stages import reward as stage
+from rlhf_ray.rewards import (HEAD_NAMES, ModelReward, RewardFn, RewardNorm, RuleReward, item_mean, score_pages)
+from rlhf_ray.stages import reward_model as stage
 
 PAIRS = {"page_size": 5, "max_per_category": 2, "min_page": 3}
 

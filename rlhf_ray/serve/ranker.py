@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rlhf_ray.checkpoint import Checkpoint, load_checkpoint
+from rlhf_ray.checkpoint import Checkpoint, catalog_mismatch, load_checkpoint, prompt_of
 from rlhf_ray.config import GenerationConfig
 from rlhf_ray.errors import CheckpointError, UserError
 from rlhf_ray.generation import build_prompts, generate_pages
@@ -294,10 +294,9 @@ class Ranker:
     # ------------------------------------------------------------------ checks
 
     def _history_window(self, requested: int) -> int:
-        """Prompt history length: the server's setting or else the checkpoint's training one,
-        never so long that prompt + page overflows the model's positions."""
-        conf = self.ckpt.manifest.get("config") or {}
-        want = requested or int(conf.get("max_history") or DEFAULT_MAX_HISTORY)
+        """Prompt history length: the server's setting or else the checkpoint's prompt (what it was
+        trained with), never so long that prompt + page overflows the model's positions."""
+        want = requested or int(prompt_of(self.ckpt.manifest, DEFAULT_MAX_HISTORY)["max_history"])
         cfg = self.model.config
         n_pos = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
         if n_pos is None:
@@ -312,10 +311,8 @@ class Ranker:
 
 def check_users(item_ids: list[str], n_user_tokens: int, users: UserHistories, where: str) -> None:
     """The user data must have exactly the checkpoint's catalogue (and users, with user tokens)."""
-    if users.item_ids != item_ids:
-        unknown = sorted(set(users.item_ids) - set(item_ids))
-        detail = f"{len(unknown)} item(s) not in its catalogue, e.g. {unknown[:5]}" if unknown else \
-            "the same items in another order or a subset"
+    detail = catalog_mismatch(item_ids, users.item_ids)
+    if detail:
         raise CheckpointError(f"user data {users.path} does not match the catalogue of checkpoint {where}: "
                               f"{detail}")
     if n_user_tokens and n_user_tokens != len(users):

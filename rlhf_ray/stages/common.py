@@ -5,10 +5,9 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-import torch
 from torch import nn
 
-from rlhf_ray.checkpoint import load_checkpoint, save_checkpoint
+from rlhf_ray.checkpoint import catalog_mismatch, load_checkpoint, save_checkpoint
 from rlhf_ray.config import ModelConfig
 from rlhf_ray.errors import DataError
 from rlhf_ray.model import Heads, build_model
@@ -30,22 +29,19 @@ def catalog_frame(prepared) -> pd.DataFrame:
 
 def check_compatible(catalog: pd.DataFrame, prepared, where: str) -> None:
     """The data's items must be exactly the checkpoint's catalogue, in the same order."""
-    data_items = prepared.items["item"].astype(str).tolist()
-    ckpt_items = catalog["item"].astype(str).tolist()
-    if data_items != ckpt_items:
-        unknown = sorted(set(data_items) - set(ckpt_items))
-        detail = f"{len(unknown)} item(s) not in its catalogue, e.g. {unknown[:5]}" if unknown else \
-            "the same items in a different order / subset"
+    detail = catalog_mismatch(catalog["item"].astype(str).tolist(), prepared.items["item"].astype(str).tolist())
+    if detail:
         raise DataError(f"the prepared data does not match the catalogue of checkpoint {where}: {detail}. "
                         f"Prepare the data with the same dataset and filtering as that checkpoint.")
 
 
-def init_policy(init: str | None, model_cfg: ModelConfig, prepared):
-    """Start from a checkpoint (``init``) or build a fresh tokenizer + model for ``prepared``.
+def init_policy(init: str | None, model_cfg: ModelConfig | None, prepared):
+    """Start from a checkpoint (``init``) or build a fresh tokenizer + model for ``prepared``
+    (``model_cfg``: the sizes; None for a stage that always starts from a checkpoint).
 
     Returns ``(model, tokenizer, vocab, catalog, parent_manifest_or_None)``.
     """
-    if init:
+    if init or model_cfg is None:
         ck = load_checkpoint(init)
         check_compatible(ck.catalog, prepared, str(init))
         return ck.model, ck.tokenizer, ck.vocab, ck.catalog, ck.manifest
@@ -61,11 +57,29 @@ def split_state(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def exporter(out_dir: str | Path, *, stage: str, lm: nn.Module, tokenizer, vocab, catalog, config: dict,
+def ref(manifest: dict | None) -> dict | None:
+    """How a manifest names another checkpoint: ``{"id", "stage"}`` (what reuse checks compare)."""
+    return {"id": manifest["id"], "stage": manifest["stage"]} if manifest else None
+
+
+def lineage(parent: dict | None, prompt=None, inputs: dict[str, dict] | None = None) -> dict:
+    """Manifest entries every stage writes: the checkpoint it started from (``parent``), the
+    other checkpoints it read (``inputs``: name -> ref) and the prompt it was trained with."""
+    out = {"parent": ref(parent), "inputs": inputs or {}}
+    if prompt is not None:
+        out["prompt"] = prompt.prompt.to_dict()
+    return out
+
+
+def exporter(out_dir: str | Path, *, stage: str, lm: nn.Module, tokenizer, vocab, catalog, config,
              prepared, heads: Heads | None = None, parent: dict | None = None,
              extra: Callable[[dict], dict] | None = None):
     """An ``export(state, metrics)`` for :class:`StageSpec`: the module's state dict has
-    ``lm.`` (backbone) and ``heads.`` (scalar heads) parts."""
+    ``lm.`` (backbone) and ``heads.`` (scalar heads) parts. ``config``: the stage's Config
+    (recorded, with its prompt when it has one)."""
+    from rlhf_ray.config import PromptConfig
+
+    prompt = config if isinstance(config, PromptConfig) else None
 
     def export(state: dict | None, metrics: dict) -> Path | None:
         if state is None:
@@ -75,12 +89,12 @@ def exporter(out_dir: str | Path, *, stage: str, lm: nn.Module, tokenizer, vocab
         if heads is not None:
             head_mod = Heads(heads.hidden, heads.names)
             head_mod.load_state_dict(split_state(state, "heads."))
-        info = {"parent": {"id": parent["id"], "stage": parent["stage"]} if parent else None}
+        info = lineage(parent, prompt)
         if extra is not None:
             info.update(extra(metrics))
         return save_checkpoint(
             out_dir, stage=stage, model=lm, tokenizer=tokenizer, vocab=vocab, catalog=catalog,
-            config=config, data_fingerprint=prepared.stats.get("fingerprint", ""), metrics=metrics,
+            config=config.to_dict(), data_fingerprint=prepared.stats.get("fingerprint", ""), metrics=metrics,
             heads=head_mod, state_dict=lm_state, extra=info,
         )
 
@@ -94,11 +108,46 @@ def load_lm_state(lm: nn.Module, state: dict) -> None:
         raise RuntimeError(f"state dict mismatch: missing {bad[:5]}, unexpected {unexpected[:5]}")
 
 
-def to_device(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
+
+def ranking_validator(prepared, vocab, prompt, max_users: int):
+    """``validate(module)`` for a policy stage: full-ranking metrics of ``module.lm`` on the valid
+    split (``val/`` prefix, K = 10, 20), prompts built from the stage's ``prompt`` config."""
+    from rlhf_ray.config import GenerationConfig
+    from rlhf_ray.evaluation import evaluate
+
+    gen = GenerationConfig(**prompt.prompt.to_dict())
+
+    def validate(mod: nn.Module) -> dict:
+        m, _ = evaluate(mod.lm, vocab, prepared, "valid", gen, ks=(10, 20), max_users=max_users, pages=False,
+                        prefix="val/")
+        return m
+
+    return validate
+
+
+def run_stage(build_spec: Callable, cfg, data_dir: str, out_dir: str, init: str | None,
+              model_cfg: ModelConfig | None) -> dict:
+    """What every supervised stage's ``run`` does: open the data, start the policy (from ``init``
+    or fresh from ``model_cfg``), build the stage's :class:`StageSpec` and :func:`fit` it, logging
+    to ``<out>.logs``."""
+    from rlhf_ray.stages.loop import fit
+    from rlhf_ray.stages.runlog import log_dir
+
+    prepared = open_data(data_dir)
+    lm, tokenizer, vocab, catalog, parent = init_policy(init, model_cfg, prepared)
+    spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, Path(out_dir), parent)
+    return fit(spec, cfg.train, log_dir(out_dir))
+
+
+def check_context(lm: nn.Module, vocab, max_history: int, page_tokens: int, what: str = "page") -> None:
+    """The prompt (``<bos> [<user>] <hist> h_1..h_L <page>``) plus ``page_tokens`` more tokens must
+    fit the model's positions; otherwise a :class:`ConfigError` naming ``max_history``."""
+    from rlhf_ray.config import ConfigError
+    from rlhf_ray.model import unwrap
+
+    conf = unwrap(lm).config
+    n_pos = getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None)
+    need = 3 + (1 if vocab.n_users else 0) + max_history + page_tokens
+    if n_pos and need > n_pos:
+        raise ConfigError(f"max_history: a prompt of {max_history} history items + the {what} needs {need} "
+                          f"positions but the model has {n_pos}; lower max_history")

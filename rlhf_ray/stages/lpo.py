@@ -36,17 +36,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rlhf_ray.config import GenerationConfig, LPOConfig
+from rlhf_ray.config import LPOConfig
 from rlhf_ray.errors import UserError
-from rlhf_ray.evaluation import evaluate
 from rlhf_ray.generation import build_prompts, page_logprobs
 from rlhf_ray.losses import dpo, lpo_sigmoid, lpo_softmax, sdpo, tail_reweight
 from rlhf_ray.model import unwrap
 from rlhf_ray.sampling import (
     candidate_mask, gumbel_topk_negatives, in_batch_negatives, popularity_negatives, uniform_negatives,
 )
-from rlhf_ray.stages.common import exporter, init_policy, open_data
-from rlhf_ray.stages.loop import StageSpec, fit
+from rlhf_ray.seeding import py_random, rng, shard
+from rlhf_ray.seeding import seed as derive_seed
+from rlhf_ray.stages.common import check_context, exporter, ranking_validator, run_stage
+from rlhf_ray.stages.loop import StageSpec
 from rlhf_ray.stages.sft import Sequence, training_sequences
 from rlhf_ray.tokens import Vocab
 
@@ -139,7 +140,8 @@ class LPOModule(nn.Module):
         if key not in self._generators:
             from rlhf_ray.engine import rank_world
 
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed * 1009 + rank_world()[0])
+            self._generators[key] = torch.Generator(device=device).manual_seed(
+                derive_seed(self.seed, "negatives", rank_world()[0]))
         return self._generators[key]
 
     @torch.no_grad()
@@ -213,16 +215,8 @@ def frozen_copy(lm: nn.Module) -> nn.Module:
     return ref
 
 
-def check_context(lm: nn.Module, max_history: int) -> None:
-    n_pos = getattr(unwrap(lm).config, "n_positions", None) or getattr(unwrap(lm).config, "max_position_embeddings", 0)
-    need = max_history + 5  # <bos> [<user>] <hist> h_1..h_L <page> p
-    if n_pos and need > n_pos:
-        raise UserError(f"max_history={max_history} needs {need} positions but the SFT model has {n_pos}; "
-                        f"lower --max-history")
-
-
 def build_spec(cfg: LPOConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path, parent=None) -> StageSpec:
-    check_context(lm, cfg.max_history)
+    check_context(lm, vocab, cfg.max_history, 1, "first page slot")
     is_tail = np.asarray(prepared.is_tail, dtype=bool)
     pool = candidate_mask(torch.tensor(is_tail), cfg.pool).numpy()
     seqs = enough_negatives(training_sequences(prepared), pool, cfg.negatives)
@@ -231,11 +225,11 @@ def build_spec(cfg: LPOConfig, prepared, lm, tokenizer, vocab, catalog, out_dir:
                         f"lower --n-negatives or use --pool all")
     reference = frozen_copy(lm) if cfg.uses_reference else None
     module = LPOModule(lm, vocab, cfg, is_tail, prepared.popularity, reference)
-    bs = cfg.train.batch_size
+    bs, seed = cfg.train.batch_size, cfg.train.seed
 
     def examples_for(epoch: int) -> list[Example]:
         return lpo_examples(seqs, prepared.positive_threshold, cfg.examples_per_user,
-                            random.Random(cfg.train.seed * 1000 + epoch))
+                            py_random(seed, "examples", epoch))
 
     n_examples = len(examples_for(0))  # the same count every epoch (per-user count is fixed)
 
@@ -244,21 +238,16 @@ def build_spec(cfg: LPOConfig, prepared, lm, tokenizer, vocab, catalog, out_dir:
 
     def batches(epoch: int, rank: int, world: int):
         examples = examples_for(epoch)
-        order = np.random.default_rng(cfg.train.seed + epoch).permutation(len(examples))
+        order = rng(seed, "order", epoch).permutation(len(examples))
         per_w = bs // world
         for i in range(steps(world)):
-            lo = i * bs + rank * per_w
-            yield example_batch([examples[j] for j in order[lo: lo + per_w]], vocab, cfg.max_history, is_tail)
+            yield example_batch([examples[j] for j in shard(order, i, per_w, rank, world)], vocab, cfg.max_history,
+                                is_tail)
 
-    gen = GenerationConfig(max_history=cfg.max_history)
-
-    def validate(mod: nn.Module) -> dict:
-        m, _ = evaluate(mod.lm, vocab, prepared, "valid", gen, ks=(10, 20), max_users=cfg.train.eval_users,
-                        pages=False, prefix="val/")
-        return m
+    validate = ranking_validator(prepared, vocab, cfg, cfg.train.eval_users)
 
     export = exporter(out_dir, stage="lpo", lm=lm, tokenizer=tokenizer, vocab=vocab, catalog=catalog,
-                      config=cfg.to_dict(), prepared=prepared, parent=parent)
+                      config=cfg, prepared=prepared, parent=parent)
     return StageSpec("lpo", module, batches, steps, validate, export, key_metric="val/ndcg@10", mode="max")
 
 
@@ -266,7 +255,4 @@ def run(cfg: LPOConfig, data_dir: str, out_dir: str, init: str | None = None) ->
     """Align the SFT checkpoint ``init`` with ``cfg.loss`` in this process (or Ray Train worker)."""
     if not init:
         raise UserError("lpo starts from an SFT checkpoint: give --sft DIR")
-    prepared = open_data(data_dir)
-    lm, tokenizer, vocab, catalog, parent = init_policy(init, cfg.model, prepared)
-    spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, Path(out_dir), parent)
-    return fit(spec, cfg.train, Path(out_dir).parent / f"{Path(out_dir).name}.logs")
+    return run_stage(build_spec, cfg, data_dir, out_dir, init, None)

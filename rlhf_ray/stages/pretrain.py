@@ -20,8 +20,9 @@ from rlhf_ray.errors import UserError
 from rlhf_ray.generation import left_pad
 from rlhf_ray.losses import rating_mse, token_nll
 from rlhf_ray.model import Heads, backbone_hidden, forward, hidden_size
-from rlhf_ray.stages.common import exporter, init_policy, open_data
-from rlhf_ray.stages.loop import StageSpec, fit
+from rlhf_ray.seeding import py_random, rng, shard
+from rlhf_ray.stages.common import exporter, run_stage
+from rlhf_ray.stages.loop import StageSpec
 from rlhf_ray.stages.sft import IGNORE, training_sequences
 from rlhf_ray.tokens import Vocab, meta_texts
 
@@ -36,17 +37,17 @@ def text_examples(prepared, tokenizer, vocab: Vocab, max_len: int) -> list[list[
             for i, ids in enumerate(enc)]
 
 
+def rating_example(items, ratings, t: int, vocab: Vocab, max_history: int) -> tuple[list[int], float]:
+    """``(<bos> <hist> h_1..h_L <sep> <item_t>, (r_t - 3) / 2)`` for position t of a sequence."""
+    hist = items[max(0, t - max_history): t]
+    ids = [vocab.bos, vocab.hist] + [vocab.item_token(int(i)) for i in hist] + [vocab.sep, vocab.item_token(int(items[t]))]
+    return ids, (float(ratings[t]) - RATING_MID) / RATING_HALF
+
+
 def rating_examples(seqs, vocab: Vocab, max_history: int, per_user: int, rng: random.Random):
     """(prompt token ids, scaled rating) at ``per_user`` random positions of each training sequence."""
-    out = []
-    for s in seqs:
-        n = len(s.items)
-        for t in rng.sample(range(n), min(per_user, n)):
-            hist = s.items[max(0, t - max_history): t]
-            ids = [vocab.bos, vocab.hist] + [vocab.item_token(int(i)) for i in hist] + \
-                  [vocab.sep, vocab.item_token(int(s.items[t]))]
-            out.append((ids, (float(s.ratings[t]) - RATING_MID) / RATING_HALF))
-    return out
+    return [rating_example(s.items, s.ratings, t, vocab, max_history)
+            for s in seqs for t in rng.sample(range(len(s.items)), min(per_user, len(s.items)))]
 
 
 def text_batch(seqs: list[list[int]], pad: int) -> dict:
@@ -92,7 +93,8 @@ class PretrainModule(nn.Module):
         return loss, stats
 
 
-def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path) -> StageSpec:
+def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path,
+               parent: dict | None = None) -> StageSpec:
     heads = Heads(hidden_size(lm), ["rating"])
     module = PretrainModule(lm, heads, cfg)
     seqs = training_sequences(prepared)
@@ -100,8 +102,10 @@ def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out
     bs = cfg.train.batch_size
     per_user = max(1, int(np.ceil(len(texts) / max(1, len(seqs)))) * 4)
 
+    seed = cfg.train.seed
+
     def ratings_for(epoch: int):
-        return rating_examples(seqs, vocab, cfg.max_history, per_user, random.Random(cfg.train.seed + epoch))
+        return rating_examples(seqs, vocab, cfg.max_history, per_user, py_random(seed, "ratings", epoch))
 
     n_rating = sum(min(per_user, len(s.items)) for s in seqs)
 
@@ -109,22 +113,18 @@ def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out
         return max(1, max(len(texts), n_rating if cfg.rating_weight > 0 else 0) // bs)
 
     def batches(epoch: int, rank: int, world: int):
-        rng = random.Random(cfg.train.seed * 7919 + epoch)
         ratings = ratings_for(epoch)
-        rng.shuffle(ratings)
-        t_order = list(range(len(texts)))
-        rng.shuffle(t_order)
+        t_order = rng(seed, "text_order", epoch).permutation(len(texts))
+        r_order = rng(seed, "rating_order", epoch).permutation(len(ratings))
         n = steps(world)
         per_t = max(1, -(-len(texts) // n) // world)
         per_r = max(1, -(-len(ratings) // n) // world) if ratings else 0
         for i in range(n):
             batch = {}
             if cfg.text_weight > 0:
-                lo = (i * per_t * world + rank * per_t) % len(texts)
-                batch["text"] = text_batch([texts[j] for j in (t_order + t_order)[lo: lo + per_t]], vocab.pad)
+                batch["text"] = text_batch([texts[j] for j in shard(t_order, i, per_t, rank, world)], vocab.pad)
             if cfg.rating_weight > 0 and ratings:
-                lo = (i * per_r * world + rank * per_r) % len(ratings)
-                batch["rating"] = rating_batch((ratings + ratings)[lo: lo + per_r], vocab.pad)
+                batch["rating"] = rating_batch([ratings[j] for j in shard(r_order, i, per_r, rank, world)], vocab.pad)
             yield batch
 
     valid = _valid_ratings(prepared, vocab, cfg.max_history)
@@ -142,27 +142,19 @@ def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out
         return {"val/rating_rmse": float(torch.cat(errs).mean().sqrt())}
 
     export = exporter(out_dir, stage="pretrain", lm=lm, tokenizer=tokenizer, vocab=vocab, catalog=catalog,
-                      config=cfg.to_dict(), prepared=prepared, heads=heads)
+                      config=cfg, prepared=prepared, heads=heads)
     return StageSpec("pretrain", module, batches, steps, validate, export, key_metric="val/rating_rmse", mode="min")
 
 
 def _valid_ratings(prepared, vocab: Vocab, max_history: int):
     s = prepared.sequences
-    out = []
-    for items, ratings, vs, ts in zip(s["items"], s["ratings"], s["valid_start"], s["test_start"]):
-        for t in range(vs, ts):
-            hist = items[max(0, t - max_history): t]
-            ids = [vocab.bos, vocab.hist] + [vocab.item_token(int(i)) for i in hist] + \
-                  [vocab.sep, vocab.item_token(int(items[t]))]
-            out.append((ids, (float(ratings[t]) - RATING_MID) / RATING_HALF))
-    return out
+    return [rating_example(items, ratings, t, vocab, max_history)
+            for items, ratings, vs, ts in zip(s["items"], s["ratings"], s["valid_start"], s["test_start"])
+            for t in range(vs, ts)]
 
 
 def run(cfg: PretrainConfig, data_dir: str, out_dir: str, init: str | None = None) -> dict:
     """Pre-train a fresh model (``init`` must be None: this stage starts every model)."""
     if init:
         raise UserError("pretrain builds a new model; it does not start from a checkpoint")
-    prepared = open_data(data_dir)
-    lm, tokenizer, vocab, catalog, _ = init_policy(None, cfg.model, prepared)
-    spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, Path(out_dir))
-    return fit(spec, cfg.train, Path(out_dir).parent / f"{Path(out_dir).name}.logs")
+    return run_stage(build_spec, cfg, data_dir, out_dir, None, cfg.model)

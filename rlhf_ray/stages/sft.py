@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_ray.config import GenerationConfig, SFTConfig
-from rlhf_ray.evaluation import evaluate, pad_lists
+from rlhf_ray.config import SFTConfig
+from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.generation import build_prompts, page_logprobs
 from rlhf_ray.losses import token_nll
-from rlhf_ray.stages.common import exporter, init_policy, open_data
-from rlhf_ray.stages.loop import StageSpec, fit
+from rlhf_ray.seeding import py_random, rng, shard
+from rlhf_ray.stages.common import exporter, ranking_validator, run_stage
+from rlhf_ray.stages.loop import StageSpec
 from rlhf_ray.tokens import Vocab
 
 IGNORE = -100
@@ -130,49 +131,38 @@ def build_spec(cfg: SFTConfig, prepared, lm, tokenizer, vocab, catalog, out_dir:
                stage: str = "sft") -> StageSpec:
     seqs = training_sequences(prepared)
     windows = next_item_windows(seqs, cfg.max_history, cfg.window_stride)
-    rng = random.Random(cfg.train.seed)
     module = SFTModule(lm, vocab, cfg)
-    gen = GenerationConfig(page_size=cfg.page_size, max_history=cfg.max_history)
-    bs = cfg.train.batch_size
+    bs, seed = cfg.train.batch_size, cfg.train.seed
 
     def steps(world: int) -> int:
         return max(1, len(windows) // bs) if cfg.next_weight > 0 else max(1, len(pages_for(0)) // bs)
 
     def pages_for(epoch: int):
         return golden_pages(seqs, cfg.page_size, cfg.page_cuts, prepared.positive_threshold,
-                            random.Random(cfg.train.seed * 1000 + epoch))
+                            py_random(seed, "page_cuts", epoch))
 
     def batches(epoch: int, rank: int, world: int):
-        order = np.random.default_rng(cfg.train.seed + epoch).permutation(len(windows))
+        order = rng(seed, "windows", epoch).permutation(len(windows))
         pages = pages_for(epoch)
-        random.Random(cfg.train.seed + epoch).shuffle(pages)
+        p_order = rng(seed, "pages", epoch).permutation(len(pages))
         n_steps = steps(world)
         per_w = bs // world
         per_p = max(1, -(-len(pages) // n_steps) // world) if pages else 0
         for i in range(n_steps):
             batch = {}
             if cfg.next_weight > 0:
-                lo = i * bs + rank * per_w
-                batch["windows"] = window_batch([windows[j] for j in order[lo: lo + per_w]], vocab)
+                batch["windows"] = window_batch([windows[j] for j in shard(order, i, per_w, rank, world)], vocab)
             if cfg.rank_weight > 0 and pages:
-                lo = (i * per_p * world + rank * per_p) % len(pages)
-                chunk = (pages + pages)[lo: lo + per_p]
+                chunk = [pages[j] for j in shard(p_order, i, per_p, rank, world)]
                 batch["pages"] = page_batch(chunk, vocab, cfg.max_history)
             yield batch
 
-    def validate(mod: nn.Module) -> dict:
-        m, _ = evaluate(mod.lm, vocab, prepared, "valid", gen, ks=(10, 20), max_users=cfg.train.eval_users,
-                        pages=False, prefix="val/")
-        return m
-
+    validate = ranking_validator(prepared, vocab, cfg, cfg.train.eval_users)
     export = exporter(out_dir, stage=stage, lm=lm, tokenizer=tokenizer, vocab=vocab, catalog=catalog,
-                      config=cfg.to_dict(), prepared=prepared, parent=parent)
+                      config=cfg, prepared=prepared, parent=parent)
     return StageSpec(stage, module, batches, steps, validate, export, key_metric="val/ndcg@10", mode="max")
 
 
 def run(cfg: SFTConfig, data_dir: str, out_dir: str, init: str | None = None) -> dict:
     """Train SFT in this process (or this Ray Train worker); returns final metrics."""
-    prepared = open_data(data_dir)
-    lm, tokenizer, vocab, catalog, parent = init_policy(init, cfg.model, prepared)
-    spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, Path(out_dir), parent)
-    return fit(spec, cfg.train, Path(out_dir).parent / f"{Path(out_dir).name}.logs")
+    return run_stage(build_spec, cfg, data_dir, out_dir, init, cfg.model)

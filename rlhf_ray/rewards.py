@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from rlhf_ray.errors import CheckpointError
 from rlhf_ray.generation import Prompts, build_prompts
-from rlhf_ray.model import forward, positions, unwrap
+from rlhf_ray.model import backbone_hidden
 from rlhf_ray.tokens import Vocab
 
 HEAD_NAMES = ["page", "item"]
@@ -78,23 +78,6 @@ def as_pages(pages) -> Tensor:
 # --------------------------------------------------------------------------- the model
 
 
-def final_hidden(lm: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
-    """(B, T, H) last-layer hidden states (after the final norm) with padding-aware positions.
-
-    Skips the LM head (a (B, T, V) product nobody reads here) when the model exposes its
-    decoder as ``base_model`` (GPT-2: ``transformer``; peft: the wrapped model's); otherwise
-    falls back to :func:`rlhf_ray.model.forward`.
-    """
-    m = unwrap(lm)
-    if hasattr(m, "get_base_model"):  # peft
-        m = m.get_base_model()
-    base = getattr(m, "base_model", None)
-    if isinstance(base, nn.Module) and base is not m:
-        out = base(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False)
-        return out.last_hidden_state
-    return forward(lm, ids, mask, hidden=True)[1]
-
-
 def score_pages(lm: nn.Module, heads: nn.Module, vocab: Vocab, prompts: Prompts,
                 pages: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Raw head outputs for ``[prompt | page items | <eos>]``, one forward pass. Differentiable.
@@ -112,7 +95,7 @@ def score_pages(lm: nn.Module, heads: nn.Module, vocab: Vocab, prompts: Prompts,
     eos = torch.full((B, 1), vocab.eos, dtype=ids.dtype, device=dev)
     full_ids = torch.cat([ids, item_ids, eos], dim=1)  # (B, L + K + 1)
     full_am = torch.cat([am, slot.long(), torch.ones_like(eos)], dim=1)
-    h = final_hidden(lm, full_ids, full_am)  # (B, L + K + 1, H)
+    h = backbone_hidden(lm, full_ids, full_am)  # (B, L + K + 1, H), no LM head
     page = heads["page"](h[:, -1]).float()  # (B,) from <eos>
     items = heads["item"](h[:, L: L + K]).float() * slot  # (B, K) from each item token
     return page, items, slot

@@ -1,6 +1,6 @@
 """Reward model stage (PageLLM's mixed-grained reward): Bradley-Terry on synthesised page pairs.
 
-From the SFT checkpoint's backbone plus two scalar heads (:mod:`rlhf_ray.reward` has
+From the SFT checkpoint's backbone plus two scalar heads (:mod:`rlhf_ray.rewards` has
 the scoring pass and the formulas), each step takes B pairs (history, chosen page,
 rejected page) from :mod:`rlhf_ray.data.pairs`, scores the 2B pages in one forward
 pass and minimises
@@ -12,7 +12,7 @@ Validation scores the held-out ``valid`` users' pairs; its key metric is the pai
 accuracy of the mixed reward R = alpha g~ + (1 - alpha) rbar~. Each validation also fits
 the normalisation statistics (mean/std of g and rbar over ``norm_pairs`` training pairs'
 chosen and rejected pages); those of the exported (best) weights go into the manifest
-under ``reward.norm``, where :class:`rlhf_ray.reward.ModelReward` reads them.
+under ``reward.norm``, where :class:`rlhf_ray.rewards.ModelReward` reads them.
 
 The pair set is written beside the checkpoint as ``<out>.pairs.parquet`` (config, seed
 and data fingerprint in its metadata; its digest in the manifest) unless it was read
@@ -28,17 +28,18 @@ import pandas as pd
 import torch
 from torch import nn
 
-from rlhf_ray.config import PAIR_FAMILIES, ConfigError, PairsConfig, RewardConfig
+from rlhf_ray.config import PAIR_FAMILIES, PairsConfig, RewardConfig
 from rlhf_ray.data.pairs import build_pairs, load_pairs, pairs_digest, pairs_meta, save_pairs
 from rlhf_ray.engine import rank_world
 from rlhf_ray.errors import DataError
 from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.generation import build_prompts
 from rlhf_ray.losses import bradley_terry
-from rlhf_ray.model import Heads, hidden_size, unwrap
-from rlhf_ray.reward import HEAD_NAMES, ModelReward, RewardNorm, item_mean, score_pages
-from rlhf_ray.stages.common import exporter, init_policy, open_data
-from rlhf_ray.stages.loop import StageSpec, fit
+from rlhf_ray.model import Heads, hidden_size
+from rlhf_ray.rewards import HEAD_NAMES, ModelReward, RewardNorm, item_mean, score_pages
+from rlhf_ray.seeding import rng, shard
+from rlhf_ray.stages.common import check_context, exporter, run_stage
+from rlhf_ray.stages.loop import StageSpec
 from rlhf_ray.tokens import Vocab
 
 
@@ -164,22 +165,13 @@ def pairs_for_checkpoint(manifest: dict, prepared, pairs_file: str | None = None
 # --------------------------------------------------------------------------- stage
 
 
-def _check_length(max_history: int, page_size: int, lm: nn.Module, vocab: Vocab) -> None:
-    conf = unwrap(lm).config
-    n_pos = getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None)
-    need = 4 + (1 if vocab.n_users else 0) + max_history + page_size  # <bos> [<user>] <hist> .. <page> .. <eos>
-    if n_pos is not None and need > n_pos:
-        raise ConfigError(f"max_history: prompt + page + <eos> needs {need} positions but the model has {n_pos}; "
-                          f"lower max_history or pairs.page_size")
-
-
 def build_spec(cfg: RewardConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path,
                parent: dict | None = None) -> StageSpec:
-    if not cfg.pairs_file:
-        _check_length(cfg.max_history, cfg.pairs.page_size, lm, vocab)  # fail before synthesis
+    if not cfg.pairs_file:  # fail before synthesis
+        check_context(lm, vocab, cfg.max_history, cfg.pairs.page_size + 1, "page + <eos>")
     pairs, meta = pairs_for_training(cfg, prepared)
     page_size = int(max(map(len, pairs["chosen"])))
-    _check_length(cfg.max_history, page_size, lm, vocab)
+    check_context(lm, vocab, cfg.max_history, page_size + 1, "page + <eos>")
     pairs_path = cfg.pairs_file
     if not pairs_path:
         pairs_path = str(out_dir.parent / f"{out_dir.name}.pairs.parquet")
@@ -193,19 +185,18 @@ def build_spec(cfg: RewardConfig, prepared, lm, tokenizer, vocab, catalog, out_d
     heads = Heads(hidden_size(lm), HEAD_NAMES)
     module = RewardModule(lm, heads, vocab, cfg)
     bs = cfg.train.batch_size
-    norm_rows = train.iloc[np.sort(np.random.default_rng(cfg.train.seed).choice(
+    seed = cfg.train.seed
+    norm_rows = train.iloc[np.sort(rng(seed, "norm_pairs").choice(
         len(train), size=min(cfg.norm_pairs, len(train)), replace=False))]
 
     def steps(world: int) -> int:
         return max(1, len(train) // bs)
 
     def batches(epoch: int, rank: int, world: int):
-        order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(train))
+        order = rng(seed, "pairs", epoch).permutation(len(train))
         per_w = max(1, bs // world)
         for i in range(steps(world)):
-            lo = i * bs + rank * per_w
-            idx = order[np.arange(lo, lo + per_w) % len(train)]
-            yield pair_batch(train.iloc[idx], vocab, cfg.max_history)
+            yield pair_batch(train.iloc[shard(order, i, per_w, rank, world)], vocab, cfg.max_history)
 
     def validate(mod: nn.Module) -> dict:
         raw = ModelReward(mod.lm, mod.heads, vocab, alpha=cfg.alpha, max_history=cfg.max_history)
@@ -235,14 +226,10 @@ def build_spec(cfg: RewardConfig, prepared, lm, tokenizer, vocab, catalog, out_d
                 "pairs": {**meta, "file": str(Path(pairs_path).resolve())}}
 
     export = exporter(out_dir, stage="reward", lm=lm, tokenizer=tokenizer, vocab=vocab, catalog=catalog,
-                      config=cfg.to_dict(), prepared=prepared, heads=heads, parent=parent, extra=extra)
+                      config=cfg, prepared=prepared, heads=heads, parent=parent, extra=extra)
     return StageSpec("reward", module, batches, steps, validate, export, key_metric="val/acc", mode="max")
 
 
 def run(cfg: RewardConfig, data_dir: str, out_dir: str, init: str | None = None) -> dict:
     """Train the reward model from ``init`` (the SFT checkpoint; None = a fresh backbone)."""
-    prepared = open_data(data_dir)
-    lm, tokenizer, vocab, catalog, parent = init_policy(init, cfg.model, prepared)
-    out = Path(out_dir)
-    spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, out, parent)
-    return fit(spec, cfg.train, out.parent / f"{out.name}.logs")
+    return run_stage(build_spec, cfg, data_dir, out_dir, init, cfg.model)
