@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from actors.experience import Experience
+from actors.experience import Experience, PromptBatch, Rollout, Values
 from actors.models import CriticModel, load_policy
 from actors.trainer import TrainerActor
 from rlhf_ray.config import PPOCriticConfig
-from rlhf_ray.generation import Prompts
 from rlhf_ray.losses import value_loss
 
 
@@ -24,9 +23,9 @@ class CriticActor(TrainerActor):
         return {"params": sum(p.numel() for p in self.critic.parameters()), "device": str(self.engine.device)}
 
     @torch.no_grad()
-    def values(self, prompts: Prompts, pages: torch.Tensor) -> torch.Tensor:
-        """(b, K) V(s_t) for this rank's shard (0 at padding)."""
-        return self.engine.module(prompts, pages).float().cpu()
+    def values(self, batch: PromptBatch, rollout: Rollout) -> Values:
+        """V(s_t) of this rank's rows (0 at padding); every rank of a ZeRO-3 group must call."""
+        return Values(self.engine.module(batch.prompts, rollout.pages).float().cpu())
 
     def _loss(self, m: Experience):
         v = self.engine.module(m.prompts, m.pages)

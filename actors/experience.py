@@ -16,21 +16,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from rlhf_ray.generation import Prompts
 from rlhf_ray.losses import gae, kl_penalty, masked_mean, whiten
+from rlhf_ray.seeding import seed as derive_seed
+
+
+# --------------------------------------------------------------------------- what the roles exchange
 
 
 @dataclass
 class PromptBatch:
-    """The users of one iteration, as the rollout actors receive them."""
+    """The users of one iteration: what rollout, reward, reference and critic read (by reference)."""
 
     histories: list  # B lists: the user's training history (item_idx), oldest first
     user_idx: Tensor  # (B,) int64 user index
     prompts: Prompts  # input_ids (B, L), attention_mask (B, L), blocked (B, N) bool
+
+
+@dataclass
+class Rollout:
+    """A rollout actor's answer: the sampled pages and the log-probs they were sampled with."""
+
+    pages: Tensor  # (B, K) int64 item_idx a_t, -1 where no item was allowed
+    logprobs: Tensor  # (B, K) float32 log pi_old(a_t | s_t) under the restricted distribution, 0 at padding
+
+
+@dataclass
+class RefLogprobs:
+    """The reference actor's answer."""
+
+    logprobs: Tensor  # (B, K) float32 log pi_ref(a_t | s_t), frozen SFT policy, 0 at padding
+
+
+@dataclass
+class Values:
+    """The critic's answer."""
+
+    values: Tensor  # (B, K) float32 V_old(s_t) before the update, 0 at padding
 
 
 @dataclass
@@ -75,6 +100,16 @@ class RewardMix:
         return self.item_coef * m
 
 
+@dataclass
+class RewardScores:
+    """The reward actor's answer: the reward function's parts, and how its total splits into them."""
+
+    page: Tensor  # (B,) float32 page-level score g
+    items: Tensor  # (B, K) float32 item-level rewards r_t, 0 at padding
+    total: Tensor  # (B,) float32 R = mix.page_coef * page + sum_t mix.item_weights(mask)_t * items_t
+    mix: RewardMix  # (no rows) the decomposition above, which spreads R over the page slots
+
+
 def last_slot(mask: Tensor) -> Tensor:
     """(B, K) one-hot of each row's last valid slot (all zero for an empty page)."""
     m = mask.long()
@@ -114,6 +149,13 @@ def assemble(prompts: Prompts, pages: Tensor, logprobs: Tensor, ref_logprobs: Te
                       rewards=rewards, advantages=advantages, returns=returns)
 
 
+def experience(batch: PromptBatch, rollout: Rollout, scores: RewardScores, ref: RefLogprobs, values: Values,
+               **kw) -> Experience:
+    """:func:`assemble` from the roles' answers (``kw``: kl_coef, kl_estimator, gamma, lam, whiten_advantages)."""
+    return assemble(batch.prompts, rollout.pages, rollout.logprobs, ref.logprobs, values.values, scores.page,
+                    scores.items, scores.total, mix=scores.mix, **kw)
+
+
 def experience_stats(exp: Experience) -> dict[str, float]:
     """Scalars to log: rewards, KL, values, advantages."""
     m = exp.mask
@@ -134,7 +176,7 @@ def minibatches(n: int, size: int, epochs: int, seed: int) -> list[Tensor]:
     """Index tensors: ``epochs`` seeded permutations of range(n), cut into chunks of ``size``."""
     out = []
     for epoch in range(epochs):
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+        g = torch.Generator().manual_seed(derive_seed(seed, "minibatches", epoch))
         perm = torch.randperm(n, generator=g)
         out += [perm[s: s + size] for s in range(0, n, size)]
     return out

@@ -3,7 +3,14 @@
     group = ModelGroup(PolicyActor, "policy", ranks=2, num_cpus=0.25, placement=placement)
     group.call("setup", sft_dir, cfg, total_steps)          # every rank; waits; errors name the rank
     refs = group.run_all("state_dict")                      # fan out: list[ObjectRef], rank order
-    stats = group.get(group.run_sharded("train", exp))      # exp split into equal shards, one per rank
+    out = group.dispatch("values", batch, rollout)          # split rows over ranks, call; results stay
+                                                            # in the object store (a Sharded batch)
+    values = group.gather(out)                              # fetch and concatenate, rank order
+    values = group.call_sharded("values", batch, rollout)   # split, call, gather, concatenate at once
+
+Batches handed to ``dispatch`` are local values (split here, rank r sent its rows) or
+:class:`~actors.batching.Sharded` batches another group returned (rank r is sent a
+reference to its rows and fetches them itself: the driver never holds the data).
 
 Start-up of a role that trains (``distributed``, the rendezvous): rank 0 starts
 first and publishes its node IP and a free port; ranks 1..N-1 start knowing them;
@@ -25,13 +32,12 @@ naming the role, rank, node and Ray's cause.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Sequence
 
-from actors.batching import split
+from actors.batching import Sharded, bounds, concat, resolve, rows, take
 from rlhf_ray.errors import UserError
 
 
@@ -70,10 +76,10 @@ class BaseActor:
         """Rank 0: this node's IP and a free port, published to the other ranks."""
         import ray
 
+        from rlhf_ray.rayutil import free_port
+
         ip = ray.util.get_node_ip_address()
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
+        port = free_port("")
         self._set_master(ip, port)
         return ip, port
 
@@ -93,8 +99,10 @@ class BaseActor:
         dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=self.rank,
                                 world_size=self.world, timeout=timedelta(seconds=timeout_s))
 
-    def ping(self) -> int:
-        return self.rank
+    def dispatch(self, method: str, args: tuple, kwargs: dict):
+        """Rank side of :meth:`ModelGroup.dispatch`: fetch the rows this rank was sent references
+        to, then run ``method`` on them."""
+        return getattr(self, method)(*[resolve(a) for a in args], **kwargs)
 
     @staticmethod
     def device() -> str:
@@ -156,14 +164,37 @@ class ModelGroup:
         """``method(*args, **kwargs)`` on every rank: ObjectRefs in rank order (not waited for)."""
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
 
-    def run_sharded(self, method: str, *batches, **kwargs) -> list:
-        """Split each positional batch into ``world`` shards (rows, dim 0) and call rank r with shard r.
+    def dispatch(self, method: str, *batches, **kwargs) -> Sharded:
+        """Split the rows (dim 0) of every positional batch over the ranks and call ``method`` on rank r
+        with its rows; the results stay in the object store, returned as a :class:`Sharded` batch.
 
-        Training roles (``distributed``) need equal shards: a batch whose rows do not divide
-        by the world size is an error rather than a ZeRO-3 hang.
+        A batch is a local value or a :class:`Sharded` one (see the module docstring). Training
+        roles (``distributed``) need equal shards: rows that do not divide by the world size are
+        an error rather than a ZeRO-3 hang.
         """
-        shards = [split(b, self.world, equal=self.distributed) for b in batches]
-        return [getattr(a, method).remote(*[s[r] for s in shards], **kwargs) for r, a in enumerate(self.actors)]
+        sizes = {b.rows if isinstance(b, Sharded) else rows(b) for b in batches}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(f"{self.role}.{method}: batches of different or no rows {sorted(map(str, sizes))}")
+        b = bounds(sizes.pop(), self.world, equal=self.distributed)
+
+        def part(batch, r: int):
+            return batch.slice(b[r], b[r + 1]) if isinstance(batch, Sharded) else take(batch, range(b[r], b[r + 1]))
+
+        refs = [a.dispatch.remote(method, tuple(part(x, r) for x in batches), kwargs)
+                for r, a in enumerate(self.actors)]
+        return Sharded(refs, [b[r + 1] - b[r] for r in range(self.world)])
+
+    def gather(self, sharded: Sharded) -> Any:
+        """A :class:`Sharded` result fetched and concatenated in rank order (errors name the rank)."""
+        return concat(self.get(sharded.refs))
+
+    def call_sharded(self, method: str, *batches, **kwargs) -> Any:
+        """Split, call, gather and concatenate: :meth:`dispatch` then :meth:`gather`."""
+        return self.gather(self.dispatch(method, *batches, **kwargs))
+
+    def run_sharded(self, method: str, *batches, **kwargs) -> list:
+        """:meth:`dispatch`, as per-rank ObjectRefs (rank order)."""
+        return self.dispatch(method, *batches, **kwargs).refs
 
     def call_rank(self, rank: int, method: str, *args, **kwargs) -> Any:
         """``method`` on one rank, waited for (errors name the rank)."""

@@ -72,19 +72,19 @@ class PolicyActor(TrainerActor):
 
         return [ray.put(state)]
 
-    def export(self, out_dir: str, *, config: dict, metrics: dict, data_fingerprint: str,
-               extra: dict | None = None) -> str | None:
-        """Write the final policy as a ``ppo`` checkpoint (rank 0; every rank calls for ZeRO-3)."""
+    def export(self, out_dir: str, *, stage: str, config: dict, metrics: dict, data_fingerprint: str,
+               lineage: dict) -> str | None:
+        """Write the final policy as a ``stage`` checkpoint (rank 0; every rank calls for ZeRO-3).
+        ``lineage``: parent, inputs and prompt manifest entries (:func:`rlhf_ray.stages.common.lineage`)."""
         state = self.engine.full_state_dict()
         if self.rank != 0:
             return None
         from rlhf_ray.checkpoint import save_checkpoint
         from rlhf_ray.stages.common import load_lm_state
 
-        ck = load_policy(self.sft_dir)  # a plain copy of the architecture, filled with the trained weights
+        ck = load_policy(self.sft_dir)  # a plain copy of the architecture (verified once per process)
         load_lm_state(ck.model, state)
-        info = {"parent": {"id": ck.manifest["id"], "stage": ck.manifest["stage"]}, **(extra or {})}
-        path = save_checkpoint(out_dir, stage="ppo", model=ck.model, tokenizer=ck.tokenizer, vocab=ck.vocab,
+        path = save_checkpoint(out_dir, stage=stage, model=ck.model, tokenizer=ck.tokenizer, vocab=ck.vocab,
                                catalog=ck.catalog, config=config, data_fingerprint=data_fingerprint,
-                               metrics=metrics, state_dict=state, extra=info)
+                               metrics=metrics, state_dict=state, extra=lineage)
         return str(path)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from actors.experience import PromptBatch, RefLogprobs, Rollout
 from actors.group import BaseActor
 from actors.models import load_policy
-from rlhf_ray.generation import Prompts, page_logprobs
+from rlhf_ray.generation import page_logprobs
 
 
 class ReferenceActor(BaseActor):
@@ -16,6 +17,6 @@ class ReferenceActor(BaseActor):
         return {"params": sum(p.numel() for p in self.model.parameters())}
 
     @torch.no_grad()
-    def logprobs(self, prompts: Prompts, pages: torch.Tensor) -> torch.Tensor:
-        """(b, K) log pi_ref(a_t | s_t) under the same restricted distribution as the policy."""
-        return page_logprobs(self.model, self.vocab, prompts, pages)["logprobs"].float().cpu()
+    def logprobs(self, batch: PromptBatch, rollout: Rollout) -> RefLogprobs:
+        """log pi_ref(a_t | s_t) of this rank's pages, under the same restricted distribution as the policy."""
+        return RefLogprobs(page_logprobs(self.model, self.vocab, batch.prompts, rollout.pages)["logprobs"].float().cpu())

@@ -4,17 +4,17 @@ Pages are sampled with the shared constrained decoder
 (:func:`rlhf_ray.generation.generate_pages`): only catalogue items, no repeats, no
 seen items. The log-probs it records are under the same restricted distribution
 ``page_logprobs`` recomputes in the policy. Sampling is seeded by
-(seed, iteration, rank), so a resumed run draws the same pages.
+(seed, "rollout", iteration, rank) (:mod:`rlhf_ray.seeding`), so a resumed run draws the same pages.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from actors.experience import PromptBatch
+from actors.experience import PromptBatch, Rollout
 from actors.group import BaseActor
 from actors.models import load_policy
 from rlhf_ray.config import GenerationConfig
+from rlhf_ray.seeding import seed as derive_seed
 
 
 class RolloutActor(BaseActor):
@@ -39,14 +39,14 @@ class RolloutActor(BaseActor):
         return self.version
 
     @torch.no_grad()
-    def generate(self, batch: PromptBatch, iteration: int) -> dict:
-        """{"items": (b, K) item_idx (-1 pad), "logprobs": (b, K)} sampled pages for this shard."""
+    def generate(self, batch: PromptBatch, iteration: int) -> Rollout:
+        """Sampled pages (b, K) and their log-probs for this rank's rows of ``batch``."""
         from rlhf_ray.generation import generate_pages
 
-        seed = int(np.random.SeedSequence([self.seed, iteration, self.rank]).generate_state(1)[0])
-        g = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
+        g = torch.Generator(device=next(self.model.parameters()).device).manual_seed(
+            derive_seed(self.seed, "rollout", iteration, self.rank))
         pages = generate_pages(self.model, self.vocab, batch.prompts, self.gen, generator=g)
-        return {"items": pages.items, "logprobs": pages.logprobs.float()}
+        return Rollout(pages.items.cpu(), pages.logprobs.float().cpu())
 
     @torch.no_grad()
     def evaluate(self, prepared, gen: GenerationConfig, split: str = "valid", max_users: int = 0,

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +21,7 @@ from actors.experience import Experience, minibatches
 from actors.group import BaseActor
 from rlhf_ray.config import TrainConfig
 from rlhf_ray.engine import Engine, backend_for, resolve_device
+from rlhf_ray.seeding import seed as derive_seed
 
 
 class TrainerActor(BaseActor):
@@ -40,7 +40,7 @@ class TrainerActor(BaseActor):
              loss_fn: Callable[[Experience], tuple[torch.Tensor, dict]]) -> dict[str, float]:
         """Minibatch steps over this rank's shard; mean stats over the steps."""
         mb = max(1, self.train_cfg.batch_size // self.world)
-        rank_seed = int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0])
+        rank_seed = derive_seed(seed, "rank", self.rank)
         sums: dict[str, float] = {}
         steps = 0
         for idx in minibatches(len(exp), mb, epochs, rank_seed):

@@ -16,7 +16,7 @@ What is the same on both sides:
   pages, which must all be 0;
 * the prompts: ``prompt_tokens`` (user token included when the vocabulary has them), handed to
   TRL as text that tokenises back to exactly those ids (checked);
-* the reward callable: ``actors.reward.build_reward`` with the default PPO reward config, the
+* the reward callable: ``actors.reward_actor.build_reward`` with the default PPO reward config, the
   same object type our reward actor builds; TRL gets its page total;
 * the optimisation shape: B pages per rollout, minibatch B/2, 2 passes = 4 optimiser steps per
   rollout, one warm-up rollout then ``--cycles`` measured ones.
@@ -59,7 +59,7 @@ MINIBATCHES = 2  # B / minibatch (ours) = steps_per_generation (TRL)
 
 
 def reward_fn(source: str, data: str):
-    from actors.reward import build_reward
+    from actors.reward_actor import build_reward
     from rlhf_ray.config import PPORewardConfig
 
     return build_reward(source, PPORewardConfig(), data)

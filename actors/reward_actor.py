@@ -1,20 +1,21 @@
-"""RewardActor: scores pages with a :class:`rlhf_ray.reward.RewardFn`.
+"""RewardActor: scores pages with a :class:`rlhf_ray.rewards.RewardFn`.
 
 Sources: a reward checkpoint directory (``ModelReward``, the trained mixed-grained
 model, alpha from the config or the checkpoint), ``"rule"`` (``RuleReward`` on the
 prepared data), or, from Python, any zero-argument factory returning a RewardFn.
-The actor also reports how the function's ``total`` splits into page and item parts
-(:class:`actors.experience.RewardMix`), which the controller needs to spread the
-reward over page slots, and checks that split on every batch.
+Every answer (:class:`actors.experience.RewardScores`) carries how the function's
+``total`` splits into page and item parts (:class:`actors.experience.RewardMix`), which
+the controller needs to spread the reward over page slots; the actor checks that split
+on every batch.
 """
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
-from actors.experience import RewardMix
+from actors.experience import PromptBatch, RewardMix, RewardScores, Rollout
 from actors.group import BaseActor
 from rlhf_ray.config import PPORewardConfig
 from rlhf_ray.errors import UserError
@@ -31,7 +32,7 @@ def reward_mix(fn) -> RewardMix:
 
 def build_reward(source: str, cfg: PPORewardConfig, data_dir: str, device: str = "cpu"):
     """A RewardFn from ``source``: "rule" or a reward checkpoint directory."""
-    from rlhf_ray.reward import ModelReward, RuleReward
+    from rlhf_ray.rewards import ModelReward, RuleReward
     from rlhf_ray.stages.common import check_compatible, open_data
 
     prepared = open_data(data_dir)
@@ -47,15 +48,14 @@ class RewardActor(BaseActor):
     def setup(self, source: str | Callable, cfg: PPORewardConfig, data_dir: str) -> dict:
         self.fn = source() if callable(source) else build_reward(source, cfg, data_dir, self.device())
         self.mix = reward_mix(self.fn)
-        return {"kind": type(self.fn).__name__, "mix": asdict(self.mix)}
-
-    def reward_mix(self) -> RewardMix:
-        return self.mix
+        return {"kind": type(self.fn).__name__, "mix": asdict(self.mix),
+                "max_history": getattr(self.fn, "max_history", None)}
 
     @torch.no_grad()
-    def score(self, histories: Sequence[Sequence[int]], pages: torch.Tensor, user_idx) -> dict:
-        """{"page": (B,), "items": (B, K), "total": (B,)} float32 CPU tensors."""
-        out = self.fn(histories, pages, user_idx=[int(u) for u in user_idx])
+    def score(self, batch: PromptBatch, rollout: Rollout) -> RewardScores:
+        """The reward of each page of this rank's rows (float32 CPU tensors) and the mix."""
+        pages = rollout.pages
+        out = self.fn(batch.histories, pages, user_idx=[int(u) for u in batch.user_idx])
         page, items, total = (t.detach().float().cpu() for t in (out.page, out.items, out.total))
         mask = pages >= 0
         items = items * mask
@@ -63,4 +63,4 @@ class RewardActor(BaseActor):
         if not torch.allclose(recon, total, rtol=1e-4, atol=1e-4):
             raise UserError(f"reward {type(self.fn).__name__}: total != {self.mix} applied to page and items "
                             f"(max gap {float((recon - total).abs().max()):.3g}); PPO cannot spread it over slots")
-        return {"page": page, "items": items, "total": total}
+        return RewardScores(page, items, total, self.mix)
