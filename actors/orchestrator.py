@@ -1,23 +1,30 @@
 """The PPO controller (PageLLM stage 4): one loop driving the role groups.
 
     orch = PPOOrchestrator(cfg, sft="runs/sft", reward="runs/reward", data="data/ml-100k", out="runs/ppo")
-    result = orch.run(resume=True)        # final metrics; the policy is exported to OUT/policy
+    result = orch.run(resume=True)        # final metrics; the policy is the checkpoint at OUT
 
 Iteration i (B = rollout_batch_size users, K = page_size slots):
 
  1. sync      policy -> rollout actors when the policy changed (object store; :meth:`sync_weights`)
- 2. generate  users i*B .. i*B+B-1 of a seeded permutation of the train split -> pages (B, K),
-              log pi_old (B, K), sampled with seed (seed, i, rollout rank)
- 3. score     at once: reward (page (B,), items (B, K), total (B,)), reference log pi_ref (B, K),
-              critic values V (B, K)
+ 2. generate  users i*B .. i*B+B-1 of a seeded permutation of the train split -> Rollout (pages (B, K),
+              log pi_old (B, K)), sampled with seed (seed, "rollout", i, rollout rank)
+ 3. score     at once, each role reading the prompts and the rollout from the object store:
+              RewardScores (page (B,), items (B, K), total (B,), mix), RefLogprobs (B, K), Values (B, K)
  4. advantage KL_t, token rewards r_t = c_item item_t + 1[t = last] c_page page - beta KL_t,
               GAE(gamma, lam), whitening (actors.experience)
- 5. train     ppo_epochs over minibatches on the policy and critic groups (concurrently)
+ 5. train     ppo_epochs over minibatches on the policy and critic groups (concurrently), both
+              reading the one copy of the Experience put in the object store
  6. beta      the KL controller sees the mean per-page KL (fixed or adaptive)
+
+Data between roles travels as ObjectRefs (:class:`actors.batching.Sharded`): the prompts are
+put once and read by rollout, reward, reference and critic; the rollout goes from the rollout
+actors to the scoring roles directly; the driver fetches only the (B, K) answers it assembles.
 
 Every ``eval_every`` iterations: validation (NDCG@10, Recall@20, tail recall, page ILD and
 entropy) on rollout actor 0 and the reward-hacking monitor. Every ``save_every``: a
-resumable state (actors.state). At the end: the policy as a ``ppo`` checkpoint.
+resumable state in OUT.state (actors.state). Logs and Ray Train / Tune reports go through
+the same :class:`~rlhf_ray.stages.runlog.RunLogger` as every other stage (OUT.logs). At the
+end: the policy as a ``ppo`` checkpoint at OUT.
 """
 from __future__ import annotations
 
@@ -31,23 +38,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from actors.batching import concat
+from actors.batching import Sharded
 from actors.critic import CriticActor
-from actors.experience import PromptBatch, assemble, experience_stats
+from actors.experience import PromptBatch, experience, experience_stats
 from actors.group import ModelGroup
 from actors.monitor import HackingMonitor
 from actors.placement import RoleSpec, plan
 from actors.policy import PolicyActor
 from actors.reference import ReferenceActor
-from actors.reward import RewardActor
+from actors.reward_actor import RewardActor
 from actors.rollout import RolloutActor
-from actors.state import RunState, rng_state, set_rng_state
+from actors.state import RunState, rng_state, set_rng_state, state_dir
 from rlhf_ray.config import GenerationConfig, PPOConfig
 from rlhf_ray.errors import UserError
 from rlhf_ray.generation import build_prompts
 from rlhf_ray.losses import AdaptiveKLController, FixedKLController
+from rlhf_ray.seeding import rng
+from rlhf_ray.seeding import seed as derive_seed
+from rlhf_ray.stages.runlog import RunLogger, log_dir, report
 
 PHASES = ("sync", "generate", "score", "advantage", "train")
+STAGE = "ppo"
 
 
 def _mean_stats(per_rank: list[dict]) -> dict[str, float]:
@@ -56,10 +67,13 @@ def _mean_stats(per_rank: list[dict]) -> dict[str, float]:
 
 
 class PPOOrchestrator:
+    ROLE_CLASSES = {"policy": PolicyActor, "critic": CriticActor, "reference": ReferenceActor,
+                    "reward": RewardActor, "rollout": RolloutActor}
+
     def __init__(self, cfg: PPOConfig, sft: str, reward: str | Callable, data: str, out: str,
                  log: Callable[[str], None] = print):
         from rlhf_ray.checkpoint import verify_checkpoint
-        from rlhf_ray.stages.common import check_compatible, open_data
+        from rlhf_ray.stages.common import check_compatible, open_data, ref
         from rlhf_ray.tokens import load_tokenizer
 
         self.cfg, self.log = cfg, log
@@ -67,7 +81,13 @@ class PPOOrchestrator:
         self.reward_source = reward if callable(reward) or reward == "rule" else str(Path(reward).expanduser().resolve())
         self.data = str(Path(data).expanduser().resolve())
         self.out = Path(out).expanduser().resolve()
-        self.sft_manifest = verify_checkpoint(self.sft)
+        self.sft_manifest = verify_checkpoint(self.sft)  # verified once in this process (cached)
+        if isinstance(self.reward_source, str) and self.reward_source != "rule":
+            self.reward_ref = ref(verify_checkpoint(self.reward_source))
+        else:
+            name = self.reward_source if isinstance(self.reward_source, str) else getattr(
+                self.reward_source, "__name__", "custom")
+            self.reward_ref = {"id": name, "stage": name}
         _, self.vocab = load_tokenizer(Path(self.sft) / "tokenizer")
         self.prepared = open_data(self.data)
         check_compatible(pd.read_parquet(Path(self.sft) / "catalog.parquet"), self.prepared, self.sft)
@@ -78,19 +98,15 @@ class PPOOrchestrator:
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(cfg.kl_coef))
         self.monitor = HackingMonitor(cfg.hack_threshold)
-        self.state = RunState(self.out / "state", keep=cfg.keep_states)
+        self.state = RunState(state_dir(self.out), keep=cfg.keep_states)
         self.history: list[dict] = []
         self.validations: list[dict] = []
         self.groups: dict[str, ModelGroup] = {}
         self.layout = None
+        self.logger: RunLogger | None = None
         self._dirty = False  # the policy changed since the rollout actors last loaded it
-        self.mix = None
 
     # -- actors --------------------------------------------------------------------------
-    def total_steps(self) -> int:
-        c = self.cfg
-        return c.iterations * c.ppo_epochs * (c.rollout_batch_size // c.policy.train.batch_size)
-
     def start(self) -> None:
         """Place and start every role, then set them all up concurrently."""
         import ray
@@ -102,30 +118,29 @@ class PPOOrchestrator:
                  RoleSpec("reward", 1, c.reward.num_cpus, c.reward.num_gpus),
                  RoleSpec("rollout", c.rollout.actors, c.rollout.num_cpus, c.rollout.num_gpus)]
         self.layout = plan(specs, c.colocate, c.strategy)
-        classes = {"policy": PolicyActor, "critic": CriticActor, "reference": ReferenceActor,
-                   "reward": RewardActor, "rollout": RolloutActor}
         for s in specs:
-            self.groups[s.role] = ModelGroup(classes[s.role], s.role, s.ranks, num_cpus=s.num_cpus,
+            self.groups[s.role] = ModelGroup(self.ROLE_CLASSES[s.role], s.role, s.ranks, num_cpus=s.num_cpus,
                                              num_gpus=s.num_gpus, placement=self.layout.placements[s.role],
                                              strategy=c.strategy)
-        gen = GenerationConfig(page_size=c.page_size, strategy="sample", temperature=c.rollout.temperature,
-                               top_k=c.rollout.top_k, exclude_seen=True, max_history=c.max_history)
-        steps = self.total_steps()
+        gen = GenerationConfig(**c.prompt.to_dict(), strategy="sample", temperature=c.rollout.temperature,
+                               top_k=c.rollout.top_k)
         pending = {
-            "policy": self.policy.run_all("setup", self.sft, c.policy, steps),
-            "critic": self.critic.run_all("setup", self.sft, c.critic, c.iterations * c.ppo_epochs *
-                                          (c.rollout_batch_size // c.critic.train.batch_size), c.seed),
+            "policy": self.policy.run_all("setup", self.sft, c.policy, c.total_steps(c.policy)),
+            "critic": self.critic.run_all("setup", self.sft, c.critic, c.total_steps(c.critic), c.seed),
             "reference": self.groups["reference"].run_all("setup", self.sft),
             "reward": self.groups["reward"].run_all("setup", self.reward_source, c.reward, self.data),
             "rollout": self.rollout.run_all("setup", self.sft, gen, c.seed),
         }
         info = {role: self.groups[role].get(refs) for role, refs in pending.items()}
-        self.mix = self.groups["reward"].call_rank(0, "reward_mix")
         self.prepared_ref = ray.put(self.prepared)
+        reward = info["reward"][0]
         self.log(f"[ppo] roles up: policy x{c.policy.ranks} (ZeRO-{c.policy.train.zero_stage}), critic x{c.critic.ranks} "
                  f"(ZeRO-{c.critic.train.zero_stage}), rollout x{c.rollout.actors}, reference, reward "
-                 f"{info['reward'][0]['kind']} {info['reward'][0]['mix']}; "
+                 f"{reward['kind']} {reward['mix']}; "
                  f"{'colocated ' + str(self.layout.bundles) if c.colocate else 'spread (' + c.strategy + ')'}")
+        if reward.get("max_history") not in (None, c.max_history):
+            self.log(f"[ppo] note: the reward model builds prompts of {reward['max_history']} history items "
+                     f"(its training prompt), the policy of {c.max_history}")
 
     @property
     def policy(self) -> ModelGroup:
@@ -154,7 +169,7 @@ class PPOOrchestrator:
         pos = np.arange(iteration * B, (iteration + 1) * B)
         out = np.empty(B, dtype=np.int64)
         for epoch in np.unique(pos // U):
-            perm = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, int(epoch)])).permutation(U)
+            perm = rng(self.cfg.seed, "users", int(epoch)).permutation(U)
             sel = pos // U == epoch
             out[sel] = perm[pos[sel] % U]
         return out
@@ -163,7 +178,7 @@ class PPOOrchestrator:
         idx = self.batch_users(iteration)
         hist = [self.train_histories[i] for i in idx]
         users = self.train_users[idx]
-        prompts = build_prompts(hist, self.vocab, self.cfg.max_history, exclude_seen=True,
+        prompts = build_prompts(hist, self.vocab, self.cfg.max_history, exclude_seen=self.cfg.exclude_seen,
                                 user_idx=users.tolist() if self.vocab.n_users else None)
         return PromptBatch(hist, users, prompts)
 
@@ -181,25 +196,26 @@ class PPOOrchestrator:
         self._dirty = False
 
     def make_experience(self, iteration: int, timer) -> tuple[PromptBatch, "object"]:
+        import ray
+
         c = self.cfg
         with timer("sync"):
             if self._dirty:
                 self.sync_weights()
         batch = self.prompt_batch(iteration)
+        prompts = Sharded.put(batch)  # one copy; every role reads its rows from it
         with timer("generate"):
-            out = concat(self.rollout.get(self.rollout.run_sharded("generate", batch, iteration=iteration)))
-        pages, logprobs = out["items"], out["logprobs"]
+            rollout = self.rollout.dispatch("generate", prompts, iteration=iteration)
+            ray.wait(rollout.refs, num_returns=len(rollout.refs), fetch_local=False)
         with timer("score"):
-            reward_refs = self.groups["reward"].run_sharded("score", batch.histories, pages, batch.user_idx)
-            ref_refs = self.groups["reference"].run_sharded("logprobs", batch.prompts, pages)
-            value_refs = self.critic.run_sharded("values", batch.prompts, pages)
-            rew = concat(self.groups["reward"].get(reward_refs))
-            ref_logprobs = concat(self.groups["reference"].get(ref_refs))
-            values = concat(self.critic.get(value_refs))
+            scores = self.groups["reward"].dispatch("score", prompts, rollout)
+            ref = self.groups["reference"].dispatch("logprobs", prompts, rollout)
+            values = self.critic.dispatch("values", prompts, rollout)
+            answers = (self.rollout.gather(rollout), self.groups["reward"].gather(scores),
+                       self.groups["reference"].gather(ref), self.critic.gather(values))
         with timer("advantage"):
-            exp = assemble(batch.prompts, pages, logprobs, ref_logprobs, values, rew["page"], rew["items"],
-                           rew["total"], mix=self.mix, kl_coef=self.kl_ctl.value, kl_estimator=c.kl_estimator,
-                           gamma=c.gamma, lam=c.lam, whiten_advantages=c.whiten_advantages)
+            exp = experience(batch, *answers, kl_coef=self.kl_ctl.value, kl_estimator=c.kl_estimator,
+                             gamma=c.gamma, lam=c.lam, whiten_advantages=c.whiten_advantages)
         return batch, exp
 
     def iteration(self, it: int) -> dict:
@@ -215,10 +231,11 @@ class PPOOrchestrator:
         t_start = time.perf_counter()
         kl_coef = self.kl_ctl.value
         _, exp = self.make_experience(it, timer)
-        seed = int(np.random.SeedSequence([c.seed, it, 7]).generate_state(1)[0])
+        seed = derive_seed(c.seed, "train", it)
         with timer("train"):
-            p_refs = self.policy.run_sharded("train", exp, epochs=c.ppo_epochs, seed=seed)
-            c_refs = self.critic.run_sharded("train", exp, epochs=c.ppo_epochs, seed=seed)
+            shared = Sharded.put(exp)  # one copy for both groups
+            p_refs = self.policy.run_sharded("train", shared, epochs=c.ppo_epochs, seed=seed)
+            c_refs = self.critic.run_sharded("train", shared, epochs=c.ppo_epochs, seed=seed)
             p_stats, c_stats = _mean_stats(self.policy.get(p_refs)), _mean_stats(self.critic.get(c_refs))
         self._dirty = True
         stats = experience_stats(exp)
@@ -237,7 +254,7 @@ class PPOOrchestrator:
         """Greedy pages + full ranking on the valid split with the current policy (rollout actor 0)."""
         if self._dirty:
             self.sync_weights()
-        gen = GenerationConfig(page_size=self.cfg.page_size, strategy="greedy", max_history=self.cfg.max_history)
+        gen = GenerationConfig(**self.cfg.prompt.to_dict(), strategy="greedy")
         m = self.rollout.call_rank(0, "evaluate", self.prepared_ref, gen, "valid", self.cfg.eval_users)
         m = {"iteration": iteration, **m}
         self.validations.append(m)
@@ -281,19 +298,22 @@ class PPOOrchestrator:
         self.log(f"[ppo] resumed from {d} after {ctl['iteration']} iterations")
         return int(ctl["iteration"])
 
-    def _write_log(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.out / ".metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in self.history + self.validations))
-        tmp.replace(self.out / "metrics.jsonl")
+    def records(self) -> list[dict]:
+        """Iterations and validations in the order they happened (what ``metrics.jsonl`` holds)."""
+        tagged = [(m["iteration"], 0, m) for m in self.history] + [(v["iteration"], 1, v) for v in self.validations]
+        return [m for *_, m in sorted(tagged, key=lambda t: t[:2])]
+
+    def _log(self, metrics: dict) -> None:
+        if self.logger is not None:
+            self.logger.log(metrics, step=int(metrics["iteration"]))
+        report(metrics)
 
     def export(self, metrics: dict) -> str:
-        src = self.reward_source if isinstance(self.reward_source, str) else getattr(
-            self.reward_source, "__name__", "custom")
-        path = self.policy.call("export", str(self.out / "policy"), config=self.cfg.to_dict(), metrics=metrics,
-                                data_fingerprint=self.prepared.fingerprint,
-                                extra={"ppo": {"sft": self.sft, "reward": src}})[0]
-        return path
+        from rlhf_ray.stages.common import lineage
+
+        info = lineage(self.sft_manifest, self.cfg, {"reward": self.reward_ref})
+        return self.policy.call("export", str(self.out), stage=STAGE, config=self.cfg.to_dict(), metrics=metrics,
+                                data_fingerprint=self.prepared.fingerprint, lineage=info)[0]
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
@@ -305,10 +325,13 @@ class PPOOrchestrator:
                             f"or choose another --out")
         t0 = time.time()
         self.start()
+        self.logger = RunLogger(log_dir(self.out), tensorboard=c.tensorboard)
         try:
             done = self.restore() if resume else 0
+            self.logger.rewrite(self.records())
             if c.eval_every and done == 0:
                 base = self.validate(0)
+                self._log(base)
                 self.monitor.observe_validation(0, base)
                 self.log(f"[ppo] baseline (SFT) {self._brief(base)}")
             stopped = None
@@ -316,6 +339,7 @@ class PPOOrchestrator:
             for it in range(done, c.iterations):
                 m = self.iteration(it)
                 self.history.append(m)
+                self._log(m)
                 ran += 1
                 self.log(f"[ppo] iter {it + 1}/{c.iterations} reward {m['reward/total']:.4f} "
                          f"kl {m['kl/per_page']:.4f} pg {m['policy/policy_loss']:.4f} "
@@ -323,6 +347,7 @@ class PPOOrchestrator:
                 last = it + 1 == c.iterations
                 if c.eval_every and ((it + 1) % c.eval_every == 0 or last):
                     v = self.validate(it + 1)
+                    self._log(v)
                     self.log(f"[ppo] validation after {it + 1}: {self._brief(v)}")
                     alert = self.monitor.observe_validation(it + 1, v)
                     if alert:
@@ -334,18 +359,19 @@ class PPOOrchestrator:
                 preempt = stop_after is not None and ran >= stop_after and not last
                 if (c.save_every and (it + 1) % c.save_every == 0) or last or stopped or preempt:
                     self.save_state(it + 1)
-                self._write_log()
                 if stopped or preempt:
                     break
             if stopped:
                 self.log(f"[ppo] stopped by the {stopped}")
             final = self.final_metrics(stopped)
+            final["wall_s"] = time.time() - t0
             if (stop_after is None or done + ran >= c.iterations) or stopped:
                 final["checkpoint"] = self.export(final)
                 self.log(f"[ppo] policy exported to {final['checkpoint']}")
-            final["wall_s"] = time.time() - t0
+                report(final, checkpoint_dir=final["checkpoint"])
             return final
         finally:
+            self.logger.close()
             self.shutdown()
 
     def final_metrics(self, stopped: str | None) -> dict:

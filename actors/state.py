@@ -1,9 +1,9 @@
-"""Resumable PPO state under ``OUT/state``:
+"""Resumable PPO state in ``OUT.state`` (beside the checkpoint ``OUT``, which is replaced whole):
 
-    state/iter_000004/policy/        the policy engine's state (DeepSpeed's own checkpoint, or state.pt)
-    state/iter_000004/critic/        the critic engine's state
-    state/iter_000004/controller.json  iteration, data position, KL controller, monitor, RNG states, history
-    state/latest                     "iter_000004", written last
+    OUT.state/iter_000004/policy/        the policy engine's state (DeepSpeed's own checkpoint, or state.pt)
+    OUT.state/iter_000004/critic/        the critic engine's state
+    OUT.state/iter_000004/controller.json  iteration, data position, KL controller, monitor, RNG states, history
+    OUT.state/latest                     "iter_000004", written last
 
 An ``iter_*`` directory is built in a hidden temp sibling and renamed into place
 (:func:`rlhf_ray.checkpoint.atomic_dir`), with ``controller.json`` written last
@@ -29,6 +29,12 @@ from rlhf_ray.checkpoint import atomic_dir, write_json_atomic
 CONTROLLER = "controller.json"
 LATEST = "latest"
 _ITER = re.compile(r"^iter_(\d{6,})$")
+
+
+def state_dir(out_dir: str | Path) -> Path:
+    """Where a run writing its checkpoint to ``out_dir`` keeps its resumable states."""
+    out = Path(out_dir)
+    return out.parent / f"{out.name}.state"
 
 
 def iter_name(iteration: int) -> str:

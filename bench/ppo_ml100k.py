@@ -49,10 +49,11 @@ def run_ppo(args, alpha: float, K: int, H: int) -> dict:
         "critic": {"train": {"batch_size": args.batch // 2, "lr": args.critic_lr}},
     })
     out = Path(args.work) / f"alpha_{alpha:g}"
-    if out.exists():
-        import shutil
+    for old in (out, out.with_name(out.name + ".state"), out.with_name(out.name + ".logs")):  # a fresh run
+        if old.exists():
+            import shutil
 
-        shutil.rmtree(out)
+            shutil.rmtree(old)
     t0 = time.time()
     final = PPOOrchestrator(cfg, args.sft, args.reward, args.data, str(out)).run()
     final["wall_s"] = time.time() - t0

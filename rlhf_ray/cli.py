@@ -1,25 +1,17 @@
 """``rlhf-ray``: one subcommand per stage.
 
 Each subcommand lives next to the code it drives and exposes
-``register(subparsers)`` which adds its parser and sets ``func``. Expected user
+``register(subparsers)`` which adds its parser and sets ``func``; the training stages'
+subcommands come from the stage registry (:mod:`rlhf_ray.stages.registry`), so a stage
+registered by another package (PPO, from ``actors``) gets its command without this module
+naming it. Expected user
 errors (bad config, bad data, bad checkpoint) exit with code 2 and one clear
 line on stderr; anything else is a bug and shows its traceback.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-
-# Modules with a register(subparsers); imported at parse time.
-SUBCOMMANDS = [
-    "rlhf_ray.data.cli",
-    "rlhf_ray.stages.cli",
-    "rlhf_ray.stages.lpo_cli",
-    "rlhf_ray.stages.reward_cli",
-    "rlhf_ray.serve.cli",
-    "actors.cli",
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for mod in SUBCOMMANDS:
-        importlib.import_module(mod).register(sub)
+    from rlhf_ray import pipeline
+    from rlhf_ray.data import cli as data_cli
+    from rlhf_ray.serve import cli as serve_cli
+    from rlhf_ray.stages import cli as stages_cli
+    from rlhf_ray.stages import reward_cli
+
+    for mod in (data_cli, stages_cli, pipeline, reward_cli, serve_cli):  # stages_cli: one command per stage
+        mod.register(sub)
     return parser
 
 

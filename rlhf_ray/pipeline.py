@@ -1,118 +1,151 @@
 """The whole job in one command:
 
-    data -> pretrain -> sft -> reward -> ppo -> lpo -> eval      (or lpo before ppo)
+    data -> pretrain -> sft -> reward -> ppo -> lpo -> eval      (the default chain; lpo before ppo works too)
 
     rlhf-ray pipeline --config rlhf_ray/configs/ml-100k.yaml --out runs/ml-100k
 
-One YAML file holds a section per stage (``data``, ``pretrain``, ``sft``, ``reward``,
-``ppo``, ``lpo``, ``generation``) plus ``pipeline`` (which stages, in which order).
-Each stage writes its own checkpoint under ``--out``; each alignment stage starts from
-the policy the previous one produced. A stage whose checkpoint is already complete for
-the same config and data is skipped, so a killed pipeline resumes where it stopped.
-``eval`` evaluates every policy checkpoint on the test split and writes one table.
-``--smoke`` shrinks every stage to a few steps on a small synthetic dataset.
+One YAML file holds a section per registered stage, plus ``data``, ``generation``,
+``prompt`` (the prompt every stage builds: history length, page size, seen-item exclusion,
+written once and applied to every section that has those fields) and ``pipeline`` (which
+stages, in which order). Each stage writes its checkpoint to ``--out/<stage>`` and starts
+from what its :class:`~rlhf_ray.stages.registry.Stage` declares (the chain's newest policy,
+or a named stage's checkpoint). A stage whose checkpoint is already complete for the same
+config, data, starting checkpoint and inputs is skipped (and a resumable stage continues
+its own saved state), so a killed pipeline resumes where it stopped. ``eval`` evaluates
+every policy checkpoint on the test split and writes one table. ``--smoke`` applies each
+stage's few-step settings on a small synthetic dataset.
 
-This module is an entry point (like :mod:`rlhf_ray.cli`): it is the one place in
-``rlhf_ray`` that reaches the Ray actor layer (``actors``), and only to run PPO.
+Nothing here names a stage: stages are looked up in the registry, so this module never
+reaches the Ray actor layer (PPO comes in through the registry like any other stage).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from rlhf_ray.checkpoint import write_json_atomic
-from rlhf_ray.config import (Config, ConfigError, DataConfig, GenerationConfig, LPOConfig, PPOConfig,
-                             PretrainConfig, RewardConfig, SFTConfig, deep_merge, doc, read_mapping)
+from rlhf_ray.checkpoint import MANIFEST, write_json_atomic
+from rlhf_ray.config import (Config, ConfigError, DataConfig, GenerationConfig, PromptConfig, deep_merge, doc,
+                             read_mapping, require)
 from rlhf_ray.errors import CheckpointError
+from rlhf_ray.stages import registry
+from rlhf_ray.stages.registry import POLICY, Stage
 
-STAGES = ("data", "pretrain", "sft", "reward", "ppo", "lpo", "eval")
-POLICY_STAGES = ("sft", "ppo", "lpo")
+STEPS = ("data", "eval")  # pipeline steps around the chain of training stages
+CHAIN = ["pretrain", "sft", "reward", "ppo", "lpo"]
 
 
 @dataclass
 class PipelineConfig(Config):
-    """Which stages the pipeline runs, and the order of the two alignment stages."""
+    """Which stages the pipeline runs, and in which order."""
 
-    stages: list[str] = field(default_factory=lambda: list(STAGES), metadata=doc(
-        f"stages to run, a subset of {list(STAGES)}"))
-    order: list[str] = field(default_factory=lambda: ["ppo", "lpo"], metadata=doc(
-        "alignment order: [ppo, lpo] (LPO refines the PPO policy) or [lpo, ppo]"))
-    eval_users: int = field(default=0, metadata=doc("evaluate on at most N test users (0 = all)"))
+    stages: list[str] = field(default_factory=lambda: ["data", *CHAIN, "eval"], metadata=doc(
+        "steps to run: data, eval and any of the chain's stages"))
+    chain: list[str] = field(default_factory=lambda: list(CHAIN), metadata=doc(
+        "the training stages in the order they run (each a registered stage)", nonempty=True))
+    order: list[str] | None = field(default=None, metadata=doc(
+        "reorder some of the chain's stages, e.g. [lpo, ppo] (LPO first, PPO refines its policy)"))
+    eval_users: int = field(default=0, metadata=doc("evaluate on at most N test users (0 = all)", ge=0))
 
-    def __post_init__(self) -> None:
-        bad = sorted(set(self.stages) - set(STAGES))
-        if bad:
-            raise ConfigError(f"stages: unknown {bad}; valid: {list(STAGES)}")
-        if sorted(self.order) != ["lpo", "ppo"]:
-            raise ConfigError(f"order: must be [ppo, lpo] or [lpo, ppo], got {self.order}")
+    def validate(self) -> None:
+        valid = [*STEPS, *self.chain]
+        bad = sorted(set(self.stages) - set(valid))
+        require(not bad, "stages", f"unknown {bad}; valid: {valid}")
+        require(len(set(self.chain)) == len(self.chain), "chain", f"a stage appears twice in {self.chain}")
+        order = self.order or []
+        require(len(set(order)) == len(order) and set(order) <= set(self.chain), "order",
+                f"must name distinct stages of the chain {self.chain}, got {self.order}")
+
+    def plan(self) -> list[str]:
+        """The chain with ``order`` applied: the stages it names take their slots in its order."""
+        if not self.order:
+            return list(self.chain)
+        reordered = iter(self.order)
+        return [next(reordered) if s in self.order else s for s in self.chain]
 
 
-SECTIONS: dict[str, type[Config]] = {
-    "pipeline": PipelineConfig, "data": DataConfig, "pretrain": PretrainConfig, "sft": SFTConfig,
-    "reward": RewardConfig, "ppo": PPOConfig, "lpo": LPOConfig, "generation": GenerationConfig,
-}
+def sections() -> dict[str, type[Config]]:
+    """The pipeline YAML's sections: pipeline, prompt, data, generation, and one per registered stage."""
+    return {"pipeline": PipelineConfig, "prompt": PromptConfig, "data": DataConfig,
+            "generation": GenerationConfig, **registry.config_sections()}
 
-_TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}
-SMOKE = {
-    "data": {"dataset": "synthetic", "synthetic_users": 120, "synthetic_items": 150},
-    "pretrain": {"model": _TINY, "train": {"epochs": 1, "max_steps": 5}},
-    "sft": {"model": _TINY, "train": {"epochs": 1, "max_steps": 5}},
-    "reward": {"train": {"epochs": 1, "max_steps": 5}},
-    "ppo": {"iterations": 2, "rollout_batch_size": 8, "eval_every": 1, "eval_users": 20, "save_every": 1,
-            "policy": {"train": {"batch_size": 8}}, "critic": {"train": {"batch_size": 8}}},
-    "lpo": {"train": {"epochs": 1, "max_steps": 5}, "n_negatives": 4},
-}
+
+def smoke_overrides() -> dict:
+    """``--smoke``: a small synthetic dataset and each stage's own few-step settings."""
+    return {"data": {"dataset": "synthetic", "synthetic_users": 120, "synthetic_items": 150},
+            **{s.name: s.smoke for s in registry.stages()}}
 
 
 def default_config_path(dataset: str = "ml-100k") -> Path:
     return Path(str(resources.files("rlhf_ray") / "configs" / f"{dataset}.yaml"))
 
 
+def _share_prompt(raw: dict, secs: dict[str, type[Config]], where: str) -> dict:
+    """Copy the ``prompt`` section into every section whose config has the prompt fields; a
+    section that sets one of them to another value is an error (the prompt is set once)."""
+    shared = PromptConfig.from_dict(raw.get("prompt") or {}, source=f"{where} [prompt]" if where else "").to_dict()
+    given = set(raw.get("prompt") or {})
+    out = dict(raw)
+    for name, cls in secs.items():
+        if name == "prompt" or not issubclass(cls, PromptConfig):
+            continue
+        sec = dict(out.get(name) or {})
+        for k in given:
+            if k in sec and sec[k] != shared[k]:
+                raise ConfigError(f"{where or 'pipeline config'}: {name}.{k} = {sec[k]!r} differs from prompt.{k} = "
+                                  f"{shared[k]!r}; set the prompt once, under prompt:")
+            sec[k] = shared[k]
+        out[name] = sec
+    return out
+
+
 def load_pipeline_config(path: str | Path | None, smoke: bool = False) -> dict[str, Config]:
+    secs = sections()
     raw = read_mapping(path) if path else {}
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(set(raw) - set(secs))
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {unknown}; valid: {sorted(SECTIONS)}")
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; valid: {sorted(secs)}")
     if smoke:
-        raw = deep_merge(raw, SMOKE)
+        raw = deep_merge(raw, smoke_overrides())
+    raw = _share_prompt(raw, secs, str(path or ""))
     return {name: cls.from_dict(raw.get(name) or {}, source=f"{path} [{name}]" if path else "")
-            for name, cls in SECTIONS.items()}
+            for name, cls in secs.items()}
 
 
-def _done(ckpt: Path, cfg: dict, fingerprint: str, init: str | None) -> bool:
-    """A stage is done when its checkpoint verifies and was made from the same config, data and
-    starting checkpoint (so retraining an earlier stage retrains everything after it)."""
-    import json
+def _manifest_id(path: str | Path) -> str | None:
+    f = Path(path) / MANIFEST
+    return json.loads(f.read_text()).get("id") if f.is_file() else None
 
-    from rlhf_ray.checkpoint import MANIFEST, verify_checkpoint
+
+def _done(ckpt: Path, cfg: Config, fingerprint: str, init: str | None, inputs: dict[str, str]) -> bool:
+    """A stage is done when its checkpoint verifies and was made from the same config, data,
+    starting checkpoint and inputs (so retraining an earlier stage retrains everything after it)."""
+    from rlhf_ray.checkpoint import verify_checkpoint
 
     try:
         m = verify_checkpoint(ckpt)
     except CheckpointError:
         return False
-    if m.get("config") != cfg or m.get("data_fingerprint") != fingerprint:
+    if m.get("config") != cfg.to_dict() or m.get("data_fingerprint") != fingerprint:
         return False
-    if init is None:
-        return True
-    if "ppo" in m:  # PPO records the path of the policy it started from
-        return m["ppo"].get("sft") == init
-    parent_id = json.loads((Path(init) / MANIFEST).read_text()).get("id") if (Path(init) / MANIFEST).is_file() else None
-    return (m.get("parent") or {}).get("id") == parent_id
+    if init is not None and (m.get("parent") or {}).get("id") != _manifest_id(init):
+        return False
+    recorded = m.get("inputs") or {}
+    return all((recorded.get(name) or {}).get("id") == _manifest_id(path) for name, path in inputs.items())
+
+
+def _start(stage: Stage, policy: str | None, out: Path) -> str | None:
+    """The checkpoint ``stage`` starts from in this run."""
+    if stage.starts_from is None:
+        return None
+    return policy if stage.starts_from == POLICY else str(out / stage.starts_from)
 
 
 def _scalars(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
-
-
-def _ppo(cfg: PPOConfig, sft: str, reward: str, data: str, out: Path, address: str | None) -> dict:
-    from actors.orchestrator import PPOOrchestrator
-    from rlhf_ray.rayutil import init_ray
-
-    init_ray(address)
-    metrics = PPOOrchestrator(cfg, sft=sft, reward=reward, data=data, out=str(out)).run(resume=True)
-    return {**metrics, "checkpoint": str(out / "policy")}
 
 
 def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address: str | None = None,
@@ -121,13 +154,14 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
     from rlhf_ray.stages.launch import launch
 
     pipe: PipelineConfig = cfgs["pipeline"]
-    stages = tuple(stages or pipe.stages)
+    selected = tuple(stages or pipe.stages)
+    plan = [registry.get(name) for name in pipe.plan()]  # unknown stages fail before any work
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"stages": {}, "order": pipe.order}
+    summary: dict = {"stages": {}, "order": [s.name for s in plan]}
     t0 = time.time()
     data_dir = out / "data"
-    if "data" in stages:
+    if "data" in selected:
         t = time.time()
         dcfg: DataConfig = cfgs["data"]
         if dcfg.dataset == "ml-100k" and dcfg.path is None:
@@ -139,38 +173,30 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
         prepare(dcfg, data_dir)
         summary["stages"]["data"] = {"seconds": time.time() - t}
     prepared = load_prepared(data_dir)
-    fp = prepared.fingerprint
-    # where each stage's checkpoint lives, and what it starts from
-    ckpt = {"pretrain": out / "pretrain", "sft": out / "sft", "reward": out / "reward",
-            "ppo": out / "ppo" / "policy", "lpo": out / "lpo"}
-    policy = str(ckpt["pretrain"]) if (ckpt["pretrain"] / "manifest.json").is_file() else None
-    plan = ["pretrain", "sft", "reward", *pipe.order]
-    policies: dict[str, str] = {}
+    policy: str | None = None  # the newest policy checkpoint of the chain
+    policies: dict[str, str] = {}  # evaluated at the end
     for stage in plan:
-        init = {"pretrain": None, "reward": str(ckpt["sft"])}.get(stage, policy)
-        if stage not in stages:
-            if stage != "reward" and (ckpt[stage] / "manifest.json").is_file():
-                policy = str(ckpt[stage])
-                if stage in POLICY_STAGES:
-                    policies[stage] = policy
+        ckpt = out / stage.name
+        init = _start(stage, policy, out)
+        inputs = {need: str(out / need) for need in stage.needs}
+        if stage.name in selected:
+            cfg = cfgs[stage.name]
+            t = time.time()
+            if not force and _done(ckpt, cfg, prepared.fingerprint, init, inputs):
+                print(f"[pipeline] {stage.name}: complete checkpoint at {ckpt}, skipped")
+                metrics = {"skipped": True}
+            else:
+                print(f"[pipeline] {stage.name} -> {ckpt}" + (f" (from {init})" if init else ""))
+                metrics = launch(stage, cfg, str(data_dir), str(ckpt), init=init, inputs=inputs, address=address,
+                                 resume=stage.resumable)
+            summary["stages"][stage.name] = {"seconds": time.time() - t, **_scalars(metrics)}
+        elif not (ckpt / MANIFEST).is_file():
             continue
-        cfg = cfgs[stage]
-        t = time.time()
-        if not force and _done(ckpt[stage], cfg.to_dict(), fp, init):
-            print(f"[pipeline] {stage}: complete checkpoint at {ckpt[stage]}, skipped")
-            metrics = {"skipped": True}
-        elif stage == "ppo":
-            print(f"[pipeline] ppo -> {out / 'ppo'} (policy from {init})")
-            metrics = _ppo(cfg, init, str(ckpt["reward"]), str(data_dir), out / "ppo", address)
-        else:
-            print(f"[pipeline] {stage} -> {ckpt[stage]}" + (f" (from {init})" if init else ""))
-            metrics = launch(stage, cfg, str(data_dir), str(ckpt[stage]), init=init, address=address)
-        summary["stages"][stage] = {"seconds": time.time() - t, **_scalars(metrics)}
-        if stage != "reward":
-            policy = str(ckpt[stage])
-        if stage in POLICY_STAGES:
-            policies[stage] = str(ckpt[stage])
-    if "eval" in stages:
+        if stage.policy:
+            policy = str(ckpt)
+            if stage.evaluate:
+                policies[stage.name] = policy
+    if "eval" in selected:
         summary["stages"]["eval"] = evaluate_policies(policies, prepared, cfgs["generation"], out, pipe.eval_users)
     summary["seconds"] = time.time() - t0
     write_json_atomic(out / "summary.json", summary)
@@ -212,3 +238,33 @@ def evaluate_policies(policies: dict[str, str], prepared, gen: GenerationConfig,
         cells = [f"{m[k]:21.4f}" if isinstance(m.get(k), float) else "n/a".rjust(21) for k in keys]
         print("  " + stage.ljust(8) + "".join(cells))
     return {"seconds": time.time() - t, **table}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    path = args.config or (None if args.smoke else default_config_path())
+    cfgs = load_pipeline_config(path, smoke=args.smoke)
+    if args.stages:
+        cfgs["pipeline"] = cfgs["pipeline"].replace(stages=[s for s in args.stages.split(",") if s])
+    run_pipeline(cfgs, args.out, address=args.address, force=args.force)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """``rlhf-ray pipeline``."""
+    p = subparsers.add_parser(
+        "pipeline", help="the whole job: data -> pretrain -> sft -> reward -> ppo -> lpo -> eval",
+        description="Run every stage in order with one YAML config (a section per stage, a shared prompt). "
+                    "Stages whose checkpoint is already complete for the same config, data and inputs are "
+                    "skipped, so a killed run resumes where it stopped.")
+    p.add_argument("--out", default="runs/ml-100k", metavar="DIR", help="run directory (default runs/ml-100k)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="pipeline YAML (sections: pipeline, prompt, data, generation and one per stage); default: "
+                        "the bundled rlhf_ray/configs/ml-100k.yaml")
+    p.add_argument("--stages", default=None, metavar="A,B", help="run only these stages (default: all)")
+    p.add_argument("--smoke", action="store_true", help="tiny synthetic data and a few steps per stage (CI)")
+    p.add_argument("--force", action="store_true", help="retrain stages even if their checkpoint is complete")
+    p.add_argument("--address", default=None, metavar="ADDR", help="attach to a Ray cluster (auto | ray://...)")
+    p.set_defaults(func=_pipeline)

@@ -38,16 +38,17 @@ def _weights(path):
 
 def test_smoke_pipeline_runs_then_skips_completed_stages(tmp_path):
     """data -> pretrain -> sft -> reward -> ppo (Ray actors) -> lpo -> eval, then a rerun skips."""
-    from rlhf_ray.pipeline import SMOKE
-    from rlhf_ray.reward import ModelReward
+    from rlhf_ray.pipeline import smoke_overrides
+    from rlhf_ray.rewards import ModelReward
+
+    SMOKE = smoke_overrides()
 
     out = tmp_path / "run"
     first = run(["pipeline", "--smoke", "--out", str(out)])
     assert first.returncode == 0, first.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["stages"]) == {"data", "pretrain", "sft", "reward", "ppo", "lpo", "eval"}
-    ckpt = {"pretrain": out / "pretrain", "sft": out / "sft", "reward": out / "reward", "ppo": out / "ppo" / "policy",
-            "lpo": out / "lpo"}
+    ckpt = {stage: out / stage for stage in ("pretrain", "sft", "reward", "ppo", "lpo")}
     # every training stage: its metrics, finite, with the step counts the smoke config asks for
     for stage, keys in STAGE_KEYS.items():
         m = summary["stages"][stage]
@@ -79,6 +80,12 @@ def test_smoke_pipeline_runs_then_skips_completed_stages(tmp_path):
         assert table[stage]["users"] == len(preds) == preds["user_idx"].nunique() > 0
         for k in ("ndcg@10", "recall@20"):
             assert table[stage][k] == pytest.approx(float(preds[k].mean()), abs=1e-9), (stage, k)
+    # PPO is a stage like the others: checkpoint at its out, its reward checkpoint recorded as an
+    # input, logs (metrics.jsonl, TensorBoard) beside it
+    assert man["ppo"]["inputs"]["reward"] == {"id": man["reward"]["id"], "stage": "reward"}
+    for stage in ckpt:
+        assert (out / f"{stage}.logs" / "metrics.jsonl").stat().st_size > 0, stage
+    assert list((out / "ppo.logs" / "tb").glob("events.out.tfevents.*"))
     second = run(["pipeline", "--smoke", "--out", str(out), "--stages", "pretrain,sft"])
     assert second.returncode == 0, second.stderr[-2000:]
     assert "pretrain: complete checkpoint" in second.stdout and "sft: complete checkpoint" in second.stdout

@@ -231,7 +231,7 @@ def test_rule_reward_never_pays_for_validation_or_test_targets(rm_data):
 
     prepared = load_prepared(rm_data)
     hits_only = {"hit": 1.0, "tail": 0.0, "diversity": 0.0, "repeat": 0.0}
-    rule = RuleReward(prepared, **hits_only)  # the default, as actors.reward.build_reward("rule") builds it
+    rule = RuleReward(prepared, **hits_only)  # the default, as actors.reward_actor.build_reward("rule") builds it
     train_pos = RuleReward(prepared, split="train", **hits_only).targets
     for split in ("valid", "test"):
         h = prepared.histories(split)

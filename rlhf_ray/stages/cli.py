@@ -1,20 +1,31 @@
-"""``rlhf-ray pretrain | sft | eval``.
+"""``rlhf-ray <stage>`` for every registered stage, ``rlhf-ray eval`` and ``rlhf-ray pipeline``.
 
     rlhf-ray pretrain --data data/ml-100k --out runs/pretrain
     rlhf-ray sft --data data/ml-100k --init runs/pretrain --out runs/sft [--train.num-workers 2 --train.zero-stage 2]
+    rlhf-ray reward --sft runs/sft --data data/ml-100k --out runs/reward
+    rlhf-ray ppo --sft runs/sft --reward runs/reward --data data/ml-100k --out runs/ppo [--resume]
+    rlhf-ray lpo --sft runs/sft --data data/ml-100k --out runs/lpo [--loss dpo]
     rlhf-ray eval --checkpoint runs/sft --data data/ml-100k [--json] [--predictions-out preds.parquet]
+
+A stage's subcommand is made from its :class:`~rlhf_ray.stages.registry.Stage`: the starting
+checkpoint flag, one ``--<name>`` per other checkpoint it needs, ``--resume`` if it resumes,
+and one flag per config field.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+from functools import partial
 from pathlib import Path
 
 from rlhf_ray.cliutil import add_config_args, add_config_file_arg, load_config
-from rlhf_ray.config import GenerationConfig, PretrainConfig, SFTConfig
+from rlhf_ray.config import GenerationConfig
 from rlhf_ray.jsonio import json_safe
+from rlhf_ray.stages import registry
+from rlhf_ray.stages.registry import Stage
 
+SHOWN = ("checkpoint", "train/steps", "train/wall_s", "iterations", "reward/total", "kl/per_page", "hacking_alerts",
+         "stopped", "wall_s")
 
 def _print_metrics(title: str, metrics: dict, as_json: bool) -> None:
     """Print metrics as a table or as strict JSON (NaN/inf become null; "n/a" reasons kept)."""
@@ -30,20 +41,17 @@ def _print_metrics(title: str, metrics: dict, as_json: bool) -> None:
             continue
         print(f"  {k:32s} {v:.4f}" if isinstance(v, float) else f"  {k:32s} {v}")
 
+def _run_stage(stage: Stage, args: argparse.Namespace) -> int:
+    from rlhf_ray.stages.launch import launch
 
-def _train(stage: str, cls):
-    def run(args: argparse.Namespace) -> int:
-        from rlhf_ray.stages.launch import launch
-
-        cfg = load_config(cls, args, key=args.config_key)
-        metrics = launch(stage, cfg, args.data, args.out, init=getattr(args, "init", None), address=args.address)
-        shown = {k: v for k, v in metrics.items() if k.startswith("val/") and "@10" in k or k in
-                 ("checkpoint", "train/steps", "train/wall_s", "val/rating_rmse")}
-        _print_metrics(f"{stage} finished", shown, args.json)
-        return 0
-
-    return run
-
+    cfg = load_config(stage.config, args, key=args.config_key)
+    inputs = {need: getattr(args, f"input_{need}") for need in stage.needs}
+    metrics = launch(stage, cfg, args.data, args.out, init=getattr(args, "init", None), inputs=inputs,
+                     address=args.address, resume=getattr(args, "resume", False), num_cpus=args.num_cpus or None)
+    shown = metrics if args.json else {k: v for k, v in metrics.items() if k in SHOWN or k.startswith(("val/", "norm/"))
+                                       and isinstance(v, (int, float, str))}
+    _print_metrics(f"{stage.name} finished", shown, args.json)
+    return 0
 
 def _eval(args: argparse.Namespace) -> int:
     from rlhf_ray.checkpoint import load_checkpoint
@@ -68,31 +76,40 @@ def _eval(args: argparse.Namespace) -> int:
     _print_metrics(f"eval {ck.stage} on {args.split}", metrics, args.json)
     return 0
 
-
 def _common(p: argparse.ArgumentParser, cls) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data directory (rlhf-ray data prepare)")
-    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write (atomically)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="checkpoint directory to write (atomically); logs go to OUT.logs beside it")
     p.add_argument("--address", default=None, metavar="ADDR",
-                   help="attach to a Ray cluster (auto | ray://host:10001); default: embedded local Ray "
-                        "when train.num_workers >= 1, no Ray at all when 0")
+                   help="attach to a Ray cluster (auto | ray://host:10001); default: an embedded local Ray "
+                        "where the stage needs Ray (train.num_workers >= 1, PPO), no Ray at all otherwise")
+    p.add_argument("--num-cpus", type=int, default=0, help="CPUs of the embedded local Ray (0 = all)")
     p.add_argument("--json", action="store_true", help="print final metrics as JSON")
     add_config_file_arg(p)
     p.add_argument("--config-key", default=None, metavar="KEY", help="read this section of --config")
     add_config_args(p, cls)
 
+def add_stage_command(subparsers: argparse._SubParsersAction, stage: Stage) -> argparse.ArgumentParser:
+    """The ``rlhf-ray <stage.name>`` subcommand (registry-driven; nothing here names a stage)."""
+    p = subparsers.add_parser(stage.name, help=stage.help, description=stage.description or stage.help)
+    if stage.starts_from is not None:
+        p.add_argument(stage.init_flag, dest="init", required=stage.init_required, default=None, metavar="DIR",
+                       help=stage.init_help)
+    for need in stage.needs:
+        p.add_argument(f"--{need}", dest=f"input_{need}", required=True, metavar="DIR",
+                       help=stage.input_help.get(need, f"the {need} checkpoint"))
+    if stage.resumable:
+        p.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete state in OUT.state (else a state there is an error)")
+    if stage.add_arguments is not None:
+        stage.add_arguments(p)
+    _common(p, stage.config)
+    p.set_defaults(func=partial(_run_stage, stage))
+    return p
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("pretrain", help="stage 1: rating + meta-text pre-training",
-                              description="Pre-train the ranker on rating prediction and item meta text.")
-    _common(p, PretrainConfig)
-    p.set_defaults(func=_train("pretrain", PretrainConfig))
-
-    p = subparsers.add_parser("sft", help="stage 2: SFT on ground-truth ranked pages",
-                              description="Supervised fine-tuning on ranked pages + next-item prediction.")
-    p.add_argument("--init", default=None, metavar="DIR",
-                   help="checkpoint to start from (normally the pretrain output); default: a fresh model")
-    _common(p, SFTConfig)
-    p.set_defaults(func=_train("sft", SFTConfig))
+    for stage in registry.stages():
+        add_stage_command(subparsers, stage)
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint (full ranking + generated pages)",
                               description="Full-ranking metrics and page metrics of a checkpoint on a split.")
@@ -107,34 +124,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write each user's targets, ranking and generated page as Parquet")
     add_config_args(p, GenerationConfig)
     p.set_defaults(func=_eval)
-
-    register_pipeline(subparsers)
-
-
-def _pipeline(args: argparse.Namespace) -> int:
-    from rlhf_ray.pipeline import default_config_path, load_pipeline_config, run_pipeline
-
-    path = args.config or (None if args.smoke else default_config_path())
-    cfgs = load_pipeline_config(path, smoke=args.smoke)
-    if args.stages:
-        cfgs["pipeline"] = cfgs["pipeline"].replace(stages=[s for s in args.stages.split(",") if s])
-    run_pipeline(cfgs, args.out, address=args.address, force=args.force)
-    return 0
-
-
-def register_pipeline(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "pipeline", help="the whole job: data -> pretrain -> sft -> reward -> ppo -> lpo -> eval",
-        description="Run every stage in order with one YAML config (a section per stage). Stages whose "
-                    "checkpoint is already complete for the same config and data are skipped, so a "
-                    "killed run resumes where it stopped.")
-    p.add_argument("--out", default="runs/ml-100k", metavar="DIR", help="run directory (default runs/ml-100k)")
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="pipeline YAML (sections: pipeline, data, pretrain, sft, reward, ppo, lpo, generation); "
-                        "default: the bundled "
-                        "rlhf_ray/configs/ml-100k.yaml")
-    p.add_argument("--stages", default=None, metavar="A,B", help="run only these stages (default: all)")
-    p.add_argument("--smoke", action="store_true", help="tiny synthetic data and a few steps per stage (CI)")
-    p.add_argument("--force", action="store_true", help="retrain stages even if their checkpoint is complete")
-    p.add_argument("--address", default=None, metavar="ADDR", help="attach to a Ray cluster (auto | ray://...)")
-    p.set_defaults(func=_pipeline)

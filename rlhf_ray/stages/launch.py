@@ -1,10 +1,16 @@
-"""Run a stage in this process, or on a Ray Train worker group (``train.num_workers >= 1``).
+"""Start any registered stage: in this process, on a Ray Train worker group, or with the
+stage's own launcher (PPO places its own actors).
 
-Each worker runs the very same ``stage.run(cfg, ...)``: Ray Train has already formed
-the torch.distributed group (gloo on CPU, NCCL on GPU), the loop shards batches by
-rank, DeepSpeed ZeRO partitions state, and rank 0 writes the checkpoint and
-reports it. The driver then makes sure the checkpoint sits at ``out_dir``, copying
-it from Ray's storage when the worker ran on another node.
+    launch("sft", cfg, data_dir, out_dir, init="runs/pretrain")                 # by name
+    launch(stage, cfg, data_dir, out_dir, init=sft, inputs={"reward": rm}, resume=True)
+
+A stage without a launcher runs ``stage.run(cfg, ...)`` here when ``train.num_workers`` is 0
+(and no ``address``), else on a Ray Train ``TorchTrainer``: each worker runs the very same
+``run``, Ray Train has formed the torch.distributed group (gloo on CPU, NCCL on GPU), the loop
+shards batches by rank, DeepSpeed ZeRO partitions state, and rank 0 writes the checkpoint and
+reports it. The driver then makes sure the checkpoint sits at ``out_dir`` (copying it from
+Ray's storage when the worker ran on another node) and, inside a Tune trial, reports the
+final metrics and checkpoint to Tune, as an in-process run does itself.
 """
 from __future__ import annotations
 
@@ -14,65 +20,63 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_ray.checkpoint import MANIFEST, atomic_dir, verify_checkpoint
+from rlhf_ray.errors import UserError
+from rlhf_ray.stages.registry import Stage, resolve
 
 
-# stage -> (config class name in rlhf_ray.config, module in rlhf_ray.stages); every module has
-# run(cfg, data_dir, out_dir, init) and is imported only when its stage runs.
-STAGES = {
-    "pretrain": ("PretrainConfig", "pretrain"),
-    "sft": ("SFTConfig", "sft"),
-    "reward": ("RewardConfig", "reward"),
-    "lpo": ("LPOConfig", "lpo"),
-}
-
-
-def stage_runner(stage: str):
-    """(config class, run function) of a stage."""
-    import importlib
-
-    from rlhf_ray import config
-
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; valid: {sorted(STAGES)}")
-    cls_name, module = STAGES[stage]
-    return getattr(config, cls_name), importlib.import_module(f"rlhf_ray.stages.{module}").run
+def _abs(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
 
 
 def _worker(config: dict) -> None:
-    cls, run = stage_runner(config["stage"])
-    cfg = cls.from_dict(config["cfg"])
-    run(cfg, config["data"], config["out"], config.get("init"))
+    stage = resolve(config["stage"])
+    cfg = stage.config.from_dict(config["cfg"])
+    stage.run(cfg, config["data"], config["out"], config.get("init"), **config.get("inputs", {}))
 
 
-def launch(stage: str, cfg, data_dir: str, out_dir: str, init: str | None = None,
-           address: str | None = None, storage: str | None = None) -> dict[str, Any]:
-    """Train ``stage``; returns its final metrics. ``address``: attach to a Ray cluster."""
-    out_dir = str(Path(out_dir).expanduser().resolve())
-    data_dir = str(Path(data_dir).expanduser().resolve())
-    init = str(Path(init).expanduser().resolve()) if init else None
+def launch(stage: str | Stage, cfg, data_dir: str, out_dir: str, init: str | None = None,
+           inputs: dict[str, str] | None = None, address: str | None = None, resume: bool = False,
+           storage: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+    """Train ``stage``; returns its final metrics. ``address``: attach to a Ray cluster.
+
+    ``inputs``: the checkpoints of ``stage.needs`` by name ("rule" passes through for PPO's
+    reward). ``resume``: a resumable stage continues from its own saved state.
+    """
+    stage = resolve(stage)
+    if stage.init_required and not init:
+        raise UserError(f"{stage.name} starts from a checkpoint: give {stage.init_flag} DIR")
+    missing = sorted(set(stage.needs) - set(inputs or {}))
+    if missing:
+        raise UserError(f"{stage.name} needs {', '.join('--' + m for m in missing)}")
+    out_dir, data_dir, init = _abs(out_dir), _abs(data_dir), _abs(init)
+    inputs = {k: v if v == "rule" else _abs(v) for k, v in (inputs or {}).items()}
+    if stage.launcher is not None:
+        return stage.launcher(cfg, data_dir, out_dir, init, address=address, resume=resume, num_cpus=num_cpus,
+                              **inputs)
     train = cfg.train
     if train.num_workers == 0 and not address:
-        _, run = stage_runner(stage)
-        return run(cfg, data_dir, out_dir, init)
+        return stage.run(cfg, data_dir, out_dir, init, **inputs)
 
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rlhf_ray.engine import resolve_device
     from rlhf_ray.rayutil import init_ray
+    from rlhf_ray.stages.runlog import report
 
-    init_ray(address)
+    init_ray(address, num_cpus=num_cpus)
     use_gpu = resolve_device(train).type == "cuda" if train.device != "cpu" else False
     workers = max(1, train.num_workers)
     storage = storage or str(Path(out_dir).parent / f"{Path(out_dir).name}.ray")
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"stage": stage, "cfg": cfg.to_dict(), "data": data_dir, "out": out_dir, "init": init},
+        train_loop_config={"stage": stage.name, "cfg": cfg.to_dict(), "data": data_dir, "out": out_dir,
+                           "init": init, "inputs": inputs},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=ray.train.RunConfig(name=f"{stage}-{Path(out_dir).name}", storage_path=storage),
+        run_config=ray.train.RunConfig(name=f"{stage.name}-{Path(out_dir).name}", storage_path=storage),
     )
     result = trainer.fit()
     if result.error:
@@ -85,4 +89,5 @@ def launch(stage: str, cfg, data_dir: str, out_dir: str, init: str | None = None
     verify_checkpoint(out_dir)
     metrics = dict(result.metrics or {})
     metrics["checkpoint"] = out_dir
+    report(metrics, checkpoint_dir=out_dir)  # a Tune trial that launched workers sees the result too
     return metrics

@@ -8,7 +8,9 @@ bars, TensorBoard, Ray Train reporting, periodic validation, early stopping with
 best-weights restore, and the final export on rank 0.
 
 It runs in-process or inside a Ray Train worker unchanged: Ray is only touched
-through :func:`report`, which is a no-op outside a Ray Train session.
+through :func:`rlhf_ray.stages.runlog.report`, a no-op outside a Ray Train / Tune session.
+Logs (TensorBoard + ``metrics.jsonl``) go through the same :class:`~rlhf_ray.stages.runlog.RunLogger`
+PPO uses.
 
 With more than one rank the final metrics also carry, for every rank r, evidence that
 data-parallel training really ran everywhere (:func:`rank_summary`, gathered from all
@@ -20,18 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
 from rlhf_ray.config import TrainConfig
 from rlhf_ray.engine import Engine, rank_world
+from rlhf_ray.seeding import seed_everything
+from rlhf_ray.stages.runlog import RunLogger, report
 
 
 @dataclass
@@ -47,58 +49,6 @@ class StageSpec:
     history: list = field(default_factory=list)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def in_ray_train() -> bool:
-    import sys
-
-    if "ray.train" not in sys.modules:  # a Ray Train worker has imported it already; importing costs seconds
-        return False
-    try:
-        import ray.train
-
-        ray.train.get_context().get_world_size()
-        return True
-    except Exception:
-        return False
-
-
-def report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
-    """Send metrics (and optionally a checkpoint dir) to Ray Train when running under it."""
-    if not in_ray_train():
-        return
-    import ray.train
-
-    ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, checkpoint=ckpt)
-
-
-class _Logger:
-    def __init__(self, out_dir: Path, enabled: bool):
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir))
-            except Exception:  # tensorboard missing: logging is optional, training is not
-                self.tb = None
-
-    def log(self, metrics: dict, step: int) -> None:
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def _better(new: float, best: float | None, mode: str) -> bool:
     if best is None or not math.isfinite(best):
         return math.isfinite(new)
@@ -108,7 +58,7 @@ def _better(new: float, best: float | None, mode: str) -> bool:
 def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
     """Train ``spec.module`` with ``cfg``; returns the final metrics (best validation)."""
     rank, world = rank_world()
-    seed_everything(cfg.seed + rank)
+    seed_everything(cfg.seed, "init", rank)
     steps_epoch = spec.steps_per_epoch(world)
     if steps_epoch < 1:
         raise ValueError(f"{spec.name}: no training batches (batch_size={cfg.batch_size} larger than the data?)")
@@ -117,7 +67,7 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
         total = min(total, cfg.max_steps)
     engine = Engine.create(spec.module, cfg, total_steps=total)
     is_main = rank == 0
-    logger = _Logger(log_dir / "tb", cfg.tensorboard and is_main)
+    logger = RunLogger(log_dir, enabled=is_main, tensorboard=cfg.tensorboard)
     progress = cfg.progress and is_main
     best, best_state, stale, step = None, None, 0, 0
     final: dict = {}
@@ -140,7 +90,7 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if is_main:
-                logger.log({f"train/{k}": v for k, v in stats.items()}, step)
+                logger.scalars({f"train/{k}": v for k, v in stats.items()}, step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")

@@ -1,4 +1,4 @@
-"""``rlhf-ray pairs | reward | eval-reward``.
+"""``rlhf-ray pairs | eval-reward`` (the reward stage itself is ``rlhf-ray reward``, from the registry).
 
     rlhf-ray pairs --data data/ml-100k --out runs/pairs.parquet [--strength 0.7 --families ranking,diversity]
     rlhf-ray reward --sft runs/sft --data data/ml-100k --out runs/reward [--config reward.yaml] [--alpha 0.5]
@@ -10,8 +10,8 @@ import argparse
 import json
 
 from rlhf_ray.cliutil import add_config_args, add_config_file_arg, load_config
-from rlhf_ray.config import PairsConfig, RewardConfig
-from rlhf_ray.stages.cli import _common, _print_metrics
+from rlhf_ray.config import PairsConfig
+from rlhf_ray.stages.cli import _print_metrics
 
 
 def _pairs(args: argparse.Namespace) -> int:
@@ -30,22 +30,11 @@ def _pairs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reward(args: argparse.Namespace) -> int:
-    from rlhf_ray.stages.launch import launch
-
-    cfg = load_config(RewardConfig, args, key=args.config_key)
-    metrics = launch("reward", cfg, args.data, args.out, init=args.init, address=args.address)
-    shown = {k: v for k, v in metrics.items() if k.startswith(("val/", "norm/")) or
-             k in ("checkpoint", "train/steps", "train/wall_s")}
-    _print_metrics("reward finished", shown, args.json)
-    return 0
-
-
 def _eval_reward(args: argparse.Namespace) -> int:
     from rlhf_ray.errors import DataError, UserError
-    from rlhf_ray.reward import ModelReward
+    from rlhf_ray.rewards import ModelReward
     from rlhf_ray.stages.common import check_compatible, open_data
-    from rlhf_ray.stages.reward import evaluate_pairs, pairs_for_checkpoint
+    from rlhf_ray.stages.reward_model import evaluate_pairs, pairs_for_checkpoint
 
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -79,14 +68,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config-key", default=None, metavar="KEY", help="read this section of --config")
     add_config_args(p, PairsConfig)
     p.set_defaults(func=_pairs)
-
-    p = subparsers.add_parser("reward", help="train the mixed-grained reward model (page + item heads)",
-                              description="Bradley-Terry reward model on synthesised page pairs, "
-                                          "initialised from an SFT checkpoint.")
-    p.add_argument("--sft", dest="init", default=None, metavar="DIR",
-                   help="SFT checkpoint to initialise the backbone from (default: a fresh model)")
-    _common(p, RewardConfig)
-    p.set_defaults(func=_reward)
 
     p = subparsers.add_parser("eval-reward", help="pairwise accuracy of a reward checkpoint per family",
                               description="Accuracy R(chosen) > R(rejected) on held-out pairs, per family, "
