@@ -1,5 +1,5 @@
 # The README's two commands. Each sets itself up on a fresh machine (venv, install, data).
-#   make pipeline   the main job: ml-100k, data -> pretrain -> sft -> eval, embedded local Ray
+#   make pipeline   the main job: ml-100k, data -> pretrain -> sft -> reward -> ppo -> lpo -> eval, local Ray
 #   make test       the default test suite (well under 15 minutes on 2 CPU cores)
 # More: make test-slow (long end-to-end tests), make bench-sft.
 PY := .venv/bin/python

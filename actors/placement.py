@@ -4,7 +4,8 @@ Colocated: ``n = max(ranks)`` bundles; rank r of a multi-rank role sits on bundl
 (start + r) mod n, so the ranks of one group land on distinct bundles (distinct
 GPUs on a GPU node), and single-rank roles go to the least loaded bundle. Each
 bundle asks for the sum of what its actors ask (fractional CPUs/GPUs), so on a
-2-core box the default (7 actors x 0.25 CPU) fits in one group of 1.75 CPUs.
+2-core box the default (5 actors: policy, critic, reference, reward, rollout, x 0.25 CPU)
+fits in one bundle of 1.25 CPUs; a 2-rank policy group spreads them over two bundles (0.75 + 0.75).
 
 Spread: no shared group; each :class:`~actors.group.ModelGroup` makes its own
 with ``ranks`` bundles and the configured strategy (PACK or SPREAD across nodes).

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -159,16 +158,11 @@ def replay(histogram: dict[int, int], table: dict[int, dict]) -> float | None:
     return pages / secs if secs else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_config(a: argparse.Namespace):
     from rlhf_ray.config import ServeConfig
+    from rlhf_ray.rayutil import free_port
 
-    return ServeConfig(checkpoint=a.checkpoint, data=a.data, port=_free_port(), host="127.0.0.1",
+    return ServeConfig(checkpoint=a.checkpoint, data=a.data, port=free_port(), host="127.0.0.1",
                        max_k=max(a.ks), default_k=min(a.ks), max_batch_size=a.max_batch_size,
                        batch_wait_ms=a.batch_wait_ms, torch_threads=a.torch_threads,
                        max_ongoing_requests=max(64, 2 * max(a.concurrency)))

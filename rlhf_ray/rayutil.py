@@ -8,6 +8,7 @@ loopback, so it is set here for local starts (an explicit user value wins).
 from __future__ import annotations
 
 import os
+import socket
 
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
@@ -29,3 +30,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kw):
         local_env()
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=kw.pop("log_to_driver", True), **kw)
     return ray
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (a torch.distributed rendezvous, a test server)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

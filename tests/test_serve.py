@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ import torch
 from rlhf_ray.checkpoint import load_checkpoint, save_checkpoint
 from rlhf_ray.config import ServeConfig
 from rlhf_ray.data.prepared import load_prepared
+from rlhf_ray.rayutil import free_port
 
 MAX_K = 20
 WAIT_S = 90  # upper bound when polling for a reconfigure to land (never a timing assertion)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +32,7 @@ def server(tiny_sft, synth_data):
     from rlhf_ray.rayutil import init_ray
     from rlhf_ray.serve.app import deploy
 
-    cfg = ServeConfig(checkpoint=str(tiny_sft), data=str(synth_data), port=_free_port(), max_k=MAX_K,
+    cfg = ServeConfig(checkpoint=str(tiny_sft), data=str(synth_data), port=free_port(), max_k=MAX_K,
                       max_batch_size=16, batch_wait_ms=50.0, max_body_bytes=65536)
     ray = init_ray(num_cpus=2, log_to_driver=False)
     try:

@@ -2,24 +2,19 @@
 127.0.0.1, and shuts down cleanly on Ctrl-C (SIGINT)."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
 
+from rlhf_ray.rayutil import free_port
+
 START_S = 240  # upper bound for Ray + Serve start on a busy 2-core box (not a timing assertion)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_serves_and_stops_on_ctrl_c(tiny_sft, synth_data, tmp_path):
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
