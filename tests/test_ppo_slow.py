@@ -71,7 +71,7 @@ def test_two_rank_policy_group_stays_in_sync(ray_local, tiny_sft, synth_data, ze
 def _weights(run: Path) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(run / "policy" / "model.safetensors"))
+    return load_file(str(run / "model.safetensors"))
 
 
 def _assert_same_history(a: list, b: list, tol: float = 1e-6) -> None:
@@ -102,7 +102,7 @@ def test_resume_equals_uninterrupted_run(ray_local, tiny_sft, synth_data, tmp_pa
     first = orch(split_dir)
     part = first.run(stop_after=2)  # preempted after 2 iterations: a state, no export
     assert "checkpoint" not in part and part["iterations"] == 2
-    state = split_dir / "state"
+    state = split_dir.with_name("split.state")
     assert (state / "latest").read_text() == iter_name(2)
     # leftovers of a crash while writing iteration 3 are never taken for a complete state
     (state / f".{iter_name(3)}.tmp-999-dead").mkdir()
@@ -140,13 +140,13 @@ def test_cli_ppo_with_reward_model_then_eval(tiny_sft, synth_data, tmp_path):
     r = _cli(*ppo)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads(r.stdout[r.stdout.rindex("\n{\n") + 1:])  # the logs come first
-    assert metrics["iterations"] == 2 and Path(metrics["checkpoint"]) == (out / "policy").resolve()
+    assert metrics["iterations"] == 2 and Path(metrics["checkpoint"]) == out.resolve()
     assert "val/ndcg@10" in metrics and "reward ModelReward {'page_coef': 0.7" in r.stdout
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "ppo.logs" / "metrics.jsonl").read_text().splitlines()]
     assert sum("reward/total" in x for x in lines) == 2 and sum("val/ndcg@10" in x for x in lines) == 3
-    manifest = json.loads((out / "policy" / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "ppo" and manifest["config"]["reward"]["alpha"] == 0.7
-    r = _cli("eval", "--checkpoint", str(out / "policy"), "--data", str(synth_data), "--max-users", "20",
+    r = _cli("eval", "--checkpoint", str(out), "--data", str(synth_data), "--max-users", "20",
              "--page-size", "5", "--max-history", "20", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["stage"] == "ppo"
