@@ -64,6 +64,31 @@ def ensure_reward(data: str, sft: str, reward: str, epochs: int = 1, max_steps: 
     return reward
 
 
+def add_input_args(p, reward_help: str = "reward checkpoint dir (trained if missing) or 'rule'") -> None:
+    """``--data``, ``--sft``, ``--reward``: the inputs every PPO bench takes."""
+    p.add_argument("--data", default=DATA)
+    p.add_argument("--sft", default=SFT)
+    p.add_argument("--reward", default=REWARD, help=reward_help)
+
+
+def sft_prompt(sft: str) -> tuple[int, int]:
+    """(page_size K, max_history H) of the prompt the SFT checkpoint was trained with."""
+    import json
+
+    cfg = json.loads((Path(sft) / "manifest.json").read_text())["config"]
+    return int(cfg["page_size"]), int(cfg["max_history"])
+
+
+def prepare_inputs(args, run) -> tuple[int, int]:
+    """The SFT and reward checkpoints (trained with the CLI when missing), recorded as ``run``'s
+    inputs; returns the SFT prompt's (K, H)."""
+    ensure_sft(args.data, args.sft)
+    args.reward = ensure_reward(args.data, args.sft, args.reward)
+    for name in ("data", "sft", "reward"):
+        run.add_input(name, None if getattr(args, name) == "rule" else getattr(args, name))
+    return sft_prompt(args.sft)
+
+
 # --------------------------------------------------------------------------- Ray processes
 
 RAY_MARKERS = ("raylet", "gcs_server", "ray::", "ray/dashboard", "ray/_private", "ray_client_server",

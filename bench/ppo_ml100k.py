@@ -15,13 +15,12 @@ Writes bench/results/ppo_ml100k.json (through bench/provenance.py) and prints a 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_common import DATA, REWARD, SFT, Run, bench_env, ensure_reward, ensure_sft, results_dir, table  # noqa: E402
+from ppo_common import Run, add_input_args, bench_env, prepare_inputs, results_dir, table  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@20", "tail_recall@20", "page_ild", "page_cat_entropy", "page_coverage")
 
@@ -62,9 +61,7 @@ def run_ppo(args, alpha: float, K: int, H: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=DATA)
-    p.add_argument("--sft", default=SFT)
-    p.add_argument("--reward", default=REWARD, help="reward checkpoint dir (trained if missing)")
+    add_input_args(p, "reward checkpoint dir (trained if missing)")
     p.add_argument("--work", default="/tmp/ppo-bench-runs", help="PPO run directories")
     p.add_argument("--iterations", type=int, default=12)
     p.add_argument("--batch", type=int, default=64, help="pages per iteration")
@@ -81,14 +78,9 @@ def main() -> None:
     run = Run()
     if args.smoke_test:
         args.iterations, args.alphas, args.test_users, args.eval_every = 2, "0.5", 100, 2
-    ensure_sft(args.data, args.sft)
-    args.reward = ensure_reward(args.data, args.sft, args.reward)
-    for name in ("data", "sft", "reward"):
-        run.add_input(name, None if getattr(args, name) == "rule" else getattr(args, name))
+    K, H = prepare_inputs(args, run)
     if args.reward == "rule":
         print("[bench] note: the rule reward has no alpha; the ablation needs a reward checkpoint")
-    sft_cfg = json.loads((Path(args.sft) / "manifest.json").read_text())["config"]
-    K, H = int(sft_cfg["page_size"]), int(sft_cfg["max_history"])
     from rlhf_ray.rayutil import init_ray
     from rlhf_ray.stages.common import open_data
 

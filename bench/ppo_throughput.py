@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_common import DATA, REWARD, SFT, Run, bench_env, ensure_reward, ensure_sft, results_dir, table  # noqa: E402
+from ppo_common import Run, add_input_args, bench_env, prepare_inputs, results_dir, table  # noqa: E402
 
 SETUPS = {
     "zero0-1rank-colocated": {"ranks": 1, "zero": 0, "colocate": True},
@@ -46,11 +46,11 @@ def ppo_config(setup: dict, batch: int, page_size: int, max_history: int, iterat
     })
 
 
-def measure(name: str, setup: dict, args, sft_cfg: dict) -> dict:
+def measure(name: str, setup: dict, args, K: int, H: int) -> dict:
     from actors.orchestrator import PHASES as ORCH_PHASES, PPOOrchestrator
 
     assert tuple(ORCH_PHASES) == PHASES
-    cfg = ppo_config(setup, args.batch, sft_cfg["page_size"], sft_cfg["max_history"], args.iterations)
+    cfg = ppo_config(setup, args.batch, K, H, args.iterations)
     with tempfile.TemporaryDirectory(prefix="ppo-tp-") as out:
         orch = PPOOrchestrator(cfg, args.sft, args.reward, args.data, out, log=lambda s: None)
         t0 = time.perf_counter()
@@ -73,9 +73,7 @@ def measure(name: str, setup: dict, args, sft_cfg: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=DATA)
-    p.add_argument("--sft", default=SFT)
-    p.add_argument("--reward", default=REWARD, help="reward checkpoint dir (trained if missing) or 'rule'")
+    add_input_args(p)
     p.add_argument("--iterations", type=int, default=3, help="measured iterations per setup")
     p.add_argument("--batch", type=int, default=64, help="pages per iteration (rollout_batch_size)")
     p.add_argument("--setups", default=",".join(SETUPS), help="comma-separated subset of " + ",".join(SETUPS))
@@ -86,24 +84,18 @@ def main() -> None:
     run = Run()
     if args.smoke_test:
         args.iterations, args.setups = 1, "zero0-1rank-colocated,zero2-2rank-colocated"
-    ensure_sft(args.data, args.sft)
-    args.reward = ensure_reward(args.data, args.sft, args.reward)
-    for name in ("data", "sft", "reward"):
-        run.add_input(name, None if getattr(args, name) == "rule" else getattr(args, name))
-    import json
-
-    sft_cfg = json.loads((Path(args.sft) / "manifest.json").read_text())["config"]
+    K, H = prepare_inputs(args, run)
     from rlhf_ray.rayutil import init_ray
 
     init_ray(num_cpus=2, log_to_driver=False)
-    rows = [measure(name, SETUPS[name], args, sft_cfg) for name in args.setups.split(",")]
+    rows = [measure(name, SETUPS[name], args, K, H) for name in args.setups.split(",")]
     cols = ["setup", "pages_per_s", "iteration_s", *[f"{ph}_s" for ph in PHASES], "startup_s"]
     print(table(rows, cols, "{:.3f}"))
     path = run.write("ppo_throughput", {
         "what": "PPO iteration throughput (pages/s) and per-phase seconds on Ray actors",
         "smoke": args.smoke_test,
         "settings": {"reward": args.reward, "batch": args.batch,
-                   "page_size": sft_cfg["page_size"], "max_history": sft_cfg["max_history"],
+                   "page_size": K, "max_history": H,
                    "ppo_epochs": 2, "minibatch": args.batch // 2, "measured_iterations": args.iterations},
         "results": rows}, results_dir=results_dir(args.smoke_test))
     print(f"[bench] wrote {path}")

@@ -49,8 +49,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_common import (DATA, REWARD, SFT, Run, bench_env, ensure_reward, ensure_sft, ray_processes,  # noqa: E402
-                        results_dir, spread, table, wait_ray_gone)
+from ppo_common import (Run, add_input_args, bench_env, prepare_inputs, ray_processes, results_dir,  # noqa: E402
+                        sft_prompt, spread, table, wait_ray_gone)
 
 KL_COEF = 0.05
 LR = 1e-5
@@ -276,9 +276,7 @@ def measure(args, side: str, baseline: set[int]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=DATA)
-    p.add_argument("--sft", default=SFT)
-    p.add_argument("--reward", default=REWARD, help="reward checkpoint dir (trained if missing) or 'rule'")
+    add_input_args(p)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (ours, TRL) of fresh subprocesses")
     p.add_argument("--cycles", type=int, default=3, help="measured rollouts (+1 warm-up) per subprocess")
     p.add_argument("--batch", type=int, default=64, help="pages per rollout")
@@ -290,20 +288,14 @@ def main() -> None:
     args = p.parse_args()
     bench_env()
     if args.child:
-        sft_cfg = json.loads((Path(args.sft) / "manifest.json").read_text())["config"]
-        K, H = int(sft_cfg["page_size"]), int(sft_cfg["max_history"])
+        K, H = sft_prompt(args.sft)
         out = run_ours(args, K, H) if args.child == "ours" else run_trl(args, K, H)
         print("RESULT " + json.dumps(out), flush=True)
         return
     if args.smoke:
         args.repeats, args.cycles, args.batch = 1, 1, 16
     run = Run()
-    ensure_sft(args.data, args.sft)
-    args.reward = ensure_reward(args.data, args.sft, args.reward)
-    for name in ("data", "sft", "reward"):
-        run.add_input(name, None if getattr(args, name) == "rule" else getattr(args, name))
-    sft_cfg = json.loads((Path(args.sft) / "manifest.json").read_text())["config"]
-    K, H = int(sft_cfg["page_size"]), int(sft_cfg["max_history"])
+    K, H = prepare_inputs(args, run)
 
     baseline = set(ray_processes())  # Ray processes that are not this bench's (none on a quiet box)
     runs: dict[str, list[dict]] = {"ours": [], "trl": []}

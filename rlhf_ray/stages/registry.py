@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from rlhf_ray.config import Config, ConfigError
 
@@ -124,8 +124,3 @@ def config_sections() -> dict[str, type[Config]]:
     """stage name -> config class (the pipeline YAML's per-stage sections)."""
     return {s.name: s.config for s in stages()}
 
-
-def describe() -> list[dict[str, Any]]:
-    """A table of the registry (README, ``rlhf-ray pipeline --help``)."""
-    return [{"stage": s.name, "config": s.config.__name__, "starts_from": s.starts_from, "needs": list(s.needs),
-             "policy": s.policy, "module": s.run.__module__} for s in stages()]
