@@ -70,9 +70,14 @@ def unwrap_optional(tp: Any) -> Any:
     return tp
 
 
+def _num(x: float) -> str:
+    """A bound as written in a message: 0.0 -> "0", 0.5 -> "0.5"."""
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
 def _interval(rules: Mapping[str, Any]) -> str:
-    lo = f"[{rules['ge']}" if "ge" in rules else f"({rules['gt']}" if "gt" in rules else "(-inf"
-    hi = f"{rules['le']}]" if "le" in rules else f"{rules['lt']})" if "lt" in rules else "inf)"
+    lo = f"[{_num(rules['ge'])}" if "ge" in rules else f"({_num(rules['gt'])}" if "gt" in rules else "(-inf"
+    hi = f"{_num(rules['le'])}]" if "le" in rules else f"{_num(rules['lt'])})" if "lt" in rules else "inf)"
     return f"{lo}, {hi}"
 
 
@@ -96,8 +101,8 @@ def check_fields(cfg: "Config") -> None:
         ok = (("ge" not in bounds or value >= bounds["ge"]) and ("gt" not in bounds or value > bounds["gt"])
               and ("le" not in bounds or value <= bounds["le"]) and ("lt" not in bounds or value < bounds["lt"]))
         if not ok:
-            msg = (f"must be >= {bounds['ge']}" if set(bounds) == {"ge"} else
-                   f"must be > {bounds['gt']}" if set(bounds) == {"gt"} else f"must be in {_interval(bounds)}")
+            msg = (f"must be >= {_num(bounds['ge'])}" if set(bounds) == {"ge"} else
+                   f"must be > {_num(bounds['gt'])}" if set(bounds) == {"gt"} else f"must be in {_interval(bounds)}")
             raise ConfigError(f"{f.name}: {msg}, got {value}")
 
 
