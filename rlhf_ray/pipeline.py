@@ -6,7 +6,8 @@
 
 One YAML file holds a section per registered stage, plus ``data``, ``generation``,
 ``prompt`` (the prompt every stage builds: history length, page size, seen-item exclusion,
-written once and applied to every section that has those fields) and ``pipeline`` (which
+written once and applied to every section that has those fields; a section may still set
+its own page size, e.g. evaluation on longer pages, but not another history length) and ``pipeline`` (which
 stages, in which order). Each stage writes its checkpoint to ``--out/<stage>`` and starts
 from what its :class:`~rlhf_ray.stages.registry.Stage` declares (the chain's newest policy,
 or a named stage's checkpoint). A stage whose checkpoint is already complete for the same
@@ -83,9 +84,13 @@ def default_config_path(dataset: str = "ml-100k") -> Path:
     return Path(str(resources.files("rlhf_ray") / "configs" / f"{dataset}.yaml"))
 
 
+SHARED_STRICT = ("max_history",)  # must be the same in every section: a model is scored and served on its own prompt
+
+
 def _share_prompt(raw: dict, secs: dict[str, type[Config]], where: str) -> dict:
-    """Copy the ``prompt`` section into every section whose config has the prompt fields; a
-    section that sets one of them to another value is an error (the prompt is set once)."""
+    """Copy the ``prompt`` section into every section whose config has the prompt fields. A
+    section may set its own ``page_size`` / ``exclude_seen`` (e.g. evaluation on longer pages),
+    never another ``max_history``: that is an error (the history a prompt holds is set once)."""
     shared = PromptConfig.from_dict(raw.get("prompt") or {}, source=f"{where} [prompt]" if where else "").to_dict()
     given = set(raw.get("prompt") or {})
     out = dict(raw)
@@ -94,10 +99,10 @@ def _share_prompt(raw: dict, secs: dict[str, type[Config]], where: str) -> dict:
             continue
         sec = dict(out.get(name) or {})
         for k in given:
-            if k in sec and sec[k] != shared[k]:
+            if k in SHARED_STRICT and k in sec and sec[k] != shared[k]:
                 raise ConfigError(f"{where or 'pipeline config'}: {name}.{k} = {sec[k]!r} differs from prompt.{k} = "
-                                  f"{shared[k]!r}; set the prompt once, under prompt:")
-            sec[k] = shared[k]
+                                  f"{shared[k]!r}; set it once, under prompt:")
+            sec.setdefault(k, shared[k])
         out[name] = sec
     return out
 

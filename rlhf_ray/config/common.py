@@ -70,8 +70,9 @@ class PromptConfig(Config):
 
     SFT, reward, PPO (rollout, reference, policy, critic), LPO and evaluation configs inherit
     these fields (same YAML keys and flags in every section); a pipeline's ``prompt:`` section
-    sets them for all of its stages at once, and every checkpoint records the prompt it was
-    trained with (``manifest["prompt"]``), which Serve and the PPO reward actor use.
+    sets them for all of its stages at once (a section may keep its own page size, never its
+    own history length), and every checkpoint records the prompt it was trained with
+    (``manifest["prompt"]``), which Serve uses.
     Stages that score the first slot only (LPO) or given pages (reward) read ``max_history``.
     """
 
