@@ -257,7 +257,8 @@ def main(argv=None) -> int:
     run.add_input("data", outs[0] / "data")
     for out in outs:
         for stage in OURS:
-            run.add_input(f"{out.name}/{stage}", out / (f"{stage}/policy" if stage == "ppo" else stage))
+            ckpt = out / stage / "policy" if (out / stage / "policy").is_dir() else out / stage  # PPO before the registry
+            run.add_input(f"{out.name}/{stage}", ckpt)
     costs = {o.name: json.loads((o / "cost.json").read_text()) for o in outs if (o / "cost.json").is_file()}
     ours = per_user_ours(outs, prepared)
     peers = {} if args.smoke else per_user_peers(peers_dir, prepared, args.protocol)
