@@ -97,9 +97,9 @@ class Scored(NamedTuple):
     na: dict  # name -> reason: metrics undefined here, reported as "n/a", never as a number
 
 
-def _tail_targets(targets: list[list[int]], is_tail: np.ndarray) -> np.ndarray:
-    """(U, T) the tail items among each user's targets, -1 padded."""
-    return pad_lists([[t for t in ts if is_tail[t]] for ts in targets])
+def _targets_where(targets: list[list[int]], keep: np.ndarray) -> np.ndarray:
+    """(U, T) each user's targets t with keep[t] (e.g. the tail items), -1 padded."""
+    return pad_lists([[t for t in ts if keep[t]] for ts in targets])
 
 
 def score_lists(top: np.ndarray, page: np.ndarray | None, targets, target_ratings, prepared,
@@ -119,8 +119,8 @@ def score_lists(top: np.ndarray, page: np.ndarray | None, targets, target_rating
     ks = tuple(ks or PROTOCOLS[protocol]["ks"])
     is_tail = np.asarray(prepared.is_tail if is_tail is None else is_tail, dtype=bool)
     tgt = pad_lists(targets)
-    tail_tgt = _tail_targets(targets, is_tail)
-    head_tgt = pad_lists([[t for t in ts if not is_tail[t]] for ts in targets])
+    tail_tgt = _targets_where(targets, is_tail)
+    head_tgt = _targets_where(targets, ~is_tail)
     per_user: dict[str, np.ndarray] = {}
     fns = {"ndcg": M.ndcg, "recall": M.recall, "hr": M.hit_rate, "mrr": M.mrr}
     for k in ks:

@@ -347,7 +347,7 @@ def redundancy(pages: Any, item_categories: Any) -> np.ndarray:
     reported beside :func:`category_entropy` (higher = more diverse) and
     :func:`category_coverage`, never instead of them. NaN for a page with no valid item.
     """
-    c, valid = _page_categories(pages, item_categories)
+    _, valid = _page_categories(pages, item_categories)
     n_cat = int(np.unique(_np(item_categories)).size)
     n = valid.sum(axis=1)
     h = category_entropy(pages, item_categories)
