@@ -23,7 +23,7 @@ echo "[setup] build tools + deepspeed (no build isolation, needs torch present)"
 "${pip[@]}" -c "$cons" setuptools wheel ninja==1.13.2 packaging
 "${pip[@]}" -c "$cons" --no-build-isolation deepspeed==0.19.8
 echo "[setup] rlhf-ray and its dependencies"
-"${pip[@]}" -c "$cons" -e ".[test]"
+"${pip[@]}" -c "$cons" -e ".[test,tune]"
 "$VENV/bin/python" -m pip check
 echo "$want" > "$STAMP"
 echo "[setup] done in $(( $(date +%s) - start )) s; venv size $(du -sh "$VENV" | cut -f1)"
