@@ -39,18 +39,13 @@ def table_markdown(doc: dict) -> str:
     if best:
         knobs = ", ".join(f"{k} = {best[k]:.4g}" if isinstance(best[k], float) else f"{k} = {best[k]}"
                           for k in doc["space"])
+        d = doc.get("default_objective")
         lines += [f"Selected on validation: trial `{best['trial']}` ({knobs}), validation objective "
-                  f"{best['objective']:.4f}; the default config's: {doc.get('default_objective', float('nan')):.4f}.", ""]
+                  f"{best['objective']:.4f}; the default config's: {'n/a' if d is None else f'{d:.4f}'}.", ""]
     if test:
-        lines += [f"Test split ({test['protocol']} protocol, {test['users']} users), evaluated once:", "",
-                  "| metric | selected | default | selected - default [95% CI] | verdict |", "|---|---|---|---|---|"]
-        for k, b in test["best"].items():
-            d, p = test["default"][k], test["best_minus_default"][k]
-            if b["mean"] is None or d["mean"] is None or p["diff"] is None:
-                continue
-            lines.append(f"| {k} | {b['mean']:.4f} [{b['lo']:.4f}, {b['hi']:.4f}] | {d['mean']:.4f} "
-                         f"[{d['lo']:.4f}, {d['hi']:.4f}] | {p['diff']:+.4f} [{p['lo']:+.4f}, {p['hi']:+.4f}] | "
-                         f"{p['verdict']} |")
+        from rlhf_ray.tune.results import test_markdown
+
+        lines.append(test_markdown(test).strip().replace("## Test split", "Test split", 1))
     return "\n".join(lines)
 
 
