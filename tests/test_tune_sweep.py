@@ -110,3 +110,28 @@ def test_smoke_sweep_interrupted_then_resumed(tmp_path):
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and e["title"]
     md = (out / "results.md").read_text()
     assert "| trial |" in md and "Test split" in md and best["trial"] in md
+
+
+@pytest.mark.slow
+def test_pbt_smoke_sweep_exploits_a_saved_ppo_state(tmp_path):
+    """PBT over the KL weight and reward mix: a weak trial resumes PPO from a strong trial's
+    saved state with its own new knob values (the orchestrator logs the adoption)."""
+    import yaml
+
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw.update(name="smoke-pbt", trial=["ppo"], include_default=False, num_samples=4, max_concurrent=4,
+               scheduler={"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.25},
+               space={"ppo.kl_coef": {"loguniform": [0.01, 0.5]}, "ppo.reward.alpha": {"uniform": [0.0, 1.0]}})
+    raw["overrides"]["ppo"].update(iterations=4, eval_every=1, save_every=1)
+    raw["base"] = str(ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml")
+    f = tmp_path / "pbt.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "rlhf_ray.cli", "tune", "--config", str(f), "--out", str(out),
+                           "--no-test"], capture_output=True, text=True, cwd=ROOT, timeout=1500)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "adopted from" in log, "no PBT exploit happened"
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 4 and (table["status"] == "completed").all()
+    assert json.loads((out / "sweep.json").read_text())["best"]["trial"] in set(table["trial"])
