@@ -24,11 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     from rlhf_ray import pipeline
     from rlhf_ray.data import cli as data_cli
+    from rlhf_ray.report import cli as report_cli
     from rlhf_ray.serve import cli as serve_cli
     from rlhf_ray.stages import cli as stages_cli
     from rlhf_ray.stages import reward_cli
 
-    for mod in (data_cli, stages_cli, pipeline, reward_cli, serve_cli):  # stages_cli: one command per stage
+    for mod in (data_cli, stages_cli, pipeline, reward_cli, serve_cli, report_cli):  # stages_cli: one command per stage
         mod.register(sub)
     return parser
 
