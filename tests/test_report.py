@@ -102,6 +102,31 @@ def test_report_skips_sections_it_has_no_inputs_for(smoke_run, tmp_path, capsys)
         assert f"*Skipped: {reason}" in md
 
 
+def test_hacking_alerts_are_listed_and_marked_on_the_ppo_plots(smoke_run, tmp_path):
+    """An alert in PPO's saved monitor state: a row in the report's table, a line on every PPO panel."""
+    from rlhf_ray.report import plots
+    from rlhf_ray.report.collect import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run, ignore=shutil.ignore_patterns("reward*", "report"))
+    state = run / "ppo.state" / (run / "ppo.state" / "latest").read_text().strip() / "controller.json"
+    ctl = json.loads(state.read_text())
+    alert = {"iteration": 2, "reward_gain": 0.25, "metric": "val/page_ild", "drop": 0.125, "baseline": 0.8, "now": 0.7}
+    ctl["monitor"]["alerts"] = [alert]
+    state.write_text(json.dumps(ctl))
+    assert main(["report", str(run)]) == 0
+    md = (run / "report" / "report.md").read_text()
+    assert "Reward-hacking monitor: 1 alert(s)" in md and "| 2 | 0.2500 | val/page_ild | 0.8000 | 0.7000 | 12.5% |" in md
+    records = load_run(run).stages["ppo"].records
+    iters = [r for r in records if "kl/coef" in r]
+    vals = [r for r in records if "kl/coef" not in r]
+    for fig in (plots.ppo_training(iters, [alert]), plots.ppo_validation(vals, [alert], {}, None)):
+        panels = [ax for ax in fig.axes if ax.get_title()]
+        marks = [[tuple(ln.get_xdata()) for ln in ax.get_lines() if ln.get_label() == "reward-hacking alert"]
+                 for ax in panels]
+        assert len(panels) == 3 and marks == [[(2, 2)]] * 3
+
+
 def make_sweep(root):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -55,12 +55,13 @@ def val_unit(keys: list[str]) -> str:
     if any("rmse" in k for k in keys):
         return "validation rating RMSE (stars)"
     if all(k.startswith("val/acc") for k in keys):
-        return "validation pairwise accuracy (fraction of pairs)"
+        return "pairwise accuracy (fraction of pairs)"
     return f"validation metric ({SCORE})"
 
 
-def stage_curves(stage: str, steps: dict, epochs: list[dict], val_keys: list[str]) -> Figure:
-    """Left: training losses per optimiser step (raw and smoothed); right: validation per epoch."""
+def stage_curves(stage: str, steps: dict, epochs: list[dict], val_keys: list[str], best: int | None = None) -> Figure:
+    """Left: training losses per optimiser step (raw and smoothed); right: validation per epoch,
+    with the ``best`` epoch (the one the checkpoint keeps) marked when there are several."""
     fig, (left, right) = _fig(2)
     for key, (x, y) in steps.items():
         y = np.asarray(y, dtype=float)
@@ -81,10 +82,12 @@ def stage_curves(stage: str, steps: dict, epochs: list[dict], val_keys: list[str
         x, y = [r["epoch"] for r in ep], [r[key] for r in ep]
         right.plot(x, y, marker="o", label=key.split("/", 1)[1])
         _label_last(right, x, y)
+    if best is not None and len(epochs) > 1:
+        right.axvline(best, color="gray", linestyle=":", label=f"best epoch ({best}): the checkpoint")
     right.set_ylabel(val_unit(val_keys))
     _epochs_axis(right, [r["epoch"] for r in epochs])
     right.set_title(f"{stage}: validation after each epoch")
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3)  # below: off the curves
     return fig
 
 
@@ -175,7 +178,7 @@ def reward_scores(scores: dict, split: str) -> Figure:
 
 def intervals(cis: dict, metrics: list[tuple[str, str]], title: str) -> Figure:
     """Test metric per policy: mean and 95% bootstrap interval, one panel per metric."""
-    fig, axes = _fig(len(metrics), width=3.4)
+    fig, axes = _fig(len(metrics), width=3.8)
     for ax, (key, unit) in zip(axes, metrics):
         pols = [p for p in cis if cis[p].get(key) and cis[p][key]["mean"] is not None]
         m = np.array([cis[p][key]["mean"] for p in pols])

@@ -8,7 +8,7 @@ from rlhf_ray.report.collect import RunData
 from rlhf_ray.report.render import Report
 
 INTERVAL_PLOT = (("ndcg@10", f"NDCG@10 ({plots.SCORE})"), ("recall@20", f"recall@20 ({plots.FRACTION})"),
-                 ("tail_recall@20", f"recall@20 of tail users ({plots.FRACTION})"),
+                 ("tail_recall@20", "recall@20, tail users (0-1)"),
                  ("page_ild", "intra-list distance, 0-1"))
 HEAD_TAIL = ("recall@10", "recall@20")
 

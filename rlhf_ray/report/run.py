@@ -105,7 +105,9 @@ def curves_section(rep: Report, run: RunData) -> None:
         note = (f"{len(st.epochs)} epoch(s), {m.get('train/steps', '?')} steps; best epoch "
                 f"{m.get('train/best_epoch', '?')}, stopped by {m.get('train/stopped_by', '?')}")
         src = "per step from TensorBoard (faint: raw; bold: moving average)" if steps else "epoch means"
-        rep.figure(plots.stage_curves(st.name, steps, st.epochs, val), f"curves-{st.name}",
+        best = m.get("train/best_epoch")
+        rep.figure(plots.stage_curves(st.name, steps, st.epochs, val, best if isinstance(best, int) else None),
+                   f"curves-{st.name}",
                    f"{st.name}: {note}. Loss {src}; validation after each epoch.")
 
 
