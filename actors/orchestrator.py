@@ -43,7 +43,7 @@ from actors.critic import CriticActor
 from actors.experience import PromptBatch, experience, experience_stats
 from actors.group import ModelGroup
 from actors.monitor import HackingMonitor
-from actors.placement import RoleSpec, plan
+from actors.placement import plan, role_specs
 from actors.policy import PolicyActor
 from actors.reference import ReferenceActor
 from actors.reward_actor import RewardActor
@@ -64,6 +64,18 @@ STAGE = "ppo"
 def _mean_stats(per_rank: list[dict]) -> dict[str, float]:
     keys = per_rank[0].keys()
     return {k: float(np.mean([s[k] for s in per_rank])) for k in keys}
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaf values that differ between two config dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 class PPOOrchestrator:
@@ -112,11 +124,7 @@ class PPOOrchestrator:
         import ray
 
         c = self.cfg
-        specs = [RoleSpec("policy", c.policy.ranks, c.policy.num_cpus, c.policy.num_gpus),
-                 RoleSpec("critic", c.critic.ranks, c.critic.num_cpus, c.critic.num_gpus),
-                 RoleSpec("reference", 1, c.reference.num_cpus, c.reference.num_gpus),
-                 RoleSpec("reward", 1, c.reward.num_cpus, c.reward.num_gpus),
-                 RoleSpec("rollout", c.rollout.actors, c.rollout.num_cpus, c.rollout.num_gpus)]
+        specs = role_specs(c)
         self.layout = plan(specs, c.colocate, c.strategy)
         for s in specs:
             self.groups[s.role] = ModelGroup(self.ROLE_CLASSES[s.role], s.role, s.ranks, num_cpus=s.num_cpus,
@@ -276,21 +284,32 @@ class PPOOrchestrator:
         self.log(f"[ppo] state saved: {path}")
         return path
 
-    def restore(self) -> int:
-        """Load the newest complete state; returns the number of completed iterations (0: none)."""
-        d = self.state.latest()
+    def restore(self, source: str | None = None) -> int:
+        """Load the newest complete state (or the state directory ``source``, another run's: the
+        config may then differ in the :data:`actors.stage.ADOPTABLE` fields, which take this
+        run's values); returns the number of completed iterations (0: none)."""
+        from actors.stage import ADOPTABLE
+        from actors.state import complete
+
+        d = Path(source) if source else self.state.latest()
+        if source and not complete(d):
+            raise UserError(f"{d}: not a complete PPO state (no readable controller.json)")
         if d is None:
             self.log(f"[ppo] --resume: no complete state under {self.state.root}; starting from the SFT policy")
             return 0
         ctl = json.loads((d / "controller.json").read_text())
-        if ctl.get("config") != self.cfg.to_dict():
-            raise UserError(f"{d}: saved with a different PPO config; resume with the same config "
-                            f"(or a new --out)")
+        changed = _differences(ctl.get("config") or {}, self.cfg.to_dict())
+        if changed and (not source or not set(changed) <= set(ADOPTABLE)):
+            raise UserError(f"{d}: saved with a different PPO config ({', '.join(changed)}); resume with the same "
+                            f"config (or a new --out)" + (f"; only {list(ADOPTABLE)} may change" if source else ""))
         p = self.policy.run_all("load_state", str(d / "policy"))
         c = self.critic.run_all("load_state", str(d / "critic"))
         self.policy.get(p)
         self.critic.get(c)
-        self.kl_ctl.load_state_dict(ctl["kl"])
+        if "kl_coef" not in changed:  # an adopted KL weight starts its controller afresh
+            self.kl_ctl.load_state_dict(ctl["kl"])
+        elif changed:
+            self.log(f"[ppo] adopted from {d}: {', '.join(changed)} take this run's values")
         self.monitor = HackingMonitor.from_state(ctl["monitor"])
         set_rng_state(ctl["rng"])
         self.history, self.validations = ctl["history"], ctl["validations"]
@@ -303,10 +322,10 @@ class PPOOrchestrator:
         tagged = [(m["iteration"], 0, m) for m in self.history] + [(v["iteration"], 1, v) for v in self.validations]
         return [m for *_, m in sorted(tagged, key=lambda t: t[:2])]
 
-    def _log(self, metrics: dict) -> None:
+    def _log(self, metrics: dict, state: Path | None = None) -> None:
         if self.logger is not None:
             self.logger.log(metrics, step=int(metrics["iteration"]))
-        report(metrics)
+        report(metrics, checkpoint_dir=state)
 
     def export(self, metrics: dict) -> str:
         from rlhf_ray.stages.common import lineage
@@ -316,9 +335,10 @@ class PPOOrchestrator:
                                 data_fingerprint=self.prepared.fingerprint, lineage=info)[0]
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
-        """Train; returns the final metrics. ``stop_after``: leave after that many iterations of
-        this call (a resumable state is written there), as a preempted run would."""
+    def run(self, resume: bool | str = False, stop_after: int | None = None) -> dict:
+        """Train; returns the final metrics. ``resume``: True continues this run's newest state, a
+        path starts from that state directory (:meth:`restore`). ``stop_after``: leave after that
+        many iterations of this call (a resumable state is written there), as a preempted run would."""
         c = self.cfg
         if not resume and self.state.latest() is not None:
             raise UserError(f"{self.state.root} holds a resumable state: pass --resume to continue it, "
@@ -327,7 +347,7 @@ class PPOOrchestrator:
         self.start()
         self.logger = RunLogger(log_dir(self.out), tensorboard=c.tensorboard)
         try:
-            done = self.restore() if resume else 0
+            done = self.restore(resume if isinstance(resume, str) else None) if resume else 0
             self.logger.rewrite(self.records())
             if c.eval_every and done == 0:
                 base = self.validate(0)
@@ -345,9 +365,9 @@ class PPOOrchestrator:
                          f"kl {m['kl/per_page']:.4f} pg {m['policy/policy_loss']:.4f} "
                          f"vf {m['critic/value_loss']:.4f} {m['perf/pages_per_s']:.1f} pages/s")
                 last = it + 1 == c.iterations
+                v = None
                 if c.eval_every and ((it + 1) % c.eval_every == 0 or last):
                     v = self.validate(it + 1)
-                    self._log(v)
                     self.log(f"[ppo] validation after {it + 1}: {self._brief(v)}")
                     alert = self.monitor.observe_validation(it + 1, v)
                     if alert:
@@ -357,8 +377,11 @@ class PPOOrchestrator:
                         if c.hack_stop:
                             stopped = f"reward-hacking monitor at iteration {it + 1}"
                 preempt = stop_after is not None and ran >= stop_after and not last
+                saved = None
                 if (c.save_every and (it + 1) % c.save_every == 0) or last or stopped or preempt:
-                    self.save_state(it + 1)
+                    saved = self.save_state(it + 1)
+                if v is not None:  # with the state saved at this iteration, if any (Tune: PBT's exploit)
+                    self._log(v, state=saved)
                 if stopped or preempt:
                     break
             if stopped:

@@ -9,6 +9,12 @@ fits in one bundle of 1.25 CPUs; a 2-rank policy group spreads them over two bun
 
 Spread: no shared group; each :class:`~actors.group.ModelGroup` makes its own
 with ``ranks`` bundles and the configured strategy (PACK or SPREAD across nodes).
+
+Inside a reservation: when the caller already runs in a placement group whose bundles after
+its own first one are exactly the roles' bundles (a Ray Tune trial started with
+``PlacementGroupFactory([caller, *trial_bundles(cfg)])``, as ``rlhf-ray tune`` does), the
+roles go there instead of into a new group, so concurrent trials each keep to their own
+reservation and never wait on one another's actors.
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ import uuid
 from dataclasses import dataclass
 
 from actors.group import Placement, wait_placement
+from rlhf_ray.config import PPOConfig
+from rlhf_ray.errors import UserError
 
 
 @dataclass
@@ -59,6 +67,41 @@ def colocated_bundles(roles: list[RoleSpec]) -> tuple[list[dict], dict[str, list
     return bundles, assign
 
 
+def role_specs(cfg: PPOConfig) -> list[RoleSpec]:
+    """The PPO roles a config asks for: ranks and per-actor CPUs/GPUs."""
+    return [RoleSpec("policy", cfg.policy.ranks, cfg.policy.num_cpus, cfg.policy.num_gpus),
+            RoleSpec("critic", cfg.critic.ranks, cfg.critic.num_cpus, cfg.critic.num_gpus),
+            RoleSpec("reference", 1, cfg.reference.num_cpus, cfg.reference.num_gpus),
+            RoleSpec("reward", 1, cfg.reward.num_cpus, cfg.reward.num_gpus),
+            RoleSpec("rollout", cfg.rollout.actors, cfg.rollout.num_cpus, cfg.rollout.num_gpus)]
+
+
+def trial_bundles(cfg: PPOConfig) -> list[dict]:
+    """The bundles PPO's actors need beside the process that drives them (a Tune trial's)."""
+    if not cfg.colocate:
+        raise UserError("ppo.colocate: false places each role in a placement group of its own, outside a "
+                        "sweep trial's reservation; sweeps need ppo.colocate: true")
+    return colocated_bundles(role_specs(cfg))[0]
+
+
+def _covers(have: dict, need: dict) -> bool:
+    return all(have.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
+
+
+def _enclosing(bundles: list[dict]):
+    """The placement group the caller runs in, if its bundles 1.. are ``bundles`` (see module doc)."""
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    if pg is None:
+        return None
+    specs = pg.bundle_specs
+    if len(specs) != 1 + len(bundles) or not all(_covers(h, n) for h, n in zip(specs[1:], bundles)):
+        raise UserError(f"PPO runs inside a placement group with bundles {specs}, but its roles need "
+                        f"[<driver>, *{bundles}]: reserve them with trial_bundles(cfg) (rlhf-ray tune does)")
+    return pg
+
+
 def plan(roles: list[RoleSpec], colocate: bool, strategy: str = "PACK", timeout_s: float = 300.0) -> Layout:
     """Create the shared placement group (colocated) and say where each role's ranks go."""
     if not colocate:
@@ -66,6 +109,9 @@ def plan(roles: list[RoleSpec], colocate: bool, strategy: str = "PACK", timeout_
     from ray.util.placement_group import placement_group
 
     bundles, assign = colocated_bundles(roles)
+    outer = _enclosing(bundles)
+    if outer is not None:  # a Tune trial's reservation: bundle 0 is the trial's own
+        return Layout({role: Placement(outer, [b + 1 for b in idx]) for role, idx in assign.items()}, None, bundles)
     pg = placement_group(bundles, strategy=strategy, name=f"rlhf-ray-ppo-{uuid.uuid4().hex[:6]}")
     wait_placement(pg, f"PPO roles colocated ({bundles}, {strategy})", timeout_s)
     return Layout({role: Placement(pg, idx) for role, idx in assign.items()}, pg, bundles)

@@ -24,7 +24,7 @@ from rlhf_ray.stages.registry import POLICY, Stage
 
 
 def run(cfg: PPOConfig, data_dir: str, out_dir: str, init: str | None = None, *, reward: str,
-        address: str | None = None, resume: bool = False, num_cpus: int | None = None) -> dict:
+        address: str | None = None, resume: bool | str = False, num_cpus: int | None = None) -> dict:
     """Train PPO from the policy ``init`` with the reward ``reward`` (a checkpoint dir or "rule");
     returns the final metrics (``checkpoint``: ``out_dir``)."""
     from actors.orchestrator import PPOOrchestrator
@@ -33,6 +33,17 @@ def run(cfg: PPOConfig, data_dir: str, out_dir: str, init: str | None = None, *,
     orch = PPOOrchestrator(cfg, sft=init, reward=reward, data=data_dir, out=out_dir)
     init_ray(address, num_cpus=None if address else num_cpus)
     return orch.run(resume=resume)
+
+
+# read afresh when the roles start, so a run resumed from another run's state (PBT) may change them
+ADOPTABLE = ("kl_coef", "reward.alpha", "policy.entropy_coef", "rollout.temperature")
+
+
+def bundles(cfg: PPOConfig) -> list[dict]:
+    """The roles' placement bundles (a sweep trial reserves them beside its own)."""
+    from actors.placement import trial_bundles
+
+    return trial_bundles(cfg)
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -47,7 +58,7 @@ PPO = Stage(
     starts_from=POLICY, init_required=True, init_flag="--sft",
     init_help="SFT checkpoint: initial policy, reference and critic",
     needs=("reward",), input_help={"reward": "reward checkpoint (rlhf-ray reward), or 'rule' for the rule-based reward"},
-    resumable=True, add_arguments=_arguments,
+    resumable=True, add_arguments=_arguments, bundles=bundles, adoptable=ADOPTABLE,
     smoke={"iterations": 2, "rollout_batch_size": 8, "eval_every": 1, "eval_users": 20, "save_every": 1,
            "policy": {"train": {"batch_size": 8}}, "critic": {"train": {"batch_size": 8}}},
 )

@@ -67,8 +67,8 @@ def sft_select_body(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def peers_body(doc: dict) -> str:
-    """The peers bench renders its own table (selected config, stopping, seconds, test figures)."""
+def own_table_body(doc: dict) -> str:
+    """Benches that render their own table (peers: selected config, stopping, seconds, test figures; sweeps)."""
     return doc["table_markdown"]
 
 
@@ -76,8 +76,10 @@ BLOCKS = {
     "protocol_loo": block("protocol_loo", "python bench/protocol_table.py --protocol loo", protocol_body),
     "protocol_pagellm": block("protocol_pagellm", "python bench/protocol_table.py --protocol pagellm", protocol_body),
     "sft_select_loo": block("sft_select_loo", "python bench/sft_select.py --protocol loo", sft_select_body),
-    "peers_loo": block("peers_loo", "python bench/peers_bench.py --protocol loo --data DIR", peers_body),
-    "peers_pagellm": block("peers_pagellm", "python bench/peers_bench.py --protocol pagellm --data DIR", peers_body),
+    "peers_loo": block("peers_loo", "python bench/peers_bench.py --protocol loo --data DIR", own_table_body),
+    "peers_pagellm": block("peers_pagellm", "python bench/peers_bench.py --protocol pagellm --data DIR", own_table_body),
+    **{f"sweep_{n}": block(f"sweep_{n}", f"python bench/tune_sweep.py --config tune_configs/{n}.yaml --out "
+                           f"runs/sweep-{n}", own_table_body) for n in ("ppo", "lpo", "smoke")},
 }
 PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)
 

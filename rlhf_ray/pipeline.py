@@ -110,15 +110,19 @@ def _share_prompt(raw: dict, secs: dict[str, type[Config]], where: str) -> dict:
 
 
 def load_pipeline_config(path: str | Path | None, smoke: bool = False) -> dict[str, Config]:
+    return load_pipeline_raw(read_mapping(path) if path else {}, smoke=smoke, where=str(path or ""))
+
+
+def load_pipeline_raw(raw: dict, smoke: bool = False, where: str = "") -> dict[str, Config]:
+    """The typed configs of a pipeline YAML already read into ``raw`` (``where``: its file, for errors)."""
     secs = sections()
-    raw = read_mapping(path) if path else {}
     unknown = sorted(set(raw) - set(secs))
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {unknown}; valid: {sorted(secs)}")
+        raise ConfigError(f"{where or 'pipeline config'}: unknown section(s) {unknown}; valid: {sorted(secs)}")
     if smoke:
         raw = deep_merge(raw, smoke_overrides())
-    raw = _share_prompt(raw, secs, str(path or ""))
-    return {name: cls.from_dict(raw.get(name) or {}, source=f"{path} [{name}]" if path else "")
+    raw = _share_prompt(raw, secs, where)
+    return {name: cls.from_dict(raw.get(name) or {}, source=f"{where} [{name}]" if where else "")
             for name, cls in secs.items()}
 
 
@@ -127,7 +131,7 @@ def _manifest_id(path: str | Path) -> str | None:
     return json.loads(f.read_text()).get("id") if f.is_file() else None
 
 
-def _done(ckpt: Path, cfg: Config, fingerprint: str, init: str | None, inputs: dict[str, str]) -> bool:
+def stage_done(ckpt: Path, cfg: Config, fingerprint: str, init: str | None, inputs: dict[str, str]) -> bool:
     """A stage is done when its checkpoint verifies and was made from the same config, data,
     starting checkpoint and inputs (so retraining an earlier stage retrains everything after it)."""
     from rlhf_ray.checkpoint import verify_checkpoint
@@ -189,7 +193,7 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
         if stage.name in selected:
             cfg = cfgs[stage.name]
             t = time.time()
-            if not force and _done(ckpt, cfg, prepared.fingerprint, init, inputs):
+            if not force and stage_done(ckpt, cfg, prepared.fingerprint, init, inputs):
                 print(f"[pipeline] {stage.name}: complete checkpoint at {ckpt}, skipped")
                 metrics = {"skipped": True}
             else:

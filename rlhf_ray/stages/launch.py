@@ -35,12 +35,13 @@ def _worker(config: dict) -> None:
 
 
 def launch(stage: str | Stage, cfg, data_dir: str, out_dir: str, init: str | None = None,
-           inputs: dict[str, str] | None = None, address: str | None = None, resume: bool = False,
+           inputs: dict[str, str] | None = None, address: str | None = None, resume: bool | str = False,
            storage: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
     """Train ``stage``; returns its final metrics. ``address``: attach to a Ray cluster.
 
     ``inputs``: the checkpoints of ``stage.needs`` by name ("rule" passes through for PPO's
-    reward). ``resume``: a resumable stage continues from its own saved state.
+    reward). ``resume``: a resumable stage continues from its own saved state (True) or from a
+    saved state directory of another run (its path; see ``Stage.adoptable``).
     """
     stage = resolve(stage)
     if stage.init_required and not init:

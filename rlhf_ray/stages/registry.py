@@ -62,6 +62,12 @@ class Stage:
     resumable: bool = False  # continues a killed run from its own state (``--resume``)
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # extra CLI flags
     input_help: dict = field(default_factory=dict)  # need -> CLI help for its --<need> flag
+    # cfg -> the Ray resource bundles the launcher's own actors need beside the calling process
+    # (None: the stage runs in the caller); a sweep trial reserves them (rlhf_ray.tune)
+    bundles: Callable[[Config], list[dict]] | None = None
+    # config fields (dotted, within the stage's section) a run resumed from *another* run's saved
+    # state may take new values of (``resume=<state dir>``: Population-Based Training's exploit)
+    adoptable: tuple[str, ...] = ()
 
 
 _STAGES: dict[str, Stage] = {}

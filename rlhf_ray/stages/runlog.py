@@ -6,6 +6,10 @@
                                  Ray Train worker (``ray.train.report``) or a Tune trial
                                  (``ray.tune.report``, the function-trainable way); else nothing
 
+A sweep trial runs whole stages and wants its own view of their reports (one result per
+validation, with the sweep's objective): it wraps them in ``with reporting(transform):``,
+and ``transform(numbers, checkpoint_dir)`` returns what to send (or None to send nothing).
+
 Ray is only imported when a session may exist (a Ray worker has imported it already).
 """
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from rlhf_ray.jsonio import dumps
 
@@ -51,12 +57,31 @@ def session() -> str | None:
     return None
 
 
+Transform = Callable[[dict, "str | Path | None"], "tuple[dict, str | Path | None] | None"]
+_transforms: list[Transform] = []
+
+
+@contextmanager
+def reporting(transform: Transform) -> Iterator[None]:
+    """Within the block, every :func:`report` of this process goes through ``transform`` first."""
+    _transforms.append(transform)
+    try:
+        yield
+    finally:
+        _transforms.remove(transform)
+
+
 def report(metrics: dict, checkpoint_dir: str | Path | None = None) -> None:
     """Numeric ``metrics`` (and optionally a checkpoint directory) to the Ray Train / Tune session."""
     kind = session()
     if kind is None:
         return
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if _transforms:
+        out = _transforms[-1](numbers, checkpoint_dir)
+        if out is None:
+            return
+        numbers, checkpoint_dir = out
     if kind == "train":
         import ray.train
 
