@@ -132,12 +132,14 @@ def make_sweep(root):
     from matplotlib.figure import Figure
 
     (root / "plots").mkdir(parents=True)
-    (root / "sweep.json").write_text(json.dumps({"objective": "val/ndcg@10", "mode": "max", "trials": 2,
-                                                 "space": {"lr": [1e-4, 1e-3]}}))
+    (root / "sweep.json").write_text(json.dumps({
+        "name": "sft-lr", "trials": 2, "objective": {"metric": "val/ndcg@10", "mode": "max"},
+        "space": {"sft.train.lr": "loguniform(1e-4, 1e-3)"}, "pareto_keys": ["val/ndcg@10", "val/page_ild"]}))
     (root / "results.md").write_text("# Sweep of SFT\n\n| trial | lr | val/ndcg@10 |\n|---|---|---|\n"
                                      "| t1 | 0.0001 | 0.101 |\n| t2 | 0.001 | 0.123 |\n")
-    (root / "results.csv").write_text("trial,lr,val/ndcg@10\nt1,0.0001,0.101\nt2,0.001,0.123\n")
-    (root / "pareto.csv").write_text("trial,val/ndcg@10,val/page_ild\nt2,0.123,0.61\n")
+    (root / "results.csv").write_text("trial,sft.train.lr,val/ndcg@10\nt1,0.0001,0.101\nt2,0.001,0.123\n")
+    (root / "pareto.csv").write_text("trial,status,sft.train.lr,objective,val/ndcg@10,val/page_ild,wall_s\n"
+                                     "t2,completed,0.001,0.123456789,0.123456789,0.61,12.5\n")
     for name in ("objective-lr.png", "pareto.png"):
         fig = Figure(figsize=(4, 3))
         FigureCanvasAgg(fig)
@@ -157,7 +159,10 @@ def test_sweep_report_embeds_the_sweeps_plots_and_results(tmp_path, capsys):
     md, page = check_page(sweep / "report", {"objective-lr.png", "pareto.png"})
     assert page.h2 == list(sweep_report.SECTIONS)
     assert "### Sweep of SFT" in md and "| t2 | 0.001 | 0.123 |" in md  # results.md, nested one level down
-    assert "| objective | val/ndcg@10 |" in md and "| t2 | 0.123 | 0.61 |" in md  # settings, Pareto front
+    assert "| name | sft-lr |" in md and "| trials | 2 |" in md  # sweep.json's settings
+    front = md.split("## Pareto front")[1].split("## Plots")[0]  # trial, knobs, objective, Pareto metrics
+    assert "| trial | sft.train.lr | objective | val/ndcg@10 | val/page_ild |\n" in front
+    assert "| t2 | 0.001 | 0.1235 | 0.1235 | 0.61 |" in front and "wall_s" not in front.split("\n\n")[1]
     assert "### Objective against lr" in md and "### Pareto front" in md
     assert "gone.png (A figure the sweep lost) is listed in plots/index.json but not in plots/" in md
 

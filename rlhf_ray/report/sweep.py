@@ -24,6 +24,23 @@ from rlhf_ray.report.render import Report
 SWEEP_MARK = "sweep.json"
 SECTIONS = ("Sweep", "Results", "Pareto front", "Plots")
 MAX_ROWS = 30
+MAX_COLS = 10
+
+
+def _num(v: str) -> str:
+    """A CSV cell, numbers to 4 significant digits."""
+    try:
+        return f"{float(v):.4g}"
+    except ValueError:
+        return v
+
+
+def front_columns(header: list[str], settings: dict) -> list[int]:
+    """Which pareto.csv columns to show: trial, the knobs, the objective and the Pareto metrics
+    (as sweep.json names them), else the first few."""
+    want = ["trial", *(settings.get("space") or {}), "objective", *(settings.get("pareto_keys") or [])]
+    cols = [header.index(c) for c in dict.fromkeys(want) if c in header]
+    return cols if len(cols) > 1 else list(range(min(MAX_COLS, len(header))))
 
 
 def plot_index(path: Path) -> list[dict]:
@@ -53,6 +70,10 @@ def write_sweep_report(root: str | Path) -> Path:
     rep = Report(f"Sweep report: {root.name}", root / "report")
     rep.text(f"Sweep directory `{root}`; trials: [results.csv](../results.csv), front: [pareto.csv](../pareto.csv). "
              f"Written by `rlhf-ray report {root}`.")
+    shared = root / "shared" / "report" / "report.html"
+    if shared.is_file():
+        rep.text("The stages every trial starts from have their own report: "
+                 "[shared/report/report.html](../shared/report/report.html).")
     rep.heading("Sweep")
     scalars = {k: v for k, v in settings.items() if not isinstance(v, (dict, list))} if isinstance(settings, dict) else {}
     if scalars:
@@ -71,9 +92,11 @@ def write_sweep_report(root: str | Path) -> Path:
         with open(pareto, newline="") as f:
             rows = list(csv.reader(f))
         if len(rows) > 1:
-            rep.table(rows[0], rows[1: 1 + MAX_ROWS])
-            if len(rows) - 1 > MAX_ROWS:
-                rep.text(f"({len(rows) - 1 - MAX_ROWS} more rows in pareto.csv)")
+            cols = front_columns(rows[0], settings if isinstance(settings, dict) else {})
+            rep.table([rows[0][i] for i in cols], [[_num(r[i]) for i in cols] for r in rows[1: 1 + MAX_ROWS]])
+            more = len(rows) - 1 - MAX_ROWS
+            rep.text(f"{len(cols)} of {len(rows[0])} columns" + (f", {more} more rows" if more > 0 else "")
+                     + ": all of them in [pareto.csv](../pareto.csv).")
         else:
             rep.skip(f"{pareto} has no trials")
     else:
