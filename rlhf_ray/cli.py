@@ -24,12 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     from rlhf_ray import pipeline
     from rlhf_ray.data import cli as data_cli
+    from rlhf_ray.report import cli as report_cli
     from rlhf_ray.serve import cli as serve_cli
     from rlhf_ray.stages import cli as stages_cli
     from rlhf_ray.stages import reward_cli
     from rlhf_ray.tune import cli as tune_cli
 
-    for mod in (data_cli, stages_cli, pipeline, reward_cli, tune_cli, serve_cli):  # stages_cli: one command per stage
+    mods = (data_cli, stages_cli, pipeline, reward_cli, tune_cli, report_cli, serve_cli)
+    for mod in mods:  # stages_cli: one command per stage
         mod.register(sub)
     return parser
 

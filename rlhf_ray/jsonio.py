@@ -36,12 +36,17 @@ def dumps(obj: Any, **kwargs: Any) -> str:
     return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
 
 
-def write_json_atomic(path: str | Path, obj: Any, **kwargs: Any) -> Path:
-    """Write strict JSON to ``path`` through a temporary sibling and a rename."""
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` through a temporary sibling and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    kwargs.setdefault("sort_keys", True)
-    tmp.write_text(dumps(obj, default=str, **kwargs) + "\n")
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     os.replace(tmp, path)
     return path
+
+
+def write_json_atomic(path: str | Path, obj: Any, **kwargs: Any) -> Path:
+    """Write strict JSON to ``path`` through a temporary sibling and a rename."""
+    kwargs.setdefault("sort_keys", True)
+    return write_atomic(path, dumps(obj, default=str, **kwargs) + "\n")

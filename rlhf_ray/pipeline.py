@@ -13,7 +13,8 @@ from what its :class:`~rlhf_ray.stages.registry.Stage` declares (the chain's new
 or a named stage's checkpoint). A stage whose checkpoint is already complete for the same
 config, data, starting checkpoint and inputs is skipped (and a resumable stage continues
 its own saved state), so a killed pipeline resumes where it stopped. ``eval`` evaluates
-every policy checkpoint on the test split and writes one table. ``--smoke`` applies each
+every policy checkpoint on the test split and writes one table; the run's report
+(``rlhf-ray report``: ``--out/report/report.html``) is written last. ``--smoke`` applies each
 stage's few-step settings on a small synthetic dataset.
 
 Nothing here names a stage: stages are looked up in the registry, so this module never
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -210,7 +212,23 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
     summary["seconds"] = time.time() - t0
     write_json_atomic(out / "summary.json", summary)
     print(f"[pipeline] done in {summary['seconds']:.0f} s; summary: {out / 'summary.json'}")
+    write_report_safely(out)
     return summary
+
+
+def write_report_safely(out: Path) -> Path | None:
+    """The run's report (``out/report/``). The run is complete without it: a failure is a
+    warning naming its cause and the command that retries, never an error."""
+    try:
+        from rlhf_ray.report import write_report
+
+        html = write_report(out)
+    except Exception as e:  # noqa: BLE001 - any failure here must not lose a finished run
+        print(f"[pipeline] WARNING: the run is complete, but its report failed: {type(e).__name__}: {e}. "
+              f"Retry with: rlhf-ray report {out}", file=sys.stderr)
+        return None
+    print(f"[pipeline] report: {html}")
+    return html
 
 
 #: columns of the printed test table, per evaluation protocol (rlhf_ray.evaluation.PROTOCOLS)

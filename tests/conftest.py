@@ -1,6 +1,8 @@
 """Shared fixtures. Environment first: Ray on loopback without an auth token, DeepSpeed's
 JIT ops cached across runs, one BLAS thread per process on a 2-core box."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -41,3 +43,18 @@ def tiny_sft(synth_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "sft"
     sft.run(tiny_sft_config(), str(synth_data), str(out))
     return out
+
+
+def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    """``rlhf-ray ARGS`` in a subprocess (the real CLI), output captured."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "rlhf_ray.cli", *args], capture_output=True, text=True,
+                          timeout=600, env=env, **kw)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One ``rlhf-ray pipeline --smoke`` run, shared by the tests that read it: (run dir, process).
+    Read it, never write into it (copy it first)."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    return out, run_cli(["pipeline", "--smoke", "--out", str(out)])

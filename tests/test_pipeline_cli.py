@@ -1,23 +1,14 @@
 """The real CLI in a subprocess: the smoke pipeline end to end, resume-by-skip, and bad input."""
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
+import shutil
 
 import pandas as pd
 import pytest
 import torch
 
 from rlhf_ray.checkpoint import verify_checkpoint
-
-CLI = [sys.executable, "-m", "rlhf_ray.cli"]
-
-
-def run(args, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=600, env=env, **kw)
+from tests.conftest import run_cli as run
 
 
 # what each stage's summary entry must hold (on top of "seconds" and "checkpoint")
@@ -36,15 +27,14 @@ def _weights(path):
     return [p.detach().clone() for p in load_checkpoint(path).model.parameters()]
 
 
-def test_smoke_pipeline_runs_then_skips_completed_stages(tmp_path):
+def test_smoke_pipeline_runs_then_skips_completed_stages(smoke_run, tmp_path):
     """data -> pretrain -> sft -> reward -> ppo (Ray actors) -> lpo -> eval, then a rerun skips."""
     from rlhf_ray.pipeline import smoke_overrides
     from rlhf_ray.rewards import ModelReward
 
     SMOKE = smoke_overrides()
 
-    out = tmp_path / "run"
-    first = run(["pipeline", "--smoke", "--out", str(out)])
+    out, first = smoke_run  # the shared smoke run (tests/test_report.py reads its report)
     assert first.returncode == 0, first.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["stages"]) == {"data", "pretrain", "sft", "reward", "ppo", "lpo", "eval"}
@@ -86,10 +76,13 @@ def test_smoke_pipeline_runs_then_skips_completed_stages(tmp_path):
     for stage in ckpt:
         assert (out / f"{stage}.logs" / "metrics.jsonl").stat().st_size > 0, stage
     assert list((out / "ppo.logs" / "tb").glob("events.out.tfevents.*"))
-    second = run(["pipeline", "--smoke", "--out", str(out), "--stages", "pretrain,sft"])
+    rerun = tmp_path / "run"  # a copy: the shared run stays as the first call left it
+    shutil.copytree(out, rerun)
+    second = run(["pipeline", "--smoke", "--out", str(rerun), "--stages", "pretrain,sft"])
     assert second.returncode == 0, second.stderr[-2000:]
     assert "pretrain: complete checkpoint" in second.stdout and "sft: complete checkpoint" in second.stdout
-    assert verify_checkpoint(ckpt["sft"])["id"] == man["sft"]["id"]  # skipped: not retrained
+    assert verify_checkpoint(rerun / "sft")["id"] == man["sft"]["id"]  # skipped: not retrained
+    assert f"[pipeline] report: {rerun / 'report' / 'report.html'}" in second.stdout  # a partial call too
 
 
 @pytest.mark.parametrize("flag,value,needle", [
@@ -120,5 +113,5 @@ def test_missing_data_dir_exits_2(tmp_path):
 def test_help_lists_every_stage():
     res = run(["--help"])
     assert res.returncode == 0
-    for cmd in ("data", "pretrain", "sft", "reward", "ppo", "lpo", "eval", "serve", "pipeline"):
+    for cmd in ("data", "pretrain", "sft", "reward", "ppo", "lpo", "eval", "serve", "pipeline", "report"):
         assert cmd in res.stdout
