@@ -49,15 +49,24 @@ def write_plots(rows: list[dict], sweep: Sweep, out: Path, best: dict | None, fr
     colour = {"completed": "tab:blue", "stopped": "tab:gray", "error": "tab:red"}
     for d in sweep.dims:
         pts = [r for r in rows if _ok(r.get("objective")) and r.get(d.path) is not None]
+        # a choice knob: categories at 0, 1, ... in the order the space lists them (then any default outside it)
+        order = list(dict.fromkeys([str(c) for c in d.args] + [str(r[d.path]) for r in pts])) \
+            if d.kind == "choice" else []
+
+        def x(v):
+            return order.index(str(v)) if order else v
+
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for status in colour:
             sel = [r for r in pts if r["status"] == status]
             if sel:
-                xs = [r[d.path] if d.kind != "choice" else str(r[d.path]) for r in sel]
-                ax.scatter(xs, [r["objective"] for r in sel], c=colour[status], label=status, alpha=0.8)
+                ax.scatter([x(r[d.path]) for r in sel], [r["objective"] for r in sel], c=colour[status], label=status,
+                           alpha=0.8)
         if best is not None and best.get(d.path) is not None:
-            x = best[d.path] if d.kind != "choice" else str(best[d.path])
-            ax.scatter([x], [best["objective"]], marker="*", s=250, c="gold", edgecolors="k", label="selected")
+            ax.scatter([x(best[d.path])], [best["objective"]], marker="*", s=250, c="gold", edgecolors="k",
+                       label="selected")
+        if order:
+            ax.set_xticks(range(len(order)), order)
         if d.kind == "loguniform":
             ax.set_xscale("log")
         ax.set_xlabel(f"{d.path} ({d.describe()})")

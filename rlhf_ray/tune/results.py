@@ -208,6 +208,9 @@ def write_outputs(rows: list[dict], sweep: Sweep, out: Path, evaluate_test: bool
     (out / ".results.md.tmp").replace(out / "results.md")
     write_json_atomic(out / "sweep.json", summary)
     print(md)
+    from rlhf_ray.pipeline import write_report_safely
+
+    write_report_safely(out)  # OUT/report/: the sweep's report (a failure only warns)
     return summary
 
 
