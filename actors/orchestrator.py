@@ -184,7 +184,9 @@ class PPOOrchestrator:
 
     def prompt_batch(self, iteration: int) -> PromptBatch:
         idx = self.batch_users(iteration)
-        hist = [self.train_histories[i] for i in idx]
+        h = self.cfg.holdout  # the newest training interactions stay out of the prompt (what hits pay for)
+        hist = [self.train_histories[i][:max(1, len(self.train_histories[i]) - h)] if h else self.train_histories[i]
+                for i in idx]
         users = self.train_users[idx]
         prompts = build_prompts(hist, self.vocab, self.cfg.max_history, exclude_seen=self.cfg.exclude_seen,
                                 user_idx=users.tolist() if self.vocab.n_users else None)

@@ -69,6 +69,10 @@ class PPORewardConfig(ActorResources):
     alpha: float | None = field(default=None, metadata=doc(
         "reward mix ratio R = alpha * page + (1 - alpha) * mean item reward (default: the checkpoint's)",
         ge=0.0, le=1.0))
+    hit_weight: float = field(default=0.0, metadata=doc(
+        "adds hit_weight per page item that is one of the user's training positives the prompt held out "
+        "(see holdout) to that slot's reward: a reward grounded in what the user went on to like, beside the "
+        "reward model's (0 = the model's alone)", ge=0.0))
 
 
 @dataclass
@@ -86,6 +90,10 @@ class PPOConfig(PromptConfig):
     reference: PPOReferenceConfig = field(default_factory=PPOReferenceConfig, metadata=doc("reference actor"))
     reward: PPORewardConfig = field(default_factory=PPORewardConfig, metadata=doc("reward actor"))
     iterations: int = field(default=20, metadata=doc("PPO iterations (rollout + update)", ge=1))
+    holdout: int = field(default=0, metadata=doc(
+        "rollout prompts end this many interactions before the end of the user's training range (at least "
+        "one history item is kept); the held-out training positives are what reward.hit_weight pays for. "
+        "Never the validation or test targets", ge=0))
     rollout_batch_size: int = field(default=64, metadata=doc("users (pages) generated per iteration", ge=1))
     ppo_epochs: int = field(default=2, metadata=doc("passes over each iteration's experience", ge=1))
     gamma: float = field(default=1.0, metadata=doc("discount over page slots", gt=0.0, le=1.0))

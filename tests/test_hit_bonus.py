@@ -1,0 +1,45 @@
+"""HitBonus: a learned reward plus hits on the training positives a PPO prompt held out."""
+import numpy as np
+import torch
+
+from rlhf_ray.data.prepared import load_prepared
+from rlhf_ray.rewards import HitBonus, RewardOutput, mix
+
+
+class Fixed:
+    """A mixed-grained stand-in: page = 1 per page, items = slot index + 1."""
+
+    alpha = 0.3
+
+    def __call__(self, histories, pages, user_idx=None):
+        B, K = pages.shape
+        mask = pages >= 0
+        items = torch.arange(1, K + 1, dtype=torch.float32).repeat(B, 1) * mask
+        page = torch.ones(B)
+        return RewardOutput(page, items, mix(page, items, mask, self.alpha))
+
+
+def test_hits_pay_for_held_out_training_positives_only(synth_data):
+    prepared = load_prepared(synth_data)
+    s = prepared.sequences
+    thr = prepared.positive_threshold
+    # a user whose training range ends in at least two positives: hold them out of the prompt
+    for u, items, ratings, vs in zip(s["user_idx"], s["items"], s["ratings"], s["valid_start"]):
+        items, ratings = np.asarray(items[:vs]), np.asarray(ratings[:vs])
+        if len(items) > 5 and (ratings[-2:] > thr).all() and items[-1] not in items[:-1] and items[-2] not in items[:-2]:
+            break
+    history, held = items[:-2].tolist(), items[-2:].tolist()
+    never = next(i for i in range(prepared.n_items) if i not in set(items.tolist()))
+    pages = torch.tensor([[held[0], history[-1], never, held[1], held[0]],  # 2 new hits, a seen item, a repeat
+                          [never, -1, -1, -1, -1]])
+    base = Fixed()
+    fn = HitBonus(base, prepared, weight=2.0, page_coef=base.alpha, item_coef=1 - base.alpha)
+    out = fn([history, history], pages, user_idx=[int(u), int(u)])
+    ref = base([history, history], pages)
+    hits = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.float32)
+    torch.testing.assert_close(out.total, ref.total + 2.0 * hits.sum(-1))
+    torch.testing.assert_close(out.page + out.items.sum(-1), out.total)  # the parts add up (plain sum)
+    mask = pages >= 0
+    # each slot keeps the base's share of the total and a hit adds its weight on its own slot
+    torch.testing.assert_close(out.items - 2.0 * hits, 0.7 * ref.items * mask / mask.sum(-1, keepdim=True))
+    assert (out.items[1, 1:] == 0).all()  # padding earns nothing
