@@ -131,3 +131,32 @@ def test_selection_is_among_completed_trials_in_the_objective_direction():
     assert select(rows, "max")["trial"] == "c"
     assert select(rows, "min")["trial"] == "a"
     assert select([row("x", status="error", objective=1.0)], "max") is None
+
+
+@pytest.mark.parametrize("searcher", ["random", "optuna"])
+def test_searchers_suggest_the_default_first_then_points_inside_the_space(tmp_path, searcher):
+    if searcher == "optuna":
+        pytest.importorskip("optuna", reason="the optuna searcher needs the 'tune' extra")
+    from rlhf_ray.tune.spec import load_sweep
+    from rlhf_ray.tune.sweep import _searcher, default_point
+
+    sweep = load_sweep(write(tmp_path, searcher=searcher, space={
+        "ppo.kl_coef": {"loguniform": [0.01, 0.5]}, "lpo.sampler": {"choice": ["gumbel", "uniform"]},
+        "lpo.n_negatives": {"randint": [2, 9]}}))
+    assert default_point(sweep) == sweep.defaults() == {"ppo.kl_coef": 0.05, "lpo.sampler": "gumbel",
+                                                        "lpo.n_negatives": 4}
+    alg = _searcher(sweep)
+    space = {d.path: d.domain() for d in sweep.dims}
+    if searcher == "optuna":
+        assert alg.set_search_properties("objective", "max", space)
+        points = [alg.suggest(f"t{i}") for i in range(4)]
+    else:
+        from ray.tune.experiment import Experiment
+
+        alg.add_configurations([Experiment("x", lambda c: None, config=space, num_samples=4)])
+        points = [alg.next_trial().config for _ in range(4)]
+    assert points[0] == default_point(sweep)
+    for p in points[1:]:
+        assert 0.01 <= p["ppo.kl_coef"] <= 0.5 and p["lpo.sampler"] in ("gumbel", "uniform")
+        assert 2 <= p["lpo.n_negatives"] < 9
+        sweep.pipeline_configs(p)  # every suggestion loads as a typed config
