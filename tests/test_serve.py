@@ -34,10 +34,12 @@ def server(tiny_sft, synth_data):
 
     cfg = ServeConfig(checkpoint=str(tiny_sft), data=str(synth_data), port=free_port(), max_k=MAX_K,
                       max_batch_size=16, batch_wait_ms=50.0, max_body_bytes=65536)
-    ray = init_ray(num_cpus=2, log_to_driver=False)
+    metrics_port = free_port()
+    ray = init_ray(num_cpus=2, log_to_driver=False, _metrics_export_port=metrics_port)
     try:
         deploy(cfg)
         with httpx.Client(base_url=f"http://127.0.0.1:{cfg.port}", timeout=60) as client:
+            client.metrics_port = metrics_port
             yield cfg, client
     finally:
         serve.shutdown()
@@ -275,6 +277,32 @@ def test_health_model_and_docs(server, tiny_sft):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/rank", "/v1/model", "/healthz", "/v1/stats"} <= set(paths)
     assert client.get("/docs").status_code == 200
+
+
+def test_latency_breakdown_in_stats_and_prometheus(server, data):
+    """Each page's time by stage: running sums in /v1/stats, histograms on Ray's metrics port."""
+    from rlhf_ray.serve.latency import STAGES
+
+    _, client = server
+    before = client.get("/v1/stats").json()
+    users = data.users["user"].astype(str).tolist()
+    _concurrent(str(client.base_url), [{"user_id": u, "k": 5} for u in users[:8]])
+    after = client.get("/v1/stats").json()
+    assert after["timed_requests"] - before["timed_requests"] == 8
+    grew = {st: after["stage_ms_sum"][st] - before["stage_ms_sum"][st] for st in STAGES}
+    assert set(grew) == set(STAGES) and all(v >= 0 for v in grew.values()) and grew["model"] > 0, grew
+    assert grew["total"] >= grew["model"]
+    deadline, text = time.monotonic() + WAIT_S, ""
+    want = [f'stage="{st}"' for st in STAGES]
+    while time.monotonic() < deadline:  # Ray exports metrics every few seconds
+        text = httpx.get(f"http://127.0.0.1:{client.metrics_port}/metrics", timeout=10).text
+        stage_lines = [line for line in text.splitlines() if line.startswith("ray_rlhf_ray_rank_stage_ms_count")]
+        if all(any(w in line for line in stage_lines) for w in want) and "ray_rlhf_ray_rank_batch_size" in text:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"stage metrics not exported within {WAIT_S} s: {stage_lines}")
+    assert all('deployment="Ranker"' in line for line in stage_lines), stage_lines[:2]
 
 
 def _other_checkpoint(src, out):

@@ -90,6 +90,9 @@ class Stats(BaseModel):
     batch_size_histogram: dict[str, int] = Field(description="batch size -> batches of that size")
     max_batch_size: int
     batch_wait_timeout_s: float
+    timed_requests: int = Field(description="pages served and timed (the count behind stage_ms_sum)")
+    stage_ms_sum: dict[str, float] = Field(description="stage -> milliseconds summed over timed requests: parse, "
+                                           "queue, batch_wait, model, serialise, total (rlhf_ray.serve.latency)")
 
 
 class ModelInfo(BaseModel):
