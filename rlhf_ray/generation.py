@@ -95,7 +95,7 @@ def _to(model: torch.nn.Module, *ts: torch.Tensor):
 def score_items(model, vocab: Vocab, prompts: Prompts, mask_blocked: bool = True) -> torch.Tensor:
     """Full-catalogue scores of the first page slot: ``(B, n_items)`` logits, blocked = -inf.
 
-    The same numbers as :func:`generate_pages`' ``first_scores`` (one prefill, no page)."""
+    The scores :func:`generate_pages` returns as ``first_scores`` (one prefill, no page)."""
     ids, am, blocked = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked)
     scores = Decoder(model, vocab, ids, am, steps=0).first
     return scores.masked_fill(blocked, NEG_INF) if mask_blocked else scores
