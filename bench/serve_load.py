@@ -9,8 +9,10 @@ Phases, for each page size k:  ceiling, load c1, ceiling, load c2, ceiling, ...
   ``POST /v1/rank {"user_id": ..., "k": k}`` for the data's users in turn, until ``--requests``
   are answered or ``--max-seconds`` have passed, whichever comes first. Reported: throughput
   (answered requests = pages per second), latency percentiles, errors (non-200 or transport
-  errors), and the batches the replica formed in that phase (its ``/v1/stats`` histogram before
-  and after: mean batch size and the histogram itself).
+  errors), the batches the replica formed in that phase (its ``/v1/stats`` histogram before
+  and after: mean batch size and the histogram itself), the replica's mean ms per request in
+  each stage (parse, queue, batch_wait, model, serialise, total: ``rlhf_ray.serve.latency``)
+  and the 1-minute load average after the phase.
 * ceiling: the same requests ranked in this process by :class:`rlhf_ray.serve.ranker.Ranker`
   (built as the replica builds it, with the replica's torch thread count), no HTTP, no Ray:
   seconds per batch at every batch size 1..``--max-batch-size`` (at least ``--ceiling-batches``
