@@ -1,7 +1,7 @@
 """Page generation before vs after the KV-cache decoder: ms per page, interleaved, same inputs.
 
     .venv/bin/python bench/generation_speed.py --checkpoint runs/ml-100k/sft --data runs/ml-100k/data \
-        [--before 2bd0844] [--batch-sizes 1,16,256] [--strategies greedy,sample,beam,eval] [--repeats 7]
+        [--before e17bd1a] [--batch-sizes 1,16,256] [--strategies greedy,sample,beam,eval] [--repeats 7]
 
 * before: ``rlhf_ray/generation.py`` as it was at git revision ``--before`` (read with
   ``git show`` into a temporary module; it imports the rest of the current package), the
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ppo_common import Run, results_dir, spread, table  # noqa: E402
 from provenance import ROOT, load_average  # noqa: E402
 
-BEFORE = "2bd0844"  # the last commit with the per-slot HF decoder
+BEFORE = "e17bd1a"  # main before issue 15: the per-slot HF decoder
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -3,7 +3,7 @@
 ``python tests/decode_cases.py --record`` writes what the current
 :func:`rlhf_ray.generation.generate_pages` produces for them to
 ``tests/data/decode_reference.json``. The file in the repository was recorded with the
-decoder before the KV-cache rewrite (commit 2bd0844: one HF forward per slot over a
+decoder before the KV-cache rewrite (generation.py of main at e17bd1a: one HF forward per slot over a
 DynamicCache); ``tests/test_decode_reference.py`` checks the current decoder against it.
 """
 from __future__ import annotations
