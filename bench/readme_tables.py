@@ -72,7 +72,23 @@ def own_table_body(doc: dict) -> str:
     return doc["table_markdown"]
 
 
+def generation_speed_body(doc: dict) -> str:
+    lines = ["| strategy | prompts per call | ms/page before | ms/page after [min, max] | speed-up | same pages | "
+             "max log-prob diff |", "|---|---|---|---|---|---|---|"]
+    for r in doc["results"]:
+        a = r["after"]
+        lines.append(f"| {r['strategy']} | {r['batch']} | {r['before_ms_per_page']:.2f} | {r['after_ms_per_page']:.2f} "
+                     f"[{a['min']:.2f}, {a['max']:.2f}] | {r['speedup']:.2f}x | {'yes' if r['identical_pages'] else 'NO'} "
+                     f"| {r['max_logprob_diff']:.1e} |")
+    load = doc.get("median_load_1min")
+    lines.append(f"\n{doc['repeats']} interleaved repeats, before = revision `{doc['before_revision']}`; median "
+                 f"1-minute load during the repeats: {load if load is not None else 'n/a'}.")
+    return "\n".join(lines)
+
+
 BLOCKS = {
+    "generation_speed": block("generation_speed", "python bench/generation_speed.py --checkpoint CKPT --data DIR",
+                              generation_speed_body),
     "protocol_loo": block("protocol_loo", "python bench/protocol_table.py --protocol loo", protocol_body),
     "protocol_pagellm": block("protocol_pagellm", "python bench/protocol_table.py --protocol pagellm", protocol_body),
     "sft_select_loo": block("sft_select_loo", "python bench/sft_select.py --protocol loo", sft_select_body),

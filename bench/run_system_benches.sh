@@ -5,6 +5,7 @@
 #   2. bench/lpo_vs_dpo_memory.py  LPO vs in-repo DPO / S-DPO vs TRL DPOTrainer (+ memory options), 3 rounds
 #   3. bench/serve_load.py         Serve under load vs the in-process ceiling, ceilings between the load phases
 #   4. bench/sft_throughput.py     SFT tokens/s and MFU (FLOPs of the positions actually used)
+#   5. bench/generation_speed.py   page decoding ms/page before vs after the KV-cache decoder, 7 interleaved repeats
 #
 # Each writes bench/results/<name>.json through bench/provenance.py (git commit, command, load before
 # and after, CPU model, threads, input checkpoint ids).
@@ -55,4 +56,5 @@ step "$PY" bench/lpo_vs_dpo_memory.py --sft "$RUN/sft" --data "$RUN/data" \
 step "$PY" bench/serve_load.py --checkpoint "$RUN/sft" --data "$RUN/data" \
   --requests 2000 --concurrency 1,8,32 --ks 10,20 --max-seconds 25 --max-batch-size 16 --batch-wait-ms 20
 step "$PY" bench/sft_throughput.py --data "$RUN/data" --steps 20 --threads "$SFT_THREADS"
-echo; echo "=== $(date +%H:%M:%S) done: bench/results/{ppo_vs_trl_grpo,lpo_vs_dpo_memory,serve_load,sft_throughput}.json"
+step "$PY" bench/generation_speed.py --checkpoint "$RUN/sft" --data "$RUN/data" --repeats 7
+echo; echo "=== $(date +%H:%M:%S) done: bench/results/{ppo_vs_trl_grpo,lpo_vs_dpo_memory,serve_load,sft_throughput,generation_speed}.json"

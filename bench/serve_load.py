@@ -9,8 +9,10 @@ Phases, for each page size k:  ceiling, load c1, ceiling, load c2, ceiling, ...
   ``POST /v1/rank {"user_id": ..., "k": k}`` for the data's users in turn, until ``--requests``
   are answered or ``--max-seconds`` have passed, whichever comes first. Reported: throughput
   (answered requests = pages per second), latency percentiles, errors (non-200 or transport
-  errors), and the batches the replica formed in that phase (its ``/v1/stats`` histogram before
-  and after: mean batch size and the histogram itself).
+  errors), the batches the replica formed in that phase (its ``/v1/stats`` histogram before
+  and after: mean batch size and the histogram itself), the replica's mean ms per request in
+  each stage (parse, queue, batch_wait, model, serialise, total: ``rlhf_ray.serve.latency``)
+  and the 1-minute load average after the phase.
 * ceiling: the same requests ranked in this process by :class:`rlhf_ray.serve.ranker.Ranker`
   (built as the replica builds it, with the replica's torch thread count), no HTTP, no Ray:
   seconds per batch at every batch size 1..``--max-batch-size`` (at least ``--ceiling-batches``
@@ -48,6 +50,7 @@ import httpx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ppo_common import Run, results_dir  # noqa: E402
+from provenance import load_average  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -64,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=20.0)
     p.add_argument("--torch-threads", type=int, default=1, help="replica (and ceiling) torch threads")
+    p.add_argument("--max-ongoing-requests", type=int, default=0,
+                   help="Serve's max_ongoing_requests per replica (0: max(64, 2 x the largest concurrency))")
     p.add_argument("--ceiling-batches", type=int, default=5, help="at least this many batches per size per ceiling")
     p.add_argument("--ceiling-seconds", type=float, default=0.3, help="at least this long per size per ceiling")
     p.add_argument("--url", default=None, help="benchmark a running loopback server instead of starting one")
@@ -165,7 +170,7 @@ def serve_config(a: argparse.Namespace):
     return ServeConfig(checkpoint=a.checkpoint, data=a.data, port=free_port(), host="127.0.0.1",
                        max_k=max(a.ks), default_k=min(a.ks), max_batch_size=a.max_batch_size,
                        batch_wait_ms=a.batch_wait_ms, torch_threads=a.torch_threads,
-                       max_ongoing_requests=max(64, 2 * max(a.concurrency)))
+                       max_ongoing_requests=a.max_ongoing_requests or max(64, 2 * max(a.concurrency)))
 
 
 def start_server(cfg) -> str:
@@ -182,6 +187,15 @@ def histogram_between(before: dict, after: dict) -> dict[int, int]:
     h0, h1 = before["batch_size_histogram"], after["batch_size_histogram"]
     diff = {int(s): n - h0.get(s, 0) for s, n in h1.items()}
     return {s: n for s, n in sorted(diff.items()) if n > 0}
+
+
+def stages_between(before: dict, after: dict) -> dict[str, float] | None:
+    """Mean ms per request in each replica stage (parse, queue, batch_wait, model, serialise, total)
+    between two /v1/stats snapshots; None for a server without the breakdown."""
+    if "stage_ms_sum" not in after:
+        return None
+    n = after["timed_requests"] - before["timed_requests"]
+    return {k: (v - before["stage_ms_sum"][k]) / n for k, v in after["stage_ms_sum"].items()} if n else None
 
 
 def main(argv=None) -> int:
@@ -219,10 +233,12 @@ def main(argv=None) -> int:
                 for conc in a.concurrency:
                     before = c.get("/v1/stats").json()
                     res = asyncio.run(load(url, users, k, conc, a.requests, a.max_seconds))
-                    hist = histogram_between(before, c.get("/v1/stats").json())
+                    stats = c.get("/v1/stats").json()
+                    hist = histogram_between(before, stats)
                     n_batches = sum(hist.values())
                     res.update(k=k, concurrency=conc, batch_size_histogram=hist, batches=n_batches,
-                               mean_batch=sum(s * n for s, n in hist.items()) / n_batches if n_batches else None)
+                               mean_batch=sum(s * n for s, n in hist.items()) / n_batches if n_batches else None,
+                               replica_stage_ms=stages_between(before, stats), load_1min=load_average()[:1])
                     phases.append({"phase": "load", "k": k, "concurrency": conc})
                     after_table = ceiling(k)
                     phases.append({"phase": "ceiling", "k": k, "table": after_table})
@@ -236,6 +252,9 @@ def main(argv=None) -> int:
                     print(f"k={k:<3} c={conc:<3} {res['throughput_rps']:8.1f} req/s  p50 {res['p50_ms'] or 0:7.1f} ms  "
                           f"p99 {res['p99_ms'] or 0:7.1f} ms  errors {res['errors']}  batch "
                           f"{res['mean_batch'] or 0:.1f}  ratio {res.get('ratio') or 0:.2f}", flush=True)
+                    if res["replica_stage_ms"]:
+                        print("        replica ms/request: " + "  ".join(
+                            f"{st} {ms:.1f}" for st, ms in res["replica_stage_ms"].items()), flush=True)
                     before_table = after_table
             model = c.get("/v1/model").json()
     finally:
@@ -255,6 +274,7 @@ def main(argv=None) -> int:
                        "n_items": model["n_items"], "max_history": model["max_history"]},
         "settings": {"requests_per_phase": a.requests, "max_seconds_per_phase": a.max_seconds,
                      "max_batch_size": a.max_batch_size, "batch_wait_ms": a.batch_wait_ms,
+                     "max_ongoing_requests": cfg.max_ongoing_requests,
                      "torch_threads": a.torch_threads, "replicas": 1, "ceiling_sizes": sizes,
                      "ceiling_batches": a.ceiling_batches, "ceiling_seconds": a.ceiling_seconds,
                      "server": url if not started_here else "local (127.0.0.1)"},

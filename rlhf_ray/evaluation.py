@@ -54,10 +54,13 @@ def rank_and_generate(model, vocab: Vocab, histories, gen: GenerationConfig, kma
         hb = histories[s: s + batch_size]
         ub = None if user_idx is None else user_idx[s: s + batch_size]
         prompts = build_prompts(hb, vocab, gen.max_history, exclude_seen=gen.exclude_seen, user_idx=ub)
-        scores = score_items(model, vocab, prompts)
+        if pages:  # the page's first slot is the full ranking: the prompt runs once
+            page = generate_pages(model, vocab, prompts, gen)
+            scores = page.first_scores
+            pgs.append(page.items.numpy())
+        else:
+            scores = score_items(model, vocab, prompts)
         tops.append(M.topk_from_scores(scores.cpu().numpy(), kmax))
-        if pages:
-            pgs.append(generate_pages(model, vocab, prompts, gen).items.numpy())
     model.train(was_training)
     top = np.concatenate(tops) if tops else np.zeros((0, kmax), dtype=np.int64)
     page = np.concatenate(pgs) if pgs else None

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from rlhf_ray.config import GenerationConfig
+from rlhf_ray.kvdecode import Decoder, item_logits
 from rlhf_ray.model import positions
 from rlhf_ray.tokens import Vocab
 
@@ -34,6 +35,7 @@ class Pages:
     items: torch.Tensor  # (B, K) item_idx, -1 where no item was allowed
     logprobs: torch.Tensor  # (B, K) log pi(item_k | prompt, items_<k) under the restricted distribution
     prompts: Prompts
+    first_scores: torch.Tensor  # (B, n_items) first-slot item logits, blocked = -inf (= score_items), on the model device
 
 
 def prompt_tokens(history: Sequence[int], vocab: Vocab, max_history: int, user_idx: int | None = None) -> list[int]:
@@ -84,10 +86,6 @@ def build_prompts(
     return Prompts(ids, mask, blocked)
 
 
-def _item_slice(logits: torch.Tensor, vocab: Vocab) -> torch.Tensor:
-    return logits[..., vocab.item_offset: vocab.item_offset + vocab.n_items]
-
-
 def _to(model: torch.nn.Module, *ts: torch.Tensor):
     dev = next(model.parameters()).device
     return [t.to(dev) for t in ts]
@@ -95,10 +93,11 @@ def _to(model: torch.nn.Module, *ts: torch.Tensor):
 
 @torch.no_grad()
 def score_items(model, vocab: Vocab, prompts: Prompts, mask_blocked: bool = True) -> torch.Tensor:
-    """Full-catalogue scores of the first page slot: ``(B, n_items)`` logits, blocked = -inf."""
+    """Full-catalogue scores of the first page slot: ``(B, n_items)`` logits, blocked = -inf.
+
+    The scores :func:`generate_pages` returns as ``first_scores`` (one prefill, no page)."""
     ids, am, blocked = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked)
-    out = model(input_ids=ids, attention_mask=am, position_ids=positions(am), use_cache=False)
-    scores = _item_slice(out.logits[:, -1], vocab).float()
+    scores = Decoder(model, vocab, ids, am, steps=0).first
     return scores.masked_fill(blocked, NEG_INF) if mask_blocked else scores
 
 
@@ -110,19 +109,23 @@ def generate_pages(
     cfg: GenerationConfig,
     generator: torch.Generator | None = None,
 ) -> Pages:
-    """Decode a page of ``cfg.page_size`` distinct, allowed items per prompt with a KV cache."""
-    if cfg.strategy == "beam" and cfg.num_beams > 1:
-        return _beam_pages(model, vocab, prompts, cfg)
+    """Decode a page of ``cfg.page_size`` distinct, allowed items per prompt.
+
+    The prompt runs once (:class:`rlhf_ray.kvdecode.Decoder`); its last position's
+    scores are the first slot's and are returned as ``Pages.first_scores`` (the
+    full-catalogue ranking of :func:`score_items`, without a second forward).
+    """
     ids, am, blocked = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked)
+    if cfg.strategy == "beam" and cfg.num_beams > 1:
+        return _beam_pages(model, vocab, prompts, cfg, ids, am, blocked)
     B, K = ids.shape[0], cfg.page_size
     blocked = blocked.clone()
     items = torch.full((B, K), -1, dtype=torch.long, device=ids.device)
     logps = torch.zeros((B, K), device=ids.device)
-    pos = positions(am)[:, -1]  # (B,)
-    out = model(input_ids=ids, attention_mask=am, position_ids=positions(am), use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1]
+    dec = Decoder(model, vocab, ids, am, steps=K - 1)
+    logits = dec.first
     for k in range(K):
-        scores = _item_slice(logits, vocab).float().masked_fill(blocked, NEG_INF)  # (B, n_items)
+        scores = logits.masked_fill(blocked, NEG_INF)  # (B, n_items)
         alive = ~blocked.all(dim=1)  # rows with at least one allowed item
         logp = torch.log_softmax(scores, dim=-1)
         if cfg.strategy == "sample":
@@ -141,19 +144,16 @@ def generate_pages(
         if k == K - 1:
             break
         step_ids = torch.where(alive, vocab.item_token(choice.clamp(min=0)), torch.full_like(choice, vocab.pad))
-        am = torch.cat([am, alive.long()[:, None]], dim=1)
-        pos = pos + 1
-        out = model(
-            input_ids=step_ids[:, None], attention_mask=am, position_ids=pos[:, None],
-            past_key_values=past, use_cache=True,
-        )
-        past, logits = out.past_key_values, out.logits[:, -1]
-    return Pages(items.cpu(), logps.cpu(), prompts)
+        logits = dec.step(step_ids, alive)
+    return Pages(items.cpu(), logps.cpu(), prompts, _first(dec.first, prompts.blocked))
 
 
-def _beam_pages(model, vocab: Vocab, prompts: Prompts, cfg: GenerationConfig) -> Pages:
+def _first(logits: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+    return logits.masked_fill(blocked.to(logits.device), NEG_INF)
+
+
+def _beam_pages(model, vocab: Vocab, prompts: Prompts, cfg: GenerationConfig, ids, am, blocked) -> Pages:
     """Beam search over restricted item distributions; returns the best beam per prompt."""
-    ids, am, blocked = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked)
     B, K, W, N = ids.shape[0], cfg.page_size, cfg.num_beams, vocab.n_items
     rep = lambda t: t.repeat_interleave(W, dim=0)  # noqa: E731  (B, ...) -> (B*W, ...)
     ids, am, blocked = rep(ids), rep(am), rep(blocked).clone()
@@ -161,11 +161,10 @@ def _beam_pages(model, vocab: Vocab, prompts: Prompts, cfg: GenerationConfig) ->
     step_logp = torch.zeros((B * W, K), device=ids.device)
     total = torch.zeros(B, W, device=ids.device)
     total[:, 1:] = NEG_INF  # all beams start identical: keep only the first alive at step 0
-    pos = positions(am)[:, -1]
-    out = model(input_ids=ids, attention_mask=am, position_ids=positions(am), use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1]
+    dec = Decoder(model, vocab, ids, am, steps=K - 1)
+    logits = dec.first
     for k in range(K):
-        logp = torch.log_softmax(_item_slice(logits, vocab).float().masked_fill(blocked, NEG_INF), dim=-1)
+        logp = torch.log_softmax(logits.masked_fill(blocked, NEG_INF), dim=-1)
         logp = torch.nan_to_num(logp, nan=NEG_INF)  # rows with nothing allowed
         cand = (total.reshape(B * W, 1) + logp).reshape(B, W * N)
         best, flat = cand.topk(W, dim=-1)  # (B, W)
@@ -183,16 +182,12 @@ def _beam_pages(model, vocab: Vocab, prompts: Prompts, cfg: GenerationConfig) ->
         total = torch.where(torch.isfinite(best), best, total.gather(1, src_beam))
         if k == K - 1:
             break
-        past.reorder_cache(src)
-        am = torch.cat([am[src], alive.long()[:, None]], dim=1)
-        pos = pos[src] + 1
+        dec.reorder(src)
         step_ids = torch.where(alive, vocab.item_token(choice), torch.full_like(choice, vocab.pad))
-        out = model(input_ids=step_ids[:, None], attention_mask=am, position_ids=pos[:, None],
-                    past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
+        logits = dec.step(step_ids, alive)
     top = total.argmax(dim=-1)  # (B,)
     pick = torch.arange(B, device=ids.device) * W + top
-    return Pages(items[pick].cpu(), step_logp[pick].cpu(), prompts)
+    return Pages(items[pick].cpu(), step_logp[pick].cpu(), prompts, _first(dec.first[::W], prompts.blocked))
 
 
 def page_logprobs(
@@ -220,7 +215,7 @@ def page_logprobs(
     # only the K positions that emit page slots need the vocabulary projection: keep the last K + 1
     out = model(input_ids=full_ids, attention_mask=full_am, position_ids=positions(full_am),
                 output_hidden_states=hidden, use_cache=False, logits_to_keep=K + 1)
-    step_logits = _item_slice(out.logits[:, :K], vocab).float()  # (B, K, n_items): positions L-1 .. L+K-2
+    step_logits = item_logits(out.logits[:, :K], vocab).float()  # (B, K, n_items): positions L-1 .. L+K-2
     # items already on the page before slot k: exclusive cumulative one-hot over slots
     onehot = torch.zeros((B, K, vocab.n_items), dtype=torch.bool, device=ids.device)
     onehot.scatter_(2, pages.clamp(min=0)[..., None], slot[..., None])

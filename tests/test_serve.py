@@ -34,10 +34,12 @@ def server(tiny_sft, synth_data):
 
     cfg = ServeConfig(checkpoint=str(tiny_sft), data=str(synth_data), port=free_port(), max_k=MAX_K,
                       max_batch_size=16, batch_wait_ms=50.0, max_body_bytes=65536)
-    ray = init_ray(num_cpus=2, log_to_driver=False)
+    metrics_port = free_port()
+    ray = init_ray(num_cpus=2, log_to_driver=False, _metrics_export_port=metrics_port)
     try:
         deploy(cfg)
         with httpx.Client(base_url=f"http://127.0.0.1:{cfg.port}", timeout=60) as client:
+            client.metrics_port = metrics_port
             yield cfg, client
     finally:
         serve.shutdown()
@@ -53,11 +55,15 @@ def _items(data) -> list[str]:
     return data.items["item"].astype(str).tolist()
 
 
-def _full_history(data, user: str) -> set[str]:
+def _row(data, user: str):
     uidx = int(data.users.loc[data.users["user"].astype(str) == user, "user_idx"].iloc[0])
-    row = data.sequences.loc[data.sequences["user_idx"] == uidx].iloc[0]
+    return data.sequences.loc[data.sequences["user_idx"] == uidx].iloc[0]
+
+
+def _full_history(data, user: str) -> set[str]:
+    """Every item the user rated: the whole row, also past ``end`` (the last positive)."""
     ids = _items(data)
-    return {ids[i] for i in row["items"][: int(row["end"])]}
+    return {ids[i] for i in _row(data, user)["items"]}
 
 
 def _assert_page(body: dict, k: int, forbidden=()):
@@ -91,6 +97,26 @@ def test_page_for_a_history_with_exclude_and_candidates(server, data):
     body = r.json()
     _assert_page(body, 7, forbidden=hist + [str(i) for i in excl])
     assert set(body["items"]) <= set(cands) and body["source"] == "request_history"
+
+
+def test_known_users_are_never_served_anything_they_rated(server, data):
+    """Items rated after a user's last positive (past ``end``) are seen too: with only those
+    items and one unseen item as candidates, the page holds the unseen item alone."""
+    _, client = server
+    ids = _items(data)
+    late = {u: [ids[i] for i in _row(data, u)["items"][int(_row(data, u)["end"]):]]
+            for u in data.users["user"].astype(str)}
+    late = {u: items for u, items in late.items() if items}
+    assert len(late) >= 10, "the fixture data should have users who rated items after their last positive"
+    for user, items in list(late.items())[:10]:
+        seen = _full_history(data, user)
+        unseen = next(i for i in ids if i not in seen)
+        for extra in ({}, {"strategy": "sample", "seed": 1}):
+            r = client.post("/v1/rank", json={"user_id": user, "k": 3, "candidates": items + [unseen], **extra})
+            assert r.status_code == 200, r.text
+            assert r.json()["items"] == [unseen], (user, items, r.json())
+        page = client.post("/v1/rank", json={"user_id": user, "k": MAX_K}).json()
+        _assert_page(page, MAX_K, forbidden=seen)
 
 
 def test_popularity_for_empty_history_and_unknown_user(server, data):
@@ -153,6 +179,10 @@ BAD_BODIES = [
     ("float item id", {"history": [1.5]}, 422),
     ("unknown strategy", {"history": [], "strategy": "beam"}, 422),
     ("temperature 0", {"history": [], "temperature": 0}, 422),
+    ("temperature below the floor", {"history": ["1"], "strategy": "sample", "temperature": 5e-324}, 422),
+    ("temperature as a string", {"history": [], "temperature": "1"}, 422),
+    ("temperature as a boolean", {"history": [], "temperature": True}, 422),
+    ("seed of 2**64", {"history": [], "strategy": "sample", "seed": 2**64}, 422),
     ("unknown field", {"history": [], "kk": 3}, 422),
     ("not an object", ["1", "2"], 422),
 ]
@@ -166,6 +196,53 @@ def test_bad_request_gets_its_4xx(server, what, body, status):
     assert r.json()["detail"]
 
 
+JSON = "application/json"
+# (what, raw body, content type, status, words the message must hold)
+RAW_BODIES = [
+    ("bare NaN", b'{"history": [], "temperature": NaN}', JSON, 422, "NaN is not a JSON value"),
+    ("Infinity", b'{"history": [], "k": Infinity}', JSON, 422, "Infinity is not a JSON value"),
+    ("-Infinity in a list", b'{"history": [-Infinity]}', JSON, 422, "-Infinity is not a JSON value"),
+    ("NaN user id", b'{"user_id": NaN}', JSON, 422, "NaN"),
+    ("number overflowing a float", b'{"history": [], "temperature": 1e400}', JSON, 422, "1e400 is out of range"),
+    ("integer of 5000 digits", b'{"history": [' + b"9" * 5000 + b"]}", JSON, 422, "5000 digits"),
+    ("lone surrogate", b'{"history": ["\\ud800"]}', JSON, 422, "lone surrogate"),
+    ("invalid UTF-8", b'{"history": ["\xff"]}', JSON, 422, "not UTF-8"),
+    ("nested 20000 deep", b"[" * 20000 + b"]" * 20000, JSON, 422, "nests too deeply"),
+    ("truncated", b'{"history": [', JSON, 422, "not valid JSON"),
+    ("trailing data", b'{"history": []} x', JSON, 422, "Extra data"),
+    ("empty", b"", JSON, 422, "empty"),
+    ("JSON null", b"null", JSON, 422, "valid dictionary"),
+    ("text/plain", b'{"history": []}', "text/plain", 415, "application/json"),
+    ("form", b"history=1", "application/x-www-form-urlencoded", 415, "application/json"),
+]
+
+
+@pytest.mark.parametrize("what,raw,ctype,status,words", RAW_BODIES, ids=[b[0] for b in RAW_BODIES])
+def test_malformed_body_gets_a_clear_4xx(server, what, raw, ctype, status, words):
+    _, client = server
+    r = client.post("/v1/rank", content=raw, headers={"content-type": ctype})
+    assert r.status_code == status, (what, r.status_code, r.text)
+    assert words in r.json()["detail"], (what, r.json())
+
+
+def test_bad_requests_among_good_ones_spoil_nothing(server, data):
+    """Bad bodies sent concurrently with good ones: each gets its own answer, no 5xx."""
+    _, client = server
+    users = data.users["user"].astype(str).tolist()
+
+    async def go():
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=60) as c:
+            good = [c.post("/v1/rank", json={"user_id": u, "k": 5}) for u in users[:12]]
+            bad = [c.post("/v1/rank", content=raw, headers={"content-type": ctype})
+                   for _, raw, ctype, _, _ in RAW_BODIES]
+            return await asyncio.gather(*good, *bad)
+
+    answers = asyncio.run(go())
+    good, bad = answers[:12], answers[12:]
+    assert all(r.status_code == 200 and len(r.json()["items"]) == 5 for r in good), [r.text for r in good]
+    assert [r.status_code for r in bad] == [b[3] for b in RAW_BODIES]
+
+
 def test_unknown_items_are_named(server, data):
     _, client = server
     r = client.post("/v1/rank", json={"history": [_items(data)[0], "no-such-item"], "exclude": [999999]})
@@ -173,11 +250,9 @@ def test_unknown_items_are_named(server, data):
     assert r.json()["unknown_items"] == ["999999", "no-such-item"] and "no-such-item" in r.json()["detail"]
 
 
-def test_malformed_json_wrong_method_and_oversized_bodies(server):
+def test_wrong_method_and_oversized_bodies(server):
     cfg, client = server
     json_ct = {"content-type": "application/json"}
-    assert client.post("/v1/rank", content=b'{"history": [', headers=json_ct).status_code == 422
-    assert client.post("/v1/rank", content=b"", headers=json_ct).status_code == 422
     assert client.get("/v1/rank").status_code == 405
     huge = {"history": [str(i) for i in range(cfg.max_body_bytes // 4)]}
     r = client.post("/v1/rank", json=huge)
@@ -202,6 +277,32 @@ def test_health_model_and_docs(server, tiny_sft):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/rank", "/v1/model", "/healthz", "/v1/stats"} <= set(paths)
     assert client.get("/docs").status_code == 200
+
+
+def test_latency_breakdown_in_stats_and_prometheus(server, data):
+    """Each page's time by stage: running sums in /v1/stats, histograms on Ray's metrics port."""
+    from rlhf_ray.serve.latency import STAGES
+
+    _, client = server
+    before = client.get("/v1/stats").json()
+    users = data.users["user"].astype(str).tolist()
+    _concurrent(str(client.base_url), [{"user_id": u, "k": 5} for u in users[:8]])
+    after = client.get("/v1/stats").json()
+    assert after["timed_requests"] - before["timed_requests"] == 8
+    grew = {st: after["stage_ms_sum"][st] - before["stage_ms_sum"][st] for st in STAGES}
+    assert set(grew) == set(STAGES) and all(v >= 0 for v in grew.values()) and grew["model"] > 0, grew
+    assert grew["total"] >= grew["model"]
+    deadline, text = time.monotonic() + WAIT_S, ""
+    want = [f'stage="{st}"' for st in STAGES]
+    while time.monotonic() < deadline:  # Ray exports metrics every few seconds
+        text = httpx.get(f"http://127.0.0.1:{client.metrics_port}/metrics", timeout=10).text
+        stage_lines = [line for line in text.splitlines() if line.startswith("ray_rlhf_ray_rank_stage_ms_count")]
+        if all(any(w in line for line in stage_lines) for w in want) and "ray_rlhf_ray_rank_batch_size" in text:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"stage metrics not exported within {WAIT_S} s: {stage_lines}")
+    assert all('deployment="Ranker"' in line for line in stage_lines), stage_lines[:2]
 
 
 def _other_checkpoint(src, out):

@@ -35,9 +35,10 @@ class ServeConfig(Config):
         "autoscaling: requests in flight per replica to aim for", gt=0))
     cpus_per_replica: float = field(default=1.0, metadata=doc("CPUs Ray reserves for each replica", ge=0))
     torch_threads: int = field(default=1, metadata=doc("torch intra-op threads in each replica", ge=1))
-    max_batch_size: int = field(default=16, metadata=doc("most requests decoded together (@serve.batch)", ge=1))
+    max_batch_size: int = field(default=16, metadata=doc("most requests decoded together in one batch", ge=1))
     batch_wait_ms: float = field(default=10.0, metadata=doc(
-        "how long a batch waits for more requests after its first one", ge=0))
+        "how long a request may wait for others to share its batch (a batch is formed when the model is free, "
+        "so under load it fills from the queue without waiting)", ge=0))
     max_ongoing_requests: int = field(default=64, metadata=doc(
         "requests a replica accepts at once (keep >= max_batch_size)", ge=1))
     max_k: int = field(default=50, metadata=doc("largest page a request may ask for", ge=1, le=100))

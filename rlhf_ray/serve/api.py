@@ -3,21 +3,24 @@
 It talks to a *service* (the Serve deployment in :mod:`rlhf_ray.serve.app`) through
 four methods, so it holds no model and no Ray code:
 
-    async rank(RankRequest) -> Page     raises RequestError for a bad request
-    health() -> dict;  model_info() -> dict;  stats() -> dict
+    async rank(RankRequest) -> (Page, {stage: ms})   raises RequestError for a bad request
+    observe({stage: ms});  health() -> dict;  model_info() -> dict;  stats() -> dict
 
-Status codes: 200 page; 413 body over ``max_body_bytes``; 422 anything wrong with
-the request (schema, malformed JSON, k out of range, unknown item ids named in
-``unknown_items``). A 5xx means a bug or an unavailable replica, never a bad request.
+Status codes: 200 page; 413 body over ``max_body_bytes``; 415 a Content-Type other
+than JSON; 422 anything else wrong with the request (not JSON: NaN, Infinity, bad
+UTF-8, ...; schema; k out of range; unknown item ids named in ``unknown_items``). A
+5xx means a bug or an unavailable replica, never a bad request.
 """
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
 from rlhf_ray.config import ServeConfig
+from rlhf_ray.serve.body import read_body
 from rlhf_ray.serve.ranker import Page, RankRequest, RequestError
 from rlhf_ray.serve.schemas import ErrorBody, Health, ModelInfo, RankBody, RankResponse, Stats
 
@@ -25,7 +28,9 @@ from rlhf_ray.serve.schemas import ErrorBody, Health, ModelInfo, RankBody, RankR
 class RankService(Protocol):
     cfg: ServeConfig
 
-    async def rank(self, req: RankRequest) -> Page: ...
+    async def rank(self, req: RankRequest) -> tuple[Page, dict[str, float]]: ...
+
+    def observe(self, stages_ms: dict[str, float]) -> None: ...
 
     def health(self) -> dict: ...
 
@@ -89,18 +94,30 @@ def build_api(service: RankService) -> FastAPI:
     @app.exception_handler(RequestError)
     async def _request_error(_, exc: RequestError):
         body = ErrorBody(detail=str(exc), field=exc.field, unknown_items=exc.items)
-        return JSONResponse(body.model_dump(), status_code=422)
+        return JSONResponse(body.model_dump(), status_code=exc.status)
 
-    @app.post("/v1/rank", response_model=RankResponse,
-              responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}})
-    async def rank(body: RankBody) -> RankResponse:
+    # The body is read by rlhf_ray.serve.body (strict JSON), not by FastAPI: documented here.
+    body_doc = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": RankBody.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+
+    @app.post("/v1/rank", response_model=RankResponse, openapi_extra=body_doc,
+              responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+    async def rank(request: Request) -> Response:
+        t0 = time.perf_counter()
+        body = read_body(RankBody, await request.body(), request.headers.get("content-type"))
         if body.k is not None and body.k > cfg.max_k:
             raise RequestError(f"k must be in [1, {cfg.max_k}], got {body.k}", field="k")
         req = body.to_request(cfg.default_k)
-        page = await service.rank(req)
-        return RankResponse(items=page.items, titles=page.titles, scores=page.scores, k=req.k,
-                            source=page.source, checkpoint_id=page.checkpoint_id, stage=page.stage,
-                            strategy=req.strategy, notes=page.notes)
+        t1 = time.perf_counter()
+        page, stages = await service.rank(req)
+        t2 = time.perf_counter()
+        out = RankResponse(items=page.items, titles=page.titles, scores=page.scores, k=req.k, source=page.source,
+                           checkpoint_id=page.checkpoint_id, stage=page.stage, strategy=req.strategy,
+                           notes=page.notes).model_dump_json()
+        t3 = time.perf_counter()
+        service.observe({"parse": (t1 - t0) * 1000, **stages, "serialise": (t3 - t2) * 1000,
+                         "total": (t3 - t0) * 1000})
+        return Response(out, media_type="application/json")
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict:

@@ -1,5 +1,7 @@
 """The Ray Serve application: one ``Ranker`` deployment with a FastAPI ingress and
-dynamic batching.
+dynamic batching (:class:`~rlhf_ray.serve.batcher.Batcher`: a batch is formed when the
+model is free, so batches grow with the load) and per-stage latency metrics
+(:mod:`rlhf_ray.serve.latency`).
 
 Import path (``serve run``, ``serve deploy`` configs, a KubeRay RayService)::
 
@@ -37,7 +39,6 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ from ray import serve
 
 from rlhf_ray.config import ConfigError, ServeConfig
 from rlhf_ray.serve.api import build_api
+from rlhf_ray.serve.batcher import Batcher
+from rlhf_ray.serve.latency import LatencyMetrics
 from rlhf_ray.serve.ranker import Page, Ranker, RankRequest, RequestError, UserHistories
 
 DEPLOYMENT = "Ranker"
@@ -60,7 +63,7 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment(name=DEPLOYMENT, max_constructor_retry_count=3)
 @serve.ingress()
 class RankerDeployment:
-    """One replica: a :class:`Ranker`, a batch queue, and counters of the batches served."""
+    """One replica: a :class:`Ranker`, a batch queue, counters of the batches served and latency metrics."""
 
     def __init__(self, settings: dict):
         import torch
@@ -71,11 +74,11 @@ class RankerDeployment:
         self.ranker: Ranker | None = None
         self.requested = ""
         self.reconfigure_error: str | None = None
-        self.histogram: Counter[int] = Counter()
-        self.requests = 0
+        self.latency = LatencyMetrics()
+        self.batcher = Batcher(self._rank_batch, self.cfg.max_batch_size, self.cfg.batch_wait_ms / 1000.0,
+                               on_batch=self.latency.observe_batch)
         self.replica = _replica_id()
         self._reconfiguring = asyncio.Lock()
-        self._apply_batching(self.cfg.max_batch_size, self.cfg.batch_wait_ms)
         # The checkpoint arrives with the user_config: Serve calls reconfigure() next.
 
     def __serve_build_asgi_app__(self):
@@ -93,7 +96,7 @@ class RankerDeployment:
         async with self._reconfiguring:
             try:
                 new = self._parse_user_config(user_config)
-                self._apply_batching(new.max_batch_size, new.batch_wait_ms)
+                self.batcher.configure(new.max_batch_size, new.batch_wait_ms / 1000.0)
                 path = new.checkpoint
                 self.requested = path or self.requested
                 if path and not (self.ranker is not None and self._same_checkpoint(path)):
@@ -113,10 +116,6 @@ class RankerDeployment:
             raise ConfigError(f"user_config: unknown key(s) {unknown}; valid keys: {list(USER_CONFIG_KEYS)}")
         return self.cfg.replace(**{k: v for k, v in (user_config or {}).items() if v is not None})  # type: ignore
 
-    def _apply_batching(self, max_batch_size: int, batch_wait_ms: float) -> None:
-        self.rank_batch.set_max_batch_size(max_batch_size)
-        self.rank_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
-
     def _load(self, path: str) -> Ranker:
         return Ranker.load(path, self.users, max_k=self.cfg.max_k, max_history=self.cfg.max_history)
 
@@ -131,20 +130,20 @@ class RankerDeployment:
 
     # ------------------------------------------------------------------ serving
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def rank_batch(self, requests: list[RankRequest]) -> list[Page | RequestError]:
-        """Decode a batch in a worker thread (the event loop keeps accepting the next batch)."""
+    def _rank_batch(self, requests: list[RankRequest]) -> list[Page | RequestError]:
+        """One batch, in the batcher's worker thread (the event loop keeps accepting requests)."""
         ranker = self.ranker  # one checkpoint per batch, even if a reconfigure swaps it meanwhile
         assert ranker is not None
-        self.histogram[len(requests)] += 1
-        self.requests += len(requests)
-        return await asyncio.to_thread(ranker.rank, requests)
+        return ranker.rank(requests)
 
-    async def rank(self, req: RankRequest) -> Page:
-        out = await self.rank_batch(req)
+    async def rank(self, req: RankRequest) -> tuple[Page, dict[str, float]]:
+        out, timing = await self.batcher.submit(req)
         if isinstance(out, RequestError):
             raise out
-        return out
+        return out, timing.stages_ms()
+
+    def observe(self, stages_ms: dict[str, float]) -> None:
+        self.latency.observe(stages_ms)
 
     def check_health(self) -> None:
         """Serve's health probe: a replica without a checkpoint is not healthy."""
@@ -156,11 +155,12 @@ class RankerDeployment:
         return {"status": "ok", "checkpoint_id": self.ranker.id, "stage": self.ranker.stage}
 
     def stats(self) -> dict:
+        hist = self.batcher.histogram
         return {
-            "replica": self.replica, "requests": self.requests, "batches": sum(self.histogram.values()),
-            "batch_size_histogram": {str(k): v for k, v in sorted(self.histogram.items())},
-            "max_batch_size": self.rank_batch._get_max_batch_size(),
-            "batch_wait_timeout_s": self.rank_batch._get_batch_wait_timeout_s(),
+            "replica": self.replica, "requests": sum(s * n for s, n in hist.items()), "batches": sum(hist.values()),
+            "batch_size_histogram": {str(k): v for k, v in sorted(hist.items())},
+            "max_batch_size": self.batcher.max_batch_size, "batch_wait_timeout_s": self.batcher.wait_s,
+            **self.latency.snapshot(),
         }
 
     def model_info(self) -> dict:

@@ -7,7 +7,9 @@
 Where the history comes from (``Page.source``):
 
 * ``user_history``: ``user_id`` is a user of the prepared data given at start; the
-  history is the user's whole ``sequences.parquet`` row (``items[:end]``).
+  history is the user's whole ``sequences.parquet`` row: every item the user rated,
+  held-out targets and the ratings after the last positive included, so none of them
+  is ever served to that user again.
 * ``request_history``: the request's own non-empty ``history``.
 * ``popularity``: an empty history or an unknown ``user_id``: the most popular
   allowed items (catalogue ``popularity``), scored as log-probabilities of a
@@ -40,15 +42,19 @@ SOURCES = ("user_history", "request_history", "popularity")
 STRATEGIES = ("greedy", "sample")
 DEFAULT_MAX_HISTORY = 50  # when the checkpoint's config records none
 SCORE_FLOOR = -1e30  # JSON has no -inf; a log-prob this low means "probability 0"
+# Sampling temperatures a request may ask for: below the floor, scores / temperature can
+# overflow float32 (and 1e-3 is already greedy for any practical logit gap).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
 
 
 class RequestError(UserError):
     """A rank request the client can fix (unknown items, k out of range, ...)."""
 
-    def __init__(self, message: str, *, field: str = "", items: Sequence[str] = ()):
+    def __init__(self, message: str, *, field: str = "", items: Sequence[str] = (), status: int = 422):
         super().__init__(message)
         self.field = field
         self.items = list(items)
+        self.status = status  # the HTTP status it earns (422, or 415 for a body that is not JSON)
 
 
 @dataclass
@@ -99,20 +105,21 @@ class UserHistories:
 
     def __init__(self, item_ids: list[str], by_user: dict[str, tuple[int, np.ndarray]], path: str = ""):
         self.item_ids = item_ids  # the data's catalogue, item_idx order
-        self.by_user = by_user  # user id -> (user_idx, item_idx array up to `end`)
+        self.by_user = by_user  # user id -> (user_idx, item_idx array: every item the user rated)
         self.path = path
 
     @classmethod
     def load(cls, path: str | Path) -> "UserHistories":
-        """Read ``users.parquet`` + ``sequences.parquet`` (fingerprint verified)."""
+        """Read ``users.parquet`` + ``sequences.parquet`` (fingerprint verified): whole rows, not
+        only the part before ``end`` (a leave-one-out row goes on after the last positive)."""
         from rlhf_ray.data.prepared import load_prepared
 
         prepared = load_prepared(path)
         user_of = dict(zip(prepared.users["user_idx"].astype(int), prepared.users["user"].astype(str)))
         by_user = {}
         seq = prepared.sequences
-        for u, items, end in zip(seq["user_idx"], seq["items"], seq["end"]):
-            by_user[user_of[int(u)]] = (int(u), np.asarray(items[: int(end)], dtype=np.int64))
+        for u, items in zip(seq["user_idx"], seq["items"]):
+            by_user[user_of[int(u)]] = (int(u), np.asarray(items, dtype=np.int64))
         return cls(prepared.items["item"].astype(str).tolist(), by_user, str(path))
 
     def __len__(self) -> int:
@@ -206,8 +213,9 @@ class Ranker:
             raise RequestError(f"k must be in [1, {self.max_k}], got {req.k}", field="k")
         if req.strategy not in STRATEGIES:
             raise RequestError(f"strategy must be one of {list(STRATEGIES)}, got {req.strategy!r}", field="strategy")
-        if not (req.temperature > 0 and math.isfinite(req.temperature)):
-            raise RequestError(f"temperature must be a finite number > 0, got {req.temperature}", field="temperature")
+        if not MIN_TEMPERATURE <= req.temperature <= MAX_TEMPERATURE:  # NaN fails too
+            raise RequestError(f"temperature must be in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {req.temperature}",
+                               field="temperature")
         if req.top_k < 0:
             raise RequestError(f"top_k must be >= 0, got {req.top_k}", field="top_k")
         unknown: list[str] = []

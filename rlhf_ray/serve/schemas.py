@@ -2,15 +2,16 @@
 
 Item ids are the catalogue's original ids (the ``item`` column), sent as strings or
 integers; ``7`` and ``"7"`` name the same item. Types are strict (no floats or
-booleans for ids and counts) so a client bug fails with a 422 naming the field.
+booleans for ids and counts, no strings or booleans for numbers) so a client bug fails
+with a 422 naming the field. Bodies are read by :mod:`rlhf_ray.serve.body`.
 """
 from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
-from rlhf_ray.serve.ranker import RankRequest
+from rlhf_ray.serve.ranker import MAX_TEMPERATURE, MIN_TEMPERATURE, RankRequest
 
 ItemId = Union[StrictStr, StrictInt]
 
@@ -30,7 +31,8 @@ class RankBody(BaseModel):
     exclude: list[ItemId] = Field(default_factory=list, description="items never to put on the page")
     candidates: Optional[list[ItemId]] = Field(None, min_length=1, description="re-rank only these items")
     strategy: Literal["greedy", "sample"] = Field("greedy", description="greedy: most likely item per slot")
-    temperature: float = Field(1.0, gt=0, le=100, allow_inf_nan=False, description="sampling temperature")
+    temperature: StrictFloat = Field(1.0, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False,
+                                     description="sampling temperature")
     top_k: StrictInt = Field(0, ge=0, description="sample among the top_k allowed items (0 = all)")
     seed: Optional[StrictInt] = Field(None, ge=0, lt=2**63, description="sampling: same seed, same page")
 
@@ -66,10 +68,10 @@ class RankResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """A 4xx answer of this service (FastAPI's own 422s have a list in ``detail``)."""
+    """A 4xx answer of this service."""
 
-    detail: str
-    field: str = ""
+    detail: str = Field(description="what is wrong, naming every field at fault")
+    field: str = Field("", description="the (first) field at fault: a body path such as history[2], or body")
     unknown_items: list[str] = Field(default_factory=list)
 
 
@@ -88,6 +90,9 @@ class Stats(BaseModel):
     batch_size_histogram: dict[str, int] = Field(description="batch size -> batches of that size")
     max_batch_size: int
     batch_wait_timeout_s: float
+    timed_requests: int = Field(description="pages served and timed (the count behind stage_ms_sum)")
+    stage_ms_sum: dict[str, float] = Field(description="stage -> milliseconds summed over timed requests: parse, "
+                                           "queue, batch_wait, model, serialise, total (rlhf_ray.serve.latency)")
 
 
 class ModelInfo(BaseModel):

@@ -1,0 +1,107 @@
+"""The replica's batcher (pure asyncio): batches fill from the queue while the model is busy,
+counted, never timed."""
+import asyncio
+import threading
+import time
+
+import pytest
+
+from rlhf_ray.serve.batcher import Batcher
+
+
+def _model(seconds: float, log: list):
+    """A stand-in batch function: records its batches, holds the thread like a model would."""
+    def run(items):
+        log.append(list(items))
+        time.sleep(seconds)
+        return [x * 10 for x in items]
+    return run
+
+
+def test_a_burst_fills_whole_batches_in_order():
+    log = []
+
+    async def go():
+        b = Batcher(_model(0.01, log), max_batch_size=16, wait_s=0.0)
+        return await asyncio.gather(*(b.submit(i) for i in range(40))), b
+
+    out, b = asyncio.run(go())
+    assert [r for r, _ in out] == [i * 10 for i in range(40)]
+    assert [len(x) for x in log] == [16, 16, 8] and sum(log, []) == list(range(40))
+    assert dict(b.histogram) == {16: 2, 8: 1}
+    first, later = out[0][1], out[20][1]
+    assert later.opened >= first.finished  # the second batch formed only once the first was done
+    assert all(v >= 0 for _, t in out for v in t.stages_ms().values())
+
+
+def test_closed_loop_clients_get_big_batches_without_waiting():
+    """32 clients, each sending its next request when the last one returns, wait_s = 0:
+    requests queue while a batch runs, so batches hold about half the clients."""
+    log = []
+
+    async def client(b, c):
+        for r in range(6):
+            await b.submit(c * 100 + r)
+
+    async def go():
+        b = Batcher(_model(0.02, log), max_batch_size=16, wait_s=0.0)
+        await asyncio.gather(*(client(b, c) for c in range(32)))
+        return b
+
+    b = asyncio.run(go())
+    sizes = [len(x) for x in log]
+    assert sum(sizes) == 32 * 6
+    assert sum(sizes) / len(sizes) >= 8, sizes
+
+
+def test_a_failing_batch_fails_only_its_requests():
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise ValueError("boom")
+        return items
+
+    async def go():
+        b = Batcher(run, max_batch_size=4, wait_s=0.0)
+        first = await asyncio.gather(*(b.submit(i) for i in range(4)), return_exceptions=True)
+        second = await b.submit(7)
+        return first, second
+
+    first, (value, _) = asyncio.run(go())
+    assert all(isinstance(e, ValueError) for e in first) and value == 7
+
+
+def test_wrong_result_count_is_an_error_and_settings_are_checked():
+    async def go():
+        b = Batcher(lambda items: items[:-1], max_batch_size=4, wait_s=0.0)
+        return await asyncio.gather(*(b.submit(i) for i in range(3)), return_exceptions=True)
+
+    assert all(isinstance(e, RuntimeError) and "2 results for 3" in str(e) for e in asyncio.run(go()))
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Batcher(lambda x: x, max_batch_size=0, wait_s=0.0)
+
+
+def test_a_cancelled_request_is_left_out():
+    gate = threading.Event()
+    log = []
+
+    def run(items):
+        log.append(list(items))
+        gate.wait(5)
+        return items
+
+    async def go():
+        b = Batcher(run, max_batch_size=8, wait_s=0.0)
+        busy = asyncio.ensure_future(b.submit("first"))
+        await asyncio.sleep(0.05)  # "first" is running; the next two queue behind it
+        gone = asyncio.ensure_future(b.submit("gone"))
+        kept = asyncio.ensure_future(b.submit("kept"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        gate.set()
+        return await busy, await kept
+
+    (a, _), (c, _) = asyncio.run(go())
+    assert (a, c) == ("first", "kept") and log == [["first"], ["kept"]]
