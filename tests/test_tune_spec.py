@@ -143,7 +143,8 @@ def test_searchers_suggest_the_default_first_then_points_inside_the_space(tmp_pa
     sweep = load_sweep(write(tmp_path, searcher=searcher, space={
         "ppo.kl_coef": {"loguniform": [0.01, 0.5]}, "lpo.sampler": {"choice": ["gumbel", "uniform"]},
         "lpo.n_negatives": {"randint": [2, 9]}}))
-    assert default_point(sweep) == sweep.defaults() == {"ppo.kl_coef": 0.05, "lpo.sampler": "gumbel",
+    cfgs = sweep.pipeline_configs()
+    assert default_point(sweep) == sweep.defaults() == {"ppo.kl_coef": cfgs["ppo"].kl_coef, "lpo.sampler": "gumbel",
                                                         "lpo.n_negatives": 4}
     alg = _searcher(sweep)
     space = {d.path: d.domain() for d in sweep.dims}
