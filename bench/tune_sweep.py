@@ -6,7 +6,9 @@
 
 The sweep runs in this process exactly as ``rlhf-ray tune`` runs it; an ``--out`` holding a
 finished or interrupted sweep is continued (finished trials are kept), so this can also
-record a sweep the CLI ran. Writes ``bench/results/sweep_<name>.json``: the trial table,
+record a sweep the CLI ran: ``trials_ran`` then gives when its trials ran (UTC), which may be
+before the commit this JSON records (the code of the stages a trial ran is in its checkpoints'
+manifests, ``trials/<id>/<stage>/manifest.json``). Writes ``bench/results/sweep_<name>.json``: the trial table,
 the selection (validation only), the one test evaluation of the selected trial and of the
 default config (95% bootstrap intervals over test users, paired difference), the wall time
 of this invocation and the summed wall time of the trials, the CPU budget, and the Pareto front.
@@ -49,6 +51,21 @@ def table_markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def trial_times(out: Path) -> dict:
+    """When the trials ran (first and last result of any trial): a continued sweep's trials may
+    predate this invocation and its commit, and the JSON says so."""
+    import json
+
+    stamps = []
+    for f in (out / "tune").glob("*/result.json"):
+        lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        stamps += [r["timestamp"] for r in lines if "timestamp" in r]
+    if not stamps:
+        return {"first": None, "last": None}
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return {"first": time.strftime(fmt, time.gmtime(min(stamps))), "last": time.strftime(fmt, time.gmtime(max(stamps)))}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +87,7 @@ def main(argv=None) -> int:
     table = pd.read_csv(out / "results.csv")
     default = table[table["default"] & (table["status"] == "completed")]
     doc = {**summary, "invocation_s": time.time() - t0, "trial_wall_s": float(table["wall_s"].fillna(0).sum()),
+           "trials_ran": trial_times(out),
            "default_objective": float(default["objective"].iloc[0]) if len(default) else None,
            "table": table.drop(columns=["curve"], errors="ignore").to_dict(orient="records"),
            "results_md": (out / "results.md").read_text()}
