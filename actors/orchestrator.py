@@ -319,6 +319,24 @@ class PPOOrchestrator:
         self.log(f"[ppo] resumed from {d} after {ctl['iteration']} iterations")
         return int(ctl["iteration"])
 
+    def _auto_resume(self) -> bool:
+        """``resume="auto"`` (the pipeline, sweep trials): continue the newest state when it was saved
+        with this config; a state saved with another config is moved aside (``OUT.state.stale-<time>``,
+        never deleted) and the run starts over, as the pipeline retrains a stage whose config changed."""
+        d = self.state.latest()
+        if d is None:
+            return False
+        saved = json.loads((d / "controller.json").read_text()).get("config") or {}
+        changed = _differences(saved, self.cfg.to_dict())
+        if not changed:
+            return True
+        stale = self.state.root.with_name(f"{self.state.root.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.state.root.rename(stale)
+        self.log(f"[ppo] the state in {self.state.root} was saved with another config ({', '.join(changed)}); "
+                 f"moved to {stale}, starting over")
+        self.state = RunState(self.state.root, keep=self.cfg.keep_states)
+        return False
+
     def records(self) -> list[dict]:
         """Iterations and validations in the order they happened (what ``metrics.jsonl`` holds)."""
         tagged = [(m["iteration"], 0, m) for m in self.history] + [(v["iteration"], 1, v) for v in self.validations]
@@ -339,9 +357,12 @@ class PPOOrchestrator:
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool | str = False, stop_after: int | None = None) -> dict:
         """Train; returns the final metrics. ``resume``: True continues this run's newest state, a
-        path starts from that state directory (:meth:`restore`). ``stop_after``: leave after that
+        path starts from that state directory (:meth:`restore`), "auto" continues the newest state
+        only when it was saved with this config (:meth:`_auto_resume`). ``stop_after``: leave after that
         many iterations of this call (a resumable state is written there), as a preempted run would."""
         c = self.cfg
+        if resume == "auto":
+            resume = self._auto_resume()
         if not resume and self.state.latest() is not None:
             raise UserError(f"{self.state.root} holds a resumable state: pass --resume to continue it, "
                             f"or choose another --out")

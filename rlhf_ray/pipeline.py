@@ -199,7 +199,7 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
             else:
                 print(f"[pipeline] {stage.name} -> {ckpt}" + (f" (from {init})" if init else ""))
                 metrics = launch(stage, cfg, str(data_dir), str(ckpt), init=init, inputs=inputs, address=address,
-                                 resume=stage.resumable)
+                                 resume="auto" if stage.resumable else False)
             summary["stages"][stage.name] = {"seconds": time.time() - t, **_scalars(metrics)}
         elif not (ckpt / MANIFEST).is_file():
             continue

@@ -121,6 +121,32 @@ def test_resume_equals_uninterrupted_run(ray_local, tiny_sft, synth_data, tmp_pa
     assert straight.kl_ctl.value == pytest.approx(resumed.kl_ctl.value, abs=1e-12)
 
 
+def test_auto_resume_continues_its_own_config_and_sets_another_configs_state_aside(ray_local, tiny_sft, synth_data,
+                                                                                   tmp_path):
+    """The pipeline's and sweep trials' resume="auto": a state saved with the same config is
+    continued; one saved with another config (the stage's config changed) is moved aside, never
+    deleted, and the run starts over instead of failing."""
+    from actors.orchestrator import PPOOrchestrator
+
+    cfg = ppo_config(iterations=2, save_every=1, eval_every=0)
+    out = tmp_path / "ppo"
+    logs: list[str] = []
+
+    def orch(c) -> PPOOrchestrator:
+        return PPOOrchestrator(c, str(tiny_sft), "rule", str(synth_data), str(out), log=logs.append)
+
+    assert orch(cfg).run(stop_after=1)["iterations"] == 1
+    done = orch(cfg).run(resume="auto")
+    assert done["iterations"] == 2 and any("resumed from" in m for m in logs)
+    assert not list(tmp_path.glob("ppo.state.stale-*"))
+    logs.clear()
+    other = orch(cfg.replace(kl_coef=cfg.kl_coef * 2)).run(resume="auto")
+    stale = list(tmp_path.glob("ppo.state.stale-*"))
+    assert len(stale) == 1 and (stale[0] / "latest").is_file()  # kept, not deleted
+    assert other["iterations"] == 2 and any("saved with another config (kl_coef)" in m for m in logs)
+    assert not any("resumed from" in m for m in logs)
+
+
 def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rlhf_ray.cli", *args], capture_output=True, text=True,
                           timeout=timeout)

@@ -111,7 +111,7 @@ def run_trial(values: dict[str, Any], sweep: Sweep, shared: Path, work: Path, st
             print(f"[tune] {name}: complete checkpoint at {out}, skipped")
         else:
             pbt = sweep.cfg.scheduler.name == "pbt"
-            resume = start_state if (start_state and i == 0) else stage.resumable
+            resume = start_state if (start_state and i == 0) else "auto" if stage.resumable else False
             with reporting(Evaluations(sweep.cfg.objective, i, keep_states=pbt, out=out, latest=carried)):
                 final = launch(stage, cfgs[name], str(data), str(out), init=init, inputs=inputs, resume=resume)
         if stage.policy:
