@@ -95,7 +95,7 @@ BLOCKS = {
     "peers_loo": block("peers_loo", "python bench/peers_bench.py --protocol loo --data DIR", own_table_body),
     "peers_pagellm": block("peers_pagellm", "python bench/peers_bench.py --protocol pagellm --data DIR", own_table_body),
     **{f"sweep_{n}": block(f"sweep_{n}", f"python bench/tune_sweep.py --config tune_configs/{n}.yaml --out "
-                           f"runs/sweep-{n}", own_table_body) for n in ("ppo", "lpo", "smoke")},
+                           f"runs/sweep-{n}", own_table_body) for n in ("ppo", "ppo-grounded", "lpo", "smoke")},
 }
 PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)
 

@@ -31,12 +31,16 @@ from provenance import Run  # noqa: E402
 def table_markdown(doc: dict) -> str:
     """The README block: the selected trial against the default on test, and the budget."""
     test = doc.get("test")
-    lines = [f"Sweep `{doc['name']}` ({doc['sweep_file']}): {doc['trials']} trials ({doc['completed']} completed, "
+    where = Path(doc["sweep_file"])
+    where = where.relative_to(BENCH.parent) if where.is_relative_to(BENCH.parent) else where
+    ran = doc.get("trials_ran") or {}
+    lines = [f"Sweep `{doc['name']}` (`{where}`): {doc['trials']} trials ({doc['completed']} completed, "
              f"{doc['stopped']} stopped early by the scheduler, {doc['errors']} errors); search space "
              + ", ".join(f"`{k}` {v}" for k, v in doc["space"].items()) + f"; objective "
              + " + ".join(f"{w:g} x {k}" for k, w in (doc["objective"].get("weights") or
                                                      {doc["objective"]["metric"]: 1.0}).items())
-             + f" on validation. Trials took {doc['trial_wall_s']:.0f} s in all.", ""]
+             + f" on validation. Trials took {doc['trial_wall_s']:.0f} s in all"
+             + (f" and ran from {ran['first']} to {ran['last']}." if ran.get("first") else "."), ""]
     best = doc.get("best")
     if best:
         knobs = ", ".join(f"{k} = {best[k]:.4g}" if isinstance(best[k], float) else f"{k} = {best[k]}"
