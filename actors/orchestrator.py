@@ -28,10 +28,8 @@ end: the policy as a ``ppo`` checkpoint at OUT.
 """
 from __future__ import annotations
 
-import json
 import time
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import ExitStack, contextmanager
 from typing import Callable
 
 import numpy as np
@@ -48,7 +46,8 @@ from actors.policy import PolicyActor
 from actors.reference import ReferenceActor
 from actors.reward_actor import RewardActor
 from actors.rollout import RolloutActor
-from actors.state import RunState, rng_state, set_rng_state, state_dir
+from actors.state import RunState, read_controller, rng_state, set_rng_state, state_dir
+from rlhf_ray import storage
 from rlhf_ray.config import GenerationConfig, PPOConfig
 from rlhf_ray.errors import UserError
 from rlhf_ray.generation import build_prompts
@@ -72,15 +71,16 @@ class PPOOrchestrator:
 
     def __init__(self, cfg: PPOConfig, sft: str, reward: str | Callable, data: str, out: str,
                  log: Callable[[str], None] = print):
-        from rlhf_ray.checkpoint import verify_checkpoint
+        from rlhf_ray.checkpoint import local_dir, verify_checkpoint
         from rlhf_ray.stages.common import check_compatible, open_data, ref
         from rlhf_ray.tokens import load_tokenizer
 
+        # locations: local paths (on a cluster, a file system every node mounts) or storage URIs
         self.cfg, self.log = cfg, log
-        self.sft = str(Path(sft).expanduser().resolve())
-        self.reward_source = reward if callable(reward) or reward == "rule" else str(Path(reward).expanduser().resolve())
-        self.data = str(Path(data).expanduser().resolve())
-        self.out = Path(out).expanduser().resolve()
+        self.sft = storage.normalize(sft)
+        self.reward_source = reward if callable(reward) or reward == "rule" else storage.normalize(reward)
+        self.data = storage.normalize(data)
+        self.out = storage.normalize(out)
         self.sft_manifest = verify_checkpoint(self.sft)  # verified once in this process (cached)
         if isinstance(self.reward_source, str) and self.reward_source != "rule":
             self.reward_ref = ref(verify_checkpoint(self.reward_source))
@@ -88,9 +88,9 @@ class PPOOrchestrator:
             name = self.reward_source if isinstance(self.reward_source, str) else getattr(
                 self.reward_source, "__name__", "custom")
             self.reward_ref = {"id": name, "stage": name}
-        _, self.vocab = load_tokenizer(Path(self.sft) / "tokenizer")
+        _, self.vocab = load_tokenizer(local_dir(self.sft) / "tokenizer")
         self.prepared = open_data(self.data)
-        check_compatible(pd.read_parquet(Path(self.sft) / "catalog.parquet"), self.prepared, self.sft)
+        check_compatible(pd.read_parquet(local_dir(self.sft) / "catalog.parquet"), self.prepared, self.sft)
         train = self.prepared.histories("train")
         if not train.histories:
             raise UserError(f"{self.data}: no user has a training history")
@@ -107,30 +107,44 @@ class PPOOrchestrator:
         self._dirty = False  # the policy changed since the rollout actors last loaded it
 
     # -- actors --------------------------------------------------------------------------
+    def role_specs(self) -> list[RoleSpec]:
+        c = self.cfg
+        return [RoleSpec("policy", c.policy.ranks, c.policy.num_cpus, c.policy.num_gpus, c.policy.resources),
+                RoleSpec("critic", c.critic.ranks, c.critic.num_cpus, c.critic.num_gpus, c.critic.resources),
+                RoleSpec("reference", 1, c.reference.num_cpus, c.reference.num_gpus, c.reference.resources),
+                RoleSpec("reward", 1, c.reward.num_cpus, c.reward.num_gpus, c.reward.resources),
+                RoleSpec("rollout", c.rollout.actors, c.rollout.num_cpus, c.rollout.num_gpus, c.rollout.resources)]
+
+    def make_group(self, s: RoleSpec) -> ModelGroup:
+        """Place and start the actors of one role (not set up yet)."""
+        return ModelGroup(self.ROLE_CLASSES[s.role], s.role, s.ranks, num_cpus=s.num_cpus, num_gpus=s.num_gpus,
+                          resources=s.resources, placement=self.layout.placements[s.role], strategy=self.cfg.strategy)
+
+    def setup_group(self, role: str) -> list:
+        """Set up every rank of ``role`` from the SFT checkpoint (ObjectRefs, not waited for)."""
+        c = self.cfg
+        if role == "policy":
+            return self.policy.run_all("setup", self.sft, c.policy, c.total_steps(c.policy))
+        if role == "critic":
+            return self.critic.run_all("setup", self.sft, c.critic, c.total_steps(c.critic), c.seed)
+        if role == "reference":
+            return self.groups["reference"].run_all("setup", self.sft)
+        if role == "reward":
+            return self.groups["reward"].run_all("setup", self.reward_source, c.reward, self.data)
+        gen = GenerationConfig(**c.prompt.to_dict(), strategy="sample", temperature=c.rollout.temperature,
+                               top_k=c.rollout.top_k)
+        return self.rollout.run_all("setup", self.sft, gen, c.seed)
+
     def start(self) -> None:
         """Place and start every role, then set them all up concurrently."""
         import ray
 
         c = self.cfg
-        specs = [RoleSpec("policy", c.policy.ranks, c.policy.num_cpus, c.policy.num_gpus),
-                 RoleSpec("critic", c.critic.ranks, c.critic.num_cpus, c.critic.num_gpus),
-                 RoleSpec("reference", 1, c.reference.num_cpus, c.reference.num_gpus),
-                 RoleSpec("reward", 1, c.reward.num_cpus, c.reward.num_gpus),
-                 RoleSpec("rollout", c.rollout.actors, c.rollout.num_cpus, c.rollout.num_gpus)]
+        specs = self.role_specs()
         self.layout = plan(specs, c.colocate, c.strategy)
         for s in specs:
-            self.groups[s.role] = ModelGroup(self.ROLE_CLASSES[s.role], s.role, s.ranks, num_cpus=s.num_cpus,
-                                             num_gpus=s.num_gpus, placement=self.layout.placements[s.role],
-                                             strategy=c.strategy)
-        gen = GenerationConfig(**c.prompt.to_dict(), strategy="sample", temperature=c.rollout.temperature,
-                               top_k=c.rollout.top_k)
-        pending = {
-            "policy": self.policy.run_all("setup", self.sft, c.policy, c.total_steps(c.policy)),
-            "critic": self.critic.run_all("setup", self.sft, c.critic, c.total_steps(c.critic), c.seed),
-            "reference": self.groups["reference"].run_all("setup", self.sft),
-            "reward": self.groups["reward"].run_all("setup", self.reward_source, c.reward, self.data),
-            "rollout": self.rollout.run_all("setup", self.sft, gen, c.seed),
-        }
+            self.groups[s.role] = self.make_group(s)
+        pending = {s.role: self.setup_group(s.role) for s in specs}
         info = {role: self.groups[role].get(refs) for role, refs in pending.items()}
         self.prepared_ref = ray.put(self.prepared)
         reward = info["reward"][0]
@@ -265,10 +279,10 @@ class PPOOrchestrator:
                 "kl": self.kl_ctl.state_dict(), "monitor": self.monitor.state_dict(), "rng": rng_state(),
                 "history": self.history, "validations": self.validations, "config": self.cfg.to_dict()}
 
-    def save_state(self, completed: int) -> Path:
-        def engines(tmp: Path) -> None:
-            p = self.policy.run_all("save_state", str(tmp / "policy"))
-            c = self.critic.run_all("save_state", str(tmp / "critic"))
+    def save_state(self, completed: int) -> str:
+        def engines(tmp: str) -> None:
+            p = self.policy.run_all("save_state", storage.join(tmp, "policy"))
+            c = self.critic.run_all("save_state", storage.join(tmp, "critic"))
             self.policy.get(p)
             self.critic.get(c)
 
@@ -282,12 +296,12 @@ class PPOOrchestrator:
         if d is None:
             self.log(f"[ppo] --resume: no complete state under {self.state.root}; starting from the SFT policy")
             return 0
-        ctl = json.loads((d / "controller.json").read_text())
+        ctl = read_controller(d)
         if ctl.get("config") != self.cfg.to_dict():
             raise UserError(f"{d}: saved with a different PPO config; resume with the same config "
                             f"(or a new --out)")
-        p = self.policy.run_all("load_state", str(d / "policy"))
-        c = self.critic.run_all("load_state", str(d / "critic"))
+        p = self.policy.run_all("load_state", storage.join(d, "policy"))
+        c = self.critic.run_all("load_state", storage.join(d, "critic"))
         self.policy.get(p)
         self.critic.get(c)
         self.kl_ctl.load_state_dict(ctl["kl"])
@@ -325,7 +339,9 @@ class PPOOrchestrator:
                             f"or choose another --out")
         t0 = time.time()
         self.start()
-        self.logger = RunLogger(log_dir(self.out), tensorboard=c.tensorboard)
+        logs = ExitStack()  # a storage URI: logs are written on this node and published at the end
+        self.logger = RunLogger(log_dir(logs.enter_context(storage.staged(self.out, marker=None))),
+                                tensorboard=c.tensorboard)
         try:
             done = self.restore() if resume else 0
             self.logger.rewrite(self.records())
@@ -372,6 +388,7 @@ class PPOOrchestrator:
             return final
         finally:
             self.logger.close()
+            logs.close()
             self.shutdown()
 
     def final_metrics(self, stopped: str | None) -> dict:

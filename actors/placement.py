@@ -13,7 +13,7 @@ with ``ranks`` bundles and the configured strategy (PACK or SPREAD across nodes)
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors.group import Placement, wait_placement
 
@@ -24,6 +24,7 @@ class RoleSpec:
     ranks: int
     num_cpus: float  # per actor
     num_gpus: float  # per actor
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor
 
 
 @dataclass
@@ -43,14 +44,14 @@ class Layout:
 def colocated_bundles(roles: list[RoleSpec]) -> tuple[list[dict], dict[str, list[int]]]:
     """Bundle resources and each role's bundle index per rank (pure; see module docstring)."""
     n = max(r.ranks for r in roles)
-    load = [{"CPU": 0.0, "GPU": 0.0} for _ in range(n)]
+    load: list[dict[str, float]] = [{"CPU": 0.0, "GPU": 0.0} for _ in range(n)]
     assign: dict[str, list[int]] = {}
     for spec in sorted(roles, key=lambda s: -s.ranks):  # multi-rank groups first
         start = min(range(n), key=lambda b: (load[b]["CPU"] + load[b]["GPU"], b))
         idx = [(start + r) % n for r in range(spec.ranks)]
         for b in idx:
-            load[b]["CPU"] += spec.num_cpus
-            load[b]["GPU"] += spec.num_gpus
+            for k, v in {"CPU": spec.num_cpus, "GPU": spec.num_gpus, **spec.resources}.items():
+                load[b][k] = load[b].get(k, 0.0) + v
         assign[spec.role] = idx
     bundles = []
     for b in load:
