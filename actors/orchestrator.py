@@ -25,6 +25,10 @@ entropy) on rollout actor 0 and the reward-hacking monitor. Every ``save_every``
 resumable state in OUT.state (actors.state). Logs and Ray Train / Tune reports go through
 the same :class:`~rlhf_ray.stages.runlog.RunLogger` as every other stage (OUT.logs). At the
 end: the policy as a ``ppo`` checkpoint at OUT.
+
+An actor or node lost mid-run is survived up to ``max_restarts`` times: the lost role groups
+are started again and the run continues from its last complete state (:mod:`actors.recovery`).
+OUT and the inputs are storage locations (:mod:`rlhf_ray.storage`): paths every node sees, or URIs.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from actors.group import ModelGroup
 from actors.monitor import HackingMonitor
 from actors.placement import RoleSpec, plan
 from actors.policy import PolicyActor
+from actors.recovery import Recovery
 from actors.reference import ReferenceActor
 from actors.reward_actor import RewardActor
 from actors.rollout import RolloutActor
@@ -104,6 +109,7 @@ class PPOOrchestrator:
         self.groups: dict[str, ModelGroup] = {}
         self.layout = None
         self.logger: RunLogger | None = None
+        self.recovery = Recovery(self, cfg.max_restarts)
         self._dirty = False  # the policy changed since the rollout actors last loaded it
 
     # -- actors --------------------------------------------------------------------------
@@ -352,36 +358,43 @@ class PPOOrchestrator:
                 self.log(f"[ppo] baseline (SFT) {self._brief(base)}")
             stopped = None
             ran = 0
-            for it in range(done, c.iterations):
-                m = self.iteration(it)
-                self.history.append(m)
-                self._log(m)
-                ran += 1
-                self.log(f"[ppo] iter {it + 1}/{c.iterations} reward {m['reward/total']:.4f} "
-                         f"kl {m['kl/per_page']:.4f} pg {m['policy/policy_loss']:.4f} "
-                         f"vf {m['critic/value_loss']:.4f} {m['perf/pages_per_s']:.1f} pages/s")
-                last = it + 1 == c.iterations
-                if c.eval_every and ((it + 1) % c.eval_every == 0 or last):
-                    v = self.validate(it + 1)
-                    self._log(v)
-                    self.log(f"[ppo] validation after {it + 1}: {self._brief(v)}")
-                    alert = self.monitor.observe_validation(it + 1, v)
-                    if alert:
-                        self.log(f"[ppo] WARNING reward hacking? reward +{alert['reward_gain']:.4f} since the "
-                                 f"start while {alert['metric']} fell {100 * alert['drop']:.1f}% "
-                                 f"({alert['baseline']:.4f} -> {alert['now']:.4f})")
-                        if c.hack_stop:
-                            stopped = f"reward-hacking monitor at iteration {it + 1}"
-                preempt = stop_after is not None and ran >= stop_after and not last
-                if (c.save_every and (it + 1) % c.save_every == 0) or last or stopped or preempt:
-                    self.save_state(it + 1)
+            self.recovery.mark_start(done)
+            it = done
+            while it < c.iterations:
+                try:
+                    m = self.iteration(it)
+                    self.history.append(m)
+                    self._log(m)
+                    ran += 1
+                    self.log(f"[ppo] iter {it + 1}/{c.iterations} reward {m['reward/total']:.4f} "
+                             f"kl {m['kl/per_page']:.4f} pg {m['policy/policy_loss']:.4f} "
+                             f"vf {m['critic/value_loss']:.4f} {m['perf/pages_per_s']:.1f} pages/s")
+                    last = it + 1 == c.iterations
+                    if c.eval_every and ((it + 1) % c.eval_every == 0 or last):
+                        v = self.validate(it + 1)
+                        self._log(v)
+                        self.log(f"[ppo] validation after {it + 1}: {self._brief(v)}")
+                        alert = self.monitor.observe_validation(it + 1, v)
+                        if alert:
+                            self.log(f"[ppo] WARNING reward hacking? reward +{alert['reward_gain']:.4f} since the "
+                                     f"start while {alert['metric']} fell {100 * alert['drop']:.1f}% "
+                                     f"({alert['baseline']:.4f} -> {alert['now']:.4f})")
+                            if c.hack_stop:
+                                stopped = f"reward-hacking monitor at iteration {it + 1}"
+                    preempt = stop_after is not None and ran >= stop_after and not last
+                    if (c.save_every and (it + 1) % c.save_every == 0) or last or stopped or preempt:
+                        self.save_state(it + 1)
+                except Exception as err:  # an actor or node lost: restart, roll back (actors.recovery)
+                    it, stopped = self.recovery.recover(err, it), None
+                    continue
+                it += 1
                 if stopped or preempt:
                     break
             if stopped:
                 self.log(f"[ppo] stopped by the {stopped}")
             final = self.final_metrics(stopped)
             final["wall_s"] = time.time() - t0
-            if (stop_after is None or done + ran >= c.iterations) or stopped:
+            if (stop_after is None or it >= c.iterations) or stopped:
                 final["checkpoint"] = self.export(final)
                 self.log(f"[ppo] policy exported to {final['checkpoint']}")
                 report(final, checkpoint_dir=final["checkpoint"])
@@ -398,6 +411,7 @@ class PPOOrchestrator:
         if self.validations:
             out.update({k: v for k, v in self.validations[-1].items() if k != "iteration"})
         out["hacking_alerts"] = len(self.monitor.alerts)
+        out["restarts"] = len(self.recovery.restarts)
         if stopped:
             out["stopped"] = stopped
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
@@ -37,3 +38,55 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def simulated_cluster(nodes: list[dict], system_config: dict | None = None):
+    """A Ray cluster of ``len(nodes)`` nodes on this machine (``ray.cluster_utils.Cluster``: one
+    raylet per node on 127.0.0.1), connected; yields ``(cluster, node handles)``, node 0 the head.
+
+    Each entry of ``nodes`` is what the node offers: ``{"num_cpus": 1, "resources": {"n1": 1}}``.
+    ``system_config``: Ray system settings of the head (e.g. faster node-death detection). The
+    cluster's temp dir (sessions, and the address file ``ray.init()`` would otherwise pick up)
+    is private, so other Ray users on this machine never attach to it; all of it goes at exit.
+    """
+    import shutil
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    local_env()
+    tmp = tempfile.mkdtemp(prefix="rsim-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp
+    cluster = None
+    try:
+        head = dict(nodes[0])
+        if system_config:
+            head["_system_config"] = system_config
+        cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **head})
+        handles = [cluster.head_node] + [cluster.add_node(**n) for n in nodes[1:]]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster, handles
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def node_of(resource: str) -> str:
+    """The id of the (alive) node that offers custom resource ``resource``."""
+    import ray
+
+    ids = [n["NodeID"] for n in ray.nodes() if n["Alive"] and resource in n["Resources"]]
+    if len(ids) != 1:
+        raise ValueError(f"{len(ids)} alive nodes offer {resource!r}")
+    return ids[0]

@@ -56,6 +56,9 @@ class TrainConfig(Config):
         "fp32 | bf16 | fp16 (fp16 needs a GPU)"))
     device: typing.Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=doc("auto | cpu | cuda"))
     cpus_per_worker: float = field(default=1.0, metadata=doc("CPUs reserved per Ray Train worker", gt=0))
+    placement_strategy: typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = field(
+        default="PACK", metadata=doc("Ray Train workers across nodes: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD "
+                                     "(one worker per node)"))
     max_failures: int = field(default=0, metadata=doc(
         "Ray Train: start the worker group again after this many failures (a worker or its node lost; "
         "-1 = no limit)", ge=-1))

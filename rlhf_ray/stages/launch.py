@@ -86,7 +86,7 @@ def launch(stage: str | Stage, cfg, data_dir: str, out_dir: str, init: str | Non
                            "init": init, "inputs": inputs},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu,
+            num_workers=workers, use_gpu=use_gpu, placement_strategy=train.placement_strategy,
             resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         run_config=ray.train.RunConfig(name=f"{stage.name}-{store.basename(out_dir)}", storage_path=storage_path,
                                        failure_config=ray.train.FailureConfig(max_failures=train.max_failures)),
