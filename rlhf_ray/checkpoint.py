@@ -57,13 +57,36 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def restore_interrupted(target: Path) -> bool:
+    """Undo a replacement killed between its two renames (``target`` -> ``.target.old-*``, then the
+    new one -> ``target``): with no ``target`` but an old one beside it, the old one goes back.
+    Returns whether it did. (A kill anywhere else leaves ``target`` whole: old or new.)"""
+    target = Path(target)
+    if target.exists() or not target.parent.is_dir():
+        return False
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not olds:
+        return False
+    try:
+        os.rename(olds[-1], target)
+    except OSError:  # another process restored it first
+        return target.exists()
+    return True
+
+
 def atomic_dir(target: Path):
-    """Context manager yielding a temp sibling dir that replaces ``target`` on success only."""
+    """Context manager yielding a temp sibling dir that replaces ``target`` on success only.
+    A process killed at any point leaves ``target`` as it was or as the block wrote it, never
+    half-written (the one window, between the two renames, is undone by :func:`restore_interrupted`)."""
     import contextlib
 
     @contextlib.contextmanager
     def _cm():
         target.parent.mkdir(parents=True, exist_ok=True)
+        restore_interrupted(target)
+        if target.exists():  # old copies a killed writer left behind (its rename done, not its cleanup)
+            for stale in target.parent.glob(f".{target.name}.old-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -193,7 +216,7 @@ def verify_checkpoint(path: str | Path) -> dict:
     rewrite changes them, so it is). ``path`` may be a storage URI (:func:`local_dir`).
     """
     p = local_dir(path).resolve()
-    if not p.is_dir():
+    if not p.is_dir() and not restore_interrupted(p):
         raise CheckpointError(f"checkpoint directory not found: {path}")
     mf = p / MANIFEST
     if not mf.is_file():

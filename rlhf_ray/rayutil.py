@@ -19,6 +19,43 @@ def local_env() -> None:
         os.environ.setdefault(k, v)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised where the program is, so it unwinds as Ctrl-C does."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+
+_unwinding = False  # sigterm_unwinds() is in force: init_ray puts the handler back after ray.init
+
+
+def sigterm_unwinds():
+    """Make SIGTERM (Kubernetes, systemd, ``kill``) take the Ctrl-C path in this process: ``finally``
+    blocks run (actors killed, Serve shut down) and then Ray's shutdown at exit, which stops the
+    Ray processes a local ``ray.init`` started. (``ray.init`` installs its own handler, which
+    exits at once from wherever the program is; :func:`init_ray` puts this one back.)
+    Main thread only; returns the handler it replaced, for :func:`sigterm_restore` (None: not installed)."""
+    import signal
+    import threading
+
+    global _unwinding
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    _unwinding = True
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    return previous if previous is not None else signal.SIG_DFL
+
+
+def sigterm_restore(previous) -> None:
+    import signal
+
+    global _unwinding
+    if previous is not None:
+        _unwinding = False
+        signal.signal(signal.SIGTERM, previous)
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kw):
     """``ray.init`` for an existing cluster (``address``: auto or ray://...) or a local one."""
     import ray
@@ -30,6 +67,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kw):
     else:
         local_env()
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=kw.pop("log_to_driver", True), **kw)
+    if _unwinding:
+        sigterm_unwinds()
     return ray
 
 
