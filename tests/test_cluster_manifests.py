@@ -210,3 +210,26 @@ def test_ray_service_serves_the_app_builder_with_valid_arguments():
     assert {k: app[k] for k in p_app if k != "deployments"} == {k: v for k, v in p_app.items() if k != "deployments"}
     p_dep = p_app["deployments"][0]
     assert {k: dep[k] for k in p_dep} == p_dep, "serveConfigV2 drifted from `rlhf-ray serve --print-config`"
+
+
+def test_readme_gpu_settings_are_config_only(tmp_path):
+    """The README's GPU block, put on top of the bundled config, loads as the pipeline config:
+    every key is a real field with a valid value (bf16, ZeRO-3, per-role GPUs, colocate: false)."""
+    from rlhf_ray.config import deep_merge, read_mapping
+    from rlhf_ray.pipeline import default_config_path, load_pipeline_config
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- gpu-config:", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    merged = deep_merge(read_mapping(default_config_path()), yaml.safe_load(block))
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(merged))
+    cfgs = load_pipeline_config(path)
+    ppo = cfgs["ppo"]
+    assert ppo.colocate is False and ppo.policy.num_gpus == 1 and ppo.critic.num_gpus == 1
+    for role in (ppo.policy, ppo.critic):
+        assert (role.train.device, role.train.dtype, role.train.zero_stage) == ("cuda", "bf16", 3)
+    for stage in ("pretrain", "sft", "reward", "lpo"):
+        train = cfgs[stage].train
+        assert (train.device, train.dtype) == ("cuda", "bf16") and train.num_workers > 0, stage
+    # what stays from the bundled config: the experiment itself
+    assert cfgs["ppo"].iterations == read_mapping(default_config_path())["ppo"]["iterations"]
