@@ -16,8 +16,9 @@ which
  4. returns the iteration to continue from. Iterations after that state are computed again
     and reproduce what they did (pages, minibatch order and updates are seeded by iteration).
 
-After ``max_restarts`` recoveries the next loss stops the run with an :class:`ActorDied`
-naming the role, rank, node and cause. Errors that are not a lost actor (a bug, bad input)
+After ``max_restarts`` recoveries (a recovery interrupted by another loss counts too) the next
+loss stops the run with :class:`RestartsExhausted` (an :class:`ActorDied`) naming the role, rank,
+node and cause. Errors that are not a lost actor (a bug, bad input)
 are never retried.
 """
 from __future__ import annotations
@@ -29,6 +30,10 @@ from actors.monitor import HackingMonitor
 from actors.state import rng_state, set_rng_state
 
 TRAINED = ("policy", "critic")  # roles with state: rolled back on every recovery
+
+
+class RestartsExhausted(ActorDied):
+    """A role was lost once more than ``max_restarts`` allows (names role, rank, node and cause)."""
 
 
 def is_loss(err: BaseException) -> bool:
@@ -62,16 +67,28 @@ class Recovery:
 
     def recover(self, err: BaseException, iteration: int) -> int:
         """Restart the lost groups and roll back; returns the iteration to continue from.
-        Re-raises ``err`` when it is not a lost actor; raises :class:`ActorDied` when out of restarts."""
-        if not is_loss(err):
-            raise err
+        Re-raises ``err`` when it is not a lost actor; raises :class:`ActorDied` when out of restarts.
+        A loss while recovering (another actor or node gone meanwhile) takes the next restart."""
+        while True:
+            if not is_loss(err):
+                raise err
+            try:
+                return self._recover_once(err, iteration)
+            except RestartsExhausted:
+                raise
+            except Exception as again:  # noqa: BLE001  lost again mid-recovery: is_loss decides above
+                err = again
+
+    def _recover_once(self, err: BaseException, iteration: int) -> int:
         o = self.orch
         t0 = time.perf_counter()
         lost = {role: why for role, g in o.groups.items() if (why := g.lost()) is not None}
         cause = next(iter(lost.values()), None) or err
         if len(self.restarts) >= self.max_restarts:
-            raise ActorDied(f"{cause} (gave up after {len(self.restarts)} restart(s): ppo.max_restarts = "
-                            f"{self.max_restarts})") from err
+            raise RestartsExhausted(f"{cause} (gave up after {len(self.restarts)} restart(s): ppo.max_restarts = "
+                                    f"{self.max_restarts})") from err
+        record = {"iteration": iteration + 1, "cause": str(cause)}
+        self.restarts.append(record)  # counted now: a restart that fails itself still uses one up
         state = o.state.latest()
         restart = set(lost) | (set() if state is not None else set(TRAINED))  # no state: trained roles from SFT
         o.log(f"[ppo] lost during iteration {iteration + 1}: {cause}; restarting "
@@ -90,9 +107,8 @@ class Recovery:
         o._dirty = True  # rollouts reload the policy they must sample from
         if o.logger is not None:
             o.logger.rewrite(o.records())
-        self.restarts.append({"iteration": iteration + 1, "cause": str(cause), "roles": sorted(restart),
-                              "resumed_from": done, "recomputed": iteration - done,
-                              "seconds": time.perf_counter() - t0})
+        record.update(roles=sorted(restart), resumed_from=done, recomputed=iteration - done,
+                      seconds=time.perf_counter() - t0)
         return done
 
     def _rewind(self) -> int:

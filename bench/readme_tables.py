@@ -72,12 +72,36 @@ def peers_body(doc: dict) -> str:
     return doc["table_markdown"]
 
 
+def fault_body(doc: dict) -> str:
+    """Faults survived on a simulated 3-node cluster, and PPO pages/s on 1, 2, 3 simulated nodes."""
+    s = doc["summary"]
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in {**s["ppo_max_abs_diff_vs_unkilled"],
+                                                    **s["sft_max_abs_diff_vs_unkilled"]}.items()
+                      if isinstance(v, (int, float)))
+    lines = ["| faults (landed) | node losses | runs survived | PPO restarts | PPO iterations recomputed | "
+             "corrupt checkpoints | largest difference from the unkilled run |", "|---|---|---|---|---|---|---|",
+             f"| {s['faults_injected']} ({s['kills_landed']}) | {s['node_losses']} | {s['runs_survived']} / {s['runs']} | "
+             f"{s['ppo_restarts']} | {s['ppo_iterations_recomputed']} | {s['corrupt_checkpoints']} | {diffs} |",
+             ""]
+    noise = s.get("noise_floor") or {}
+    floor = {**(noise.get("ppo_unkilled_twice_max_abs_diff") or {}), **(noise.get("sft_unkilled_twice_abs_diff") or {})}
+    if floor:
+        lines += ["Two unkilled runs with the same seed differ by: " + ", ".join(
+            f"{k} {v:.2g}" for k, v in floor.items() if isinstance(v, (int, float))) + ".", ""]
+    lines += ["| simulated nodes | PPO pages/s (median) | of 1 node | rounds |", "|---|---|---|---|"]
+    for r in doc["scaling"]:
+        rounds = ", ".join(f"{x:.1f}" for x in r["rounds"])
+        lines.append(f"| {r['nodes']} | {r['pages_per_s']:.1f} | {r['efficiency']:.2f} | {rounds} |")
+    return "\n".join(lines) + "\n\n" + doc["cores_note"].capitalize() + "."
+
+
 BLOCKS = {
     "protocol_loo": block("protocol_loo", "python bench/protocol_table.py --protocol loo", protocol_body),
     "protocol_pagellm": block("protocol_pagellm", "python bench/protocol_table.py --protocol pagellm", protocol_body),
     "sft_select_loo": block("sft_select_loo", "python bench/sft_select.py --protocol loo", sft_select_body),
     "peers_loo": block("peers_loo", "python bench/peers_bench.py --protocol loo --data DIR", peers_body),
     "peers_pagellm": block("peers_pagellm", "python bench/peers_bench.py --protocol pagellm --data DIR", peers_body),
+    "fault_injection": block("fault_injection", "python bench/fault_injection.py", fault_body),
 }
 PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)
 

@@ -74,7 +74,7 @@ def test_sigkill_during_writes_leaves_the_last_complete_one(mode, tiny_sft, tmp_
 
     target = tmp_path / ("ckpt" if mode == "checkpoint" else "run.state")
     rnd = random.Random(7)
-    for _ in range(3):
+    for _ in range(2):
         reported = _kill_while_writing(mode, str(tiny_sft), target, rnd.uniform(0.0, 0.6))
         if mode == "checkpoint":
             got = verify_checkpoint(target)["metrics"]["write"]  # complete, hashes match
@@ -108,6 +108,7 @@ def _ray_session_processes(pid: int) -> list:
     return psutil.Process(pid).children(recursive=True)
 
 
+@pytest.mark.slow  # Serve start-up: about a minute on 2 shared cores
 def test_sigterm_to_serve_stops_every_ray_process_it_started(tiny_sft, tmp_path):
     import psutil
 

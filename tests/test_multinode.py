@@ -5,7 +5,7 @@ with its own custom resource, so a config can put a role on a chosen node.
   one role's worker process: the controller restarts that role and continues from the last
   saved state, and the run finishes with every iteration.
 * A Ray Train stage (SFT, 2 workers, STRICT_SPREAD) whose workers run on two different nodes,
-  writing to a file:// storage URI.
+  writing to a file:// storage URI (slow).
 """
 import os
 import signal
@@ -70,6 +70,7 @@ def test_ppo_roles_on_three_nodes_survive_a_killed_worker(cluster3, tiny_sft, sy
     assert verify_checkpoint(out)["stage"] == "ppo"
 
 
+@pytest.mark.slow  # about a minute on 2 shared cores
 def test_ray_train_stage_on_two_nodes_writes_to_a_storage_uri(cluster3, synth_data, tmp_path):
     import ray
 

@@ -15,6 +15,8 @@ import pytest
 from rlhf_ray.config import ServeConfig
 from rlhf_ray.rayutil import free_port
 
+pytestmark = pytest.mark.slow  # about a minute and a half on 2 shared cores: `make test-slow`
+
 CLIENTS = 4
 WAIT_S = 180  # upper bound when polling for Serve to converge (never a timing assertion)
 
