@@ -120,6 +120,9 @@ def test_killed_actor_error_names_role_and_rank(orch):
     from actors.group import ActorDied
 
     ray.kill(orch.policy.actors[1], no_restart=True)
+    for _ in range(100):  # ray.kill is asynchronous: a call sent at once may still run before the kill lands
+        if orch.policy.lost(timeout_s=5) is not None:
+            break
     with pytest.raises(ActorDied, match=r"policy rank 1 \(node 127\.0\.0\.1.*\) died: .*ray.kill") as died:
         orch.sync_weights()
     # with no restart left, recovery stops the run with the same naming (role, rank, node, pid, cause)
