@@ -12,11 +12,13 @@ Faults, at random times (seeded) after the first training iteration / once the R
 run, never during start-up (recovery covers the training loop, not start-up):
 
 * PPO runs (``--ppo-runs``, ``--ppo-kills`` each, ``save_every: 1``, ``max_restarts`` high): SIGKILL
-  of a random role's worker process at random times, and once per run the loss of a whole node
-  after a random iteration (``remove_node``: its raylet and every process on it; a replacement
-  node with the same resources joins at once, as an autoscaler would bring one).
+  of a random role's worker process at a random moment into an iteration, the kills spread over
+  the run (each waits for iterations to complete after the previous one, so it lands on a run that
+  works again), and once per run the loss of a whole node after a random iteration
+  (``remove_node``: its raylet and every process on it; a replacement node with the same
+  resources joins at once, as an autoscaler would bring one).
 * SFT runs on a Ray Train worker group (2 workers, ``max_failures`` high): SIGKILL of a random
-  Ray Train worker process.
+  Ray Train worker process at random times over 90% of the unkilled run's training time.
 
 Reported per run and in total: kills landed (the target process existed), kills survived (the
 run finished), restarts, iterations recomputed (PPO: completed after the last saved state and
@@ -78,22 +80,38 @@ def ppo_config(args, K: int, H: int, iterations: int, save_every: int):
 
 
 class Killer(threading.Thread):
-    """SIGKILLs at the seeded ``delays`` (seconds after ``armed`` is set), each of a target drawn
-    from ``targets()`` -> [(what, pid)] at that moment."""
+    """SIGKILLs, each of a target drawn from ``targets()`` -> [(what, pid)] at that moment.
 
-    def __init__(self, delays: list[float], targets, rng: random.Random):
+    Unpaced: at the seeded ``delays`` (seconds after ``armed`` is set). Paced (``pace`` given, an
+    event the run sets at each completed iteration): kill i waits for the ``gap``-th iteration
+    completed after kill i - 1, then ``delays[i]`` seconds more, so every kill lands on a run
+    that is working again (not on one still recovering from the previous kill)."""
+
+    def __init__(self, delays: list[float], targets, rng: random.Random, pace: threading.Event | None = None,
+                 gap: int = 1):
         super().__init__(daemon=True)
-        self.delays, self.targets, self.rng = delays, targets, rng
+        self.delays, self.targets, self.rng, self.pace, self.gap = delays, targets, rng, pace, gap
         self.armed, self.done = threading.Event(), threading.Event()
         self.kills: list[dict] = []
         self.armed_at: float | None = None
+
+    def _wait(self, delay: float, t0: float) -> bool:
+        """False when the run ended first."""
+        if self.pace is None:
+            return not self.done.wait(timeout=max(0.0, t0 + delay - time.monotonic()))
+        for _ in range(self.gap):
+            while not self.pace.wait(timeout=1.0):
+                if self.done.is_set():
+                    return False
+            self.pace.clear()
+        return not self.done.wait(timeout=delay)
 
     def run(self) -> None:
         if not self.armed.wait(timeout=1800):
             return
         t0 = self.armed_at = time.monotonic()
         for delay in self.delays:
-            if self.done.wait(timeout=max(0.0, t0 + delay - time.monotonic())):
+            if not self._wait(delay, t0):
                 return
             at = round(time.monotonic() - t0, 2)
             candidates = self.targets()
@@ -188,10 +206,16 @@ def ppo_run(args, K, H, kills: int, rng: random.Random, nodes=None) -> dict:
                 node_losses.append({"at_s": round(time.monotonic() - t0, 2), "kind": "node",
                                     "target": f"node of {role}", "landed": True})
 
-            delays = sorted(rng.uniform(0, args.ppo_kill_window) for _ in range(max(0, kills - 1)))
-            killer = Killer(delays, lambda: role_pids(orch_box["orch"]), rng)
+            # process kills paced by iterations: each a random moment into the iteration after the
+            # next one completes (``ppo_kill_window``: an unkilled iteration's seconds)
+            delays = [rng.uniform(0, args.ppo_kill_window) for _ in range(max(0, kills - 1))]
+            iteration_done = threading.Event()
+            killer = Killer(delays, lambda: role_pids(orch_box["orch"]), rng, pace=iteration_done,
+                            gap=max(1, (args.ppo_iterations - 2) // max(1, kills)))
 
             def log(line: str) -> None:
+                if line.startswith("[ppo] iter "):
+                    iteration_done.set()
                 if line.startswith("[ppo] iter 1/"):
                     killer.armed.set()
                 if node_after is not None and not node_losses and line.startswith(f"[ppo] iter {node_after}/"):
@@ -308,7 +332,8 @@ def main() -> None:
     p.add_argument("--ppo-runs", type=int, default=3)
     p.add_argument("--ppo-kills", type=int, default=5, help="faults per PPO run (one of them a whole node)")
     p.add_argument("--ppo-kill-window", type=float, default=0.0,
-                   help="faults fall in this many seconds after iteration 1 (0: 90%% of the unkilled run's loop)")
+                   help="a process kill falls this many seconds at most into an iteration (0: the unkilled "
+                        "run's seconds per iteration)")
     p.add_argument("--sft-runs", type=int, default=3)
     p.add_argument("--sft-kills", type=int, default=3)
     p.add_argument("--sft-steps", type=int, default=150)
@@ -335,7 +360,7 @@ def main() -> None:
     ppo_ref = ppo_run(args, K, H, 0, rng)
     print("[bench] PPO, unkilled again (the run-to-run noise floor)", flush=True)
     ppo_noise = compare_ppo(ppo_run(args, K, H, 0, rng), ppo_ref)
-    args.ppo_kill_window = args.ppo_kill_window or 0.9 * (ppo_ref["loop_s"] or 10.0)
+    args.ppo_kill_window = args.ppo_kill_window or (ppo_ref["loop_s"] or 10.0) / max(1, args.ppo_iterations - 1)
     ppo_runs = []
     for i in range(args.ppo_runs):
         print(f"[bench] PPO run {i + 1}/{args.ppo_runs} with {args.ppo_kills} faults", flush=True)

@@ -180,6 +180,8 @@ def local_copy(location: str | Path, marker: str) -> Path:
     the caller's own "incomplete / not found" error names it."""
     if not is_uri(location):
         return Path(normalize(location))
+    import fcntl
+
     key = hashlib.sha256(normalize(location).encode()).hexdigest()[:16]
     target = cache_dir() / key / basename(location)
     remote = read_text(join(location, marker))
@@ -188,16 +190,21 @@ def local_copy(location: str | Path, marker: str) -> Path:
     mine = target / marker
     if mine.is_file() and mine.read_text() == remote:
         return target
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    try:
-        download(location, tmp)  # rewritten meanwhile? the caller's check (hashes, fingerprint) sees it
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:6]}"
-        if target.exists():
-            os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".lock", "w") as lock:  # one download per node: the other readers wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if mine.is_file() and mine.read_text() == remote:  # another process has just fetched it
+            return target
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        try:
+            download(location, tmp)  # rewritten meanwhile? the caller's check (hashes, fingerprint) sees it
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:6]}"
+            if target.exists():
+                os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

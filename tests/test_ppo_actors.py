@@ -4,7 +4,8 @@ ZeRO-2, critic, reference, rule reward, rollout) started once for the module.
 Checks: KL is zero and recorded log-probs equal recomputed ones while policy == reference;
 token rewards of a real batch add up; a full iteration trains policy and critic and keeps
 the two ZeRO-2 ranks identical; weight sync reaches the rollout actor; validation and
-export; a killed actor's error names its role and rank, also when recovery has no restart left.
+export; a killed actor's error names its role and rank, also when recovery has no restart left,
+and with a restart left the lost group comes back inside the shared placement group and trains.
 """
 import math
 from contextlib import contextmanager
@@ -132,3 +133,16 @@ def test_killed_actor_error_names_role_and_rank(orch):
         orch.recovery.recover(died.value, 3)
     with pytest.raises(ValueError, match="a bug"):  # anything but a lost actor is never retried
         orch.recovery.recover(ValueError("a bug"), 3)
+    # with a restart left: the policy group is started again inside the shared (colocated) placement
+    # group; with no state saved, policy and critic restart from SFT and the run goes back to its start
+    orch.history, orch.validations = [], []
+    orch.recovery.max_restarts = 1
+    orch.recovery.mark_start(0)
+    assert orch.recovery.recover(died.value, 3) == 0
+    (r,) = orch.recovery.restarts
+    assert r["roles"] == ["critic", "policy"] and r["recomputed"] == 3
+    assert all(g.lost() is None for g in orch.groups.values())
+    m = orch.iteration(0)
+    assert math.isfinite(m["reward/total"])
+    after = orch.policy.call("checksums")
+    assert after[0] == after[1], "the restarted ZeRO-2 ranks diverged"

@@ -51,6 +51,20 @@ def test_published_checkpoint_reads_back_through_the_node_cache(tiny_sft, tmp_pa
     assert json.loads((storage.local_copy(uri, MANIFEST) / MANIFEST).read_text())["id"] == "sft-republished"
 
 
+def test_concurrent_readers_on_a_node_share_one_copy(tiny_sft, tmp_path, node_cache):
+    """Several actors of one node open the same URI at once (PPO's roles all read the SFT
+    checkpoint): one downloads, the others wait for it and use the same copy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uri = f"file://{tmp_path}/bucket/sft"
+    storage.upload(tiny_sft, uri, marker=MANIFEST)
+    with ThreadPoolExecutor(4) as pool:
+        paths = set(pool.map(lambda _: storage.local_copy(uri, MANIFEST), range(4)))
+    (path,) = paths
+    verify_checkpoint(path)
+    assert [p.name for p in path.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []
+
+
 def test_interrupted_publish_never_reads_as_complete(tiny_sft, tmp_path, node_cache, monkeypatch):
     uri = f"file://{tmp_path}/bucket/sft"
     storage.upload(tiny_sft, uri, marker=MANIFEST)
