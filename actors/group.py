@@ -123,8 +123,8 @@ class ModelGroup:
     """N Ray actors of ``actor_cls`` (a :class:`BaseActor` subclass) playing ``role``."""
 
     def __init__(self, actor_cls: type, role: str, ranks: int = 1, *, num_cpus: float = 1.0,
-                 num_gpus: float = 0.0, placement: Placement | None = None, strategy: str = "PACK",
-                 ready_timeout_s: float = 300.0):
+                 num_gpus: float = 0.0, resources: dict[str, float] | None = None,
+                 placement: Placement | None = None, strategy: str = "PACK", ready_timeout_s: float = 300.0):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -134,8 +134,9 @@ class ModelGroup:
         self.role, self.world = role, ranks
         self.distributed = bool(getattr(actor_cls, "distributed", False))
         self._own_pg = None
+        resources = dict(resources or {})  # custom resources (per actor): pin the role to nodes that have them
         if placement is None:
-            bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+            bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **resources}
             pg = placement_group([dict(bundle) for _ in range(ranks)], strategy=strategy,
                                  name=f"rlhf-ray-{role}-{uuid.uuid4().hex[:6]}")
             self._own_pg = pg
@@ -148,7 +149,7 @@ class ModelGroup:
 
         def start(rank: int, master):
             return remote_cls.options(
-                num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_concurrency=1,
+                num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, max_restarts=0, max_concurrency=1,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement.pg, placement_group_bundle_index=placement.bundles[rank]),
             ).remote(role, rank, ranks, master)
@@ -218,6 +219,23 @@ class ModelGroup:
                                    f"within {timeout_s} s")
             self._wait_one(index[ready[0]], ready[0])
         return [self._wait_one(index[ref], ref) for ref in refs]
+
+    def lost(self, timeout_s: float = 10.0) -> ActorDied | None:
+        """None when every rank answers within ``timeout_s``; else why not, naming the rank (a rank
+        that died, or one stuck, e.g. in a collective with a dead peer, or busy past the timeout)."""
+        import ray
+
+        probes = {r: a.node.remote() for r, a in enumerate(self.actors)}
+        ready, _ = ray.wait(list(probes.values()), num_returns=len(probes), timeout=timeout_s)
+        for r, ref in probes.items():
+            if ref not in ready:
+                node = self.node(r)
+                return ActorDied(f"{self.role} rank {r} (node {node['ip']}) did not answer within {timeout_s:.0f} s")
+            try:
+                self._wait_one(r, ref)
+            except ActorDied as e:
+                return e
+        return None
 
     def node(self, rank: int) -> dict:
         """Where rank ``rank`` runs ({"ip", "pid", "node_id"}; ip "unknown" if it never answered)."""

@@ -25,13 +25,15 @@ entropy) on rollout actor 0 and the reward-hacking monitor. Every ``save_every``
 resumable state in OUT.state (actors.state). Logs and Ray Train / Tune reports go through
 the same :class:`~rlhf_ray.stages.runlog.RunLogger` as every other stage (OUT.logs). At the
 end: the policy as a ``ppo`` checkpoint at OUT.
+
+An actor or node lost mid-run is survived up to ``max_restarts`` times: the lost role groups
+are started again and the run continues from its last complete state (:mod:`actors.recovery`).
+OUT and the inputs are storage locations (:mod:`rlhf_ray.storage`): paths every node sees, or URIs.
 """
 from __future__ import annotations
 
-import json
 import time
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import ExitStack, contextmanager
 from typing import Callable
 
 import numpy as np
@@ -45,10 +47,12 @@ from actors.group import ModelGroup
 from actors.monitor import HackingMonitor
 from actors.placement import plan, role_specs
 from actors.policy import PolicyActor
+from actors.recovery import Recovery
 from actors.reference import ReferenceActor
 from actors.reward_actor import RewardActor
 from actors.rollout import RolloutActor
-from actors.state import RunState, rng_state, set_rng_state, state_dir
+from actors.state import RunState, read_controller, rng_state, set_rng_state, state_dir
+from rlhf_ray import storage
 from rlhf_ray.config import GenerationConfig, PPOConfig
 from rlhf_ray.errors import UserError
 from rlhf_ray.generation import build_prompts
@@ -84,15 +88,16 @@ class PPOOrchestrator:
 
     def __init__(self, cfg: PPOConfig, sft: str, reward: str | Callable, data: str, out: str,
                  log: Callable[[str], None] = print):
-        from rlhf_ray.checkpoint import verify_checkpoint
+        from rlhf_ray.checkpoint import local_dir, verify_checkpoint
         from rlhf_ray.stages.common import check_compatible, open_data, ref
         from rlhf_ray.tokens import load_tokenizer
 
+        # locations: local paths (on a cluster, a file system every node mounts) or storage URIs
         self.cfg, self.log = cfg, log
-        self.sft = str(Path(sft).expanduser().resolve())
-        self.reward_source = reward if callable(reward) or reward == "rule" else str(Path(reward).expanduser().resolve())
-        self.data = str(Path(data).expanduser().resolve())
-        self.out = Path(out).expanduser().resolve()
+        self.sft = storage.normalize(sft)
+        self.reward_source = reward if callable(reward) or reward == "rule" else storage.normalize(reward)
+        self.data = storage.normalize(data)
+        self.out = storage.normalize(out)
         self.sft_manifest = verify_checkpoint(self.sft)  # verified once in this process (cached)
         if isinstance(self.reward_source, str) and self.reward_source != "rule":
             self.reward_ref = ref(verify_checkpoint(self.reward_source))
@@ -100,9 +105,9 @@ class PPOOrchestrator:
             name = self.reward_source if isinstance(self.reward_source, str) else getattr(
                 self.reward_source, "__name__", "custom")
             self.reward_ref = {"id": name, "stage": name}
-        _, self.vocab = load_tokenizer(Path(self.sft) / "tokenizer")
+        _, self.vocab = load_tokenizer(local_dir(self.sft) / "tokenizer")
         self.prepared = open_data(self.data)
-        check_compatible(pd.read_parquet(Path(self.sft) / "catalog.parquet"), self.prepared, self.sft)
+        check_compatible(pd.read_parquet(local_dir(self.sft) / "catalog.parquet"), self.prepared, self.sft)
         train = self.prepared.histories("train")
         if not train.histories:
             raise UserError(f"{self.data}: no user has a training history")
@@ -116,29 +121,43 @@ class PPOOrchestrator:
         self.groups: dict[str, ModelGroup] = {}
         self.layout = None
         self.logger: RunLogger | None = None
+        self.recovery = Recovery(self, cfg.max_restarts)
         self._dirty = False  # the policy changed since the rollout actors last loaded it
 
     # -- actors --------------------------------------------------------------------------
+    def role_specs(self) -> list[RoleSpec]:
+        return role_specs(self.cfg)
+
+    def make_group(self, s: RoleSpec) -> ModelGroup:
+        """Place and start the actors of one role (not set up yet)."""
+        return ModelGroup(self.ROLE_CLASSES[s.role], s.role, s.ranks, num_cpus=s.num_cpus, num_gpus=s.num_gpus,
+                          resources=s.resources, placement=self.layout.placements[s.role], strategy=self.cfg.strategy)
+
+    def setup_group(self, role: str) -> list:
+        """Set up every rank of ``role`` from the SFT checkpoint (ObjectRefs, not waited for)."""
+        c = self.cfg
+        if role == "policy":
+            return self.policy.run_all("setup", self.sft, c.policy, c.total_steps(c.policy))
+        if role == "critic":
+            return self.critic.run_all("setup", self.sft, c.critic, c.total_steps(c.critic), c.seed)
+        if role == "reference":
+            return self.groups["reference"].run_all("setup", self.sft)
+        if role == "reward":
+            return self.groups["reward"].run_all("setup", self.reward_source, c.reward, self.data)
+        gen = GenerationConfig(**c.prompt.to_dict(), strategy="sample", temperature=c.rollout.temperature,
+                               top_k=c.rollout.top_k)
+        return self.rollout.run_all("setup", self.sft, gen, c.seed)
+
     def start(self) -> None:
         """Place and start every role, then set them all up concurrently."""
         import ray
 
         c = self.cfg
-        specs = role_specs(c)
+        specs = self.role_specs()
         self.layout = plan(specs, c.colocate, c.strategy)
         for s in specs:
-            self.groups[s.role] = ModelGroup(self.ROLE_CLASSES[s.role], s.role, s.ranks, num_cpus=s.num_cpus,
-                                             num_gpus=s.num_gpus, placement=self.layout.placements[s.role],
-                                             strategy=c.strategy)
-        gen = GenerationConfig(**c.prompt.to_dict(), strategy="sample", temperature=c.rollout.temperature,
-                               top_k=c.rollout.top_k)
-        pending = {
-            "policy": self.policy.run_all("setup", self.sft, c.policy, c.total_steps(c.policy)),
-            "critic": self.critic.run_all("setup", self.sft, c.critic, c.total_steps(c.critic), c.seed),
-            "reference": self.groups["reference"].run_all("setup", self.sft),
-            "reward": self.groups["reward"].run_all("setup", self.reward_source, c.reward, self.data),
-            "rollout": self.rollout.run_all("setup", self.sft, gen, c.seed),
-        }
+            self.groups[s.role] = self.make_group(s)
+        pending = {s.role: self.setup_group(s.role) for s in specs}
         info = {role: self.groups[role].get(refs) for role, refs in pending.items()}
         self.prepared_ref = ray.put(self.prepared)
         reward = info["reward"][0]
@@ -275,10 +294,10 @@ class PPOOrchestrator:
                 "kl": self.kl_ctl.state_dict(), "monitor": self.monitor.state_dict(), "rng": rng_state(),
                 "history": self.history, "validations": self.validations, "config": self.cfg.to_dict()}
 
-    def save_state(self, completed: int) -> Path:
-        def engines(tmp: Path) -> None:
-            p = self.policy.run_all("save_state", str(tmp / "policy"))
-            c = self.critic.run_all("save_state", str(tmp / "critic"))
+    def save_state(self, completed: int) -> str:
+        def engines(tmp: str) -> None:
+            p = self.policy.run_all("save_state", storage.join(tmp, "policy"))
+            c = self.critic.run_all("save_state", storage.join(tmp, "critic"))
             self.policy.get(p)
             self.critic.get(c)
 
@@ -293,19 +312,19 @@ class PPOOrchestrator:
         from actors.stage import ADOPTABLE
         from actors.state import complete
 
-        d = Path(source) if source else self.state.latest()
+        d = storage.normalize(source) if source else self.state.latest()
         if source and not complete(d):
             raise UserError(f"{d}: not a complete PPO state (no readable controller.json)")
         if d is None:
             self.log(f"[ppo] --resume: no complete state under {self.state.root}; starting from the SFT policy")
             return 0
-        ctl = json.loads((d / "controller.json").read_text())
+        ctl = read_controller(d)
         changed = _differences(ctl.get("config") or {}, self.cfg.to_dict())
         if changed and (not source or not set(changed) <= set(ADOPTABLE)):
             raise UserError(f"{d}: saved with a different PPO config ({', '.join(changed)}); resume with the same "
                             f"config (or a new --out)" + (f"; only {list(ADOPTABLE)} may change" if source else ""))
-        p = self.policy.run_all("load_state", str(d / "policy"))
-        c = self.critic.run_all("load_state", str(d / "critic"))
+        p = self.policy.run_all("load_state", storage.join(d, "policy"))
+        c = self.critic.run_all("load_state", storage.join(d, "critic"))
         self.policy.get(p)
         self.critic.get(c)
         if "kl_coef" not in changed:  # an adopted KL weight starts its controller afresh
@@ -326,12 +345,12 @@ class PPOOrchestrator:
         d = self.state.latest()
         if d is None:
             return False
-        saved = json.loads((d / "controller.json").read_text()).get("config") or {}
+        saved = (read_controller(d) or {}).get("config") or {}
         changed = _differences(saved, self.cfg.to_dict())
         if not changed:
             return True
-        stale = self.state.root.with_name(f"{self.state.root.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-        self.state.root.rename(stale)
+        stale = storage.sibling(self.state.root, f".stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        storage.move(self.state.root, stale)
         self.log(f"[ppo] the state in {self.state.root} was saved with another config ({', '.join(changed)}); "
                  f"moved to {stale}, starting over")
         self.state = RunState(self.state.root, keep=self.cfg.keep_states)
@@ -368,7 +387,9 @@ class PPOOrchestrator:
                             f"or choose another --out")
         t0 = time.time()
         self.start()
-        self.logger = RunLogger(log_dir(self.out), tensorboard=c.tensorboard)
+        logs = ExitStack()  # a storage URI: logs are written on this node and published at the end
+        self.logger = RunLogger(log_dir(logs.enter_context(storage.staged(self.out, marker=None))),
+                                tensorboard=c.tensorboard)
         try:
             done = self.restore(resume if isinstance(resume, str) else None) if resume else 0
             self.logger.rewrite(self.records())
@@ -379,45 +400,53 @@ class PPOOrchestrator:
                 self.log(f"[ppo] baseline (SFT) {self._brief(base)}")
             stopped = None
             ran = 0
-            for it in range(done, c.iterations):
-                m = self.iteration(it)
-                self.history.append(m)
-                self._log(m)
-                ran += 1
-                self.log(f"[ppo] iter {it + 1}/{c.iterations} reward {m['reward/total']:.4f} "
-                         f"kl {m['kl/per_page']:.4f} pg {m['policy/policy_loss']:.4f} "
-                         f"vf {m['critic/value_loss']:.4f} {m['perf/pages_per_s']:.1f} pages/s")
-                last = it + 1 == c.iterations
-                v = None
-                if c.eval_every and ((it + 1) % c.eval_every == 0 or last):
-                    v = self.validate(it + 1)
-                    self.log(f"[ppo] validation after {it + 1}: {self._brief(v)}")
-                    alert = self.monitor.observe_validation(it + 1, v)
-                    if alert:
-                        self.log(f"[ppo] WARNING reward hacking? reward +{alert['reward_gain']:.4f} since the "
-                                 f"start while {alert['metric']} fell {100 * alert['drop']:.1f}% "
-                                 f"({alert['baseline']:.4f} -> {alert['now']:.4f})")
-                        if c.hack_stop:
-                            stopped = f"reward-hacking monitor at iteration {it + 1}"
-                preempt = stop_after is not None and ran >= stop_after and not last
-                saved = None
-                if (c.save_every and (it + 1) % c.save_every == 0) or last or stopped or preempt:
-                    saved = self.save_state(it + 1)
-                if v is not None:  # with the state saved at this iteration, if any (Tune: PBT's exploit)
-                    self._log(v, state=saved)
+            self.recovery.mark_start(done)
+            it = done
+            while it < c.iterations:
+                try:
+                    m = self.iteration(it)
+                    self.history.append(m)
+                    self._log(m)
+                    ran += 1
+                    self.log(f"[ppo] iter {it + 1}/{c.iterations} reward {m['reward/total']:.4f} "
+                             f"kl {m['kl/per_page']:.4f} pg {m['policy/policy_loss']:.4f} "
+                             f"vf {m['critic/value_loss']:.4f} {m['perf/pages_per_s']:.1f} pages/s")
+                    last = it + 1 == c.iterations
+                    v = None
+                    if c.eval_every and ((it + 1) % c.eval_every == 0 or last):
+                        v = self.validate(it + 1)
+                        self.log(f"[ppo] validation after {it + 1}: {self._brief(v)}")
+                        alert = self.monitor.observe_validation(it + 1, v)
+                        if alert:
+                            self.log(f"[ppo] WARNING reward hacking? reward +{alert['reward_gain']:.4f} since the "
+                                     f"start while {alert['metric']} fell {100 * alert['drop']:.1f}% "
+                                     f"({alert['baseline']:.4f} -> {alert['now']:.4f})")
+                            if c.hack_stop:
+                                stopped = f"reward-hacking monitor at iteration {it + 1}"
+                    preempt = stop_after is not None and ran >= stop_after and not last
+                    saved = None
+                    if (c.save_every and (it + 1) % c.save_every == 0) or last or stopped or preempt:
+                        saved = self.save_state(it + 1)
+                    if v is not None:  # with the state saved at this iteration, if any (Tune: PBT's exploit)
+                        self._log(v, state=saved)
+                except Exception as err:  # an actor or node lost: restart, roll back (actors.recovery)
+                    it, stopped = self.recovery.recover(err, it), None
+                    continue
+                it += 1
                 if stopped or preempt:
                     break
             if stopped:
                 self.log(f"[ppo] stopped by the {stopped}")
             final = self.final_metrics(stopped)
             final["wall_s"] = time.time() - t0
-            if (stop_after is None or done + ran >= c.iterations) or stopped:
+            if (stop_after is None or it >= c.iterations) or stopped:
                 final["checkpoint"] = self.export(final)
                 self.log(f"[ppo] policy exported to {final['checkpoint']}")
                 report(final, checkpoint_dir=final["checkpoint"])
             return final
         finally:
             self.logger.close()
+            logs.close()
             self.shutdown()
 
     def final_metrics(self, stopped: str | None) -> dict:
@@ -427,6 +456,7 @@ class PPOOrchestrator:
         if self.validations:
             out.update({k: v for k, v in self.validations[-1].items() if k != "iteration"})
         out["hacking_alerts"] = len(self.monitor.alerts)
+        out["restarts"] = len(self.recovery.restarts)
         if stopped:
             out["stopped"] = stopped
         return out

@@ -19,7 +19,7 @@ reservation and never wait on one another's actors.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors.group import Placement, wait_placement
 from rlhf_ray.config import PPOConfig
@@ -32,6 +32,7 @@ class RoleSpec:
     ranks: int
     num_cpus: float  # per actor
     num_gpus: float  # per actor
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor
 
 
 @dataclass
@@ -51,14 +52,14 @@ class Layout:
 def colocated_bundles(roles: list[RoleSpec]) -> tuple[list[dict], dict[str, list[int]]]:
     """Bundle resources and each role's bundle index per rank (pure; see module docstring)."""
     n = max(r.ranks for r in roles)
-    load = [{"CPU": 0.0, "GPU": 0.0} for _ in range(n)]
+    load: list[dict[str, float]] = [{"CPU": 0.0, "GPU": 0.0} for _ in range(n)]
     assign: dict[str, list[int]] = {}
     for spec in sorted(roles, key=lambda s: -s.ranks):  # multi-rank groups first
         start = min(range(n), key=lambda b: (load[b]["CPU"] + load[b]["GPU"], b))
         idx = [(start + r) % n for r in range(spec.ranks)]
         for b in idx:
-            load[b]["CPU"] += spec.num_cpus
-            load[b]["GPU"] += spec.num_gpus
+            for k, v in {"CPU": spec.num_cpus, "GPU": spec.num_gpus, **spec.resources}.items():
+                load[b][k] = load[b].get(k, 0.0) + v
         assign[spec.role] = idx
     bundles = []
     for b in load:
@@ -68,12 +69,12 @@ def colocated_bundles(roles: list[RoleSpec]) -> tuple[list[dict], dict[str, list
 
 
 def role_specs(cfg: PPOConfig) -> list[RoleSpec]:
-    """The PPO roles a config asks for: ranks and per-actor CPUs/GPUs."""
-    return [RoleSpec("policy", cfg.policy.ranks, cfg.policy.num_cpus, cfg.policy.num_gpus),
-            RoleSpec("critic", cfg.critic.ranks, cfg.critic.num_cpus, cfg.critic.num_gpus),
-            RoleSpec("reference", 1, cfg.reference.num_cpus, cfg.reference.num_gpus),
-            RoleSpec("reward", 1, cfg.reward.num_cpus, cfg.reward.num_gpus),
-            RoleSpec("rollout", cfg.rollout.actors, cfg.rollout.num_cpus, cfg.rollout.num_gpus)]
+    """The PPO roles a config asks for: ranks and per-actor CPUs/GPUs/custom resources."""
+    return [RoleSpec("policy", cfg.policy.ranks, cfg.policy.num_cpus, cfg.policy.num_gpus, cfg.policy.resources),
+            RoleSpec("critic", cfg.critic.ranks, cfg.critic.num_cpus, cfg.critic.num_gpus, cfg.critic.resources),
+            RoleSpec("reference", 1, cfg.reference.num_cpus, cfg.reference.num_gpus, cfg.reference.resources),
+            RoleSpec("reward", 1, cfg.reward.num_cpus, cfg.reward.num_gpus, cfg.reward.resources),
+            RoleSpec("rollout", cfg.rollout.actors, cfg.rollout.num_cpus, cfg.rollout.num_gpus, cfg.rollout.resources)]
 
 
 def trial_bundles(cfg: PPOConfig) -> list[dict]:

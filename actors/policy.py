@@ -81,10 +81,12 @@ class PolicyActor(TrainerActor):
             return None
         from rlhf_ray.checkpoint import save_checkpoint
         from rlhf_ray.stages.common import load_lm_state
+        from rlhf_ray.storage import staged
 
         ck = load_policy(self.sft_dir)  # a plain copy of the architecture (verified once per process)
         load_lm_state(ck.model, state)
-        path = save_checkpoint(out_dir, stage=stage, model=ck.model, tokenizer=ck.tokenizer, vocab=ck.vocab,
-                               catalog=ck.catalog, config=config, data_fingerprint=data_fingerprint,
-                               metrics=metrics, state_dict=state, extra=lineage)
-        return str(path)
+        with staged(out_dir) as local:  # a storage URI: written here, published from this node
+            save_checkpoint(local, stage=stage, model=ck.model, tokenizer=ck.tokenizer, vocab=ck.vocab,
+                            catalog=ck.catalog, config=config, data_fingerprint=data_fingerprint,
+                            metrics=metrics, state_dict=state, extra=lineage)
+        return out_dir

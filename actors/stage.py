@@ -6,8 +6,9 @@ find it, declared once here, in the package that holds its actors.
 Writes, like every stage, its checkpoint to ``OUT`` (stage ``ppo``: the final policy, in the
 common format) and its logs to ``OUT.logs`` (TensorBoard + ``metrics.jsonl``, and Ray Train /
 Tune reports when run under one); its resumable states go to ``OUT.state``. On a multi-node
-cluster the actors read --sft/--reward/--data and write ``OUT.state`` themselves: those paths
-must be on storage every node sees.
+cluster the actors read --sft/--reward/--data and write ``OUT.state`` themselves: those are
+locations every node reaches (a shared file system path, or a storage URI such as s3://,
+:mod:`rlhf_ray.storage`), so a run resumed on another node finds everything.
 
 How it is registered: ``pyproject.toml`` names :data:`PPO` under the ``rlhf_ray.stages``
 entry-point group, and :mod:`rlhf_ray.stages.registry` loads that group on first lookup.

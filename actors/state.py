@@ -10,82 +10,93 @@ An ``iter_*`` directory is built in a hidden temp sibling and renamed into place
 inside it, so a half-written state never carries an ``iter_*`` name; ``latest``
 is replaced atomically after the rename. Resume takes ``latest`` if it names a
 complete directory, else the newest complete ``iter_*``.
+
+OUT may be a storage URI (:mod:`rlhf_ray.storage`, e.g. ``s3://bucket/runs/ppo``): object
+stores cannot rename a directory, so there the ``iter_*`` directory is written in place
+(an older one of the same name deleted first) and only ``controller.json``, put last, makes
+it complete; the actors publish their engine states there from their own nodes. A run
+resumed on any node finds the same states.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from rlhf_ray.checkpoint import atomic_dir, write_json_atomic
+from rlhf_ray import storage
+from rlhf_ray.checkpoint import atomic_dir
+from rlhf_ray.jsonio import dumps
 
 CONTROLLER = "controller.json"
 LATEST = "latest"
 _ITER = re.compile(r"^iter_(\d{6,})$")
 
 
-def state_dir(out_dir: str | Path) -> Path:
-    """Where a run writing its checkpoint to ``out_dir`` keeps its resumable states."""
-    out = Path(out_dir)
-    return out.parent / f"{out.name}.state"
+def state_dir(out_dir: str | Path) -> str:
+    """Where a run writing its checkpoint to ``out_dir`` keeps its resumable states (a location)."""
+    return storage.sibling(storage.normalize(out_dir), ".state")
 
 
 def iter_name(iteration: int) -> str:
     return f"iter_{iteration:06d}"
 
 
-def complete(d: Path) -> bool:
-    """A state directory is complete when its controller.json (written last) parses."""
+def read_controller(d: str) -> dict | None:
+    """The controller.json of state directory ``d`` (a location), or None while it is incomplete."""
+    text = storage.read_text(storage.join(d, CONTROLLER))
     try:
-        json.loads((d / CONTROLLER).read_text())
-        return True
-    except (OSError, json.JSONDecodeError):
-        return False
+        return json.loads(text) if text is not None else None
+    except json.JSONDecodeError:
+        return None
+
+
+def complete(d: str | Path) -> bool:
+    """A state directory is complete when its controller.json (written last) parses."""
+    return read_controller(str(d)) is not None
 
 
 class RunState:
     def __init__(self, root: str | Path, keep: int = 2):
-        self.root = Path(root)
+        self.root = storage.normalize(root)
         self.keep = keep
 
-    def write(self, iteration: int, write_engines: Callable[[Path], None], controller: dict) -> Path:
-        """Write one state: ``write_engines(tmp_dir)`` (actors save there), then controller.json, rename, latest."""
-        target = self.root / iter_name(iteration)
-        with atomic_dir(target) as tmp:
-            write_engines(tmp)
-            write_json_atomic(tmp / CONTROLLER, controller)
-        tmp_latest = self.root / f".{LATEST}.tmp-{os.getpid()}"
-        tmp_latest.write_text(target.name)
-        os.replace(tmp_latest, self.root / LATEST)
+    def write(self, iteration: int, write_engines: Callable[[str], None], controller: dict) -> str:
+        """Write one state: ``write_engines(dir)`` (actors save there), then controller.json, then latest."""
+        target = storage.join(self.root, iter_name(iteration))
+        text = dumps(controller, sort_keys=True, default=str) + "\n"
+        if storage.is_uri(target):
+            storage.remove(target)  # controller.json goes with it: never complete while rewritten
+            write_engines(target)
+            storage.write_text(storage.join(target, CONTROLLER), text)
+        else:
+            with atomic_dir(Path(target)) as tmp:
+                write_engines(str(tmp))
+                storage.write_text(tmp / CONTROLLER, text)
+        storage.write_text(storage.join(self.root, LATEST), iter_name(iteration))
         self._prune()
         return target
 
-    def _complete_dirs(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
-        dirs = [d for d in self.root.iterdir() if d.is_dir() and _ITER.match(d.name) and complete(d)]
-        return sorted(dirs, key=lambda d: int(_ITER.match(d.name).group(1)))
+    def _complete_dirs(self) -> list[str]:
+        names = [n for n in storage.listdir(self.root) if _ITER.match(n)]
+        dirs = [storage.join(self.root, n) for n in sorted(names, key=lambda n: int(_ITER.match(n).group(1)))]
+        return [d for d in dirs if complete(d)]
 
-    def latest(self) -> Path | None:
-        """The state to resume from, or None."""
-        pointer = self.root / LATEST
-        if pointer.is_file():
-            d = self.root / pointer.read_text().strip()
-            if _ITER.match(d.name) and d.is_dir() and complete(d):
-                return d
+    def latest(self) -> str | None:
+        """The state to resume from (a location), or None."""
+        pointer = (storage.read_text(storage.join(self.root, LATEST)) or "").strip()
+        if _ITER.match(pointer) and complete(storage.join(self.root, pointer)):
+            return storage.join(self.root, pointer)
         dirs = self._complete_dirs()
         return dirs[-1] if dirs else None
 
     def _prune(self) -> None:
         for d in self._complete_dirs()[: -self.keep]:
-            shutil.rmtree(d, ignore_errors=True)
+            storage.remove(d)
 
 
 def rng_state() -> dict:

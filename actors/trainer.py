@@ -57,11 +57,19 @@ class TrainerActor(BaseActor):
 
     # -- resumable state -----------------------------------------------------------
     def save_state(self, directory: str) -> None:
-        """Model + optimizer + schedule (DeepSpeed's own format under ZeRO); every rank calls."""
-        self.engine.save_state(directory, tag="state")
+        """Model + optimizer + schedule (DeepSpeed's own format under ZeRO); every rank calls.
+        ``directory``: a path on storage every node sees, or a storage URI (each rank publishes its
+        own files from its node)."""
+        from rlhf_ray.storage import staged
+
+        with staged(directory, marker=None) as local:
+            self.engine.save_state(local, tag="state")
 
     def load_state(self, directory: str) -> None:
-        self.engine.load_state(directory, tag="state")
+        from rlhf_ray.storage import fetched
+
+        with fetched(directory) as local:
+            self.engine.load_state(local, tag="state")
 
     # -- consistency checks ------------------------------------------------------------
     def _gathered(self):

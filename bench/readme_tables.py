@@ -86,6 +86,29 @@ def generation_speed_body(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def fault_body(doc: dict) -> str:
+    """Faults survived on a simulated 3-node cluster, and PPO pages/s on 1, 2, 3 simulated nodes."""
+    s = doc["summary"]
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in {**s["ppo_max_abs_diff_vs_unkilled"],
+                                                    **s["sft_max_abs_diff_vs_unkilled"]}.items()
+                      if isinstance(v, (int, float)))
+    lines = ["| faults (landed) | node losses | runs survived | PPO restarts | PPO iterations recomputed | "
+             "corrupt checkpoints | largest difference from the unkilled run |", "|---|---|---|---|---|---|---|",
+             f"| {s['faults_injected']} ({s['kills_landed']}) | {s['node_losses']} | {s['runs_survived']} / {s['runs']} | "
+             f"{s['ppo_restarts']} | {s['ppo_iterations_recomputed']} | {s['corrupt_checkpoints']} | {diffs} |",
+             ""]
+    noise = s.get("noise_floor") or {}
+    floor = {**(noise.get("ppo_unkilled_twice_max_abs_diff") or {}), **(noise.get("sft_unkilled_twice_abs_diff") or {})}
+    if floor:
+        lines += ["Two unkilled runs with the same seed differ by: " + ", ".join(
+            f"{k} {v:.2g}" for k, v in floor.items() if isinstance(v, (int, float))) + ".", ""]
+    lines += ["| simulated nodes | PPO pages/s (median) | of 1 node | rounds |", "|---|---|---|---|"]
+    for r in doc["scaling"]:
+        rounds = ", ".join(f"{x:.1f}" for x in r["rounds"])
+        lines.append(f"| {r['nodes']} | {r['pages_per_s']:.1f} | {r['efficiency']:.2f} | {rounds} |")
+    return "\n".join(lines) + "\n\n" + doc["cores_note"].capitalize() + "."
+
+
 BLOCKS = {
     "generation_speed": block("generation_speed", "python bench/generation_speed.py --checkpoint CKPT --data DIR",
                               generation_speed_body),
@@ -96,6 +119,7 @@ BLOCKS = {
     "peers_pagellm": block("peers_pagellm", "python bench/peers_bench.py --protocol pagellm --data DIR", own_table_body),
     **{f"sweep_{n}": block(f"sweep_{n}", f"python bench/tune_sweep.py --config tune_configs/{n}.yaml --out "
                            f"runs/sweep-{n}", own_table_body) for n in ("ppo", "ppo-grounded", "lpo", "smoke")},
+    "fault_injection": block("fault_injection", "python bench/fault_injection.py", fault_body),
 }
 PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)
 

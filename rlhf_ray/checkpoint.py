@@ -9,7 +9,9 @@
 Written atomically (a temp sibling directory renamed into place; the manifest,
 written last, is what makes a directory a checkpoint) and verified on load: a
 missing file or a hash mismatch is a :class:`CheckpointError` naming the file.
-No pickle anywhere: weights are safetensors.
+No pickle anywhere: weights are safetensors. Checkpoints are read from any location
+(:mod:`rlhf_ray.storage`: a local path or a URI such as ``s3://``, copied to this node
+once); writers of a URI stage locally and publish with :func:`rlhf_ray.storage.staged`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from rlhf_ray.jsonio import write_json_atomic  # noqa: F401  (re-exported: pipeline, stages)
+from rlhf_ray import storage
 from rlhf_ray.errors import CheckpointError
 from rlhf_ray.tokens import Vocab, load_tokenizer, save_tokenizer
 
@@ -54,13 +57,36 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def restore_interrupted(target: Path) -> bool:
+    """Undo a replacement killed between its two renames (``target`` -> ``.target.old-*``, then the
+    new one -> ``target``): with no ``target`` but an old one beside it, the old one goes back.
+    Returns whether it did. (A kill anywhere else leaves ``target`` whole: old or new.)"""
+    target = Path(target)
+    if target.exists() or not target.parent.is_dir():
+        return False
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not olds:
+        return False
+    try:
+        os.rename(olds[-1], target)
+    except OSError:  # another process restored it first
+        return target.exists()
+    return True
+
+
 def atomic_dir(target: Path):
-    """Context manager yielding a temp sibling dir that replaces ``target`` on success only."""
+    """Context manager yielding a temp sibling dir that replaces ``target`` on success only.
+    A process killed at any point leaves ``target`` as it was or as the block wrote it, never
+    half-written (the one window, between the two renames, is undone by :func:`restore_interrupted`)."""
     import contextlib
 
     @contextlib.contextmanager
     def _cm():
         target.parent.mkdir(parents=True, exist_ok=True)
+        restore_interrupted(target)
+        if target.exists():  # old copies a killed writer left behind (its rename done, not its cleanup)
+            for stale in target.parent.glob(f".{target.name}.old-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -177,16 +203,21 @@ def _signature(p: Path, files: dict) -> tuple:
     return tuple(out)
 
 
+def local_dir(path: str | Path) -> Path:
+    """The checkpoint at ``path`` (a local path or a storage URI) as a local directory on this node."""
+    return storage.local_copy(path, MANIFEST)
+
+
 def verify_checkpoint(path: str | Path) -> dict:
     """Check a checkpoint directory is complete and untampered; return its manifest.
 
     The sha256 of every file is computed once per process: a checkpoint verified here before
     whose files all keep their size and modification time is not hashed again (an edit or a
-    rewrite changes them, so it is).
+    rewrite changes them, so it is). ``path`` may be a storage URI (:func:`local_dir`).
     """
-    p = Path(path).resolve()
-    if not p.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {Path(path)}")
+    p = local_dir(path).resolve()
+    if not p.is_dir() and not restore_interrupted(p):
+        raise CheckpointError(f"checkpoint directory not found: {path}")
     mf = p / MANIFEST
     if not mf.is_file():
         raise CheckpointError(f"{p}: no {MANIFEST} (incomplete or not a rlhf-ray checkpoint)")
@@ -220,7 +251,7 @@ def load_checkpoint(path: str | Path, *, verify: bool = True, device: str = "cpu
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    p = Path(path)
+    p = local_dir(path)
     manifest = verify_checkpoint(p) if verify else json.loads((p / MANIFEST).read_text())
     model = AutoModelForCausalLM.from_pretrained(str(p)).to(device)
     tokenizer, vocab = load_tokenizer(p / "tokenizer")

@@ -37,18 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. SIGTERM (Kubernetes, systemd, ``kill``) takes the Ctrl-C path
+    (:func:`rlhf_ray.rayutil.sigterm_unwinds`): the Ray processes the command started (GCS,
+    raylet, dashboard and runtime-env agents, workers, Serve replicas) stop with it."""
     from rlhf_ray.errors import UserError
+    from rlhf_ray.rayutil import Terminated, sigterm_restore, sigterm_unwinds
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = sigterm_unwinds()
     try:
         rc = args.func(args)
     except UserError as e:
         print(f"rlhf-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated: shutting down", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        sigterm_restore(previous)
     return int(rc or 0)
 
 

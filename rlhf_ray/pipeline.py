@@ -15,7 +15,10 @@ config, data, starting checkpoint and inputs is skipped (and a resumable stage c
 its own saved state), so a killed pipeline resumes where it stopped. ``eval`` evaluates
 every policy checkpoint on the test split and writes one table; the run's report
 (``rlhf-ray report``: ``--out/report/report.html``) is written last. ``--smoke`` applies each
-stage's few-step settings on a small synthetic dataset.
+stage's few-step settings on a small synthetic dataset. ``--out`` may be a storage URI
+(``s3://bucket/runs/x``, :mod:`rlhf_ray.storage`): every stage reads and writes there, so a
+pipeline on a cluster without a shared file system resumes from any node (the report is then
+not written: it needs a local directory).
 
 Nothing here names a stage: stages are looked up in the registry, so this module never
 reaches the Ray actor layer (PPO comes in through the registry like any other stage).
@@ -30,7 +33,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from rlhf_ray.checkpoint import MANIFEST, write_json_atomic
+from rlhf_ray import storage
+from rlhf_ray.checkpoint import MANIFEST
+from rlhf_ray.jsonio import dumps
 from rlhf_ray.config import (Config, ConfigError, DataConfig, GenerationConfig, PromptConfig, deep_merge, doc,
                              read_mapping, require)
 from rlhf_ray.errors import CheckpointError
@@ -127,11 +132,11 @@ def load_pipeline_raw(raw: dict, smoke: bool = False, where: str = "") -> dict[s
 
 
 def _manifest_id(path: str | Path) -> str | None:
-    f = Path(path) / MANIFEST
-    return json.loads(f.read_text()).get("id") if f.is_file() else None
+    text = storage.read_text(storage.join(path, MANIFEST))
+    return json.loads(text).get("id") if text is not None else None
 
 
-def stage_done(ckpt: Path, cfg: Config, fingerprint: str, init: str | None, inputs: dict[str, str]) -> bool:
+def stage_done(ckpt: str, cfg: Config, fingerprint: str, init: str | None, inputs: dict[str, str]) -> bool:
     """A stage is done when its checkpoint verifies and was made from the same config, data,
     starting checkpoint and inputs (so retraining an earlier stage retrains everything after it)."""
     from rlhf_ray.checkpoint import verify_checkpoint
@@ -148,11 +153,11 @@ def stage_done(ckpt: Path, cfg: Config, fingerprint: str, init: str | None, inpu
     return all((recorded.get(name) or {}).get("id") == _manifest_id(path) for name, path in inputs.items())
 
 
-def _start(stage: Stage, policy: str | None, out: Path) -> str | None:
+def _start(stage: Stage, policy: str | None, out: str) -> str | None:
     """The checkpoint ``stage`` starts from in this run."""
     if stage.starts_from is None:
         return None
-    return policy if stage.starts_from == POLICY else str(out / stage.starts_from)
+    return policy if stage.starts_from == POLICY else storage.join(out, stage.starts_from)
 
 
 def _scalars(d: dict) -> dict:
@@ -167,11 +172,10 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
     pipe: PipelineConfig = cfgs["pipeline"]
     selected = tuple(stages or pipe.stages)
     plan = [registry.get(name) for name in pipe.plan()]  # unknown stages fail before any work
-    out = Path(out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.normalize(out)  # a local path or a storage URI
     summary: dict = {"stages": {}, "order": [s.name for s in plan]}
     t0 = time.time()
-    data_dir = out / "data"
+    data_dir = storage.join(out, "data")
     if "data" in selected:
         t = time.time()
         dcfg: DataConfig = cfgs["data"]
@@ -181,15 +185,16 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
             fetch("ml-100k")
         from rlhf_ray.data.prepare import prepare
 
-        prepare(dcfg, data_dir)
+        with storage.staged(data_dir, marker="stats.json") as local:
+            prepare(dcfg, local)
         summary["stages"]["data"] = {"seconds": time.time() - t}
     prepared = load_prepared(data_dir)
     policy: str | None = None  # the newest policy checkpoint of the chain
     policies: dict[str, str] = {}  # evaluated at the end
     for stage in plan:
-        ckpt = out / stage.name
+        ckpt = storage.join(out, stage.name)
         init = _start(stage, policy, out)
-        inputs = {need: str(out / need) for need in stage.needs}
+        inputs = {need: storage.join(out, need) for need in stage.needs}
         if stage.name in selected:
             cfg = cfgs[stage.name]
             t = time.time()
@@ -201,7 +206,7 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
                 metrics = launch(stage, cfg, str(data_dir), str(ckpt), init=init, inputs=inputs, address=address,
                                  resume="auto" if stage.resumable else False)
             summary["stages"][stage.name] = {"seconds": time.time() - t, **_scalars(metrics)}
-        elif not (ckpt / MANIFEST).is_file():
+        elif not storage.exists(storage.join(ckpt, MANIFEST)):
             continue
         if stage.policy:
             policy = str(ckpt)
@@ -210,9 +215,10 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
     if "eval" in selected:
         summary["stages"]["eval"] = evaluate_policies(policies, prepared, cfgs["generation"], out, pipe.eval_users)
     summary["seconds"] = time.time() - t0
-    write_json_atomic(out / "summary.json", summary)
-    print(f"[pipeline] done in {summary['seconds']:.0f} s; summary: {out / 'summary.json'}")
-    write_report_safely(out)
+    storage.write_text(storage.join(out, "summary.json"), dumps(summary, sort_keys=True, default=str) + "\n")
+    print(f"[pipeline] done in {summary['seconds']:.0f} s; summary: {storage.join(out, 'summary.json')}")
+    if not storage.is_uri(out):
+        write_report_safely(Path(out))
     return summary
 
 
@@ -240,7 +246,7 @@ REPORT_KEYS = {
 }
 
 
-def evaluate_policies(policies: dict[str, str], prepared, gen: GenerationConfig, out: Path, max_users: int) -> dict:
+def evaluate_policies(policies: dict[str, str], prepared, gen: GenerationConfig, out: str, max_users: int) -> dict:
     """Test metrics of every policy checkpoint, one predictions file each, and a printed table.
 
     Metrics undefined under the data's protocol are listed under ``"n/a"`` with the reason
@@ -254,7 +260,9 @@ def evaluate_policies(policies: dict[str, str], prepared, gen: GenerationConfig,
     for stage, path in policies.items():
         ck = load_checkpoint(path)
         ev = evaluate_full(ck.model, ck.vocab, prepared, "test", gen, max_users=max_users)
-        ev.per_user.to_parquet(out / f"predictions-{stage}.parquet", index=False)
+        with storage.staged(out, marker=None) as local_out:  # a storage URI: written here, then published
+            local_out.mkdir(parents=True, exist_ok=True)
+            ev.per_user.to_parquet(local_out / f"predictions-{stage}.parquet", index=False)
         table[stage] = {"checkpoint": path, "protocol": ev.protocol, **ev.metrics, "n/a": ev.na}
     protocol = next(iter(table.values()))["protocol"] if table else "loo"
     keys = REPORT_KEYS[protocol]

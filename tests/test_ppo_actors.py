@@ -4,7 +4,8 @@ ZeRO-2, critic, reference, rule reward, rollout) started once for the module.
 Checks: KL is zero and recorded log-probs equal recomputed ones while policy == reference;
 token rewards of a real batch add up; a full iteration trains policy and critic and keeps
 the two ZeRO-2 ranks identical; weight sync reaches the rollout actor; validation and
-export; a killed actor's error names its role and rank.
+export; a killed actor's error names its role and rank, also when recovery has no restart left,
+and with a restart left the lost group comes back inside the shared placement group and trains.
 """
 import math
 from contextlib import contextmanager
@@ -120,5 +121,28 @@ def test_killed_actor_error_names_role_and_rank(orch):
     from actors.group import ActorDied
 
     ray.kill(orch.policy.actors[1], no_restart=True)
-    with pytest.raises(ActorDied, match=r"policy rank 1 \(node 127\.0\.0\.1.*\) died: .*ray.kill"):
+    for _ in range(100):  # ray.kill is asynchronous: a call sent at once may still run before the kill lands
+        if orch.policy.lost(timeout_s=5) is not None:
+            break
+    with pytest.raises(ActorDied, match=r"policy rank 1 \(node 127\.0\.0\.1.*\) died: .*ray.kill") as died:
         orch.sync_weights()
+    # with no restart left, recovery stops the run with the same naming (role, rank, node, pid, cause)
+    orch.recovery.max_restarts = 0
+    with pytest.raises(ActorDied, match=r"policy rank 1 \(node 127\.0\.0\.1, pid \d+\) died: .*ray.kill.*"
+                                        r"gave up after 0 restart\(s\): ppo.max_restarts = 0"):
+        orch.recovery.recover(died.value, 3)
+    with pytest.raises(ValueError, match="a bug"):  # anything but a lost actor is never retried
+        orch.recovery.recover(ValueError("a bug"), 3)
+    # with a restart left: the policy group is started again inside the shared (colocated) placement
+    # group; with no state saved, policy and critic restart from SFT and the run goes back to its start
+    orch.history, orch.validations = [], []
+    orch.recovery.max_restarts = 1
+    orch.recovery.mark_start(0)
+    assert orch.recovery.recover(died.value, 3) == 0
+    (r,) = orch.recovery.restarts
+    assert r["roles"] == ["critic", "policy"] and r["recomputed"] == 3
+    assert all(g.lost() is None for g in orch.groups.values())
+    m = orch.iteration(0)
+    assert math.isfinite(m["reward/total"])
+    after = orch.policy.call("checksums")
+    assert after[0] == after[1], "the restarted ZeRO-2 ranks diverged"

@@ -190,29 +190,41 @@ def test_hacking_monitor_flags_reward_up_quality_down():
 # --------------------------------------------------------------------------- resumable state
 
 
-def test_run_state_atomic_latest_and_half_written(tmp_path):
-    st = RunState(tmp_path / "state", keep=2)
+@pytest.mark.parametrize("uri", [False, True], ids=["local-path", "file-uri"])
+def test_run_state_atomic_latest_and_half_written(tmp_path, uri):
+    from rlhf_ray import storage
+
+    root = f"file://{tmp_path}/state" if uri else str(tmp_path / "state")
+    st = RunState(root, keep=2)
     assert st.latest() is None
+
+    def engines(d: str) -> None:  # what the actors do: publish their files into the state directory
+        storage.write_text(storage.join(d, "policy", "state.pt"), "weights")
+
     for it in (1, 2, 3):
-        st.write(it, lambda d: (d / "policy").mkdir(), {"iteration": it})
-    assert st.latest().name == iter_name(3)
+        st.write(it, engines, {"iteration": it})
+    assert storage.basename(st.latest()) == iter_name(3)
     assert sorted(p.name for p in (tmp_path / "state").iterdir() if p.name.startswith("iter_")) == \
         [iter_name(2), iter_name(3)]
 
-    def crash(d):
-        (d / "policy").mkdir()
+    def crash(d: str) -> None:
+        engines(d)
         raise RuntimeError("killed while writing")
 
     with pytest.raises(RuntimeError):
         st.write(4, crash, {"iteration": 4})
-    assert st.latest().name == iter_name(3)
+    assert storage.basename(st.latest()) == iter_name(3)
     assert not [p for p in (tmp_path / "state").iterdir() if p.name.startswith(".iter_")]
-    # a directory with an iter_ name but no controller.json (e.g. copied by hand, truncated) is not complete
+    # a directory with an iter_ name but no controller.json (e.g. copied by hand, truncated, or a
+    # rewrite killed before its controller.json was put) is not complete
     bad = tmp_path / "state" / iter_name(9)
     (bad / "policy").mkdir(parents=True)
     (tmp_path / "state" / "latest").write_text(iter_name(9))
     assert not complete(bad)
-    assert st.latest().name == iter_name(3)
+    assert storage.basename(st.latest()) == iter_name(3)
+    # rewriting a state that exists (a resumed run passing the same iteration) replaces it whole
+    st.write(3, engines, {"iteration": 3, "again": True})
+    assert json.loads((tmp_path / "state" / iter_name(3) / "controller.json").read_text())["again"] is True
 
 
 def test_rng_state_round_trip():

@@ -220,9 +220,15 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         inner = args[0] if args else Any
         return [_coerce(v, inner, name) for v in value]
     if origin is dict or tp is dict:
+        if isinstance(value, str):  # from the CLI: name=value[,name=value...]
+            pairs = [kv.split("=", 1) for kv in value.split(",") if kv]
+            if any(len(kv) != 2 for kv in pairs):
+                raise ConfigError(f"{name}: expected name=value[,name=value...], got {value!r}")
+            value = dict(pairs)
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        return dict(value)
+        kt, vt = args if len(args) == 2 else (Any, Any)
+        return {_coerce(k, kt, name): _coerce(v, vt, f"{name}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if isinstance(tp, type) and issubclass(tp, Config):

@@ -56,6 +56,12 @@ class TrainConfig(Config):
         "fp32 | bf16 | fp16 (fp16 needs a GPU)"))
     device: typing.Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=doc("auto | cpu | cuda"))
     cpus_per_worker: float = field(default=1.0, metadata=doc("CPUs reserved per Ray Train worker", gt=0))
+    placement_strategy: typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = field(
+        default="PACK", metadata=doc("Ray Train workers across nodes: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD "
+                                     "(one worker per node)"))
+    max_failures: int = field(default=0, metadata=doc(
+        "Ray Train: start the worker group again after this many failures (a worker or its node lost; "
+        "-1 = no limit)", ge=-1))
     tensorboard: bool = field(default=True, metadata=doc("write TensorBoard events beside the output dir"))
     progress: bool = field(default=True, metadata=doc("show progress bars"))
 
@@ -103,3 +109,6 @@ class ActorResources(Config):
 
     num_cpus: float = field(default=0.25, metadata=doc("Ray CPUs per actor (fractional shares a bundle)", ge=0))
     num_gpus: float = field(default=0.0, metadata=doc("Ray GPUs per actor (fractional shares a GPU)", ge=0))
+    resources: dict[str, float] = field(default_factory=dict, metadata=doc(
+        "custom Ray resources per actor (YAML mapping or name=amount,...): puts the role on nodes that "
+        "declare them, e.g. {big_mem: 1} with `ray start --resources '{\"big_mem\": 1}'` on those nodes"))

@@ -111,6 +111,9 @@ class PPOConfig(PromptConfig):
     save_every: int = field(default=5, metadata=doc(
         "write a resumable state every N iterations (0 = only at the end)", ge=0))
     keep_states: int = field(default=2, metadata=doc("resumable states kept under OUT.state (oldest removed)", ge=1))
+    max_restarts: int = field(default=3, metadata=doc(
+        "an actor or node lost mid-run: restart its role and continue from the last saved state, at most "
+        "this many times per run (0 = stop with the error)", ge=0))
     hack_threshold: float = field(default=0.05, metadata=doc(
         "reward-hacking monitor: flag when reward rose while validation NDCG@10 or ILD fell by more "
         "than this fraction of its first value", ge=0))

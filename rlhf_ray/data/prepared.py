@@ -134,13 +134,15 @@ class Prepared:
 
 
 def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
-    """Load a directory written by ``rlhf-ray data prepare``.
+    """Load a directory written by ``rlhf-ray data prepare`` (a local path or a storage URI).
 
     ``verify``: recompute the fingerprint and refuse files changed since preparation.
     """
-    p = Path(path).expanduser()
+    from rlhf_ray.storage import local_copy
+
+    p = local_copy(path, "stats.json")  # a storage URI: this node's copy
     if not p.is_dir():
-        raise DataError(f"{p}: prepared data directory not found (run `rlhf-ray data prepare --out {p}`)")
+        raise DataError(f"{path}: prepared data directory not found (run `rlhf-ray data prepare --out {path}`)")
     for name in (*PARQUET_FILES, "stats.json"):
         if not (p / name).is_file():
             raise DataError(f"{p}: incomplete prepared data directory, {name} is missing")

@@ -129,14 +129,21 @@ def run_stage(build_spec: Callable, cfg, data_dir: str, out_dir: str, init: str 
               model_cfg: ModelConfig | None) -> dict:
     """What every supervised stage's ``run`` does: open the data, start the policy (from ``init``
     or fresh from ``model_cfg``), build the stage's :class:`StageSpec` and :func:`fit` it, logging
-    to ``<out>.logs``."""
+    to ``<out>.logs``. Any of the locations may be a storage URI: inputs are read through this
+    node's copy, and the checkpoint and logs are written locally and published there at the end
+    (:func:`rlhf_ray.storage.staged`; on a Ray Train worker group only rank 0 writes any)."""
     from rlhf_ray.stages.loop import fit
     from rlhf_ray.stages.runlog import log_dir
+    from rlhf_ray.storage import is_uri, staged
 
     prepared = open_data(data_dir)
     lm, tokenizer, vocab, catalog, parent = init_policy(init, model_cfg, prepared)
-    spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, Path(out_dir), parent)
-    return fit(spec, cfg.train, log_dir(out_dir))
+    with staged(out_dir) as local_out:
+        spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, local_out, parent)
+        metrics = fit(spec, cfg.train, log_dir(local_out))
+    if is_uri(out_dir) and "checkpoint" in metrics:
+        metrics["checkpoint"] = out_dir
+    return metrics
 
 
 def check_context(lm: nn.Module, vocab, max_history: int, page_tokens: int, what: str = "page") -> None:

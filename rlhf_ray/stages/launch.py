@@ -11,6 +11,12 @@ shards batches by rank, DeepSpeed ZeRO partitions state, and rank 0 writes the c
 reports it. The driver then makes sure the checkpoint sits at ``out_dir`` (copying it from
 Ray's storage when the worker ran on another node) and, inside a Tune trial, reports the
 final metrics and checkpoint to Tune, as an in-process run does itself.
+
+Every location (data, checkpoints, ``out``, ``storage``) may be a local path (on a cluster: one
+file system every node mounts) or a storage URI (``s3://...``, ``file://...``; see
+:mod:`rlhf_ray.storage`). Ray Train keeps its results and checkpoints in ``storage``
+(default ``<out>.ray`` beside the checkpoint) and retries a failed worker group up to
+``train.max_failures`` times, restarting from the last checkpoint it reported.
 """
 from __future__ import annotations
 
@@ -19,19 +25,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rlhf_ray import storage as store
 from rlhf_ray.checkpoint import MANIFEST, atomic_dir, verify_checkpoint
 from rlhf_ray.errors import UserError
 from rlhf_ray.stages.registry import Stage, resolve
 
 
-def _abs(path: str | None) -> str | None:
-    return str(Path(path).expanduser().resolve()) if path else None
+def _abs(location: str | None) -> str | None:
+    return store.normalize(location) if location else None
 
 
 def _worker(config: dict) -> None:
     stage = resolve(config["stage"])
     cfg = stage.config.from_dict(config["cfg"])
     stage.run(cfg, config["data"], config["out"], config.get("init"), **config.get("inputs", {}))
+
+
+def storage_default(out_dir: str) -> str:
+    """Where Ray Train keeps a stage's results unless told: ``<out>.ray`` beside its checkpoint."""
+    return store.sibling(out_dir, ".ray")
 
 
 def launch(stage: str | Stage, cfg, data_dir: str, out_dir: str, init: str | None = None,
@@ -68,24 +80,26 @@ def launch(stage: str | Stage, cfg, data_dir: str, out_dir: str, init: str | Non
     init_ray(address, num_cpus=num_cpus)
     use_gpu = resolve_device(train).type == "cuda" if train.device != "cpu" else False
     workers = max(1, train.num_workers)
-    storage = storage or str(Path(out_dir).parent / f"{Path(out_dir).name}.ray")
+    storage_path = storage or storage_default(out_dir)
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"stage": stage.name, "cfg": cfg.to_dict(), "data": data_dir, "out": out_dir,
                            "init": init, "inputs": inputs},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu,
+            num_workers=workers, use_gpu=use_gpu, placement_strategy=train.placement_strategy,
             resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=ray.train.RunConfig(name=f"{stage.name}-{Path(out_dir).name}", storage_path=storage),
+        run_config=ray.train.RunConfig(name=f"{stage.name}-{store.basename(out_dir)}", storage_path=storage_path,
+                                       failure_config=ray.train.FailureConfig(max_failures=train.max_failures)),
     )
     result = trainer.fit()
     if result.error:
         raise result.error
-    if not (Path(out_dir) / MANIFEST).is_file() and result.checkpoint is not None:
-        with tempfile.TemporaryDirectory() as tmp:
+    if not store.exists(store.join(out_dir, MANIFEST)) and result.checkpoint is not None:
+        # rank 0 ran on a node whose disk this one does not see: take the copy Ray Train persisted
+        with tempfile.TemporaryDirectory() as tmp, store.staged(out_dir) as local_out:
             src = Path(result.checkpoint.to_directory(tmp))
-            with atomic_dir(Path(out_dir)) as dst:
+            with atomic_dir(local_out) as dst:
                 shutil.copytree(src, dst, dirs_exist_ok=True)
     verify_checkpoint(out_dir)
     metrics = dict(result.metrics or {})

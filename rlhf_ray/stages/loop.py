@@ -15,8 +15,9 @@ PPO uses.
 With more than one rank the final metrics also carry, for every rank r, evidence that
 data-parallel training really ran everywhere (:func:`rank_summary`, gathered from all
 ranks): ``dist/rank{r}/steps``, ``dist/rank{r}/param_digest`` (equal on all ranks iff
-their live parameters are bit-identical) and ``dist/rank{r}/loss_start`` /
-``loss_end`` (mean training loss of the rank's first / last few steps).
+their live parameters are bit-identical), ``dist/rank{r}/loss_start`` /
+``loss_end`` (mean training loss of the rank's first / last few steps) and
+``dist/rank{r}/node`` (the Ray node id it ran on; the host name outside Ray).
 """
 from __future__ import annotations
 
@@ -182,12 +183,27 @@ def rank_summary(engine: Engine, steps: int, losses: list[float], window: int = 
     mine = torch.tensor([steps, digest, start, end], dtype=torch.float64, device=engine.device)
     rows = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(rows, mine)
+    nodes: list = [None] * world
+    dist.all_gather_object(nodes, _node())
     out: dict = {}
     for r, row in enumerate(rows):
         s, digest, a, b = row.tolist()
         out.update({f"dist/rank{r}/steps": int(s), f"dist/rank{r}/param_digest": int(digest),
-                    f"dist/rank{r}/loss_start": a, f"dist/rank{r}/loss_end": b})
+                    f"dist/rank{r}/loss_start": a, f"dist/rank{r}/loss_end": b, f"dist/rank{r}/node": nodes[r]})
     return out
+
+
+def _node() -> str:
+    """Where this rank runs: its Ray node id inside a Ray worker, else the host name."""
+    import socket
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
 
 
 def _bar(enabled: bool, total: int, desc: str):
