@@ -14,7 +14,8 @@ Inside a reservation: when the caller already runs in a placement group whose bu
 its own first one are exactly the roles' bundles (a Ray Tune trial started with
 ``PlacementGroupFactory([caller, *trial_bundles(cfg)])``, as ``rlhf-ray tune`` does), the
 roles go there instead of into a new group, so concurrent trials each keep to their own
-reservation and never wait on one another's actors.
+reservation and never wait on one another's actors. A caller whose placement group holds only
+its own bundle (a trainable given no role bundles) gets a new group for the roles, as outside Tune.
 """
 from __future__ import annotations
 
@@ -97,6 +98,8 @@ def _enclosing(bundles: list[dict]):
     if pg is None:
         return None
     specs = pg.bundle_specs
+    if len(specs) == 1:  # the caller reserved only itself (e.g. a plain Tune trainable): roles go outside
+        return None
     if len(specs) != 1 + len(bundles) or not all(_covers(h, n) for h, n in zip(specs[1:], bundles)):
         raise UserError(f"PPO runs inside a placement group with bundles {specs}, but its roles need "
                         f"[<driver>, *{bundles}]: reserve them with trial_bundles(cfg) (rlhf-ray tune does)")
