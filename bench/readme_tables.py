@@ -89,24 +89,28 @@ def generation_speed_body(doc: dict) -> str:
 def fault_body(doc: dict) -> str:
     """Faults survived on a simulated 3-node cluster, and PPO pages/s on 1, 2, 3 simulated nodes."""
     s = doc["summary"]
-    diffs = ", ".join(f"{k} {v:.2g}" for k, v in {**s["ppo_max_abs_diff_vs_unkilled"],
-                                                    **s["sft_max_abs_diff_vs_unkilled"]}.items()
-                      if isinstance(v, (int, float)))
+
+    def figures(d: dict | None) -> str:
+        return ", ".join(f"{k} {v:.2g}" for k, v in (d or {}).items() if isinstance(v, (int, float)))
+
+    diffs = (f"PPO: {figures(s['ppo_max_abs_diff_vs_unkilled'])}; "
+             f"SFT: {figures(s['sft_max_abs_diff_vs_unkilled'])}")
     lines = ["| faults (landed) | node losses | runs survived | PPO restarts | PPO iterations recomputed | "
              "corrupt checkpoints | largest difference from the unkilled run |", "|---|---|---|---|---|---|---|",
              f"| {s['faults_injected']} ({s['kills_landed']}) | {s['node_losses']} | {s['runs_survived']} / {s['runs']} | "
              f"{s['ppo_restarts']} | {s['ppo_iterations_recomputed']} | {s['corrupt_checkpoints']} | {diffs} |",
              ""]
     noise = s.get("noise_floor") or {}
-    floor = {**(noise.get("ppo_unkilled_twice_max_abs_diff") or {}), **(noise.get("sft_unkilled_twice_abs_diff") or {})}
-    if floor:
-        lines += ["Two unkilled runs with the same seed differ by: " + ", ".join(
-            f"{k} {v:.2g}" for k, v in floor.items() if isinstance(v, (int, float))) + ".", ""]
+    if noise:
+        lines += [f"Two unkilled runs with the same seed differ by (PPO) "
+                  f"{figures(noise.get('ppo_unkilled_twice_max_abs_diff'))}; (SFT on Ray Train) "
+                  f"{figures(noise.get('sft_unkilled_twice_abs_diff'))}.", ""]
     lines += ["| simulated nodes | PPO pages/s (median) | of 1 node | rounds |", "|---|---|---|---|"]
     for r in doc["scaling"]:
         rounds = ", ".join(f"{x:.1f}" for x in r["rounds"])
         lines.append(f"| {r['nodes']} | {r['pages_per_s']:.1f} | {r['efficiency']:.2f} | {rounds} |")
-    return "\n".join(lines) + "\n\n" + doc["cores_note"].capitalize() + "."
+    note = doc["cores_note"]
+    return "\n".join(lines) + "\n\n" + note[:1].upper() + note[1:] + "."
 
 
 BLOCKS = {
