@@ -20,7 +20,7 @@ import pandas as pd
 
 from rlhf_ray.checkpoint import atomic_dir, verify_checkpoint
 from rlhf_ray.errors import CheckpointError, UserError
-from rlhf_ray.jsonio import write_json_atomic
+from rlhf_ray.jsonio import write_atomic, write_json_atomic
 from rlhf_ray.tune.spec import Sweep
 from rlhf_ray.tune.trial import final_policy, run_trial
 
@@ -91,16 +91,14 @@ def select(rows: list[dict], mode: str) -> dict | None:
     return (max if mode == "max" else min)(done, key=lambda r: r["objective"])
 
 
-def test_metrics(policy: str, sweep: Sweep, shared: Path) -> tuple[dict, pd.DataFrame, str]:
+def test_metrics(policy: str, sweep: Sweep, prepared) -> tuple[dict, pd.DataFrame, str]:
     """Test-split metrics of one policy (every test user), per user, and the protocol."""
     from rlhf_ray.checkpoint import load_checkpoint
-    from rlhf_ray.data.prepared import load_prepared
     from rlhf_ray.evaluation import evaluate_full
 
     cfgs = sweep.pipeline_configs()
     ck = load_checkpoint(policy)
-    ev = evaluate_full(ck.model, ck.vocab, load_prepared(shared / "data"), "test", cfgs["generation"],
-                       max_users=cfgs["pipeline"].eval_users)
+    ev = evaluate_full(ck.model, ck.vocab, prepared, "test", cfgs["generation"], max_users=cfgs["pipeline"].eval_users)
     return ev.metrics, ev.per_user, ev.protocol
 
 
@@ -109,8 +107,11 @@ def compare_on_test(best: dict, default_policy: str, sweep: Sweep, shared: Path)
     from rlhf_ray.pipeline import REPORT_KEYS
     from rlhf_ray.stats import bootstrap_ci, paired_diff
 
-    (_, pu_best, protocol), (_, pu_def, _) = (test_metrics(best["policy"], sweep, shared),
-                                              test_metrics(default_policy, sweep, shared))
+    from rlhf_ray.data.prepared import load_prepared
+
+    prepared = load_prepared(shared / "data")
+    (_, pu_best, protocol), (_, pu_def, _) = (test_metrics(best["policy"], sweep, prepared),
+                                              test_metrics(default_policy, sweep, prepared))
     keys = [k for k in REPORT_KEYS[protocol] if k in pu_best.columns and k in pu_def.columns]
     return {"protocol": protocol, "users": int(len(pu_best)),
             "best": {k: bootstrap_ci(pu_best[k].to_numpy(float)) for k in keys},
@@ -173,13 +174,11 @@ def write_outputs(rows: list[dict], sweep: Sweep, out: Path, evaluate_test: bool
 
     front = pareto_front(rows, sweep.cfg.pareto)
     best = select(rows, sweep.cfg.objective.mode)
-    table = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
-    tmp = out / ".results.csv.tmp"
-    table.to_csv(tmp, index=False)
-    tmp.replace(out / "results.csv")
-    pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in front]).to_csv(out / ".pareto.tmp",
-                                                                                       index=False)
-    (out / ".pareto.tmp").replace(out / "pareto.csv")
+    def frame(rs: list[dict]) -> str:
+        return pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rs]).to_csv(index=False)
+
+    write_atomic(out / "results.csv", frame(rows))
+    write_atomic(out / "pareto.csv", frame(front))
     summary: dict[str, Any] = {"name": sweep.cfg.name, "sweep_file": str(sweep.path), "trials": len(rows),
                                "completed": sum(r["status"] == "completed" for r in rows),
                                "stopped": sum(r["status"] == "stopped" for r in rows),
@@ -204,8 +203,7 @@ def write_outputs(rows: list[dict], sweep: Sweep, out: Path, evaluate_test: bool
             summary["test"] = compare_on_test(best, default_policy, sweep, out / "shared")
             md += test_markdown(summary["test"])
     summary["plots"] = write_plots(rows, sweep, out / "plots", best, front)
-    (out / ".results.md.tmp").write_text(md)
-    (out / ".results.md.tmp").replace(out / "results.md")
+    write_atomic(out / "results.md", md)
     write_json_atomic(out / "sweep.json", summary)
     print(md)
     from rlhf_ray.pipeline import write_report_safely

@@ -93,7 +93,8 @@ def run_trial(values: dict[str, Any], sweep: Sweep, shared: Path, work: Path, st
 
     cfgs = sweep.pipeline_configs(values)
     data = shared / "data"
-    fingerprint = load_prepared(data).fingerprint
+    prepared = load_prepared(data)
+    fingerprint = prepared.fingerprint
     policy = shared_policy(sweep, shared)
     work.mkdir(parents=True, exist_ok=True)
     final: dict = {}
@@ -118,22 +119,21 @@ def run_trial(values: dict[str, Any], sweep: Sweep, shared: Path, work: Path, st
             policy = str(out)
     if policy is None:
         return final
-    final = {**carried, **validate_policy(policy, sweep, shared)}
+    final = {**carried, **validate_policy(policy, sweep, prepared)}
     with reporting(Evaluations(sweep.cfg.objective, len(sweep.cfg.trial), latest=carried)):
         report(final, checkpoint_dir=policy)
     return final
 
 
-def validate_policy(policy: str, sweep: Sweep, shared: Path) -> dict:
+def validate_policy(policy: str, sweep: Sweep, prepared) -> dict:
     """The trial's closing evaluation: its final policy on the validation split, full ranking
     and generated pages, measured the same way for every trial whatever its stages validated."""
     from rlhf_ray.checkpoint import load_checkpoint
-    from rlhf_ray.data.prepared import load_prepared
     from rlhf_ray.evaluation import evaluate_full
 
     cfgs = sweep.pipeline_configs()
     ck = load_checkpoint(policy)
-    ev = evaluate_full(ck.model, ck.vocab, load_prepared(shared / "data"), "valid", cfgs["generation"],
+    ev = evaluate_full(ck.model, ck.vocab, prepared, "valid", cfgs["generation"],
                        max_users=sweep.cfg.eval_users, prefix="val/")
     return ev.metrics
 
