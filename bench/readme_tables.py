@@ -124,6 +124,7 @@ BLOCKS = {
     **{f"sweep_{n}": block(f"sweep_{n}", f"python bench/tune_sweep.py --config tune_configs/{n}.yaml --out "
                            f"runs/sweep-{n}", own_table_body) for n in ("ppo", "ppo-grounded", "lpo", "smoke")},
     "fault_injection": block("fault_injection", "python bench/fault_injection.py", fault_body),
+    "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
 }
 PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)
 

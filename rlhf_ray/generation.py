@@ -17,7 +17,7 @@ import torch
 
 from rlhf_ray.config import GenerationConfig
 from rlhf_ray.kvdecode import Decoder, item_logits
-from rlhf_ray.model import positions
+from rlhf_ray.model import backbone_hidden, positions
 from rlhf_ray.tokens import Vocab
 
 NEG_INF = float("-inf")
@@ -210,8 +210,7 @@ def page_logprobs(
     B, L = ids.shape
     K = pages.shape[1]
     slot = pages >= 0  # (B, K)
-    full_ids = torch.cat([ids, torch.where(slot, vocab.item_token(pages.clamp(min=0)), vocab.pad)], dim=1)
-    full_am = torch.cat([am, slot.long()], dim=1)
+    full_ids, full_am = _with_page(ids, am, pages, vocab)
     # only the K positions that emit page slots need the vocabulary projection: keep the last K + 1
     out = model(input_ids=full_ids, attention_mask=full_am, position_ids=positions(full_am),
                 output_hidden_states=hidden, use_cache=False, logits_to_keep=K + 1)
@@ -231,3 +230,25 @@ def page_logprobs(
     if logits_out:
         res["logits"] = restricted
     return res
+
+
+def _with_page(ids: torch.Tensor, am: torch.Tensor, pages: torch.Tensor, vocab: Vocab):
+    """Prompt ids/mask (B, L) followed by the page's item tokens (B, K), padding where pages is -1."""
+    slot = pages >= 0
+    full_ids = torch.cat([ids, torch.where(slot, vocab.item_token(pages.clamp(min=0)), vocab.pad)], dim=1)
+    return full_ids, torch.cat([am, slot.long()], dim=1)
+
+
+def page_states(model, vocab: Vocab, prompts: Prompts, pages: torch.Tensor):
+    """The final hidden states that emit each page slot, without the vocabulary projection.
+
+    Returns ``(hidden (B, K, H), pages (B, K), blocked (B, n_items))`` on the model's device:
+    the same forward and positions as :func:`page_logprobs` (row k of ``hidden`` is the state
+    whose projection gives slot k's logits), for losses that score only some items
+    (sampled softmax). Differentiable.
+    """
+    ids, am, blocked, pages = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked, pages)
+    L, K = ids.shape[1], pages.shape[1]
+    full_ids, full_am = _with_page(ids, am, pages, vocab)
+    h = backbone_hidden(model, full_ids, full_am)  # (B, L + K, H)
+    return h[:, L - 1: L + K - 1], pages, blocked

@@ -84,6 +84,28 @@ def token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Stats]:
     return loss, {"nll": float(loss.detach()), "ntokens": float(ntokens)}
 
 
+def sampled_item_nll(pos_logit: Tensor, neg_logits: Tensor, log_correction: Tensor, keep: Tensor) -> Tensor:
+    """Per-row sampled-softmax NLL of a target item against shared negatives, (P,).
+
+    ``pos_logit`` (P,) the target's logit o_t; ``neg_logits`` (P, S) the logits of S negatives
+    drawn with replacement from q for the whole batch; ``log_correction`` (S,) log(S q_j)
+    (:func:`rlhf_ray.sampling.shared_negatives`); ``keep`` (P, S) bool, False where negative s
+    does not count for row p (it is the row's target, an "accidental hit", or an item the row's
+    distribution excludes, e.g. seen items):
+
+        nll_p = log( exp(o_t) + sum_{s: keep} exp(o_{j_s} - log(S q_{j_s})) ) - o_t
+
+    The sum is an importance-sampling estimate of sum_{j != t, allowed} exp(o_j), unbiased for
+    any q > 0 (log-Q correction: Bengio & Senecal 2008, Jean et al. 2015), so exp(nll) is an
+    unbiased estimate of 1 / p_full(t); nll itself is biased low by Jensen and consistent
+    as S grows. With every item a negative exactly once and ``log_correction`` 0 it is the
+    full softmax's NLL exactly.
+    """
+    corrected = (neg_logits.float() - log_correction.float()).masked_fill(~keep, float("-inf"))
+    pos = pos_logit.float()
+    return torch.logsumexp(torch.cat([pos[:, None], corrected], dim=1), dim=1) - pos
+
+
 def rating_mse(pred: Tensor, target: Tensor) -> tuple[Tensor, Stats]:
     """Rating regression head: L = mean_b (pred_b - target_b)^2."""
     sq_err = (pred - target.to(pred.dtype)) ** 2  # (B,)

@@ -112,6 +112,19 @@ def backbone_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     return out.last_hidden_state
 
 
+def item_output(model: nn.Module, vocab: Vocab) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output projection's item rows ``(n_items, H)`` and bias ``(n_items,)`` (None without one):
+    item logits are ``hidden @ W.T + b`` for the models built here (GPT-2, tied embeddings), so a
+    subset of items can be scored without the whole-vocabulary projection (sampled softmax)."""
+    m = unwrap(model)
+    if hasattr(m, "get_base_model"):  # peft
+        m = m.get_base_model()
+    head = m.get_output_embeddings()
+    rows = slice(vocab.item_offset, vocab.item_offset + vocab.n_items)
+    bias = getattr(head, "bias", None)
+    return head.weight[rows], None if bias is None else bias[rows]
+
+
 class ScalarHead(nn.Module):
     """Linear map from a hidden state to one scalar per position: rating, value or reward."""
 

@@ -19,6 +19,8 @@ Imports torch only.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -217,3 +219,35 @@ def in_batch_negatives(
     # in-batch items first, each group in random order.
     keys = torch.rand(batch, num_items, generator=generator, device=pos.device) + in_batch.float()
     return _top_n(keys, allowed, n)
+
+
+# --------------------------------------------------------------------------- sampled softmax
+
+
+@torch.no_grad()
+def shared_negatives(
+    n: int,
+    num_items: int,
+    weights: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """n items drawn *with* replacement for a whole batch (sampled softmax), and their
+    log-Q correction: ``(items (n,) int64, log(n q_items) (n,) float32)``.
+
+    q is uniform (``weights`` None) or proportional to ``weights`` (V,) (e.g. training
+    popularity + 1; every item needs q > 0 for the estimate of the partition function to be
+    unbiased, see :func:`rlhf_ray.losses.sampled_item_nll`). log(n q_j) is the log of the
+    expected number of times item j is drawn.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if weights is None:
+        items = torch.randint(num_items, (n,), generator=generator)
+        return items, torch.full((n,), math.log(n / num_items), dtype=torch.float32)
+    if weights.shape != (num_items,):
+        raise ValueError(f"weights must have shape ({num_items},), got {tuple(weights.shape)}")
+    if not bool((weights > 0).all()):
+        raise ValueError("weights must be > 0 for every item (add 1 to popularity counts)")
+    q = weights.double() / weights.double().sum()
+    items = torch.multinomial(q, n, replacement=True, generator=generator)
+    return items, torch.log(n * q[items]).float()

@@ -130,6 +130,26 @@ def test_head_tail_counts_on_synthetic(tmp_path):
     assert data.popularity.sum() == stats["split"]["train_interactions"]
 
 
+def test_keep_cold_items_keeps_the_whole_catalogue(tmp_path):
+    from rlhf_ray.data.sources import load_raw
+
+    cfg = DataConfig(dataset="synthetic", synthetic_users=40, synthetic_items=500, synthetic_interactions=6, k_core=0)
+    raw = load_raw(cfg)
+    plain = build(raw, cfg, log=quiet)
+    assert plain.tables["items"].num_rows < 500 and "cold_items" not in plain.stats["prepared"]
+    cold = cfg.replace(keep_cold_items=True)
+    stats = write(build(raw, cold, log=quiet), tmp_path / "p")
+    data = load_prepared(tmp_path / "p")
+    assert data.n_items == 500 and data.items["item"].tolist() == [str(i) for i in range(1, 501)]
+    n_cold = 500 - plain.tables["items"].num_rows
+    assert stats["prepared"]["cold_items"] == n_cold == int((data.popularity == 0).sum() - (
+        (plain.tables["items"].column("popularity").to_numpy() == 0).sum()))
+    assert data.items.loc[data.popularity == 0, "title"].str.contains("item").all()  # metadata kept
+    seqs = np.concatenate(data.sequences["items"].tolist())
+    interacted = set(plain.tables["items"].column("item").to_pylist())
+    assert set(data.items["item"].to_numpy()[seqs]) == interacted  # cold items are never in a sequence
+
+
 def test_fingerprint_deterministic_and_verified(tmp_path):
     args = ["data", "prepare", "--dataset", "synthetic", "--synthetic-users", "40", "--synthetic-items", "60",
             "--k-core", "2"]

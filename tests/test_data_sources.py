@@ -207,6 +207,39 @@ def test_synthetic_is_seeded_and_power_law():
     assert len(a.items) == 100 and all(len(c) >= 1 for c in a.items["categories"])
 
 
+def test_synthetic_by_category_draws_follow_the_item_weights():
+    from rlhf_ray.data.synthetic import _ByCategory
+
+    rng = np.random.default_rng(0)
+    n_items, n_cat = 200, 5
+    cat = rng.integers(n_cat, size=n_items)
+    w = 1.0 / (1.0 + rng.permutation(n_items))
+    affinity = np.array([0.6, 0.05, 0.2, 0.1, 0.05]) + 0.05
+    draws = _ByCategory(cat, w, n_cat).draw(rng, affinity, 300_000)
+    p = w * affinity[cat] / (w * affinity[cat]).sum()  # what the dense Gumbel draw uses
+    freq = np.bincount(draws, minlength=n_items) / len(draws)
+    assert np.abs(freq - p).max() < 4e-3
+
+
+def test_synthetic_large_catalogue_memory_is_linear():
+    """500 users over 100k items: nothing users x items (400 MB as float64) or items x items is built."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        raw = generate(500, 100_000, 20, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 150e6, peak
+    inter = raw.interactions
+    assert len(raw.items) == 100_000 and inter["item"].astype(int).between(1, 100_000).all()
+    assert not inter.duplicated(["user", "item"]).any()
+    counts = np.sort(inter["item"].value_counts().to_numpy())[::-1]
+    assert counts[:1000].sum() > 0.3 * counts.sum()  # the Zipf head: 1% of items, far over 1% of rows
+    pd.testing.assert_frame_equal(inter, generate(500, 100_000, 20, seed=0).interactions)
+
+
 def test_dataset_registry_matches_config_help():
     help_text = DataConfig.__dataclass_fields__["dataset"].metadata["help"]
     for name in DATASETS:

@@ -145,6 +145,19 @@ def test_co_occurrence_neighbours():
     assert cooc.nearest(0, np.zeros(5, dtype=bool)) is None
 
 
+def test_co_occurrence_nearest_matches_the_dense_scores_and_its_cache_is_bounded():
+    rng = np.random.default_rng(0)
+    n_items = 60
+    users = [rng.choice(n_items, size=int(rng.integers(2, 12)), replace=False) for _ in range(40)]
+    cooc = CoOccurrence(users, n_items, cache_rows=3)
+    for i in range(n_items):
+        allowed = rng.random(n_items) < 0.3
+        dense = cooc.row(i) + 1e-9 * cooc.count / max(1, cooc.count.max())  # the similarity + popularity tie-break
+        want = int(np.argmax(np.where(allowed, dense, -1.0))) if allowed.any() else None
+        assert cooc.nearest(i, allowed) == want
+        assert len(cooc._rows) <= 3
+
+
 def test_same_seed_same_pairs_and_file_round_trip(prepared, pairs, tmp_path):
     cfg = PairsConfig(**CFG)
     assert pairs_digest(build_pairs(prepared, cfg)) == pairs_digest(pairs)

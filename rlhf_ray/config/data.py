@@ -24,10 +24,15 @@ class DataConfig(Config):
     tail_fraction: float = field(default=0.2, metadata=doc(
         "fraction of least-frequent training items called tail", gt=0.0, lt=1.0))
     max_history: int = field(default=50, metadata=doc("keep at most this many most recent history items", ge=1))
+    keep_cold_items: bool = field(default=False, metadata=doc(
+        "keep every item of the raw catalogue (item metadata), also those with no interaction left after "
+        "k-core: popularity 0, never a target, still ranked, decoded and served"))
     seed: int = field(default=0, metadata=doc("seed for the synthetic generator and any sampling"))
     synthetic_users: int = field(default=200, metadata=doc("synthetic generator: number of users", ge=2))
     synthetic_items: int = field(default=300, metadata=doc("synthetic generator: number of items", ge=10))
-    synthetic_interactions: int = field(default=20, metadata=doc("synthetic generator: mean interactions per user"))
+    synthetic_interactions: int = field(default=20, metadata=doc(
+        "synthetic generator: mean interactions per user (not the total: about users x this rows; "
+        "a mean >= synthetic_items means every user rates every item)", ge=1))
     columns: list[str] = field(default_factory=list, metadata=doc(
         "csv/parquet: column renames NAME=COLUMN for NAME in user,item,rating,timestamp,title,category "
         "(e.g. user=userId,item=movieId)"))

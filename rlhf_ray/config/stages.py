@@ -35,6 +35,13 @@ class SFTConfig(PromptConfig):
     page_cuts: int = field(default=4, metadata=doc("ranked-page examples per user (cut points in the history)", ge=0))
     rank_weight: float = field(default=1.0, metadata=doc("weight of L_rank on page tokens"))
     next_weight: float = field(default=1.0, metadata=doc("weight of next-item loss on history prefixes"))
+    sampled_softmax: int = field(default=0, metadata=doc(
+        "training losses over sampled items: 0 = full softmax over the catalogue; N > 0 = each target "
+        "is scored against N negatives drawn with replacement once per step for the whole batch, with "
+        "a log-Q correction (both losses; seen and earlier page items still excluded). Validation and "
+        "evaluation always rank the full catalogue", ge=0))
+    sampled_softmax_sampler: typing.Literal["popularity", "uniform"] = field(default="popularity", metadata=doc(
+        "q of the sampled negatives: popularity (training interactions + 1) | uniform"))
 
     def validate(self) -> None:
         require(self.rank_weight + self.next_weight > 0, "rank_weight", "at least one loss weight must be > 0")

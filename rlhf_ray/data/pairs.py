@@ -48,7 +48,7 @@ import hashlib
 import json
 import math
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -72,10 +72,12 @@ class CoOccurrence:
     """Item similarity from training co-occurrence (item vector = its set of training users).
 
     sim(i, j) = n_ij / sqrt(n_i n_j),  n_ij = users with both i and j in their training part.
-    A row is one ``bincount`` over the sequences of i's users, computed on demand and cached.
+    A row is kept sparse (the items that co-occur with i, and their similarities), computed on
+    demand from the sequences of i's users and cached for the ``cache_rows`` most recently used
+    items, so memory grows with the histories, never with items x items.
     """
 
-    def __init__(self, user_items: Sequence[np.ndarray], n_items: int):
+    def __init__(self, user_items: Sequence[np.ndarray], n_items: int, cache_rows: int = 4096):
         self.user_items = [np.asarray(x, dtype=np.int64) for x in user_items]
         self.n_items = n_items
         flat = np.concatenate(self.user_items) if self.user_items else np.zeros(0, np.int64)
@@ -83,23 +85,43 @@ class CoOccurrence:
         order = np.argsort(flat, kind="stable")
         self.count = np.bincount(flat, minlength=n_items)  # (n_items,) n_i
         self.item_users = np.split(owner[order], np.cumsum(self.count)[:-1])  # item -> its users
-        self._rows: dict[int, np.ndarray] = {}
+        self.cache_rows = cache_rows
+        self._rows: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def neighbours(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items j with n_ij > 0 in increasing order, their similarity to i)."""
+        if i in self._rows:
+            self._rows.move_to_end(i)
+            return self._rows[i]
+        users = self.item_users[i]
+        both = np.concatenate([self.user_items[u] for u in users]) if len(users) else np.zeros(0, np.int64)
+        items, co = np.unique(both, return_counts=True)  # n_ij > 0 only
+        sim = co.astype(np.float64) / np.sqrt(max(self.count[i], 1) * np.maximum(self.count[items], 1))
+        self._rows[i] = (items, sim)
+        if len(self._rows) > self.cache_rows:
+            self._rows.popitem(last=False)
+        return items, sim
 
     def row(self, i: int) -> np.ndarray:
         """(n_items,) cosine similarity of item i to every item (0 without co-occurrence)."""
-        if i not in self._rows:
-            users = self.item_users[i]
-            both = np.concatenate([self.user_items[u] for u in users]) if len(users) else np.zeros(0, np.int64)
-            co = np.bincount(both, minlength=self.n_items).astype(np.float64)  # (n_items,) n_ij
-            self._rows[i] = co / np.sqrt(max(self.count[i], 1) * np.maximum(self.count, 1))
-        return self._rows[i]
+        items, sim = self.neighbours(i)
+        out = np.zeros(self.n_items, dtype=np.float64)
+        out[items] = sim
+        return out
 
     def nearest(self, i: int, allowed: np.ndarray) -> int | None:
-        """The most similar item among ``allowed`` (n_items,) bool; ties -> more popular, then lower id."""
+        """The most similar item among ``allowed`` (n_items,) bool; ties -> more popular, then lower id.
+
+        Any co-occurring item (sim >= 1 / n_users) beats every other one, which ties at sim 0
+        and so falls to the most popular allowed item; only the co-occurring ones are scored."""
         if not allowed.any():
             return None
-        score = self.row(i) + 1e-9 * self.count / max(1, self.count.max())
-        return int(np.argmax(np.where(allowed, score, -1.0)))
+        items, sim = self.neighbours(i)
+        ok = allowed[items]
+        if ok.any():
+            cand = items[ok]
+            return int(cand[np.argmax(sim[ok] + 1e-9 * self.count[cand] / max(1, self.count.max()))])
+        return int(np.argmax(np.where(allowed, self.count, -1)))
 
 
 class Catalogue:

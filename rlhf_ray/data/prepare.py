@@ -11,7 +11,8 @@ Steps, in order (each reported in ``stats.json``):
    * ``temporal``: by position, 80/10/10 (n_test = n_valid = max(1, round(n/10)),
      end = n); users with < 3 interactions are dropped;
 5. ids -> indices: user_idx / item_idx by sorted original id (numerically when every
-   id is an integer), over the users and items that remain;
+   id is an integer), over the users and items that remain (``keep_cold_items``: the items
+   of the raw catalogue too, so items without interactions stay rankable, popularity 0);
 6. popularity = training interactions (items[:valid_start]); tail = the first
    ceil(tail_fraction * n_items) items ordered by (popularity, item_idx);
 7. write Parquet + ``stats.json`` into ``DIR.tmp-<pid>``, then rename onto DIR.
@@ -136,7 +137,8 @@ def build(raw: RawData, cfg: DataConfig, log: Callable[[str], None] = print) -> 
     per_user = np.diff(offsets)[keep]  # (U,) interactions per kept user
     offsets = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
     user_idx = np.repeat(np.arange(len(user_ids), dtype=np.int64), per_user)  # (N,)
-    item_ids = sorted_ids(df["item"].to_numpy())
+    kept = df["item"].to_numpy()
+    item_ids = sorted_ids(np.concatenate([kept, raw.items["item"].to_numpy()]) if cfg.keep_cold_items else kept)
     item_idx = pd.Index(item_ids).get_indexer(df["item"].to_numpy()).astype(np.int64)  # (N,)
     positive = df["rating"].to_numpy() > cfg.positive_threshold
     pos = np.arange(len(df)) - offsets[user_idx]  # (N,) position within the user's sequence
@@ -163,6 +165,8 @@ def build(raw: RawData, cfg: DataConfig, log: Callable[[str], None] = print) -> 
             "interactions": len(df),
             "positives": int(positive.sum()),
             "density": round(len(df) / (len(user_ids) * len(item_ids)), 6),
+            **({"cold_items": int((np.bincount(item_idx, minlength=len(item_ids)) == 0).sum())}
+               if cfg.keep_cold_items else {}),
         },
         "split": {
             "method": cfg.split,
@@ -286,7 +290,8 @@ def summary(stats: dict) -> str:
         f"{k}-core: {core['users']} users, {core['items']} items, {core['interactions']} ratings",
         f"{split['method']} split: {stats['users_dropped_by_split']} users dropped",
         f"prepared: {prep['users']} users, {prep['items']} items, {prep['interactions']} interactions, "
-        f"{prep['positives']} positives, density {prep['density']:.4f}",
+        f"{prep['positives']} positives, density {prep['density']:.4f}"
+        + (f", {prep['cold_items']} items without interactions kept" if "cold_items" in prep else ""),
         f"train interactions {split['train_interactions']}; valid: {split['valid_users']} users / "
         f"{split['valid_targets']} targets; test: {split['test_users']} users / {split['test_targets']} targets",
         f"head/tail items: {ht['head_items']}/{ht['tail_items']} (tail_fraction {ht['tail_fraction']}); "

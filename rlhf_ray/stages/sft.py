@@ -8,6 +8,12 @@ sequential recommenders train on, so every interaction teaches the model):
   the golden page at a cut point t is the user's next K positive training items.
 * L_next: next-item cross-entropy over the item vocabulary at every position of a
   history window ``<bos> <hist> i_1 .. i_L``.
+
+Both are softmaxes over the whole catalogue. With ``sampled_softmax: N`` they become
+sampled softmaxes (:func:`rlhf_ray.losses.sampled_item_nll`): each step draws N negatives
+for the whole batch (``popularity`` or ``uniform`` q, :func:`rlhf_ray.sampling.shared_negatives`),
+and a target is scored against them with a log-Q correction, so the output projection
+costs N + (targets) rows instead of n_items per position. Validation ranks the full catalogue.
 """
 from __future__ import annotations
 
@@ -21,9 +27,12 @@ from torch import nn
 
 from rlhf_ray.config import SFTConfig
 from rlhf_ray.evaluation import pad_lists
-from rlhf_ray.generation import build_prompts, page_logprobs
-from rlhf_ray.losses import token_nll
-from rlhf_ray.seeding import py_random, rng, shard
+from rlhf_ray.config import ConfigError
+from rlhf_ray.generation import build_prompts, page_logprobs, page_states
+from rlhf_ray.losses import sampled_item_nll, token_nll
+from rlhf_ray.model import backbone_hidden, item_output
+from rlhf_ray.sampling import shared_negatives
+from rlhf_ray.seeding import py_random, rng, seed, shard
 from rlhf_ray.stages.common import exporter, ranking_validator, run_stage
 from rlhf_ray.stages.loop import StageSpec
 from rlhf_ray.tokens import Vocab
@@ -104,27 +113,87 @@ class SFTModule(nn.Module):
         self.vocab = vocab
         self.rank_weight = cfg.rank_weight
         self.next_weight = cfg.next_weight
+        if cfg.sampled_softmax:
+            check_item_output(lm, vocab)
 
     def forward(self, batch: dict):
         v = self.vocab
         dev = next(self.parameters()).device
         loss = torch.zeros((), device=dev)
         stats = {}
+        neg = batch.get("negatives")
+        if neg is not None:
+            neg = {k: t.to(dev) for k, t in neg.items()}
         if "windows" in batch and self.next_weight > 0:
             w = batch["windows"]
             ids, mask, labels = w["ids"].to(dev), w["mask"].to(dev), w["labels"].to(dev)
-            logits = self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            item_logits = logits[..., v.item_offset: v.item_offset + v.n_items]  # (B, T, n_items)
-            l_next, s = token_nll(item_logits, labels)
+            if neg is None:
+                logits = self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                item_logits = logits[..., v.item_offset: v.item_offset + v.n_items]  # (B, T, n_items)
+                l_next, s = token_nll(item_logits, labels)
+            else:
+                sel = labels != IGNORE
+                hidden = backbone_hidden(self.lm, ids, mask)[sel]  # (P, H): positions with a next item
+                targets = labels[sel]  # (P,)
+                keep = neg["items"][None, :] != targets[:, None]  # (P, S) accidental hits dropped
+                nll = self._sampled_nll(hidden, targets, neg, keep)
+                l_next = nll.sum() / sel.sum().clamp(min=1)
             loss = loss + self.next_weight * l_next
             stats["l_next"] = float(l_next.detach())
         if "pages" in batch and self.rank_weight > 0:
             p = batch["pages"]
-            res = page_logprobs(self.lm, v, p["prompts"], p["pages"])
-            l_rank = -(res["logprobs"].sum() / res["mask"].sum().clamp(min=1))
+            if neg is None:
+                res = page_logprobs(self.lm, v, p["prompts"], p["pages"])
+                l_rank = -(res["logprobs"].sum() / res["mask"].sum().clamp(min=1))
+            else:
+                hidden, pages, blocked = page_states(self.lm, v, p["prompts"], p["pages"])
+                slot = pages >= 0  # (B, K)
+                items = neg["items"]
+                same = (pages[:, :, None] == items[None, None, :]).long()  # (B, K, S)
+                before = (same.cumsum(dim=1) - same) > 0  # negative already on the page before slot k
+                keep = ~(blocked[:, items][:, None, :] | before | same.bool())  # the restricted distribution
+                nll = self._sampled_nll(hidden[slot], pages[slot], neg, keep[slot])
+                l_rank = nll.sum() / slot.sum().clamp(min=1)
             loss = loss + self.rank_weight * l_rank
             stats["l_rank"] = float(l_rank.detach())
         return loss, stats
+
+    def _sampled_nll(self, hidden: torch.Tensor, targets: torch.Tensor, neg: dict, keep: torch.Tensor):
+        """(P,) sampled-softmax NLL of ``targets`` from ``hidden`` (P, H) against ``neg``."""
+        weight, bias = item_output(self.lm, self.vocab)
+        pos = (hidden * weight[targets]).sum(-1)  # (P,)
+        negs = hidden @ weight[neg["items"]].T  # (P, S)
+        if bias is not None:
+            pos, negs = pos + bias[targets], negs + bias[neg["items"]]
+        return sampled_item_nll(pos, negs, neg["log_correction"], keep)
+
+
+@torch.no_grad()
+def check_item_output(lm: nn.Module, vocab: Vocab) -> None:
+    """Sampled softmax scores items as hidden @ W_items.T (+ b): refuse a model whose own logits
+    differ from that (a logit transform after the projection, an adapter on the head)."""
+    was = lm.training
+    lm.eval()
+    try:
+        ids = torch.tensor([[vocab.bos, vocab.hist]], device=next(lm.parameters()).device)
+        mask = torch.ones_like(ids)
+        full = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits[0, -1]
+        full = full[vocab.item_offset: vocab.item_offset + vocab.n_items].float()
+        weight, bias = item_output(lm, vocab)
+        mine = backbone_hidden(lm, ids, mask)[0, -1] @ weight.T + (0 if bias is None else bias)
+    finally:
+        lm.train(was)
+    if not torch.allclose(full, mine.float(), rtol=1e-3, atol=1e-3):
+        raise ConfigError("sampled_softmax: this model's item logits are not its final hidden state times "
+                          "the output projection's item rows, so sampled items cannot be scored alone; "
+                          "set sampled_softmax: 0")
+
+
+def sampler_weights(cfg: SFTConfig, prepared) -> torch.Tensor | None:
+    """q of the sampled negatives: training popularity + 1 (every item > 0), or None = uniform."""
+    if cfg.sampled_softmax_sampler == "uniform":
+        return None
+    return torch.as_tensor(np.asarray(prepared.popularity, dtype=np.float64) + 1.0)
 
 
 def build_spec(cfg: SFTConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path, parent=None,
@@ -132,19 +201,22 @@ def build_spec(cfg: SFTConfig, prepared, lm, tokenizer, vocab, catalog, out_dir:
     seqs = training_sequences(prepared)
     windows = next_item_windows(seqs, cfg.max_history, cfg.window_stride)
     module = SFTModule(lm, vocab, cfg)
-    bs, seed = cfg.train.batch_size, cfg.train.seed
+    bs, base = cfg.train.batch_size, cfg.train.seed
 
     def steps(world: int) -> int:
         return max(1, len(windows) // bs) if cfg.next_weight > 0 else max(1, len(pages_for(0)) // bs)
 
     def pages_for(epoch: int):
         return golden_pages(seqs, cfg.page_size, cfg.page_cuts, prepared.positive_threshold,
-                            py_random(seed, "page_cuts", epoch))
+                            py_random(base, "page_cuts", epoch))
+
+    q = sampler_weights(cfg, prepared) if cfg.sampled_softmax else None
 
     def batches(epoch: int, rank: int, world: int):
-        order = rng(seed, "windows", epoch).permutation(len(windows))
+        order = rng(base, "windows", epoch).permutation(len(windows))
         pages = pages_for(epoch)
-        p_order = rng(seed, "pages", epoch).permutation(len(pages))
+        p_order = rng(base, "pages", epoch).permutation(len(pages))
+        neg_gen = torch.Generator().manual_seed(seed(base, "negatives", epoch, rank))
         n_steps = steps(world)
         per_w = bs // world
         per_p = max(1, -(-len(pages) // n_steps) // world) if pages else 0
@@ -155,6 +227,9 @@ def build_spec(cfg: SFTConfig, prepared, lm, tokenizer, vocab, catalog, out_dir:
             if cfg.rank_weight > 0 and pages:
                 chunk = [pages[j] for j in shard(p_order, i, per_p, rank, world)]
                 batch["pages"] = page_batch(chunk, vocab, cfg.max_history)
+            if cfg.sampled_softmax:
+                items, corr = shared_negatives(cfg.sampled_softmax, vocab.n_items, q, neg_gen)
+                batch["negatives"] = {"items": items, "log_correction": corr}
             yield batch
 
     validate = ranking_validator(prepared, vocab, cfg, cfg.train.eval_users)
