@@ -329,8 +329,8 @@ def _fmt(x, spec: str) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = ["| items | prepare s | prepare peak GB | init s | page ms | eval ms/user | infer peak GB | "
-             "SFT step s (full) | SFT peak GB (full) | SFT step s (sampled) | SFT peak GB (sampled) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "SFT step s (full) | SFT peak GB (full) | SFT step s (sampled) | SFT peak GB (sampled) | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(ph: dict | None, key: str, spec: str) -> str:
         if ph is None:
@@ -345,8 +345,14 @@ def table(rows: list[dict]) -> str:
                      f"{cell(inf, 'init_s', '.2f')} | {cell(inf, 'page_ms', '.2f')} | "
                      f"{cell(inf, 'eval_ms_per_user', '.1f')} | {cell(inf, 'child_peak_rss_gb', '.2f')} | "
                      f"{cell(full, 'step_s', '.3f')} | {cell(full, 'child_peak_rss_gb', '.2f')} | "
-                     f"{cell(samp, 'step_s', '.3f')} | {cell(samp, 'child_peak_rss_gb', '.2f')} |")
+                     f"{cell(samp, 'step_s', '.3f')} | {cell(samp, 'child_peak_rss_gb', '.2f')} | {load_range(r)} |")
+    lines.append("\nload: the 1-minute load average when this size's phases started (min-max; 2 cores, shared).")
     return "\n".join(lines)
+
+
+def load_range(row: dict) -> str:
+    loads = [row[k]["load_at_start"][0] for k in PHASES if row.get(k) and row[k].get("load_at_start")]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "n/a"
 
 
 def failures(rows: list[dict]) -> list[str]:
@@ -355,7 +361,9 @@ def failures(rows: list[dict]) -> list[str]:
         for k in PHASES:
             ph = r.get(k)
             if ph is not None and not ph.get("ok"):
-                out.append(f"{r['items']:,} items, {k}: {ph.get('error')} (at: {ph.get('where')}; "
+                inner = " -> ".join(ph.get("frames") or [])
+                out.append(f"{r['items']:,} items, {k}: {ph.get('error')} (at: {ph.get('where')}"
+                           + (f", in {inner}" if inner else "") + "; "
                            f"limit {ph.get('memory_limit_gb')} GB address space, peak RSS {ph.get('child_peak_rss_gb')} GB)")
     return out
 
