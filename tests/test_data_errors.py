@@ -124,6 +124,11 @@ def case_bad_config_value(tmp):
     return ["--dataset", "synthetic", "--tail-fraction", "2"], ["tail_fraction", "(0, 1)"]
 
 
+def case_synthetic_interactions_is_per_user(tmp):
+    return (["--dataset", "synthetic", "--synthetic-items", "1000", "--synthetic-interactions", "100000"],
+            ["synthetic_interactions", "mean number per user", "200,000 rows", "T / synthetic_users"])
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 

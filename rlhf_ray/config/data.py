@@ -38,5 +38,11 @@ class DataConfig(Config):
         "(e.g. user=userId,item=movieId)"))
 
     def validate(self) -> None:
+        if self.dataset == "synthetic":
+            require(self.synthetic_interactions < self.synthetic_items, "synthetic_interactions",
+                    f"is the mean number per user; {self.synthetic_interactions} >= synthetic_items="
+                    f"{self.synthetic_items} would have every user rate every item "
+                    f"({self.synthetic_users * self.synthetic_items:,} rows). For about T interactions in "
+                    f"total use T / synthetic_users")
         for pair in self.columns:
             require("=" in pair, "columns", f"expected NAME=COLUMN, got {pair!r}")
