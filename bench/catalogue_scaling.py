@@ -387,18 +387,26 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         pts = [(r["items"], r[phase]["child_peak_rss_gb"]) for r in rows if r.get(phase) and r[phase].get("ok")]
         if pts:
             ax_m.plot(*zip(*pts), marker="o", label=label)
-        bad = [(r["items"], r[phase]["child_peak_rss_gb"]) for r in rows if r.get(phase) and not r[phase].get("ok")]
-        if bad:
-            ax_m.scatter(*zip(*bad), marker="x", s=80, color="red", zorder=5)
-    from matplotlib.ticker import FuncFormatter
+        bad = [(r["items"], r[phase]["memory_limit_gb"]) for r in rows if r.get(phase) and not r[phase].get("ok")]
+        if bad:  # drawn at the limit it could not stay under
+            ax_m.scatter(*zip(*bad), marker="x", s=90, color="black", zorder=5)
+            ax_m.annotate(f"{label}: out of memory", bad[0], textcoords="offset points", xytext=(-8, -14),
+                          ha="right", fontsize=7)
+    limits = {ph["memory_limit_gb"] for r in rows for k in PHASES if (ph := r.get(k)) and ph.get("memory_limit_gb")}
+    for lim in limits:
+        ax_m.axhline(lim, color="grey", ls="--", lw=1)
+        ax_m.text(rows[0]["items"], lim, " address-space limit per phase", fontsize=7, va="bottom", color="grey")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     xs = [r["items"] for r in rows]
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
     for ax, ylab in ((ax_t, "time (log)"), (ax_m, "peak RSS, GB (log); x = ran out")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_major_formatter(plain)
         ax.yaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("catalogue items")
         ax.set_ylabel(ylab)
         ax.grid(True, which="both", alpha=0.3)
@@ -412,6 +420,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
+
+
+def _title(users: int, interactions: int, load: list, threads: int) -> str:
+    return (f"{users} users, ~{interactions:,} interactions; load avg at start {load}; {threads} torch thread(s); "
+            f"each phase its own process")
 
 
 def main(argv=None) -> int:
@@ -433,12 +446,20 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None, help="plot (default docs/img/catalogue_scaling.png)")
     ap.add_argument("--smoke-test", dest="smoke", action="store_true",
                     help="tiny sizes, users and model, 1 step: checks the plumbing (results to the smoke dir)")
+    ap.add_argument("--replot", metavar="JSON", help="only draw the plot of an existing result file")
     ap.add_argument("--child", choices=PHASES, help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     bench_env()
     if args.child:
         return child_main(args)
+    if args.replot:
+        doc = json.loads(Path(args.replot).read_text())
+        png = Path(args.plot) if args.plot else ROOT / "docs" / "img" / "catalogue_scaling.png"
+        plot(doc["rows"], png, _title(doc["users"], doc["interactions_target"],
+                                      doc["provenance"]["load_before"], doc["settings"]["threads"]))
+        print(f"-> {png}")
+        return 0
     if args.smoke:
         args.users, args.interactions, args.steps, args.sampled = 40, 800, 1, 16
         args.gen_batch, args.eval_users, args.repeats, args.sampled_from = 4, 8, 1, 0
@@ -487,8 +508,7 @@ def main(argv=None) -> int:
     path = run.write(out.stem, result, results_dir=out.parent)
     png = Path(args.plot) if args.plot else (results_dir(True) / "catalogue_scaling.png" if args.smoke
                                             else ROOT / "docs" / "img" / "catalogue_scaling.png")
-    plot(rows, png, f"{args.users} users, ~{args.interactions:,} interactions; load avg at start {run.load_before}; "
-                    f"{args.threads} torch thread(s)")
+    plot(rows, png, _title(args.users, args.interactions, run.load_before, args.threads))
     print(md)
     for f in fails:
         print("  " + f)
