@@ -95,3 +95,10 @@ def test_sft_stage_trains_with_sampled_softmax_and_validates_on_the_full_catalog
 def test_shared_negatives_rejects_zero_weights():
     with pytest.raises(ValueError, match="> 0"):
         shared_negatives(4, 3, torch.tensor([1.0, 0.0, 2.0]))
+
+
+def test_sampled_softmax_is_refused_with_zero_3():
+    from rlhf_ray.config import ConfigError, SFTConfig
+
+    with pytest.raises(ConfigError, match="sampled_softmax.*ZeRO-3"):
+        SFTConfig.from_dict({"sampled_softmax": 64, "train": {"zero_stage": 3}})

@@ -45,6 +45,9 @@ class SFTConfig(PromptConfig):
 
     def validate(self) -> None:
         require(self.rank_weight + self.next_weight > 0, "rank_weight", "at least one loss weight must be > 0")
+        require(not (self.sampled_softmax and self.train.zero_stage == 3), "sampled_softmax",
+                "reads the output projection's item rows directly, which ZeRO-3 partitions; "
+                "use train.zero_stage 0-2 or sampled_softmax 0")
 
 
 LPOLoss = typing.Literal["lpo", "lpo_sigmoid", "dpo", "sdpo"]
