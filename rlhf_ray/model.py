@@ -8,6 +8,7 @@ are separate ``nn.Module``s so the backbone stays loadable by transformers alone
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rlhf_ray.config import ModelConfig
@@ -112,17 +113,20 @@ def backbone_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     return out.last_hidden_state
 
 
-def item_output(model: nn.Module, vocab: Vocab) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The output projection's item rows ``(n_items, H)`` and bias ``(n_items,)`` (None without one):
-    item logits are ``hidden @ W.T + b`` for the models built here (GPT-2, tied embeddings), so a
-    subset of items can be scored without the whole-vocabulary projection (sampled softmax)."""
+def item_rows(model: nn.Module, vocab: Vocab, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output projection's rows ``(n, H)`` and bias ``(n,)`` (None without one) of ``items`` (n,):
+    item logits are ``hidden @ rows.T + bias`` for the models built here (GPT-2, tied embeddings), so
+    a few items can be scored without the whole-vocabulary projection (sampled softmax).
+
+    One gather from the whole weight: its gradient is one dense (V, H) buffer however many
+    items are read, so callers gather every row a step needs at once."""
     m = unwrap(model)
     if hasattr(m, "get_base_model"):  # peft
         m = m.get_base_model()
     head = m.get_output_embeddings()
-    rows = slice(vocab.item_offset, vocab.item_offset + vocab.n_items)
+    tokens = items + vocab.item_offset
     bias = getattr(head, "bias", None)
-    return head.weight[rows], None if bias is None else bias[rows]
+    return F.embedding(tokens, head.weight), None if bias is None else bias[tokens]
 
 
 class ScalarHead(nn.Module):

@@ -30,7 +30,7 @@ from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.config import ConfigError
 from rlhf_ray.generation import build_prompts, page_logprobs, page_states
 from rlhf_ray.losses import sampled_item_nll, token_nll
-from rlhf_ray.model import backbone_hidden, item_output
+from rlhf_ray.model import backbone_hidden, item_rows
 from rlhf_ray.sampling import shared_negatives
 from rlhf_ray.seeding import py_random, rng, seed, shard
 from rlhf_ray.stages.common import exporter, ranking_validator, run_stage
@@ -114,63 +114,76 @@ class SFTModule(nn.Module):
         self.rank_weight = cfg.rank_weight
         self.next_weight = cfg.next_weight
         if cfg.sampled_softmax:
-            check_item_output(lm, vocab)
+            check_item_rows(lm, vocab)
 
     def forward(self, batch: dict):
-        v = self.vocab
         dev = next(self.parameters()).device
+        if batch.get("negatives") is not None:
+            return self._sampled(batch, dev)
+        v = self.vocab
         loss = torch.zeros((), device=dev)
         stats = {}
-        neg = batch.get("negatives")
-        if neg is not None:
-            neg = {k: t.to(dev) for k, t in neg.items()}
         if "windows" in batch and self.next_weight > 0:
             w = batch["windows"]
             ids, mask, labels = w["ids"].to(dev), w["mask"].to(dev), w["labels"].to(dev)
-            if neg is None:
-                logits = self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                item_logits = logits[..., v.item_offset: v.item_offset + v.n_items]  # (B, T, n_items)
-                l_next, s = token_nll(item_logits, labels)
-            else:
-                sel = labels != IGNORE
-                hidden = backbone_hidden(self.lm, ids, mask)[sel]  # (P, H): positions with a next item
-                targets = labels[sel]  # (P,)
-                keep = neg["items"][None, :] != targets[:, None]  # (P, S) accidental hits dropped
-                nll = self._sampled_nll(hidden, targets, neg, keep)
-                l_next = nll.sum() / sel.sum().clamp(min=1)
+            logits = self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            item_logits = logits[..., v.item_offset: v.item_offset + v.n_items]  # (B, T, n_items)
+            l_next, s = token_nll(item_logits, labels)
             loss = loss + self.next_weight * l_next
             stats["l_next"] = float(l_next.detach())
         if "pages" in batch and self.rank_weight > 0:
             p = batch["pages"]
-            if neg is None:
-                res = page_logprobs(self.lm, v, p["prompts"], p["pages"])
-                l_rank = -(res["logprobs"].sum() / res["mask"].sum().clamp(min=1))
-            else:
-                hidden, pages, blocked = page_states(self.lm, v, p["prompts"], p["pages"])
-                slot = pages >= 0  # (B, K)
-                items = neg["items"]
-                same = (pages[:, :, None] == items[None, None, :]).long()  # (B, K, S)
-                before = (same.cumsum(dim=1) - same) > 0  # negative already on the page before slot k
-                keep = ~(blocked[:, items][:, None, :] | before | same.bool())  # the restricted distribution
-                nll = self._sampled_nll(hidden[slot], pages[slot], neg, keep[slot])
-                l_rank = nll.sum() / slot.sum().clamp(min=1)
+            res = page_logprobs(self.lm, v, p["prompts"], p["pages"])
+            l_rank = -(res["logprobs"].sum() / res["mask"].sum().clamp(min=1))
             loss = loss + self.rank_weight * l_rank
             stats["l_rank"] = float(l_rank.detach())
         return loss, stats
 
-    def _sampled_nll(self, hidden: torch.Tensor, targets: torch.Tensor, neg: dict, keep: torch.Tensor):
-        """(P,) sampled-softmax NLL of ``targets`` from ``hidden`` (P, H) against ``neg``."""
-        weight, bias = item_output(self.lm, self.vocab)
-        pos = (hidden * weight[targets]).sum(-1)  # (P,)
-        negs = hidden @ weight[neg["items"]].T  # (P, S)
-        if bias is not None:
-            pos, negs = pos + bias[targets], negs + bias[neg["items"]]
-        return sampled_item_nll(pos, negs, neg["log_correction"], keep)
+    def _sampled(self, batch: dict, dev: torch.device):
+        """Both losses as sampled softmaxes against ``batch["negatives"]`` (see the module docstring).
+
+        The item rows of the negatives and of every target are gathered in one call
+        (:func:`rlhf_ray.model.item_rows`), so the step pays one dense gradient buffer of the
+        output projection, not one per gather."""
+        neg = {k: t.to(dev) for k, t in batch["negatives"].items()}
+        items = neg["items"]  # (S,)
+        terms = []  # (stat name, weight, hidden (P, H), targets (P,), keep (P, S), count)
+        if "windows" in batch and self.next_weight > 0:
+            w = batch["windows"]
+            ids, mask, labels = w["ids"].to(dev), w["mask"].to(dev), w["labels"].to(dev)
+            sel = labels != IGNORE
+            targets = labels[sel]  # (P,) positions with a next item
+            keep = items[None, :] != targets[:, None]  # (P, S) accidental hits dropped
+            terms.append(("l_next", self.next_weight, backbone_hidden(self.lm, ids, mask)[sel], targets, keep,
+                          sel.sum()))
+        if "pages" in batch and self.rank_weight > 0:
+            p = batch["pages"]
+            hidden, pages, blocked = page_states(self.lm, self.vocab, p["prompts"], p["pages"])
+            slot = pages >= 0  # (B, K)
+            same = (pages[:, :, None] == items[None, None, :]).long()  # (B, K, S)
+            before = (same.cumsum(dim=1) - same) > 0  # negative already on the page before slot k
+            keep = ~(blocked[:, items][:, None, :] | before | same.bool())  # the restricted distribution
+            terms.append(("l_rank", self.rank_weight, hidden[slot], pages[slot], keep[slot], slot.sum()))
+        rows, bias = item_rows(self.lm, self.vocab, torch.cat([items] + [t[3] for t in terms]))
+        S = at = len(items)
+        loss = torch.zeros((), device=dev)
+        stats = {}
+        for name, weight, hidden, targets, keep, count in terms:
+            tgt = slice(at, at + len(targets))
+            at += len(targets)
+            pos = (hidden * rows[tgt]).sum(-1)  # (P,)
+            negs = hidden @ rows[:S].T  # (P, S)
+            if bias is not None:
+                pos, negs = pos + bias[tgt], negs + bias[:S]
+            term = sampled_item_nll(pos, negs, neg["log_correction"], keep).sum() / count.clamp(min=1)
+            loss = loss + weight * term
+            stats[name] = float(term.detach())
+        return loss, stats
 
 
 @torch.no_grad()
-def check_item_output(lm: nn.Module, vocab: Vocab) -> None:
-    """Sampled softmax scores items as hidden @ W_items.T (+ b): refuse a model whose own logits
+def check_item_rows(lm: nn.Module, vocab: Vocab) -> None:
+    """Sampled softmax scores items as hidden @ rows.T (+ b): refuse a model whose own logits
     differ from that (a logit transform after the projection, an adapter on the head)."""
     was = lm.training
     lm.eval()
@@ -179,8 +192,8 @@ def check_item_output(lm: nn.Module, vocab: Vocab) -> None:
         mask = torch.ones_like(ids)
         full = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits[0, -1]
         full = full[vocab.item_offset: vocab.item_offset + vocab.n_items].float()
-        weight, bias = item_output(lm, vocab)
-        mine = backbone_hidden(lm, ids, mask)[0, -1] @ weight.T + (0 if bias is None else bias)
+        rows, bias = item_rows(lm, vocab, torch.arange(vocab.n_items, device=ids.device))
+        mine = backbone_hidden(lm, ids, mask)[0, -1] @ rows.T + (0 if bias is None else bias)
     finally:
         lm.train(was)
     if not torch.allclose(full, mine.float(), rtol=1e-3, atol=1e-3):
