@@ -363,8 +363,9 @@ def failures(rows: list[dict]) -> list[str]:
             if ph is not None and not ph.get("ok"):
                 inner = " -> ".join(ph.get("frames") or [])
                 out.append(f"{r['items']:,} items, {k}: {ph.get('error')} (at: {ph.get('where')}"
-                           + (f", in {inner}" if inner else "") + "; "
-                           f"limit {ph.get('memory_limit_gb')} GB address space, peak RSS {ph.get('child_peak_rss_gb')} GB)")
+                           + (f", in {inner}" if inner else "")
+                           + f"; limit {ph.get('memory_limit_gb')} GB address space, "
+                           f"peak RSS {ph.get('child_peak_rss_gb')} GB)")
     return out
 
 

@@ -37,9 +37,11 @@ from rlhf_ray.data.schema import RawData, items_frame
 CATEGORY_NAMES = ("Action", "Comedy", "Drama", "Documentary", "Horror", "Romance", "Sci-Fi",
                   "Thriller", "Animation", "Western", "Musical", "Mystery")
 
-# Dense Gumbel top-k is used while I <= this x n_u. Measured on the 2-core box: one dense draw costs
-# about 30 ns per catalogue item, one by-category round about 4 us per drawn item plus 60 us; the
-# two meet near I = 60-100 x n_u. (The small synthetic sets the tests use are all on the dense side.)
+# Dense Gumbel top-k is used while I <= this x n_u. Measured on the 2-core box (load ~5): a dense draw
+# costs about 50 ns per catalogue item, a by-category draw 45-100 us per user for n_u = 20-50 (mostly
+# per-call overhead), so they meet near I = 1000-2000 items; 64 x n_u puts the switch there for
+# n_u = 20-30, and every small synthetic set the tests use stays on the dense path (bit-identical
+# to the generator before the by-category draw existed).
 DENSE_ITEMS_PER_DRAW = 64
 _MAX_ROUNDS = 64  # by-category rounds before a user falls back to the dense draw (a very peaked mixture)
 
