@@ -79,6 +79,15 @@ class RewardConfig(PromptConfig):
         ge=0.0, le=1.0))
     page_weight: float = field(default=1.0, metadata=doc("weight of the page-head Bradley-Terry loss", ge=0))
     item_weight: float = field(default=1.0, metadata=doc("weight of the mean-item-reward Bradley-Terry loss", ge=0))
+    policy_pages: int = field(default=1, metadata=doc(
+        "on-policy hard negatives: pages the policy writes for each golden page's prompt (greedy, then "
+        "sampled), kept as rejected pages (family 'policy') when they miss positives the golden page holds; "
+        "0 = synthetic families only", ge=0, le=16))
+    policy_temperature: float = field(default=1.0, metadata=doc(
+        "sampling temperature of the on-policy pages after the first (greedy) one", gt=0))
+    policy_checkpoint: str | None = field(default=None, metadata=doc(
+        "policy checkpoint whose pages are the on-policy negatives (default: the checkpoint the reward "
+        "model starts from, i.e. SFT; give PPO's to refresh the reward for a later round)"))
     norm_pairs: int = field(default=1024, metadata=doc(
         "training pairs scored for the reward normalisation statistics (mean/std per head)", ge=1))
 
