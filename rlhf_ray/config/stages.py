@@ -72,6 +72,9 @@ class LPOConfig(PromptConfig):
         "items negatives are drawn from: all | head (LPO4Rec: push popular items below the positive) | tail"))
     reweight_strength: float = field(default=1.0, metadata=doc(
         "adaptive reweighting towards tail-target examples: w = B softmax(strength * 1[tail]) (0 = uniform)", ge=0))
+    reweight: typing.Literal["static", "adaptive"] = field(default="static", metadata=doc(
+        "static: w = B softmax(strength * 1[tail]) | adaptive (LPO4Rec): w = B softmax(strength * (1[tail] + z)), "
+        "z = the example's standardised (detached) loss in the batch, so hard examples weigh more too"))
     lpo_weight: float = field(default=1.0, metadata=doc("lambda: weight of the preference loss", ge=0))
     ce_weight: float = field(default=1.0, metadata=doc("weight of the positive's cross-entropy -log pi(pos)", ge=0))
     reference: bool = field(default=False, metadata=doc(

@@ -19,7 +19,9 @@ prefers, more uniformly as tau grows. The objective over a batch of B examples:
     L = (1/B) sum_b w_b (ce_weight * CE_b + lpo_weight * P_b)
     CE_b = -log pi_theta(p_b | h_b)
     P_b  = -log( exp(beta s+) / (exp(beta s+) + sum_j exp(beta s-_j)) )   (lpo)
-    w    = B softmax(strength * 1[p_b is a tail item])                     (mean 1)
+    w    = B softmax(strength * 1[p_b is a tail item])                     (mean 1; ``reweight: static``)
+    w    = B softmax(strength * (1[p_b is tail] + z_b))                    (``reweight: adaptive``: z_b the
+                                                                            standardised detached loss of row b)
 
 ``P_b`` is :func:`~rlhf_ray.losses.lpo_softmax`, ``lpo_sigmoid``, ``dpo`` (one
 negative) or ``sdpo`` by ``cfg.loss``; weights come from ``tail_reweight``.
@@ -158,9 +160,11 @@ class LPOModule(nn.Module):
             return popularity_negatives(self.popularity.to(dev).float(), exclude, n, pool, generator=gen)
         return in_batch_negatives(pos, n, exclude, candidate_mask=pool, generator=gen)
 
-    def weights(self, batch: dict) -> Tensor:
-        """(B,) example weights w = B softmax(strength * 1[tail target]): tail rows weigh more, mean 1."""
-        return tail_reweight(batch["tail"], self.cfg.reweight_strength)
+    def weights(self, batch: dict, losses: Tensor) -> Tensor:
+        """(B,) example weights, mean 1: w = B softmax(strength * 1[tail target]) (static), plus the
+        standardised per-example ``losses`` inside the softmax (adaptive): tail and hard rows weigh more."""
+        adaptive = losses if self.cfg.reweight == "adaptive" else None
+        return tail_reweight(batch["tail"].to(losses.device), self.cfg.reweight_strength, adaptive)
 
     def forward(self, batch: dict):
         cfg = self.cfg
@@ -178,8 +182,9 @@ class LPOModule(nn.Module):
         ref_pos, ref_neg = ref_logp.gather(1, pos[:, None]).squeeze(1), ref_logp.gather(1, neg)
         ce = -pi_pos  # (B,)
         pref = PREFERENCE_LOSSES[cfg.loss](pi_pos, pi_neg, ref_pos, ref_neg, cfg.beta)  # (B,)
-        w = self.weights(batch).to(dev)  # (B,), mean 1
-        loss = (w * (cfg.ce_weight * ce + cfg.lpo_weight * pref)).mean()
+        per_example = cfg.ce_weight * ce + cfg.lpo_weight * pref  # (B,)
+        w = self.weights(batch, per_example)  # (B,), mean 1, detached
+        loss = (w * per_example).mean()
         return loss, diagnostics(ce, pref, pi_pos - ref_pos, pi_neg - ref_neg, w, tail, self.is_tail[neg])
 
 
