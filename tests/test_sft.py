@@ -2,6 +2,7 @@
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from rlhf_ray.stages.common import init_policy, open_data
@@ -28,6 +29,27 @@ def test_golden_pages_are_future_positives_in_time_order():
     assert by_cut[2] == [12, 14]  # after [10, 11]: positives 12, 14, 15 -> first two
     assert by_cut[4] == [14, 15]
     assert 0 not in by_cut  # no cut before the first item (empty history)
+
+
+def test_ground_truth_pages_rank_by_rating_then_recency_and_spread_categories():
+    items = np.array([10, 11, 12, 13, 14, 15, 16])
+    ratings = np.array([5, 2, 4, 5, 5, 4.0, 5])
+    cats = np.zeros(20, dtype=np.int64)
+    cats[[13, 14]] = 1  # 13 and 14 share category 1, the rest category 0
+    pages = golden_pages([Sequence(items, ratings)], K=3, cuts=10, threshold=3.0, rng=random.Random(0),
+                         order="ground_truth", categories=cats, window=4, max_per_category=2)
+    by_cut = {len(h): p for h, p in pages}
+    # after [10, 11], window 12..15: rated 5 first (13, 14), then 4 in time order (12, 15)
+    assert by_cut[2] == [13, 14, 12]
+    # after [10, 11, 12], window 13..16: all three rated 5 are taken; category 1 holds 2 of them (cap 2)
+    assert by_cut[3] == [13, 14, 16]
+    capped = golden_pages([Sequence(items, ratings)], K=2, cuts=10, threshold=3.0, rng=random.Random(0),
+                          order="ground_truth", categories=cats, window=4, max_per_category=1)
+    # cap 1: 14 (the second of category 1) gives way to 16, also rated 5
+    assert {len(h): p for h, p in capped}[3] == [13, 16]
+    with pytest.raises(ValueError, match="categories"):
+        golden_pages([Sequence(items, ratings)], K=3, cuts=1, threshold=3.0, rng=random.Random(0),
+                     order="ground_truth")
 
 
 def test_window_batch_labels_are_next_items(synth_data):

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 from rlhf_ray.config.base import Config, doc, require
 
+#: the good page's defaults (rlhf_ray.data.pages), shared by the pair synthesis and SFT
+PAGE_WINDOW = 30
+PAGE_MAX_PER_CATEGORY = 3
+
 
 @dataclass
 class ModelConfig(Config):

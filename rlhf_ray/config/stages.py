@@ -5,7 +5,7 @@ import typing
 from dataclasses import dataclass, field
 
 from rlhf_ray.config.base import Config, doc, require
-from rlhf_ray.config.common import ModelConfig, PromptConfig, TrainConfig
+from rlhf_ray.config.common import PAGE_MAX_PER_CATEGORY, PAGE_WINDOW, ModelConfig, PromptConfig, TrainConfig
 
 
 @dataclass
@@ -33,6 +33,14 @@ class SFTConfig(PromptConfig):
     window_stride: int = field(default=10, metadata=doc(
         "next-item training slides a max_history window over each user's sequence with this stride", ge=1))
     page_cuts: int = field(default=4, metadata=doc("ranked-page examples per user (cut points in the history)", ge=0))
+    page_order: typing.Literal["time", "ground_truth"] = field(default="time", metadata=doc(
+        "page targets: time (the next K positives in time order) | ground_truth (rlhf_ray.data.pages: the "
+        "positives of the next page_window interactions by rating, then recency, at most max_per_category "
+        "per category; the reward model's chosen pages)"))
+    page_window: int = field(default=PAGE_WINDOW, metadata=doc(
+        "ground_truth pages draw from the positives among this many interactions after the cut (0 = all)", ge=0))
+    max_per_category: int = field(default=PAGE_MAX_PER_CATEGORY, metadata=doc(
+        "ground_truth pages: at most this many items of one category while other positives allow it", ge=1))
     rank_weight: float = field(default=1.0, metadata=doc("weight of L_rank on page tokens"))
     next_weight: float = field(default=1.0, metadata=doc("weight of next-item loss on history prefixes"))
 

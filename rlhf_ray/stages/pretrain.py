@@ -128,6 +128,7 @@ def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out
             yield batch
 
     valid = _valid_ratings(prepared, vocab, cfg.max_history)
+    baselines = rating_baselines(prepared)
 
     def validate(mod: nn.Module) -> dict:
         if not valid:
@@ -139,11 +140,32 @@ def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out
             h = backbone_hidden(mod.lm, b["ids"].to(dev), b["mask"].to(dev))
             pred = mod.heads["rating"](h[:, -1]).float().cpu()
             errs.append(((pred - b["target"]) * RATING_HALF) ** 2)
-        return {"val/rating_rmse": float(torch.cat(errs).mean().sqrt())}
+        return {"val/rating_rmse": float(torch.cat(errs).mean().sqrt()), **baselines}
 
     export = exporter(out_dir, stage="pretrain", lm=lm, tokenizer=tokenizer, vocab=vocab, catalog=catalog,
                       config=cfg, prepared=prepared, heads=heads)
     return StageSpec("pretrain", module, batches, steps, validate, export, key_metric="val/rating_rmse", mode="min")
+
+
+def rating_baselines(prepared) -> dict[str, float]:
+    """Validation RMSE of the predictors the rating head must beat, fitted on training ratings:
+    the global mean, and each item's mean (shrunk towards the global mean by 5 pseudo-ratings,
+    so a rarely rated item is not trusted blindly)."""
+    s = prepared.sequences
+    tr_items = np.concatenate([np.asarray(it[:vs]) for it, vs in zip(s["items"], s["valid_start"])])
+    tr_r = np.concatenate([np.asarray(r[:vs], dtype=float) for r, vs in zip(s["ratings"], s["valid_start"])])
+    va_items = np.concatenate([np.asarray(it[vs:ts]) for it, vs, ts in zip(s["items"], s["valid_start"], s["test_start"])])
+    va_r = np.concatenate([np.asarray(r[vs:ts], dtype=float) for r, vs, ts in
+                           zip(s["ratings"], s["valid_start"], s["test_start"])])
+    if not len(va_r) or not len(tr_r):
+        return {}
+    mu = float(tr_r.mean())
+    n = np.bincount(tr_items, minlength=prepared.n_items)
+    tot = np.bincount(tr_items, weights=tr_r, minlength=prepared.n_items)
+    item_mean = (tot + 5.0 * mu) / (n + 5.0)
+    rmse = lambda pred: float(np.sqrt(np.mean((pred - va_r) ** 2)))  # noqa: E731
+    return {"val/rating_rmse_global_mean": rmse(np.full_like(va_r, mu)),
+            "val/rating_rmse_item_mean": rmse(item_mean[va_items])}
 
 
 def _valid_ratings(prepared, vocab: Vocab, max_history: int):

@@ -5,7 +5,9 @@ sequential recommenders train on, so every interaction teaches the model):
 
 * L_rank: ``-mean_k log pi(p_k | prompt, p_<k)`` over the golden page under the
   same restricted item distribution decoding uses (no seen or repeated items);
-  the golden page at a cut point t is the user's next K positive training items.
+  the golden page at a cut point t is the user's next K positive training items in time
+  order (``page_order: time``) or the ground-truth page of :mod:`rlhf_ray.data.pages`
+  (``ground_truth``: by rating, then recency, diversified; the reward model's chosen page).
 * L_next: next-item cross-entropy over the item vocabulary at every position of a
   history window ``<bos> <hist> i_1 .. i_L``.
 """
@@ -20,6 +22,8 @@ import torch
 from torch import nn
 
 from rlhf_ray.config import SFTConfig
+from rlhf_ray.config.common import PAGE_MAX_PER_CATEGORY, PAGE_WINDOW
+from rlhf_ray.data.pages import ground_truth_page
 from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.generation import build_prompts, page_logprobs
 from rlhf_ray.losses import token_nll
@@ -56,8 +60,16 @@ def next_item_windows(seqs: list[Sequence], max_history: int, stride: int) -> li
     return out
 
 
-def golden_pages(seqs: list[Sequence], K: int, cuts: int, threshold: float, rng: random.Random):
-    """(history, page) pairs: at ``cuts`` cut points, the next K positives in time order."""
+def golden_pages(seqs: list[Sequence], K: int, cuts: int, threshold: float, rng: random.Random,
+                 order: str = "time", categories: np.ndarray | None = None, window: int = PAGE_WINDOW,
+                 max_per_category: int = PAGE_MAX_PER_CATEGORY):
+    """(history, page) pairs at ``cuts`` cut points (each a positive's position; the last is always one).
+
+    ``order="time"``: the next K positives in time order. ``order="ground_truth"``: the good page of
+    :mod:`rlhf_ray.data.pages` (positives of the next ``window`` items by rating, then recency,
+    diversified over ``categories``, the item -> category code array)."""
+    if order == "ground_truth" and categories is None:
+        raise ValueError("golden_pages: order='ground_truth' needs the item categories")
     out = []
     for s in seqs:
         pos_idx = np.flatnonzero(s.ratings > threshold)
@@ -69,9 +81,12 @@ def golden_pages(seqs: list[Sequence], K: int, cuts: int, threshold: float, rng:
         chosen = cand if len(cand) <= cuts else sorted(rng.sample(cand, cuts - 1) + [cand[-1]])
         for t in chosen:
             hist = s.items[:t]
-            seen = set(hist.tolist())
-            page = [int(s.items[p]) for p in pos_idx if p >= t and int(s.items[p]) not in seen][:K]
-            page = list(dict.fromkeys(page))
+            if order == "ground_truth":
+                page = ground_truth_page(s.items, s.ratings, t, categories, threshold, K, window, max_per_category)
+            else:
+                seen = set(hist.tolist())
+                page = [int(s.items[p]) for p in pos_idx if p >= t and int(s.items[p]) not in seen][:K]
+                page = list(dict.fromkeys(page))
             if page:
                 out.append((hist, page))
     return out
@@ -139,7 +154,8 @@ def build_spec(cfg: SFTConfig, prepared, lm, tokenizer, vocab, catalog, out_dir:
 
     def pages_for(epoch: int):
         return golden_pages(seqs, cfg.page_size, cfg.page_cuts, prepared.positive_threshold,
-                            py_random(seed, "page_cuts", epoch))
+                            py_random(seed, "page_cuts", epoch), cfg.page_order, prepared.item_categories,
+                            cfg.page_window, cfg.max_per_category)
 
     def batches(epoch: int, rank: int, world: int):
         order = rng(seed, "windows", epoch).permutation(len(windows))
