@@ -19,9 +19,9 @@ from rlhf_ray.config import PretrainConfig
 from rlhf_ray.errors import UserError
 from rlhf_ray.generation import left_pad
 from rlhf_ray.losses import rating_mse, token_nll
-from rlhf_ray.model import Heads, backbone_hidden, forward, hidden_size
+from rlhf_ray.model import Heads, backbone_hidden, context_length, forward, hidden_size
 from rlhf_ray.seeding import py_random, rng, shard
-from rlhf_ray.stages.common import exporter, run_stage
+from rlhf_ray.stages.common import check_context, exporter, run_stage
 from rlhf_ray.stages.loop import StageSpec
 from rlhf_ray.stages.sft import IGNORE, training_sequences
 from rlhf_ray.tokens import Vocab, meta_texts
@@ -95,10 +95,11 @@ class PretrainModule(nn.Module):
 
 def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path,
                parent: dict | None = None) -> StageSpec:
+    check_context(lm, vocab, cfg.max_history, 1, "<sep> + rated item", user_slot=False)
     heads = Heads(hidden_size(lm), ["rating"])
     module = PretrainModule(lm, heads, cfg)
     seqs = training_sequences(prepared)
-    texts = text_examples(prepared, tokenizer, vocab, cfg.model.n_positions)
+    texts = text_examples(prepared, tokenizer, vocab, context_length(lm) or cfg.model.n_positions)
     bs = cfg.train.batch_size
     per_user = max(1, int(np.ceil(len(texts) / max(1, len(seqs)))) * 4)
 

@@ -28,7 +28,7 @@ from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.generation import build_prompts, page_logprobs
 from rlhf_ray.losses import token_nll
 from rlhf_ray.seeding import py_random, rng, shard
-from rlhf_ray.stages.common import exporter, ranking_validator, run_stage
+from rlhf_ray.stages.common import check_context, exporter, ranking_validator, run_stage
 from rlhf_ray.stages.loop import StageSpec
 from rlhf_ray.tokens import Vocab
 
@@ -144,6 +144,7 @@ class SFTModule(nn.Module):
 
 def build_spec(cfg: SFTConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path, parent=None,
                stage: str = "sft") -> StageSpec:
+    check_context(lm, vocab, cfg.max_history, cfg.page_size)
     seqs = training_sequences(prepared)
     windows = next_item_windows(seqs, cfg.max_history, cfg.window_stride)
     module = SFTModule(lm, vocab, cfg)
