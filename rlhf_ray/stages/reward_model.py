@@ -153,6 +153,8 @@ def pairs_for_training(cfg: RewardConfig, prepared, policy=None, vocab: Vocab | 
                           log=lambda m: print(m, flush=True) if rank_world()[0] == 0 else None)
     meta = {**pairs_meta(df, prepared, cfg.pairs), "policy": {
         "checkpoint": policy_source, "pages": cfg.policy_pages, "temperature": cfg.policy_temperature}}
+    if cfg.pairs_file:
+        meta["derived_from"] = str(cfg.pairs_file)  # a new set: written beside the checkpoint
     return df, meta
 
 
@@ -205,7 +207,7 @@ def build_spec(cfg: RewardConfig, prepared, lm, tokenizer, vocab, catalog, out_d
     pairs, meta = pairs_for_training(cfg, prepared, policy, vocab, source)
     page_size = int(max(map(len, pairs["chosen"])))
     check_context(lm, vocab, cfg.max_history, page_size + 1, "page + <eos>")
-    pairs_path = cfg.pairs_file
+    pairs_path = cfg.pairs_file if "derived_from" not in meta else None
     if not pairs_path:
         pairs_path = str(out_dir.parent / f"{out_dir.name}.pairs.parquet")
         if rank_world()[0] == 0:
