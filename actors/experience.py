@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rlhf_ray.generation import Prompts
+from rlhf_ray.generation import Prompts, build_prompts
 from rlhf_ray.losses import gae, kl_penalty, masked_mean, whiten
 from rlhf_ray.seeding import seed as derive_seed
 
@@ -34,6 +34,18 @@ class PromptBatch:
     histories: list  # B lists: the user's training history (item_idx), oldest first
     user_idx: Tensor  # (B,) int64 user index
     prompts: Prompts  # input_ids (B, L), attention_mask (B, L), blocked (B, N) bool
+
+
+def rollout_prompts(histories: list, user_idx, vocab, max_history: int, exclude_seen: bool = True,
+                    holdout: int = 0) -> PromptBatch:
+    """The prompts of one iteration's users: each user's training history less its newest
+    ``holdout`` interactions (kept out of the prompt: what hits pay for; at least one item
+    stays), and the user's token when the vocabulary has user tokens, as SFT trained and
+    validation scores it. ``user_idx`` (B,) int64."""
+    hist = [h[:max(1, len(h) - holdout)] if holdout else h for h in histories]
+    users = torch.as_tensor(user_idx, dtype=torch.long)
+    prompts = build_prompts(hist, vocab, max_history, exclude_seen=exclude_seen, user_idx=users.tolist())
+    return PromptBatch(hist, users, prompts)
 
 
 @dataclass

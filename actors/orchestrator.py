@@ -42,7 +42,7 @@ import torch
 
 from actors.batching import Sharded
 from actors.critic import CriticActor
-from actors.experience import PromptBatch, experience, experience_stats
+from actors.experience import PromptBatch, experience, experience_stats, rollout_prompts
 from actors.group import ModelGroup
 from actors.monitor import HackingMonitor
 from actors.placement import plan, role_specs
@@ -55,7 +55,6 @@ from actors.state import RunState, read_controller, rng_state, set_rng_state, st
 from rlhf_ray import storage
 from rlhf_ray.config import GenerationConfig, PPOConfig
 from rlhf_ray.errors import UserError
-from rlhf_ray.generation import build_prompts
 from rlhf_ray.losses import AdaptiveKLController, FixedKLController
 from rlhf_ray.seeding import rng
 from rlhf_ray.seeding import seed as derive_seed
@@ -203,13 +202,8 @@ class PPOOrchestrator:
 
     def prompt_batch(self, iteration: int) -> PromptBatch:
         idx = self.batch_users(iteration)
-        h = self.cfg.holdout  # the newest training interactions stay out of the prompt (what hits pay for)
-        hist = [self.train_histories[i][:max(1, len(self.train_histories[i]) - h)] if h else self.train_histories[i]
-                for i in idx]
-        users = self.train_users[idx]
-        prompts = build_prompts(hist, self.vocab, self.cfg.max_history, exclude_seen=self.cfg.exclude_seen,
-                                user_idx=users.tolist() if self.vocab.n_users else None)
-        return PromptBatch(hist, users, prompts)
+        return rollout_prompts([self.train_histories[i] for i in idx], self.train_users[idx], self.vocab,
+                               self.cfg.max_history, self.cfg.exclude_seen, self.cfg.holdout)
 
     def sync_weights(self) -> None:
         """Policy -> rollout actors.

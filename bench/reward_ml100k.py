@@ -65,7 +65,7 @@ def next_item_test(reward, sft_dir: str, prepared, page_size: int, max_users: in
     gen = GenerationConfig(page_size=page_size)
     sft_pages = []
     for s in range(0, n, 256):
-        prompts = build_prompts(hist[s: s + 256], ck.vocab, gen.max_history)
+        prompts = build_prompts(hist[s: s + 256], ck.vocab, gen.max_history, user_idx=users[s: s + 256])
         sft_pages.append(generate_pages(ck.model, ck.vocab, prompts, gen).items)
     sft = torch.cat(sft_pages)  # (n, K)
     rng = np.random.default_rng(seed)

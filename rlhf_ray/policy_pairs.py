@@ -69,7 +69,8 @@ class UserTimelines:
 def policy_pages(model, vocab: Vocab, histories: Sequence[Sequence[int]], user_idx: Sequence[int] | None,
                  max_history: int, page_size: int, n_pages: int, temperature: float, seed: int,
                  batch_size: int = 256) -> list[list[list[int]]]:
-    """``n_pages`` pages per history: greedy, then sampled. ``[row][page] -> items``."""
+    """``n_pages`` pages per history: greedy, then sampled. ``[row][page] -> items``. ``user_idx``:
+    each row's user (its token in the prompt when the vocabulary has user tokens)."""
     was_training = model.training
     model.eval()
     try:
@@ -99,9 +100,8 @@ def add_policy_pairs(pairs: pd.DataFrame, prepared, model, vocab: Vocab, *, wind
     golden = pairs.drop_duplicates(["user_idx", "cut"]).reset_index(drop=True)
     tl = UserTimelines(prepared)
     users = golden["user_idx"].astype(int).tolist()
-    use_users = users if vocab.n_users else None
     K = int(max(map(len, golden["chosen"])))
-    pages = policy_pages(model, vocab, golden["history"].tolist(), use_users, max_history, K, n_pages,
+    pages = policy_pages(model, vocab, golden["history"].tolist(), users, max_history, K, n_pages,
                          temperature, seed)
     rows = []
     for r, cand in zip(golden.itertuples(index=False), pages):

@@ -52,8 +52,7 @@ def calibration(reward, policy, vocab, prepared, pairs: pd.DataFrame, *, window:
     tl = UserTimelines(prepared)
     K = int(max(map(len, golden["chosen"])))
     users = golden["user_idx"].astype(int).tolist()
-    sampled = policy_pages(policy, vocab, golden["history"].tolist(), users if vocab.n_users else None,
-                           max_history, K, n_samples, 1.0, seed)
+    sampled = policy_pages(policy, vocab, golden["history"].tolist(), users, max_history, K, n_samples, 1.0, seed)
     by_cut = {k: g for k, g in pairs.groupby(["user_idx", "cut"])}
     rows = []  # (prompt, user, page, ndcg, is_golden, is_greedy)
     for i, r in enumerate(golden.itertuples(index=False)):

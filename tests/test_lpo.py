@@ -161,7 +161,7 @@ def held_out_tail_examples(prepared) -> list[tuple[int, lpo.Example]]:
     for split in ("valid", "test"):
         h = prepared.histories(split)
         for u, hist, targets in zip(h.user_idx, h.histories, h.targets):
-            out += [(int(u), lpo.Example(np.asarray(hist), int(t), np.asarray(hist))) for t in targets
+            out += [(int(u), lpo.Example(np.asarray(hist), int(t), np.asarray(hist), int(u))) for t in targets
                     if prepared.is_tail[t] and t not in hist]
     return out
 

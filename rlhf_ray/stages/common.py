@@ -121,7 +121,9 @@ def load_lm_state(lm: nn.Module, state: dict) -> None:
 
 def ranking_validator(prepared, vocab, prompt, max_users: int):
     """``validate(module)`` for a policy stage: full-ranking metrics of ``module.lm`` on the valid
-    split (``val/`` prefix, K = 10, 20), prompts built from the stage's ``prompt`` config."""
+    split (``val/`` prefix, K = 10, 20), prompts built from the stage's ``prompt`` config and, with
+    user tokens, each user's token (through :func:`rlhf_ray.evaluation.evaluate`, as the test
+    evaluation builds them)."""
     from rlhf_ray.config import GenerationConfig
     from rlhf_ray.evaluation import evaluate
 
@@ -156,17 +158,15 @@ def run_stage(build_spec: Callable, cfg, data_dir: str, out_dir: str, init: str 
     return metrics
 
 
-def check_context(lm: nn.Module, vocab, max_history: int, page_tokens: int, what: str = "page",
-                  user_slot: bool = True) -> None:
-    """The prompt (``<bos> [<user>] <hist> h_1..h_L <page>``; ``user_slot=False``: a prompt that
-    never carries a user token) plus ``page_tokens`` more tokens must fit the model's positions
-    (a pretrained ``model.base_model`` brings its own); otherwise a :class:`ConfigError` naming
-    ``max_history``."""
+def check_context(lm: nn.Module, vocab, max_history: int, page_tokens: int, what: str = "page") -> None:
+    """The prompt (``<bos> [<user>] <hist> h_1..h_L <page>``) plus ``page_tokens`` more tokens must fit
+    the model's positions (a pretrained ``model.base_model`` brings its own); otherwise a
+    :class:`ConfigError` naming ``max_history``."""
     from rlhf_ray.config import ConfigError
     from rlhf_ray.model import context_length
 
     n_pos = context_length(lm)
-    need = 3 + (1 if vocab.n_users and user_slot else 0) + max_history + page_tokens
+    need = 3 + (1 if vocab.n_users else 0) + max_history + page_tokens
     if n_pos and need > n_pos:
         raise ConfigError(f"max_history: a prompt of {max_history} history items + the {what} needs {need} "
                           f"positions but the model has {n_pos}; lower max_history")

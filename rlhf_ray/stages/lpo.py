@@ -3,8 +3,8 @@ with DPO and S-DPO as baselines, starting from an SFT checkpoint.
 
 One example is a user's training history cut before a positive item: ``h = i_<t``,
 positive ``p = i_t``. The policy scores every item at the page's first slot
-(the ``<page>`` prompt of :func:`rlhf_ray.generation.build_prompts`, seen items
-blocked):
+(the ``<page>`` prompt of :func:`rlhf_ray.generation.build_prompts`, with the
+user's token when the vocabulary has user tokens, seen items blocked):
 
     s(v) = log pi_theta(v | h)                      restricted log-softmax over items
     s(v) = log pi_theta(v | h) - log pi_ref(v | h)  with a frozen reference (``reference``,
@@ -59,6 +59,7 @@ class Example:
     history: np.ndarray  # (t,) item_idx before the positive, chronological
     positive: int  # item_idx of the next positive interaction i_t
     seen: np.ndarray  # (S,) every training item of the user: never drawn as a negative
+    user: int | None = None  # user_idx (its token leads the prompt when the vocabulary has user tokens)
 
 
 def cut_points(s: Sequence, threshold: float) -> np.ndarray:
@@ -78,7 +79,7 @@ def lpo_examples(seqs: list[Sequence], threshold: float, per_user: int, rng: ran
             continue
         chosen = cuts if len(cuts) <= per_user else sorted(rng.sample(cuts[:-1], per_user - 1) + [cuts[-1]])
         seen = np.unique(s.items)
-        out.extend(Example(s.items[:t], int(s.items[t]), seen) for t in chosen)
+        out.extend(Example(s.items[:t], int(s.items[t]), seen, s.user) for t in chosen)
     return out
 
 
@@ -90,7 +91,7 @@ def enough_negatives(seqs: list[Sequence], pool: np.ndarray, n: int) -> list[Seq
 def example_batch(examples: list[Example], vocab: Vocab, max_history: int, is_tail: np.ndarray) -> dict:
     """Prompts (seen items blocked) and per-row positive, exclusions and tail flag, on CPU."""
     B = len(examples)
-    prompts = build_prompts([e.history for e in examples], vocab, max_history)
+    prompts = build_prompts([e.history for e in examples], vocab, max_history, user_idx=[e.user for e in examples])
     exclude = torch.zeros((B, vocab.n_items), dtype=torch.bool)  # (B, n_items)
     for b, e in enumerate(examples):
         exclude[b, torch.as_tensor(e.seen, dtype=torch.long)] = True

@@ -3,8 +3,9 @@ and in users' tastes before any page is written.
 
 * L_next: next-token prediction on ``<bos> <item_i> <meta> title | categories <eos>``,
   so each item token's embedding learns to predict its own meta text.
-* L_rating: from ``<bos> <hist> h_1 .. h_L <sep> <item_t>`` a scalar head on the last
-  hidden state predicts the user's rating of item t, scaled to [-1, 1] ((r - 3) / 2).
+* L_rating: from ``<bos> [<user>] <hist> h_1 .. h_L <sep> <item_t>`` a scalar head on the
+  last hidden state predicts the user's rating of item t, scaled to [-1, 1] ((r - 3) / 2).
+  The user token (with ``model.user_tokens``) is the one every later stage puts in the prompt.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from rlhf_ray.config import PretrainConfig
 from rlhf_ray.errors import UserError
-from rlhf_ray.generation import left_pad
+from rlhf_ray.generation import left_pad, prompt_head
 from rlhf_ray.losses import rating_mse, token_nll
 from rlhf_ray.model import Heads, backbone_hidden, context_length, forward, hidden_size
 from rlhf_ray.seeding import py_random, rng, shard
@@ -37,16 +38,18 @@ def text_examples(prepared, tokenizer, vocab: Vocab, max_len: int) -> list[list[
             for i, ids in enumerate(enc)]
 
 
-def rating_example(items, ratings, t: int, vocab: Vocab, max_history: int) -> tuple[list[int], float]:
-    """``(<bos> <hist> h_1..h_L <sep> <item_t>, (r_t - 3) / 2)`` for position t of a sequence."""
+def rating_example(items, ratings, t: int, vocab: Vocab, max_history: int,
+                   user: int | None = None) -> tuple[list[int], float]:
+    """``(<bos> [<user>] <hist> h_1..h_L <sep> <item_t>, (r_t - 3) / 2)`` for position t of a user's sequence."""
     hist = items[max(0, t - max_history): t]
-    ids = [vocab.bos, vocab.hist] + [vocab.item_token(int(i)) for i in hist] + [vocab.sep, vocab.item_token(int(items[t]))]
+    ids = (prompt_head(vocab, user) + [vocab.hist] + [vocab.item_token(int(i)) for i in hist]
+           + [vocab.sep, vocab.item_token(int(items[t]))])
     return ids, (float(ratings[t]) - RATING_MID) / RATING_HALF
 
 
 def rating_examples(seqs, vocab: Vocab, max_history: int, per_user: int, rng: random.Random):
     """(prompt token ids, scaled rating) at ``per_user`` random positions of each training sequence."""
-    return [rating_example(s.items, s.ratings, t, vocab, max_history)
+    return [rating_example(s.items, s.ratings, t, vocab, max_history, s.user)
             for s in seqs for t in rng.sample(range(len(s.items)), min(per_user, len(s.items)))]
 
 
@@ -95,7 +98,7 @@ class PretrainModule(nn.Module):
 
 def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path,
                parent: dict | None = None) -> StageSpec:
-    check_context(lm, vocab, cfg.max_history, 1, "<sep> + rated item", user_slot=False)
+    check_context(lm, vocab, cfg.max_history, 1, "<sep> + rated item")
     heads = Heads(hidden_size(lm), ["rating"])
     module = PretrainModule(lm, heads, cfg)
     seqs = training_sequences(prepared)
@@ -171,8 +174,9 @@ def rating_baselines(prepared) -> dict[str, float]:
 
 def _valid_ratings(prepared, vocab: Vocab, max_history: int):
     s = prepared.sequences
-    return [rating_example(items, ratings, t, vocab, max_history)
-            for items, ratings, vs, ts in zip(s["items"], s["ratings"], s["valid_start"], s["test_start"])
+    return [rating_example(items, ratings, t, vocab, max_history, int(u))
+            for u, items, ratings, vs, ts in zip(s["user_idx"], s["items"], s["ratings"], s["valid_start"],
+                                                 s["test_start"])
             for t in range(vs, ts)]
 
 

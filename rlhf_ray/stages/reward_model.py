@@ -64,9 +64,8 @@ def pair_loss(page_c: torch.Tensor, page_r: torch.Tensor, item_c: torch.Tensor, 
 def pair_batch(rows: pd.DataFrame, vocab: Vocab, max_history: int) -> dict:
     """B pairs -> prompts (2B, L) (each history twice) and pages (2B, K): chosen rows, then rejected."""
     hist = rows["history"].tolist()
-    users = rows["user_idx"].tolist() if vocab.n_users else None
-    prompts = build_prompts(hist + hist, vocab, max_history, exclude_seen=False,
-                            user_idx=None if users is None else users + users)
+    users = rows["user_idx"].tolist()
+    prompts = build_prompts(hist + hist, vocab, max_history, exclude_seen=False, user_idx=users + users)
     pages = torch.as_tensor(pad_lists(rows["chosen"].tolist() + rows["rejected"].tolist()))  # (2B, K)
     return {"prompts": prompts, "pages": pages}
 

@@ -9,13 +9,18 @@ sequential recommenders train on, so every interaction teaches the model):
   order (``page_order: time``) or the ground-truth page of :mod:`rlhf_ray.data.pages`
   (``ground_truth``: by rating, then recency, diversified; the reward model's chosen page).
 * L_next: next-item cross-entropy over the item vocabulary at every position of a
-  history window ``<bos> <hist> i_1 .. i_L``.
+  history window ``<bos> [<user>] <hist> i_1 .. i_L``.
+
+With user tokens (``model.user_tokens``) every window and page prompt carries its own
+user's token (:func:`rlhf_ray.generation.prompt_head`), as validation, evaluation, the
+reward model, PPO and Serve do: the user rows are trained on the prompts they are scored on.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +30,7 @@ from rlhf_ray.config import SFTConfig
 from rlhf_ray.config.common import PAGE_MAX_PER_CATEGORY, PAGE_WINDOW
 from rlhf_ray.data.pages import ground_truth_page
 from rlhf_ray.evaluation import pad_lists
-from rlhf_ray.generation import build_prompts, page_logprobs
+from rlhf_ray.generation import build_prompts, page_logprobs, prompt_head
 from rlhf_ray.losses import token_nll
 from rlhf_ray.seeding import py_random, rng, shard
 from rlhf_ray.stages.common import check_context, exporter, ranking_validator, run_stage
@@ -39,15 +44,31 @@ IGNORE = -100
 class Sequence:
     items: np.ndarray  # (n,) item_idx, chronological, training part only
     ratings: np.ndarray  # (n,)
+    user: int | None = None  # user_idx (None: an anonymous sequence, never a user token)
+
+
+class Window(NamedTuple):
+    """A next-item training window: consecutive items of one user's training part."""
+
+    items: np.ndarray  # (L,) item_idx, chronological
+    user: int | None  # user_idx of the sequence it was cut from
+
+
+class PageExample(NamedTuple):
+    """A page target: the history before a cut point and the page the user should be shown there."""
+
+    history: np.ndarray  # (t,) item_idx before the cut, chronological
+    page: list[int]  # item_idx, best first
+    user: int | None  # user_idx
 
 
 def training_sequences(prepared) -> list[Sequence]:
     s = prepared.sequences
-    return [Sequence(np.asarray(it[:vs]), np.asarray(r[:vs])) for it, r, vs in
-            zip(s["items"], s["ratings"], s["valid_start"]) if vs > 0]
+    return [Sequence(np.asarray(it[:vs]), np.asarray(r[:vs]), int(u)) for u, it, r, vs in
+            zip(s["user_idx"], s["items"], s["ratings"], s["valid_start"]) if vs > 0]
 
 
-def next_item_windows(seqs: list[Sequence], max_history: int, stride: int) -> list[np.ndarray]:
+def next_item_windows(seqs: list[Sequence], max_history: int, stride: int) -> list[Window]:
     """Windows of at most ``max_history`` items; the newest window always ends at the last item."""
     out = []
     for s in seqs:
@@ -56,14 +77,14 @@ def next_item_windows(seqs: list[Sequence], max_history: int, stride: int) -> li
         if ends[-1] > max_history and n >= max_history:
             ends.append(max_history)
         for e in ends:
-            out.append(s.items[max(0, e - max_history): e])
+            out.append(Window(s.items[max(0, e - max_history): e], s.user))
     return out
 
 
 def golden_pages(seqs: list[Sequence], K: int, cuts: int, threshold: float, rng: random.Random,
                  order: str = "time", categories: np.ndarray | None = None, window: int = PAGE_WINDOW,
-                 max_per_category: int = PAGE_MAX_PER_CATEGORY):
-    """(history, page) pairs at ``cuts`` cut points (each a positive's position; the last is always one).
+                 max_per_category: int = PAGE_MAX_PER_CATEGORY) -> list[PageExample]:
+    """(history, page, user) examples at ``cuts`` cut points (each a positive's position; the last is always one).
 
     ``order="time"``: the next K positives in time order. ``order="ground_truth"``: the good page of
     :mod:`rlhf_ray.data.pages` (positives of the next ``window`` items by rating, then recency,
@@ -88,27 +109,30 @@ def golden_pages(seqs: list[Sequence], K: int, cuts: int, threshold: float, rng:
                 page = [int(s.items[p]) for p in pos_idx if p >= t and int(s.items[p]) not in seen][:K]
                 page = list(dict.fromkeys(page))
             if page:
-                out.append((hist, page))
+                out.append(PageExample(hist, page, s.user))
     return out
 
 
-def window_batch(windows: list[np.ndarray], vocab: Vocab) -> dict:
-    """``<bos> <hist> i_1..i_L`` right-padded; label at position j = the next item (item_idx)."""
-    seqs = [[vocab.bos, vocab.hist] + [vocab.item_token(int(i)) for i in w] for w in windows]
+def window_batch(windows: list[Window], vocab: Vocab) -> dict:
+    """``<bos> [<user>] <hist> i_1..i_L`` right-padded; label at position j = the next item (item_idx)."""
+    heads = [prompt_head(vocab, w.user) + [vocab.hist] for w in windows]
+    seqs = [h + [vocab.item_token(int(i)) for i in w.items] for h, w in zip(heads, windows)]
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), vocab.pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, IGNORE)
-    for b, (s, w) in enumerate(zip(seqs, windows)):
+    for b, (h, s, w) in enumerate(zip(heads, seqs, windows)):
         ids[b, : len(s)] = torch.as_tensor(s)
         mask[b, : len(s)] = 1
-        labels[b, 1: 1 + len(w)] = torch.tensor(np.asarray(w, dtype=np.int64))  # <hist> predicts i_1, ...
+        j = len(h) - 1  # <hist> predicts i_1, item 1 predicts i_2, ...
+        labels[b, j: j + len(w.items)] = torch.tensor(np.asarray(w.items, dtype=np.int64))
     return {"ids": ids, "mask": mask, "labels": labels}
 
 
-def page_batch(examples, vocab: Vocab, max_history: int) -> dict:
-    prompts = build_prompts([h for h, _ in examples], vocab, max_history)
-    pages = torch.as_tensor(pad_lists([p for _, p in examples]))  # (B, K) right-padded with -1
+def page_batch(examples: list[PageExample], vocab: Vocab, max_history: int) -> dict:
+    """The page prompts (``<bos> [<user>] <hist> .. <page>``, seen items blocked) and golden pages."""
+    prompts = build_prompts([e.history for e in examples], vocab, max_history, user_idx=[e.user for e in examples])
+    pages = torch.as_tensor(pad_lists([e.page for e in examples]))  # (B, K) right-padded with -1
     return {"prompts": prompts, "pages": pages}
 
 
