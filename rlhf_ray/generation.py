@@ -67,9 +67,21 @@ def prompt_tokens(history: Sequence[int], vocab: Vocab, max_history: int, user_i
     return prompt_head(vocab, user_idx) + [vocab.hist] + [vocab.item_token(int(i)) for i in hist] + [vocab.page]
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists to ``(B, L)`` ids and attention mask."""
-    L = max(len(s) for s in seqs)
+def prompt_length(histories: Sequence[Sequence[int]], vocab: Vocab, max_history: int,
+                  user_idx: Sequence[int] | None = None) -> int:
+    """L of :func:`build_prompts` for these histories: the longest prompt's token count."""
+    return max(len(prompt_tokens(h, vocab, max_history, None if user_idx is None else user_idx[b]))
+               for b, h in enumerate(histories))
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to ``(B, L)`` ids and attention mask; ``L`` = the longest list, or ``length``
+    (>= it: shards of one batch padded like the whole batch)."""
+    L = max((len(s) for s in seqs), default=0)
+    if length is not None:
+        if length < L:
+            raise ValueError(f"left_pad: a sequence of {L} tokens does not fit length {length}")
+        L = length
     ids = torch.full((len(seqs), L), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
     for b, s in enumerate(seqs):
@@ -88,17 +100,19 @@ def build_prompts(
     exclude: Sequence[Sequence[int]] | None = None,
     candidates: Sequence[Sequence[int] | None] | None = None,
     user_idx: Sequence[int | None] | None = None,
+    length: int | None = None,
 ) -> Prompts:
     """Tokenise a batch of histories and compute each row's blocked-item mask.
 
     ``user_idx``: each row's user (None for an anonymous row); its token goes into the prompt
     when the vocabulary has user tokens (:func:`prompt_user`), so callers pass the users they
-    know whatever the vocabulary."""
+    know whatever the vocabulary. ``length``: pad to that many tokens (:func:`prompt_length` of
+    the whole batch) instead of this batch's longest prompt."""
     seqs = [
         prompt_tokens(h, vocab, max_history, None if user_idx is None else user_idx[b])
         for b, h in enumerate(histories)
     ]
-    ids, mask = left_pad(seqs, vocab.pad)
+    ids, mask = left_pad(seqs, vocab.pad, length)
     blocked = torch.zeros((len(histories), vocab.n_items), dtype=torch.bool)
     for b, h in enumerate(histories):
         if exclude_seen and len(h):

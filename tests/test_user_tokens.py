@@ -177,7 +177,7 @@ def test_ppo_rollout_prompts_carry_their_own_user(user_sft, synth_data, prepared
     by_user = dict(zip(train.user_idx.tolist(), train.histories))
     for it in (0, 1):
         pb = orch.prompt_batch(it)
-        for u, hist, row in zip(pb.user_idx.tolist(), pb.histories, prompt_rows(pb.prompts)):
+        for u, hist, row in zip(pb.user_idx.tolist(), pb.histories, prompt_rows(pb.prompts(orch.vocab))):
             assert user_of(row, orch.vocab) == u and row[2] == orch.vocab.hist
             full = by_user[u]
             assert hist == full[:max(1, len(full) - 1)]  # the user's own history less the holdout
@@ -259,7 +259,8 @@ def test_without_user_tokens_no_prompt_carries_one(prepared, tmp_path):
     train = prepared.histories("train")
     pb = rollout_prompts(train.histories[:16], train.user_idx[:16], vocab, MAX_HISTORY)
     plain = build_prompts(train.histories[:16], vocab, MAX_HISTORY)
-    assert torch.equal(pb.prompts.input_ids, plain.input_ids) and torch.equal(pb.prompts.blocked, plain.blocked)
+    got = pb.prompts(vocab)
+    assert torch.equal(got.input_ids, plain.input_ids) and torch.equal(got.blocked, plain.blocked)
 
 
 def test_a_user_without_a_token_is_an_error(prepared):
