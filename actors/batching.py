@@ -128,11 +128,12 @@ class Sharded:
     sizes: list[int]  # rows of each shard
 
     @classmethod
-    def put(cls, batch: Any) -> "Sharded":
-        """``batch`` into the object store once (one serialisation, however many roles read it)."""
+    def put(cls, batch: Any, ledger=None) -> "Sharded":
+        """``batch`` into the object store once (one serialisation, however many roles read it);
+        counted in ``ledger`` (:class:`actors.ledger.Ledger`) when given."""
         import ray
 
-        return cls([ray.put(batch)], [rows(batch)])
+        return cls([ledger.put(batch) if ledger is not None else ray.put(batch)], [rows(batch)])
 
     @property
     def rows(self) -> int:
@@ -148,6 +149,10 @@ class Sharded:
         if not pieces and self.refs:  # no rows for this rank: an empty batch of the same structure
             pieces.append((self.refs[0], 0, 0, self.sizes[0]))
         return RowSlice(pieces)
+
+    def fetch(self) -> Any:
+        """All rows, fetched and concatenated here (in a task or a rank; the driver never calls it)."""
+        return resolve(self.slice(0, self.rows))
 
 
 def resolve(arg: Any) -> Any:

@@ -11,6 +11,12 @@ c_item = (1 - alpha) / K' and c_page = alpha (K' = valid slots), so that without
 the KL term sum_t r_t = R exactly. KL_t is the per-slot estimate of
 KL(pi || pi_ref) (losses.kl_penalty), beta the (fixed or adaptive) KL coefficient.
 Advantages and returns come from GAE (losses.gae) over the K slots.
+
+What is built where: the controller makes a :class:`PromptBatch` (histories and user ids: the
+batch's description, no tensor over the catalogue); each role turns its own rows into
+:class:`~rlhf_ray.generation.Prompts` (tokens and the (b, N) seen-item mask) where it uses them
+(:meth:`PromptBatch.prompts`). The :class:`Experience` holds the (B, K) / (B,) numbers only; the
+trainers pair it with their rows of the same PromptBatch.
 """
 from __future__ import annotations
 
@@ -19,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rlhf_ray.generation import Prompts
+from rlhf_ray.generation import Prompts, build_prompts, prompt_length
 from rlhf_ray.losses import gae, kl_penalty, masked_mean, whiten
 from rlhf_ray.seeding import seed as derive_seed
+from rlhf_ray.tokens import Vocab
 
 
 # --------------------------------------------------------------------------- what the roles exchange
@@ -29,11 +36,43 @@ from rlhf_ray.seeding import seed as derive_seed
 
 @dataclass
 class PromptBatch:
-    """The users of one iteration: what rollout, reward, reference and critic read (by reference)."""
+    """The users of one iteration: what rollout, reward, reference, critic and policy read (by reference).
 
-    histories: list  # B lists: the user's training history (item_idx), oldest first
+    Only the batch's description travels (one object-store copy, O(B x history)); the prompt
+    tokens and the seen-item mask, O(B x N), are built by each rank for its rows (:meth:`prompts`).
+    """
+
+    histories: list  # B lists: the user's training history (item_idx), oldest first; all of it is "seen"
     user_idx: Tensor  # (B,) int64 user index
-    prompts: Prompts  # input_ids (B, L), attention_mask (B, L), blocked (B, N) bool
+    length: int  # (no rows) L: prompt tokens of the whole batch, so every shard is padded alike
+    max_history: int  # (no rows) history items in a prompt (the most recent ones)
+    exclude_seen: bool  # (no rows) block the history's items from the page
+
+    @classmethod
+    def make(cls, histories: list, user_idx: Tensor, vocab: Vocab, max_history: int,
+             exclude_seen: bool = True) -> "PromptBatch":
+        """The batch of these users (``L`` measured here, nothing over the catalogue built)."""
+        users = user_idx.tolist() if vocab.n_users else None
+        return cls(histories, user_idx, prompt_length(histories, vocab, max_history, users), max_history,
+                   exclude_seen)
+
+    def prompts(self, vocab: Vocab) -> Prompts:
+        """These rows' prompts: input_ids (b, L), attention_mask (b, L), blocked (b, N) bool (the
+        seen items when ``exclude_seen``), as :func:`~rlhf_ray.generation.build_prompts` makes them
+        for the whole batch."""
+        return build_prompts(self.histories, vocab, self.max_history, exclude_seen=self.exclude_seen,
+                             user_idx=self.user_idx.tolist() if vocab.n_users else None, length=self.length)
+
+
+def rollout_prompts(histories: list, user_idx, vocab, max_history: int, exclude_seen: bool = True,
+                    holdout: int = 0) -> PromptBatch:
+    """The prompts of one iteration's users: each user's training history less its newest
+    ``holdout`` interactions (kept out of the prompt: what hits pay for; at least one item
+    stays), and the user's token when the vocabulary has user tokens, as SFT trained and
+    validation scores it. ``user_idx`` (B,) int64. Only the description is built here; each
+    rank builds its rows' tokens and mask (:meth:`PromptBatch.prompts`)."""
+    hist = [h[:max(1, len(h) - holdout)] if holdout else h for h in histories]
+    return PromptBatch.make(hist, torch.as_tensor(user_idx, dtype=torch.long), vocab, max_history, exclude_seen)
 
 
 @dataclass
@@ -60,9 +99,9 @@ class Values:
 
 @dataclass
 class Experience:
-    """One iteration's rollouts, scored; what the policy and critic train on."""
+    """One iteration's rollouts, scored; what the policy and critic train on (with their rows of the
+    iteration's :class:`PromptBatch`)."""
 
-    prompts: Prompts  # input_ids (B, L) left-padded, attention_mask (B, L), blocked (B, N) bool
     pages: Tensor  # (B, K) int64 item_idx a_t, -1 where no item was allowed
     mask: Tensor  # (B, K) bool: slot t holds an item
     logprobs: Tensor  # (B, K) log pi_old(a_t | s_t), recorded by the rollout actor (0 at padding)
@@ -133,26 +172,26 @@ def slot_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str
     return kl_penalty(logprobs, ref_logprobs, estimator) * mask.float()
 
 
-def assemble(prompts: Prompts, pages: Tensor, logprobs: Tensor, ref_logprobs: Tensor, values: Tensor,
+def assemble(pages: Tensor, logprobs: Tensor, ref_logprobs: Tensor, values: Tensor,
              page: Tensor, items: Tensor, total: Tensor, *, mix: RewardMix, kl_coef: float,
              kl_estimator: str = "k1", gamma: float = 1.0, lam: float = 0.95,
              whiten_advantages: bool = True) -> Experience:
-    """Everything after scoring: KL, token rewards, GAE, whitening -> :class:`Experience`."""
+    """Everything after scoring: KL, token rewards, GAE, whitening -> :class:`Experience`.
+    Whitening uses the whole batch's masked mean and variance, so it runs on all B rows at once."""
     mask = pages >= 0  # (B, K)
     kl = slot_kl(logprobs, ref_logprobs, mask, kl_estimator)
     rewards = token_rewards(page, items * mask, mask, kl, kl_coef, mix)
     advantages, returns = gae(rewards, values * mask, mask, gamma=gamma, lam=lam)
     if whiten_advantages:
         advantages = whiten(advantages, mask)
-    return Experience(prompts=prompts, pages=pages, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
+    return Experience(pages=pages, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
                       values=values, page_reward=page, item_rewards=items * mask, total_reward=total, kl=kl,
                       rewards=rewards, advantages=advantages, returns=returns)
 
 
-def experience(batch: PromptBatch, rollout: Rollout, scores: RewardScores, ref: RefLogprobs, values: Values,
-               **kw) -> Experience:
+def experience(rollout: Rollout, scores: RewardScores, ref: RefLogprobs, values: Values, **kw) -> Experience:
     """:func:`assemble` from the roles' answers (``kw``: kl_coef, kl_estimator, gamma, lam, whiten_advantages)."""
-    return assemble(batch.prompts, rollout.pages, rollout.logprobs, ref.logprobs, values.values, scores.page,
+    return assemble(rollout.pages, rollout.logprobs, ref.logprobs, values.values, scores.page,
                     scores.items, scores.total, mix=scores.mix, **kw)
 
 

@@ -11,6 +11,8 @@
 Batches handed to ``dispatch`` are local values (split here, rank r sent its rows) or
 :class:`~actors.batching.Sharded` batches another group returned (rank r is sent a
 reference to its rows and fetches them itself: the driver never holds the data).
+Everything the group fetches for the caller (:meth:`ModelGroup.get`, :meth:`~ModelGroup.gather`,
+:meth:`~ModelGroup.call`) is counted in its :class:`~actors.ledger.Ledger` (bytes, tensors).
 
 Start-up of a role that trains (``distributed``, the rendezvous): rank 0 starts
 first and publishes its node IP and a free port; ranks 1..N-1 start knowing them;
@@ -38,6 +40,7 @@ from datetime import timedelta
 from typing import Any, Sequence
 
 from actors.batching import Sharded, bounds, concat, resolve, rows, take
+from actors.ledger import Ledger
 from rlhf_ray.errors import UserError
 
 
@@ -124,7 +127,8 @@ class ModelGroup:
 
     def __init__(self, actor_cls: type, role: str, ranks: int = 1, *, num_cpus: float = 1.0,
                  num_gpus: float = 0.0, resources: dict[str, float] | None = None,
-                 placement: Placement | None = None, strategy: str = "PACK", ready_timeout_s: float = 300.0):
+                 placement: Placement | None = None, strategy: str = "PACK", ready_timeout_s: float = 300.0,
+                 ledger: Ledger | None = None):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -132,6 +136,7 @@ class ModelGroup:
         if ranks < 1:
             raise ValueError(f"{role}: a group needs >= 1 rank, got {ranks}")
         self.role, self.world = role, ranks
+        self.ledger = ledger if ledger is not None else Ledger()  # what the caller fetches (actors.ledger)
         self.distributed = bool(getattr(actor_cls, "distributed", False))
         self._own_pg = None
         resources = dict(resources or {})  # custom resources (per actor): pin the role to nodes that have them
@@ -212,13 +217,16 @@ class ModelGroup:
 
         index = {ref: r for r, ref in enumerate(refs)}
         pending = list(refs)
+        out: dict = {}
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
             if not ready:
                 raise TimeoutError(f"{self.role}: ranks {sorted(index[p] for p in pending)} did not answer "
                                    f"within {timeout_s} s")
-            self._wait_one(index[ready[0]], ready[0])
-        return [self._wait_one(index[ref], ref) for ref in refs]
+            out[index[ready[0]]] = self._fetch(index[ready[0]], ready[0])
+        values = [out[r] for r in range(len(refs))]
+        self.ledger.record_get(list(refs), values)
+        return values
 
     def lost(self, timeout_s: float = 10.0) -> ActorDied | None:
         """None when every rank answers within ``timeout_s``; else why not, naming the rank (a rank
@@ -239,14 +247,18 @@ class ModelGroup:
 
     def node(self, rank: int) -> dict:
         """Where rank ``rank`` runs ({"ip", "pid", "node_id"}; ip "unknown" if it never answered)."""
-        import ray
-
         try:
-            return ray.get(self._node_refs[rank], timeout=5)
+            return self.ledger.get(self._node_refs[rank], timeout=5)
         except Exception:
             return {"ip": "unknown"}
 
     def _wait_one(self, rank: int, ref) -> Any:
+        value = self._fetch(rank, ref)
+        self.ledger.record_get([ref], [value])
+        return value
+
+    def _fetch(self, rank: int, ref) -> Any:
+        """``ray.get(ref)`` of rank ``rank``'s call; a dead actor or a user error is named (not counted)."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 

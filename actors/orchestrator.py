@@ -3,22 +3,36 @@
     orch = PPOOrchestrator(cfg, sft="runs/sft", reward="runs/reward", data="data/ml-100k", out="runs/ppo")
     result = orch.run(resume=True)        # final metrics; the policy is the checkpoint at OUT
 
-Iteration i (B = rollout_batch_size users, K = page_size slots):
+Iteration i (B = rollout_batch_size users, K = page_size slots, N = catalogue items):
 
  1. sync      policy -> rollout actors when the policy changed (object store; :meth:`sync_weights`)
  2. generate  users i*B .. i*B+B-1 of a seeded permutation of the train split -> Rollout (pages (B, K),
               log pi_old (B, K)), sampled with seed (seed, "rollout", i, rollout rank)
  3. score     at once, each role reading the prompts and the rollout from the object store:
               RewardScores (page (B,), items (B, K), total (B,), mix), RefLogprobs (B, K), Values (B, K)
- 4. advantage KL_t, token rewards r_t = c_item item_t + 1[t = last] c_page page - beta KL_t,
-              GAE(gamma, lam), whitening (actors.experience)
+ 4. advantage a task reads those answers from the object store and computes KL_t, token rewards
+              r_t = c_item item_t + 1[t = last] c_page page - beta KL_t, GAE(gamma, lam), whitening
+              (actors.advantage, actors.experience); the Experience stays in the object store
  5. train     ppo_epochs over minibatches on the policy and critic groups (concurrently), both
-              reading the one copy of the Experience put in the object store
+              reading their rows of the prompt batch and of the Experience from the object store
  6. beta      the KL controller sees the mean per-page KL (fixed or adaptive)
 
-Data between roles travels as ObjectRefs (:class:`actors.batching.Sharded`): the prompts are
-put once and read by rollout, reward, reference and critic; the rollout goes from the rollout
-actors to the scoring roles directly; the driver fetches only the (B, K) answers it assembles.
+What moves where (ObjectRefs between roles, :class:`actors.batching.Sharded`):
+
+    driver  --put-->  PromptBatch (histories, user ids: O(B x history))   -> rollout, reward,
+                                                                             reference, critic, policy
+    rollout --------> Rollout (B, K)                                       -> reward, reference, critic,
+                                                                             advantage task
+    reward, reference, critic --> (B,) / (B, K) answers                    -> advantage task
+    advantage task -> Experience (B, K)                                    -> policy, critic
+    policy rank 0 -> weights (put once)                                    -> rollout actors
+    driver  <-get---  scalars only: experience stats, training stats, sync acknowledgements
+
+The prompt tokens and the (b, N) seen-item mask are built by every rank that uses them, for its
+own rows (:meth:`actors.experience.PromptBatch.prompts`); nothing of size N is made on the driver.
+What the driver does fetch and put is counted (:class:`actors.ledger.Ledger`) and reported per
+iteration as ``perf/driver_get_bytes`` / ``perf/driver_put_bytes`` (:attr:`PPOOrchestrator.relay`
+holds the last iteration's detail).
 
 Every ``eval_every`` iterations: validation (NDCG@10, Recall@20, tail recall, page ILD and
 entropy) on rollout actor 0 and the reward-hacking monitor. Every ``save_every``: a
@@ -40,10 +54,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from actors.advantage import advantage
 from actors.batching import Sharded
 from actors.critic import CriticActor
-from actors.experience import PromptBatch, experience, experience_stats
+from actors.experience import PromptBatch, rollout_prompts
 from actors.group import ModelGroup
+from actors.ledger import Ledger, Relay
 from actors.monitor import HackingMonitor
 from actors.placement import plan, role_specs
 from actors.policy import PolicyActor
@@ -55,7 +71,6 @@ from actors.state import RunState, read_controller, rng_state, set_rng_state, st
 from rlhf_ray import storage
 from rlhf_ray.config import GenerationConfig, PPOConfig
 from rlhf_ray.errors import UserError
-from rlhf_ray.generation import build_prompts
 from rlhf_ray.losses import AdaptiveKLController, FixedKLController
 from rlhf_ray.seeding import rng
 from rlhf_ray.seeding import seed as derive_seed
@@ -68,6 +83,14 @@ STAGE = "ppo"
 def _mean_stats(per_rank: list[dict]) -> dict[str, float]:
     keys = per_rank[0].keys()
     return {k: float(np.mean([s[k] for s in per_rank])) for k in keys}
+
+
+def _wait(*batches: Sharded) -> None:
+    """Until every shard of ``batches`` is computed (nothing is fetched here)."""
+    import ray
+
+    refs = [r for b in batches for r in b.refs]
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -122,6 +145,8 @@ class PPOOrchestrator:
         self.layout = None
         self.logger: RunLogger | None = None
         self.recovery = Recovery(self, cfg.max_restarts)
+        self.ledger = Ledger()  # every ray.get / ray.put of this process (actors.ledger)
+        self.relay = Relay()  # what the last iteration fetched and put
         self._dirty = False  # the policy changed since the rollout actors last loaded it
 
     # -- actors --------------------------------------------------------------------------
@@ -131,7 +156,8 @@ class PPOOrchestrator:
     def make_group(self, s: RoleSpec) -> ModelGroup:
         """Place and start the actors of one role (not set up yet)."""
         return ModelGroup(self.ROLE_CLASSES[s.role], s.role, s.ranks, num_cpus=s.num_cpus, num_gpus=s.num_gpus,
-                          resources=s.resources, placement=self.layout.placements[s.role], strategy=self.cfg.strategy)
+                          resources=s.resources, placement=self.layout.placements[s.role], strategy=self.cfg.strategy,
+                          ledger=self.ledger)
 
     def setup_group(self, role: str) -> list:
         """Set up every rank of ``role`` from the SFT checkpoint (ObjectRefs, not waited for)."""
@@ -150,8 +176,6 @@ class PPOOrchestrator:
 
     def start(self) -> None:
         """Place and start every role, then set them all up concurrently."""
-        import ray
-
         c = self.cfg
         specs = self.role_specs()
         self.layout = plan(specs, c.colocate, c.strategy)
@@ -159,7 +183,7 @@ class PPOOrchestrator:
             self.groups[s.role] = self.make_group(s)
         pending = {s.role: self.setup_group(s.role) for s in specs}
         info = {role: self.groups[role].get(refs) for role, refs in pending.items()}
-        self.prepared_ref = ray.put(self.prepared)
+        self.prepared_ref = self.ledger.put(self.prepared)  # once, for validation on rollout actor 0
         reward = info["reward"][0]
         self.log(f"[ppo] roles up: policy x{c.policy.ranks} (ZeRO-{c.policy.train.zero_stage}), critic x{c.critic.ranks} "
                  f"(ZeRO-{c.critic.train.zero_stage}), rollout x{c.rollout.actors}, reference, reward "
@@ -202,14 +226,10 @@ class PPOOrchestrator:
         return out
 
     def prompt_batch(self, iteration: int) -> PromptBatch:
+        """The iteration's users: histories and ids only (each role builds its rows' prompts)."""
         idx = self.batch_users(iteration)
-        h = self.cfg.holdout  # the newest training interactions stay out of the prompt (what hits pay for)
-        hist = [self.train_histories[i][:max(1, len(self.train_histories[i]) - h)] if h else self.train_histories[i]
-                for i in idx]
-        users = self.train_users[idx]
-        prompts = build_prompts(hist, self.vocab, self.cfg.max_history, exclude_seen=self.cfg.exclude_seen,
-                                user_idx=users.tolist() if self.vocab.n_users else None)
-        return PromptBatch(hist, users, prompts)
+        return rollout_prompts([self.train_histories[i] for i in idx], self.train_users[idx], self.vocab,
+                               self.cfg.max_history, self.cfg.exclude_seen, self.cfg.holdout)
 
     def sync_weights(self) -> None:
         """Policy -> rollout actors.
@@ -224,28 +244,27 @@ class PPOOrchestrator:
         self.rollout.call("load_weights", state_ref)
         self._dirty = False
 
-    def make_experience(self, iteration: int, timer) -> tuple[PromptBatch, "object"]:
-        import ray
-
+    def make_experience(self, iteration: int, timer) -> tuple[Sharded, Sharded, dict]:
+        """Steps 1-4: the prompt batch and the Experience, both left in the object store (Sharded),
+        and the Experience's stats (the only values fetched here)."""
         c = self.cfg
         with timer("sync"):
             if self._dirty:
                 self.sync_weights()
-        batch = self.prompt_batch(iteration)
-        prompts = Sharded.put(batch)  # one copy; every role reads its rows from it
+        prompts = Sharded.put(self.prompt_batch(iteration), self.ledger)  # one copy; every role reads its rows
         with timer("generate"):
             rollout = self.rollout.dispatch("generate", prompts, iteration=iteration)
-            ray.wait(rollout.refs, num_returns=len(rollout.refs), fetch_local=False)
+            _wait(rollout)
         with timer("score"):
             scores = self.groups["reward"].dispatch("score", prompts, rollout)
             ref = self.groups["reference"].dispatch("logprobs", prompts, rollout)
             values = self.critic.dispatch("values", prompts, rollout)
-            answers = (self.rollout.gather(rollout), self.groups["reward"].gather(scores),
-                       self.groups["reference"].gather(ref), self.critic.gather(values))
+            _wait(scores, ref, values)
         with timer("advantage"):
-            exp = experience(batch, *answers, kl_coef=self.kl_ctl.value, kl_estimator=c.kl_estimator,
-                             gamma=c.gamma, lam=c.lam, whiten_advantages=c.whiten_advantages)
-        return batch, exp
+            exp, stats = advantage(rollout, scores, ref, values, self.ledger, kl_coef=self.kl_ctl.value,
+                                   kl_estimator=c.kl_estimator, gamma=c.gamma, lam=c.lam,
+                                   whiten_advantages=c.whiten_advantages)
+        return prompts, exp, stats
 
     def iteration(self, it: int) -> dict:
         c = self.cfg
@@ -257,24 +276,25 @@ class PPOOrchestrator:
             yield
             times[phase] += time.perf_counter() - t0
 
+        self.ledger.drain()  # count this iteration only
         t_start = time.perf_counter()
         kl_coef = self.kl_ctl.value
-        _, exp = self.make_experience(it, timer)
+        prompts, exp, stats = self.make_experience(it, timer)
         seed = derive_seed(c.seed, "train", it)
-        with timer("train"):
-            shared = Sharded.put(exp)  # one copy for both groups
-            p_refs = self.policy.run_sharded("train", shared, epochs=c.ppo_epochs, seed=seed)
-            c_refs = self.critic.run_sharded("train", shared, epochs=c.ppo_epochs, seed=seed)
+        with timer("train"):  # both groups read their rows of the one copy of each
+            p_refs = self.policy.run_sharded("train", prompts, exp, epochs=c.ppo_epochs, seed=seed)
+            c_refs = self.critic.run_sharded("train", prompts, exp, epochs=c.ppo_epochs, seed=seed)
             p_stats, c_stats = _mean_stats(self.policy.get(p_refs)), _mean_stats(self.critic.get(c_refs))
         self._dirty = True
-        stats = experience_stats(exp)
-        self.kl_ctl.update(stats["kl/per_page"], n_steps=len(exp))
+        self.kl_ctl.update(stats["kl/per_page"], n_steps=exp.rows)
         wall = time.perf_counter() - t_start
+        self.relay = self.ledger.drain()
+        assemble_s = stats.pop("time/assemble_s")  # the advantage arithmetic inside the task
         metrics = {"iteration": it + 1, **stats, "kl/coef": kl_coef,
                    **{f"policy/{k}": v for k, v in p_stats.items()},
                    **{f"critic/{k}": v for k, v in c_stats.items()},
-                   **{f"time/{k}_s": v for k, v in times.items()},
-                   "time/iteration_s": wall, "perf/pages_per_s": len(exp) / wall}
+                   **{f"time/{k}_s": v for k, v in times.items()}, "time/assemble_s": assemble_s,
+                   "time/iteration_s": wall, "perf/pages_per_s": exp.rows / wall, **self.relay.metrics()}
         self.monitor.observe_reward(stats["reward/total"])
         return metrics
 

@@ -5,13 +5,14 @@
 
 log pi_theta comes from :func:`rlhf_ray.generation.page_logprobs`, the same restricted
 distribution the rollout actors sampled from. Gradient clipping: the Engine
-(``train.grad_clip``).
+(``train.grad_clip``). ``train`` reads this rank's rows of the prompt batch and of the Experience
+from the object store and builds the prompts (tokens, seen-item mask) here.
 """
 from __future__ import annotations
 
 import torch
 
-from actors.experience import Experience
+from actors.experience import Experience, PromptBatch
 from actors.models import load_policy
 from actors.trainer import TrainerActor
 from rlhf_ray.config import PPOPolicyConfig
@@ -35,8 +36,8 @@ class PolicyActor(TrainerActor):
         self._start_engine(ck.model, cfg.train, total_steps)
         return {"params": sum(p.numel() for p in ck.model.parameters()), "device": str(self.engine.device)}
 
-    def _loss(self, m: Experience):
-        out = page_logprobs(self.engine.module, self.vocab, m.prompts, m.pages, logits_out=True)
+    def _loss(self, prompts: Prompts, m: Experience):
+        out = page_logprobs(self.engine.module, self.vocab, prompts, m.pages, logits_out=True)
         loss, stats = ppo_policy_loss(out["logprobs"], m.logprobs, m.advantages, m.mask, self.cfg.clip_eps)
         if self.cfg.entropy_coef > 0:
             entropy = restricted_entropy(out["logits"], m.mask)
@@ -47,14 +48,15 @@ class PolicyActor(TrainerActor):
         stats["entropy"] = float(entropy.detach())
         return loss, stats
 
-    def train(self, exp: Experience, epochs: int, seed: int) -> dict[str, float]:
+    def train(self, batch: PromptBatch, exp: Experience, epochs: int, seed: int) -> dict[str, float]:
         """PPO epochs over this rank's shard; mean stats (policy_loss, clipfrac, approx_kl, entropy, ...)."""
-        return self._fit(exp, epochs, seed, self._loss)
+        return self._fit(batch, exp, epochs, seed, self._loss)
 
     @torch.no_grad()
-    def logprobs(self, prompts: Prompts, pages: torch.Tensor) -> torch.Tensor:
+    def logprobs(self, batch: PromptBatch, pages: torch.Tensor) -> torch.Tensor:
         """(b, K) log pi_theta of given pages (every rank of a ZeRO-3 group must call)."""
-        return page_logprobs(self.engine.module, self.vocab, prompts, pages)["logprobs"].float().cpu()
+        out = page_logprobs(self.engine.module, self.vocab, batch.prompts(self.vocab), pages)
+        return out["logprobs"].float().cpu()
 
     def state_dict(self) -> dict | None:
         """Consolidated weights on rank 0 (None elsewhere): what rollouts load and export writes.

@@ -1,4 +1,7 @@
-"""ReferenceActor: the frozen SFT policy; per-slot log pi_ref(a_t | s_t) for the KL penalty."""
+"""ReferenceActor: the frozen SFT policy; per-slot log pi_ref(a_t | s_t) for the KL penalty.
+
+Reads its rows of the prompt batch and of the rollout from the object store and builds the
+prompts (with the seen-item mask) here; returns (b, K) log-probs."""
 from __future__ import annotations
 
 import torch
@@ -19,4 +22,5 @@ class ReferenceActor(BaseActor):
     @torch.no_grad()
     def logprobs(self, batch: PromptBatch, rollout: Rollout) -> RefLogprobs:
         """log pi_ref(a_t | s_t) of this rank's pages, under the same restricted distribution as the policy."""
-        return RefLogprobs(page_logprobs(self.model, self.vocab, batch.prompts, rollout.pages)["logprobs"].float().cpu())
+        logp = page_logprobs(self.model, self.vocab, batch.prompts(self.vocab), rollout.pages)["logprobs"]
+        return RefLogprobs(logp.float().cpu())

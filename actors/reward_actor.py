@@ -31,8 +31,9 @@ def reward_mix(fn) -> RewardMix:
 
 
 def build_reward(source: str, cfg: PPORewardConfig, data_dir: str, device: str = "cpu"):
-    """A RewardFn from ``source``: "rule" or a reward checkpoint directory (with ``cfg.hit_weight``:
-    plus hits on the held-out training positives, :class:`rlhf_ray.rewards.HitBonus`)."""
+    """A RewardFn from ``source``: "rule" or a reward checkpoint directory (with ``cfg.hit_weight`` /
+    ``cfg.diversity_weight``: plus hits on the held-out training positives and the page's category
+    entropy, :class:`rlhf_ray.rewards.HitBonus`)."""
     from rlhf_ray.rewards import HitBonus, ModelReward, RuleReward
     from rlhf_ray.stages.common import check_compatible, open_data
 
@@ -42,9 +43,10 @@ def build_reward(source: str, cfg: PPORewardConfig, data_dir: str, device: str =
     fn = ModelReward.from_checkpoint(source, alpha=cfg.alpha, device=device)
     if fn.catalog is not None:
         check_compatible(fn.catalog, prepared, source)
-    if cfg.hit_weight > 0:
+    if cfg.hit_weight > 0 or cfg.diversity_weight > 0:
         mix = reward_mix(fn)
-        return HitBonus(fn, prepared, cfg.hit_weight, mix.page_coef, mix.item_coef, mix.item_mode)
+        return HitBonus(fn, prepared, cfg.hit_weight, mix.page_coef, mix.item_coef, mix.item_mode,
+                        cfg.diversity_weight)
     return fn
 
 

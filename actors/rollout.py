@@ -3,7 +3,8 @@
 Pages are sampled with the shared constrained decoder
 (:func:`rlhf_ray.generation.generate_pages`): only catalogue items, no repeats, no
 seen items. The log-probs it records are under the same restricted distribution
-``page_logprobs`` recomputes in the policy. Sampling is seeded by
+``page_logprobs`` recomputes in the policy. The prompts and their seen-item mask are built here,
+for this rank's rows, from the controller's :class:`~actors.experience.PromptBatch`. Sampling is seeded by
 (seed, "rollout", iteration, rank) (:mod:`rlhf_ray.seeding`), so a resumed run draws the same pages.
 """
 from __future__ import annotations
@@ -45,7 +46,7 @@ class RolloutActor(BaseActor):
 
         g = torch.Generator(device=next(self.model.parameters()).device).manual_seed(
             derive_seed(self.seed, "rollout", iteration, self.rank))
-        pages = generate_pages(self.model, self.vocab, batch.prompts, self.gen, generator=g)
+        pages = generate_pages(self.model, self.vocab, batch.prompts(self.vocab), self.gen, generator=g)
         return Rollout(pages.items.cpu(), pages.logprobs.float().cpu())
 
     @torch.no_grad()

@@ -1,7 +1,8 @@
 """What the two training roles (policy, critic) share: an Engine per rank, the
 minibatch loop over this rank's shard, resumable state, and weight checksums.
 
-Each rank holds B / world rows of the experience and runs ``epochs`` seeded
+Each rank holds B / world rows of the experience (and of the iteration's prompt batch, whose
+prompts and seen-item mask it builds once per call) and runs ``epochs`` seeded
 permutations of them in minibatches of ``train.batch_size / world`` rows, so every
 rank takes the same number of forward/backward passes (ZeRO-3 needs all ranks in
 each one); the engine averages gradients across ranks, so one step is a step on a
@@ -17,10 +18,11 @@ import torch
 from torch import nn
 
 from actors.batching import take, to_device
-from actors.experience import Experience, minibatches
+from actors.experience import Experience, PromptBatch, minibatches
 from actors.group import BaseActor
 from rlhf_ray.config import TrainConfig
 from rlhf_ray.engine import Engine, backend_for, resolve_device
+from rlhf_ray.generation import Prompts
 from rlhf_ray.seeding import seed as derive_seed
 
 
@@ -36,16 +38,18 @@ class TrainerActor(BaseActor):
         self.engine.train(True)  # dropout is off (p = 0), so train mode is deterministic
         return self.engine
 
-    def _fit(self, exp: Experience, epochs: int, seed: int,
-             loss_fn: Callable[[Experience], tuple[torch.Tensor, dict]]) -> dict[str, float]:
-        """Minibatch steps over this rank's shard; mean stats over the steps."""
+    def _fit(self, batch: PromptBatch, exp: Experience, epochs: int, seed: int,
+             loss_fn: Callable[[Prompts, Experience], tuple[torch.Tensor, dict]]) -> dict[str, float]:
+        """Minibatch steps over this rank's shard (``batch`` and ``exp``: the same rows); mean stats
+        over the steps."""
         mb = max(1, self.train_cfg.batch_size // self.world)
         rank_seed = derive_seed(seed, "rank", self.rank)
+        prompts = batch.prompts(self.vocab)  # (b, L) tokens, (b, N) seen-item mask: built here, once
         sums: dict[str, float] = {}
         steps = 0
         for idx in minibatches(len(exp), mb, epochs, rank_seed):
-            batch = to_device(take(exp, idx), self.engine.device)
-            loss, stats = loss_fn(batch)
+            p, m = to_device((take(prompts, idx), take(exp, idx)), self.engine.device)
+            loss, stats = loss_fn(p, m)
             self.engine.backward(loss)
             stats["grad_norm"] = self.engine.step()
             steps += 1

@@ -101,9 +101,10 @@ def main(argv=None) -> int:
     impls = {"before": before, "after": after}
     ck = load_checkpoint(a.checkpoint)
     model, vocab = ck.model.eval(), ck.vocab
-    hist, *_ = load_prepared(a.data).histories("test")
+    hist, _, _, users = load_prepared(a.data).histories("test")
     max_history = int(ck.manifest.get("prompt", {}).get("max_history", 50))
-    prompts = {b: after.build_prompts([hist[i % len(hist)] for i in range(b)], vocab, max_history)
+    prompts = {b: after.build_prompts([hist[i % len(hist)] for i in range(b)], vocab, max_history,
+                                      user_idx=[users[i % len(hist)] for i in range(b)])
                for b in a.batch_sizes}
     cells = [(s, b) for s in a.strategies for b in a.batch_sizes]
     times = {(s, b, n): [] for s, b in cells for n in impls}

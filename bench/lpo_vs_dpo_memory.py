@@ -163,7 +163,7 @@ def run_trl(args, variant: str) -> dict:
     name = tok.convert_ids_to_tokens
     rows = {"prompt": [], "chosen": [], "rejected": []}
     for e, neg in zip(ex, negs):
-        ids = prompt_tokens(e.history, vocab, args.max_history)
+        ids = prompt_tokens(e.history, vocab, args.max_history, e.user)
         rows["prompt"].append("".join(name(ids)))
         assert tok(rows["prompt"][-1], add_special_tokens=False)["input_ids"] == ids  # one token per item
         rows["chosen"].append(name(vocab.item_token(e.positive)))

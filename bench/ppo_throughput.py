@@ -4,7 +4,9 @@
                                    [--iterations 3] [--batch 64] [--smoke-test]
 
 One PPO iteration = sync + generate (rollout actor) + score (reward, reference and critic
-at once) + advantage (driver) + train (policy and critic groups at once, ppo_epochs passes).
+at once) + advantage (a Ray task beside the data: KL, token rewards, GAE, whitening) + train
+(policy and critic groups at once, ppo_epochs passes). ``driver_get_bytes`` /
+``driver_put_bytes``: what the controller process fetched and put per iteration (actors.ledger).
 Setups differ only in the ZeRO stage of the policy and critic groups (2 ranks each; stage 0
 is DDP) and in placement: colocated (one placement group, fractional CPUs) or spread (one
 placement group per role). One warm-up iteration, then ``--iterations`` measured ones.
@@ -65,6 +67,7 @@ def measure(name: str, setup: dict, args, K: int, H: int) -> dict:
     row = {"setup": name, **setup, "startup_s": startup, "iteration_s": wall / len(runs),
            "pages_per_s": args.batch * len(runs) / wall}
     row.update({f"{p}_s": sum(m[f"time/{p}_s"] for m in runs) / len(runs) for p in PHASES})
+    row.update({k: sum(m[f"perf/driver_{k}"] for m in runs) / len(runs) for k in ("get_bytes", "put_bytes")})
     row["reward"] = float(sum(m["reward/total"] for m in runs) / len(runs))
     print(f"[bench] {name}: {row['pages_per_s']:.1f} pages/s, {row['iteration_s']:.2f} s/iteration "
           f"(startup {startup:.0f} s)", flush=True)
@@ -89,7 +92,8 @@ def main() -> None:
 
     init_ray(num_cpus=2, log_to_driver=False)
     rows = [measure(name, SETUPS[name], args, K, H) for name in args.setups.split(",")]
-    cols = ["setup", "pages_per_s", "iteration_s", *[f"{ph}_s" for ph in PHASES], "startup_s"]
+    cols = ["setup", "pages_per_s", "iteration_s", *[f"{ph}_s" for ph in PHASES], "startup_s", "get_bytes",
+            "put_bytes"]
     print(table(rows, cols, "{:.3f}"))
     path = run.write("ppo_throughput", {
         "what": "PPO iteration throughput (pages/s) and per-phase seconds on Ray actors",

@@ -171,9 +171,8 @@ def run_trl(args, K: int, H: int) -> dict:
     fn = reward_fn(args.reward, args.data)
     G = args.num_generations
     hists, users = train_users(args.data, (args.cycles + 1) * args.batch // G, args.seed)
-    with_users = bool(vocab.n_users)
-    prompt_ids = [prompt_tokens(h, vocab, H, u if with_users else None) for h, u in zip(hists, users)]
-    blocked = build_prompts(hists, vocab, H, exclude_seen=True, user_idx=users if with_users else None).blocked
+    prompt_ids = [prompt_tokens(h, vocab, H, u) for h, u in zip(hists, users)]  # user token iff the vocab has them
+    blocked = build_prompts(hists, vocab, H, exclude_seen=True, user_idx=users).blocked
     blocked_by_prompt = {tuple(ids): blocked[b] for b, ids in enumerate(prompt_ids)}
     texts = []
     for ids in prompt_ids:  # TRL tokenises text prompts: the text must come back as exactly these ids

@@ -113,6 +113,33 @@ def fault_body(doc: dict) -> str:
     return "\n".join(lines) + "\n\n" + note[:1].upper() + note[1:] + "."
 
 
+def reward_body(doc: dict) -> str:
+    """Synthetic pairs only (``reward_ml100k_policy0.json``) against synthetic + on-policy pairs
+    (this file), same SFT, same held-out users."""
+    base = _load("reward_ml100k_policy0")
+    runs = ([("synthetic pairs only", base)] if base else []) + [
+        (f"+ {doc['config'].get('policy_pages')} on-policy page(s) per golden page", doc)]
+    fams = ["overall", "relevance", "ranking", "diversity", "redundancy", "policy"]
+    lines = ["| reward trained on | " + " | ".join(f"pair acc. {f}" for f in fams)
+             + " | true page beats SFT page | golden beats SFT greedy | Spearman(R, page NDCG) [95% CI] |",
+             "|---|" + "---|" * (len(fams) + 3)]
+    for label, d in runs:
+        acc = d["held_out_pair_accuracy"]
+        cells = [f"{acc[f]['mix']:.3f}" if f in acc else "—" for f in fams]
+        sp, gb = d["calibration"]["spearman"], d["calibration"]["golden_beats_greedy"]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {d['next_item']['vs_sft']['mix']:.3f} | "
+                     f"{gb['mean']:.3f} | {sp['mean']:+.3f} [{sp['lo']:+.3f}, {sp['hi']:+.3f}] |")
+    sp = doc["calibration"]["spearman"]
+    lines.append(f"\nHeld-out users only: pair accuracy over {doc['held_out_pair_accuracy']['overall']['n']} "
+                 f"pairs of the pair set's test users; 'true page beats SFT page' over "
+                 f"{doc['next_item']['users']} users (the test item leads the SFT page); the calibration over "
+                 f"{sp['prompts']} prompts of {sp['users']} held-out users, {sp['pages_per_prompt']:.1f} pages each "
+                 f"(golden, rejected, {doc.get('calibration_samples', 8)} sampled from SFT).")
+    if base:
+        lines.append("\n" + _source(base).replace("Generated from", "Baseline row: generated from"))
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "generation_speed": block("generation_speed", "python bench/generation_speed.py --checkpoint CKPT --data DIR",
                               generation_speed_body),
@@ -124,6 +151,8 @@ BLOCKS = {
     **{f"sweep_{n}": block(f"sweep_{n}", f"python bench/tune_sweep.py --config tune_configs/{n}.yaml --out "
                            f"runs/sweep-{n}", own_table_body) for n in ("ppo", "ppo-grounded", "lpo", "smoke")},
     "fault_injection": block("fault_injection", "python bench/fault_injection.py", fault_body),
+    "reward_ml100k": block("reward_ml100k", "python bench/reward_ml100k.py --data DIR --sft DIR", reward_body),
+    "lpo_ablation": block("lpo_ablation", "python bench/lpo_ablation.py --seeds 0,1,2", protocol_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
 }
 PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)

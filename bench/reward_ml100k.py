@@ -2,7 +2,7 @@
 item head alone, their mix), and whether the reward prefers the page holding the user's true
 next item over a random page.
 
-    python bench/reward_ml100k.py --data /tmp/ml100k-prepared [--sft DIR] [--smoke-test]
+    python bench/reward_ml100k.py --data /tmp/ml100k-prepared [--sft DIR] [--policy-pages N] [--smoke-test]
 
 Without ``--sft`` a quick SFT checkpoint is trained first, the same as
 ``rlhf-ray sft --data DATA --out /tmp/reward-bench-sft --train.epochs 2``. The reward model
@@ -16,6 +16,9 @@ Without ``--sft`` a quick SFT checkpoint is trained first, the same as
   compared with K random unseen items ("vs random") and with the SFT page itself ("vs sft":
   the true item replacing SFT's last slot and leading the page). Fraction of users with
   R(true page) > R(other page).
+* calibration (``rlhf_ray.reward_calibration``): over held-out users' prompts, Spearman's rho
+  between the reward and page NDCG across the golden page, its rejected pages and ``--samples``
+  pages sampled from the SFT policy; and how often the golden page beats the policy's greedy page.
 * training time on this machine: wall clock and this process's CPU time (the machine is
   shared: wall time varies with its load, CPU time much less).
 
@@ -62,7 +65,7 @@ def next_item_test(reward, sft_dir: str, prepared, page_size: int, max_users: in
     gen = GenerationConfig(page_size=page_size)
     sft_pages = []
     for s in range(0, n, 256):
-        prompts = build_prompts(hist[s: s + 256], ck.vocab, gen.max_history)
+        prompts = build_prompts(hist[s: s + 256], ck.vocab, gen.max_history, user_idx=users[s: s + 256])
         sft_pages.append(generate_pages(ck.model, ck.vocab, prompts, gen).items)
     sft = torch.cat(sft_pages)  # (n, K)
     rng = np.random.default_rng(seed)
@@ -89,7 +92,12 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--max-history", type=int, default=20)
+    ap.add_argument("--max-history", type=int, default=50, help="prompt history (the pipeline's: 50)")
+    ap.add_argument("--policy-pages", type=int, default=None,
+                    help="on-policy rejected pages per golden page (default: RewardConfig's; 0 = synthetic only)")
+    ap.add_argument("--samples", type=int, default=8, help="calibration: policy pages sampled per held-out prompt")
+    ap.add_argument("--max-prompts", type=int, default=400, help="calibration: at most N held-out prompts")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of the reward model")
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--strength", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: the 2 cores are shared)")
@@ -115,11 +123,12 @@ def main() -> None:
         sft_s = train_sft(args.data, sft_dir)
         run.add_input("sft", sft_dir)
     train = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_steps": args.max_steps,
-             "progress": False, "tensorboard": False}
+             "progress": False, "tensorboard": False, "seed": args.seed}
     if args.smoke_test:
         train.update(max_steps=5, epochs=1)
+    over = {} if args.policy_pages is None else {"policy_pages": args.policy_pages}
     cfg = RewardConfig.from_dict({"train": train, "max_history": args.max_history, "alpha": args.alpha,
-                                  "pairs": {"strength": args.strength}})
+                                  "pairs": {"strength": args.strength}, **over})
     t, cpu = time.time(), time.process_time()
     metrics = stage.run(cfg, args.data, args.out, sft_dir)
     train_s, train_cpu = time.time() - t, time.process_time() - cpu
@@ -133,11 +142,21 @@ def main() -> None:
     eval_s = time.time() - t
     nxt = next_item_test(reward, sft_dir, prepared, cfg.pairs.page_size,
                          50 if args.smoke_test else args.max_users, seed=0)
+    from rlhf_ray.checkpoint import load_checkpoint
+    from rlhf_ray.reward_calibration import calibration
+
+    policy = load_checkpoint(sft_dir)
+    t = time.time()
+    calib = calibration(reward, policy.model.eval(), policy.vocab, prepared, pairs[pairs["split"] == "test"],
+                        window=cfg.pairs.window, max_history=cfg.max_history, n_samples=args.samples,
+                        max_prompts=40 if args.smoke_test else args.max_prompts, seed=0)
+    calib_s = time.time() - t
 
     result = {
         "config": cfg.to_dict(), "sft": sft_dir, "data": args.data, "smoke_test": args.smoke_test,
         "pairs": {k: v for k, v in reward.manifest["pairs"].items() if k not in ("config",)},
-        "held_out_pair_accuracy": table, "next_item": nxt,
+        "held_out_pair_accuracy": table, "next_item": nxt, "calibration": calib,
+        "calibration_wall_s": round(calib_s, 1),
         "train": {"steps": metrics.get("train/steps"), "best_epoch": metrics.get("epoch"),
                   "wall_s": round(train_s, 1),  # pair synthesis + model load + fit (validations included)
                   "cpu_s": round(train_cpu, 1),  # CPU time of this process over the same span (all threads)
@@ -157,6 +176,11 @@ def main() -> None:
     print(f"  {'other':12s} {'page':>7s} {'item':>7s} {'mix':>7s}")
     for k in ("vs_random", "vs_sft"):
         print(f"  {k:12s} {nxt[k]['page']:7.3f} {nxt[k]['item']:7.3f} {nxt[k]['mix']:7.3f}")
+    sp, gb = calib["spearman"], calib["golden_beats_greedy"]
+    print(f"\ncalibration ({sp['prompts']} held-out prompts of {sp['users']} users, "
+          f"{sp['pages_per_prompt']:.1f} pages each): Spearman(reward, page NDCG) {sp['mean']:.3f} "
+          f"[{sp['lo']:.3f}, {sp['hi']:.3f}]; golden page beats the policy's greedy page "
+          f"{gb.get('mean', float('nan')):.3f} of {gb['prompts']} prompts")
     tr = result["train"]
     print(f"\ntraining: {tr['steps']} steps, {tr['wall_s']} s wall in all ({tr['fit_wall_s']} s in the loop, "
           f"validations included), {tr['cpu_s']} s CPU; {args.threads} threads, load avg "

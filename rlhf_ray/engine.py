@@ -7,6 +7,7 @@ stage: ``loss = ...; engine.backward(loss); engine.step()``.
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import socket
@@ -54,6 +55,17 @@ def ensure_process_group(device: torch.device) -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     dist.init_process_group(backend_for(device), rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+    atexit.register(destroy_process_group)
+
+
+def destroy_process_group() -> None:
+    """Tear down the default process group if one is up. Registered at exit by
+    :func:`ensure_process_group`: a gloo/NCCL group still alive while the interpreter
+    finalises can crash the process after its work is done (exit code 139)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_world() -> tuple[int, int]:

@@ -46,7 +46,8 @@ def pad_lists(lists, fill=-1, dtype=np.int64, width: int | None = None) -> np.nd
 @torch.no_grad()
 def rank_and_generate(model, vocab: Vocab, histories, gen: GenerationConfig, kmax: int, batch_size: int = 256,
                       pages: bool = True, user_idx=None):
-    """Top-``kmax`` full-ranking lists and generated pages for a list of histories."""
+    """Top-``kmax`` full-ranking lists and generated pages for a list of histories; ``user_idx``:
+    each row's user, whose token leads its prompt when the vocabulary has user tokens."""
     was_training = model.training
     model.eval()
     tops, pgs = [], []
@@ -178,6 +179,9 @@ def evaluate_full(model, vocab: Vocab, prepared, split: str = "test", gen: Gener
                   protocol: str | None = None) -> Evaluation:
     """Rank and generate for every user of ``split``, then :func:`score_lists` under the protocol.
 
+    Prompts are :func:`rlhf_ray.generation.build_prompts` of each user's history and user (the
+    user token when the vocabulary has them): validation and test build them alike.
+
     ``protocol`` defaults to the one the data's split defines (:func:`protocol_of`);
     ``ks`` to the protocol's cut-offs (loo: 10, 20; pagellm: 10, 20, 40, 100).
     """
@@ -189,8 +193,7 @@ def evaluate_full(model, vocab: Vocab, prepared, split: str = "test", gen: Gener
         hist, targets, target_ratings, users = hist[:max_users], targets[:max_users], target_ratings[:max_users], users[:max_users]
     if not len(hist):
         raise ValueError(f"split {split!r} has no users with a positive target")
-    use_users = users if vocab.n_users else None
-    top, page = rank_and_generate(model, vocab, hist, replace(gen), max(ks), batch_size, pages, use_users)
+    top, page = rank_and_generate(model, vocab, hist, replace(gen), max(ks), batch_size, pages, users)
     scored = score_lists(top, page, targets, target_ratings, prepared, protocol, ks)
     metrics = {k: M.mean(v) for k, v in scored.per_user.items()}
     metrics.update(scored.scalars)

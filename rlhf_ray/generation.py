@@ -38,16 +38,50 @@ class Pages:
     first_scores: torch.Tensor  # (B, n_items) first-slot item logits, blocked = -inf (= score_items), on the model device
 
 
+def prompt_user(vocab: Vocab, user_idx: int | None) -> int | None:
+    """The user whose token a sequence about ``user_idx`` carries: the user when the vocabulary
+    has user tokens, None when it has none or the user is unknown (an anonymous history).
+
+    The one place that decides, so SFT, pre-training, LPO, the reward model, PPO, validation,
+    evaluation and Serve all build the same prompt for the same user. A user index without a
+    token is an error (data and checkpoint from different user tables), not a silent omission."""
+    if user_idx is None or not vocab.n_users:
+        return None
+    u = int(user_idx)
+    if not 0 <= u < vocab.n_users:
+        raise ValueError(f"user_idx {u} has no user token: the vocabulary has {vocab.n_users} "
+                         f"(<user_0>..<user_{vocab.n_users - 1}>); the data's users differ from the checkpoint's")
+    return u
+
+
+def prompt_head(vocab: Vocab, user_idx: int | None = None) -> list[int]:
+    """``<bos> [<user_u>]``: how every sequence about a user starts (prompts, SFT's next-item
+    windows, pre-training's rating prompts); the user token per :func:`prompt_user`."""
+    u = prompt_user(vocab, user_idx)
+    return [vocab.bos] if u is None else [vocab.bos, vocab.user_token(u)]
+
+
 def prompt_tokens(history: Sequence[int], vocab: Vocab, max_history: int, user_idx: int | None = None) -> list[int]:
     """Token ids of one prompt (most recent ``max_history`` items)."""
     hist = list(history)[-max_history:] if max_history else []
-    head = [vocab.bos] + ([vocab.user_token(user_idx)] if user_idx is not None and vocab.n_users else [])
-    return head + [vocab.hist] + [vocab.item_token(int(i)) for i in hist] + [vocab.page]
+    return prompt_head(vocab, user_idx) + [vocab.hist] + [vocab.item_token(int(i)) for i in hist] + [vocab.page]
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists to ``(B, L)`` ids and attention mask."""
-    L = max(len(s) for s in seqs)
+def prompt_length(histories: Sequence[Sequence[int]], vocab: Vocab, max_history: int,
+                  user_idx: Sequence[int] | None = None) -> int:
+    """L of :func:`build_prompts` for these histories: the longest prompt's token count."""
+    return max(len(prompt_tokens(h, vocab, max_history, None if user_idx is None else user_idx[b]))
+               for b, h in enumerate(histories))
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to ``(B, L)`` ids and attention mask; ``L`` = the longest list, or ``length``
+    (>= it: shards of one batch padded like the whole batch)."""
+    L = max((len(s) for s in seqs), default=0)
+    if length is not None:
+        if length < L:
+            raise ValueError(f"left_pad: a sequence of {L} tokens does not fit length {length}")
+        L = length
     ids = torch.full((len(seqs), L), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
     for b, s in enumerate(seqs):
@@ -65,14 +99,20 @@ def build_prompts(
     exclude_seen: bool = True,
     exclude: Sequence[Sequence[int]] | None = None,
     candidates: Sequence[Sequence[int] | None] | None = None,
-    user_idx: Sequence[int] | None = None,
+    user_idx: Sequence[int | None] | None = None,
+    length: int | None = None,
 ) -> Prompts:
-    """Tokenise a batch of histories and compute each row's blocked-item mask."""
+    """Tokenise a batch of histories and compute each row's blocked-item mask.
+
+    ``user_idx``: each row's user (None for an anonymous row); its token goes into the prompt
+    when the vocabulary has user tokens (:func:`prompt_user`), so callers pass the users they
+    know whatever the vocabulary. ``length``: pad to that many tokens (:func:`prompt_length` of
+    the whole batch) instead of this batch's longest prompt."""
     seqs = [
-        prompt_tokens(h, vocab, max_history, None if user_idx is None else int(user_idx[b]))
+        prompt_tokens(h, vocab, max_history, None if user_idx is None else user_idx[b])
         for b, h in enumerate(histories)
     ]
-    ids, mask = left_pad(seqs, vocab.pad)
+    ids, mask = left_pad(seqs, vocab.pad, length)
     blocked = torch.zeros((len(histories), vocab.n_items), dtype=torch.bool)
     for b, h in enumerate(histories):
         if exclude_seen and len(h):

@@ -15,17 +15,18 @@ from rlhf_ray.config import ModelConfig
 from rlhf_ray.tokens import Vocab
 
 
-def build_model(cfg: ModelConfig, vocab: Vocab) -> nn.Module:
-    """A causal LM sized for ``vocab``: GPT-2 from ``cfg`` sizes, or ``cfg.base_model`` resized."""
-    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+# New embedding rows (specials a base tokenizer lacked, items, users) start at the mean of the
+# pretrained rows plus this fraction of their per-dimension spread as noise.
+NEW_ROW_NOISE = 0.1
+
+
+def build_model(cfg: ModelConfig, vocab: Vocab, n_base: int | None = None) -> nn.Module:
+    """A causal LM sized for ``vocab``: GPT-2 from ``cfg`` sizes, or ``cfg.base_model`` grown
+    to ``vocab.size`` (:func:`load_base_model`; ``n_base``: the base tokenizer's size)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     if cfg.base_model:
-        model = AutoModelForCausalLM.from_pretrained(cfg.base_model)
-        if model.get_input_embeddings().num_embeddings != vocab.size:
-            model.resize_token_embeddings(vocab.size)
-        model.config.pad_token_id = vocab.pad
-        model.config.bos_token_id = vocab.bos
-        model.config.eos_token_id = vocab.eos
+        model = load_base_model(cfg.base_model, vocab, n_base)
     else:
         conf = GPT2Config(
             vocab_size=vocab.size,
@@ -46,11 +47,74 @@ def build_model(cfg: ModelConfig, vocab: Vocab) -> nn.Module:
     return model
 
 
+def load_base_model(path: str, vocab: Vocab, n_base: int | None = None) -> nn.Module:
+    """A pretrained causal LM (fp32) whose embeddings are grown to ``vocab.size`` for the tokens
+    appended to its tokenizer (:func:`rlhf_ray.tokens.extend_tokenizer`).
+
+    Rows ``[0, n_base)`` (the base tokenizer's ids; default ``vocab.n_text``) are the pretrained
+    ones, untouched, so every original token keeps its meaning. Every row from ``n_base`` on
+    (the added specials, ``<item_i>``, ``<user_u>``) starts at the mean of the pretrained rows
+    plus a little noise (:data:`NEW_ROW_NOISE` times their per-dimension standard deviation,
+    fixed seed): like transformers' ``mean_resizing``, a new token's logit starts near an
+    average token's, neither dominating the softmax nor vanishing from it, and the noise
+    makes the item tokens differ from one another from the first step. An untied output
+    layer gets the same treatment (its bias, if any, the mean bias).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_ray.config import ConfigError
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.base_model {path}: cannot load a causal LM: {e}") from None
+    rows = model.get_input_embeddings().num_embeddings
+    keep = vocab.n_text if n_base is None else n_base
+    if keep > rows:
+        raise ConfigError(f"model.base_model {path}: its tokenizer has {keep} tokens but the model embeds only "
+                          f"{rows}; the tokenizer does not belong to this model")
+    model.resize_token_embeddings(vocab.size, mean_resizing=False)
+    init_new_rows(model, keep)
+    for conf in (model.config, getattr(model, "generation_config", None)):
+        if conf is not None:
+            conf.pad_token_id, conf.bos_token_id, conf.eos_token_id = vocab.pad, vocab.bos, vocab.eos
+    return model
+
+
+@torch.no_grad()
+def init_new_rows(model: nn.Module, start: int, noise: float = NEW_ROW_NOISE, seed: int = 0) -> None:
+    """Set embedding rows ``[start, V)`` (input and, if untied, output) to mean + noise of rows
+    ``[0, start)`` (see :func:`load_base_model`)."""
+    gen = torch.Generator().manual_seed(seed)
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    mats = [emb] + ([out.weight] if out is not None and out.weight.data_ptr() != emb.data_ptr() else [])
+    for w in mats:
+        n_new = w.shape[0] - start
+        if n_new <= 0:
+            continue
+        old = w[:start].float()
+        new = old.mean(0) + noise * old.std(0) * torch.randn(n_new, w.shape[1], generator=gen)
+        w[start:] = new.to(w.dtype)
+    bias = getattr(out, "bias", None) if out is not None else None
+    if bias is not None and bias.shape[0] > start:
+        bias[start:] = bias[:start].float().mean().to(bias.dtype)
+
+
+def context_length(model: nn.Module) -> int | None:
+    """Positions the model can attend over (``n_positions`` or ``max_position_embeddings``), if it says."""
+    conf = unwrap(model).config
+    n = getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
 def add_lora(model: nn.Module, cfg: ModelConfig, vocab: Vocab) -> nn.Module:
-    """Wrap ``model`` with LoRA adapters; item/user token embeddings stay trainable."""
+    """Wrap ``model`` with LoRA adapters; the item/user and special-token embeddings stay
+    trainable (a base model's added specials start at the mean row like the items)."""
     from peft import LoraConfig, get_peft_model
 
-    new_tokens = list(range(vocab.item_offset, vocab.size))
+    specials = {vocab.pad, vocab.bos, vocab.eos, vocab.hist, vocab.page, vocab.sep, vocab.meta}
+    new_tokens = sorted(specials | set(range(vocab.item_offset, vocab.size)))
     lcfg = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

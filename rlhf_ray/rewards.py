@@ -256,32 +256,32 @@ class RuleReward:
 
 
 class HitBonus:
-    """A :class:`RewardFn` adding grounded hits to another reward (an ensemble of a learned and a
+    """A :class:`RewardFn` adding grounded terms to another reward (an ensemble of a learned and a
     rule-based reward):
 
-        total = base.total + weight * sum_t hit_t,   hit_t = 1[p_t is a training positive the prompt
-                                                            held out, not seen, not repeated]
+        total = base.total + weight * sum_t hit_t + diversity * H_cat(page) / ln(K')
+        hit_t = 1[p_t is a training positive the prompt held out, not seen, not repeated]
 
-    spread over the page as ``page = c_page * base.page`` and per slot
+    spread over the page as ``page = c_page * base.page + diversity * H_cat / ln K'`` and per slot
     ``items_t = c_item * w_t * base.items_t + weight * hit_t`` (the base's own slot weights w_t),
-    so the parts sum to the total exactly (a plain sum: no ``alpha`` attribute). The hits are
-    :class:`RuleReward`'s with every other rule term off.
+    so the parts sum to the total exactly (a plain sum: no ``alpha`` attribute). Hits and the
+    normalised category entropy are :class:`RuleReward`'s terms, every other rule term off.
     """
 
     def __init__(self, base: RewardFn, prepared, weight: float, page_coef: float, item_coef: float,
-                 item_mode: str = "mean"):
-        self.base, self.weight = base, float(weight)
+                 item_mode: str = "mean", diversity: float = 0.0):
+        self.base, self.weight, self.diversity = base, float(weight), float(diversity)
         self.page_coef, self.item_coef, self.item_mode = page_coef, item_coef, item_mode
-        self.hits = RuleReward(prepared, "train", hit=1.0, tail=0.0, diversity=0.0, repeat=0.0)
+        self.hits = RuleReward(prepared, "train", hit=1.0, tail=0.0, diversity=self.diversity, repeat=0.0)
         self.max_history = getattr(base, "max_history", None)
 
     def __call__(self, histories: Sequence[Sequence[int]], pages, user_idx: Sequence[int] | None = None
                  ) -> RewardOutput:
         pages = as_pages(pages)
         out = self.base(histories, pages, user_idx=user_idx)
-        hits = self.hits(histories, pages, user_idx=user_idx).items
+        rules = self.hits(histories, pages, user_idx=user_idx)
         mask = (pages >= 0).to(out.items.dtype)
         w = mask / mask.sum(-1, keepdim=True).clamp(min=1.0) if self.item_mode == "mean" else mask
-        items = self.item_coef * w * out.items + self.weight * hits
-        page = self.page_coef * out.page
+        items = self.item_coef * w * out.items + self.weight * rules.items
+        page = self.page_coef * out.page + rules.page.to(out.page.dtype)  # rules.page: diversity * H / ln K'
         return RewardOutput(page, items, page + items.sum(-1))

@@ -2,13 +2,15 @@
 
 One vocabulary holds three ranges, in this order:
 
-    [0, n_text)                          byte-level BPE for titles/categories + specials
+    [0, n_text)                          text tokens for titles/categories + specials
     [item_offset, item_offset + n_items) one token per catalogue item: ``<item_{idx}>``
     [user_offset, user_offset + n_users) optional: one token per user: ``<user_{idx}>``
 
 Items are contiguous so "all item logits" is one slice and token id -> item_idx is
-a subtraction. The BPE part is trained offline with ``tokenizers`` on the
-catalogue's own text; nothing is downloaded.
+a subtraction. The text part is either a byte-level BPE trained offline with
+``tokenizers`` on the catalogue's own text (:func:`train_tokenizer`; nothing is
+downloaded), or a pretrained model's own tokenizer with the specials it lacks
+appended (:func:`extend_tokenizer`), so the pretrained ids keep their meaning.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from rlhf_ray.config.base import ConfigError
 from rlhf_ray.errors import CheckpointError
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<hist>", "<page>", "<sep>", "<meta>"]
@@ -27,7 +30,7 @@ VOCAB_FILE = "rlhf_ray_vocab.json"
 class Vocab:
     """Token-id layout shared by every stage, generation and serving."""
 
-    n_text: int  # BPE + specials
+    n_text: int  # text tokens (trained BPE, or a base model's own) + specials
     item_offset: int
     n_items: int
     user_offset: int
@@ -91,6 +94,68 @@ def train_tokenizer(texts: Iterable[str], n_items: int, n_users: int = 0, vocab_
     )
     vocab = _layout(hf, n_text, n_items, n_users)
     return hf, vocab
+
+
+# Files a tokenizer directory has at least one of (fast: tokenizer.json; slow BPE / WordPiece /
+# SentencePiece sources transformers converts from).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def extend_tokenizer(base: str | Path, n_items: int, n_users: int = 0):
+    """A pretrained model's own tokenizer (``AutoTokenizer.from_pretrained(base)``, ``base`` a local
+    directory) with what
+    this project needs appended: the :data:`SPECIALS` it lacks (matched by string; one it
+    already has keeps its id), then ``<item_0..n_items-1>``, then ``<user_0..n_users-1>``.
+
+    Every id the base tokenizer had keeps its string, so the base model's embedding rows keep
+    their meaning; ``n_text`` = base size + added specials, and the item (user) tokens follow
+    contiguously as :class:`Vocab` requires. Returns ``(tokenizer, Vocab, n_base)``, where
+    ``n_base`` is the base tokenizer's size (ids from it on are new and need fresh embedding
+    rows). A :class:`ConfigError` naming ``model.base_model`` when it is not a directory or has
+    no tokenizer, the tokenizer has no fast backend (a checkpoint stores ``tokenizer.json``), its
+    ids have holes, or it already has tokens named like the item/user tokens (the appended
+    ones would then not be contiguous).
+    """
+    from transformers import AutoTokenizer
+
+    where = f"model.base_model {base}"
+    d = Path(base)
+    if not d.is_dir():  # a hub name would mean a download: fetch it to a directory first, on purpose
+        raise ConfigError(f"{where}: not a directory; save (or download) the model and its tokenizer to a "
+                          f"directory and pass that")
+    if not any((d / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"{where}: no tokenizer in the directory (none of {', '.join(TOKENIZER_FILES)}); "
+                          f"save the base model's tokenizer there too (tokenizer.save_pretrained(DIR))")
+    try:
+        hf = AutoTokenizer.from_pretrained(str(base))
+    except (OSError, ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: cannot load its tokenizer: {e}") from None
+    if not getattr(hf, "is_fast", False):
+        raise ConfigError(f"{where}: its tokenizer ({type(hf).__name__}) has no fast (tokenizers) backend; "
+                          f"checkpoints store tokenizer.json, so a fast tokenizer is needed")
+    base_vocab = hf.get_vocab()
+    n_base = len(hf)
+    if len(base_vocab) != n_base or (base_vocab and max(base_vocab.values()) != n_base - 1):
+        raise ConfigError(f"{where}: its tokenizer's ids are not 0..{n_base - 1} ({len(base_vocab)} tokens, "
+                          f"largest id {max(base_vocab.values(), default=-1)}): tokens appended to it would not "
+                          f"get contiguous ids")
+    new = [f"<item_{i}>" for i in range(n_items)] + [f"<user_{u}>" for u in range(n_users)]
+    clash = [t for t in new if t in base_vocab]
+    if clash:
+        raise ConfigError(f"{where}: its tokenizer already has {len(clash)} token(s) named like the item/user "
+                          f"tokens (e.g. {clash[:3]}); the item tokens would not get contiguous ids")
+    hf.add_tokens([s for s in SPECIALS if s not in base_vocab], special_tokens=True)
+    n_text = len(hf)
+    hf.add_tokens(new, special_tokens=True)
+    if hf.pad_token is None:
+        hf.pad_token = "<pad>"
+    got = hf.convert_tokens_to_ids(new)
+    bad = [(t, i) for k, (t, i) in enumerate(zip(new, got)) if i != n_text + k]
+    if bad or len(hf) != n_text + len(new):
+        raise ConfigError(f"{where}: appending the item/user tokens gave non-contiguous ids "
+                          f"(e.g. {bad[:3]}; expected {n_text}..{n_text + len(new) - 1})")
+    return hf, _layout(hf, n_text, n_items, n_users), n_base
 
 
 def _layout(hf, n_text: int, n_items: int, n_users: int) -> Vocab:

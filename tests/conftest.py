@@ -13,6 +13,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+def pytest_sessionfinish(session, exitstatus):
+    """Leave nothing native running into interpreter shutdown: a Ray driver that a test left
+    connected, and the 1-rank process group in-process DeepSpeed runs create (alive at exit,
+    either can crash the finished run with a segfault)."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    if "torch.distributed" in sys.modules:
+        from rlhf_ray.engine import destroy_process_group
+
+        destroy_process_group()
+
+
 TINY_MODEL = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 96, "dropout": 0.0, "text_vocab_size": 300}
 
 

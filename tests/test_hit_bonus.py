@@ -43,3 +43,23 @@ def test_hits_pay_for_held_out_training_positives_only(synth_data):
     # each slot keeps the base's share of the total and a hit adds its weight on its own slot
     torch.testing.assert_close(out.items - 2.0 * hits, 0.7 * ref.items * mask / mask.sum(-1, keepdim=True))
     assert (out.items[1, 1:] == 0).all()  # padding earns nothing
+
+
+def test_diversity_term_pays_the_normalised_category_entropy(synth_data):
+    from rlhf_ray.metrics import category_entropy
+
+    prepared = load_prepared(synth_data)
+    cats = np.asarray(prepared.item_categories)
+    one = np.flatnonzero(cats == cats[0])[:4].tolist()  # four items of one category
+    spread = [int(np.flatnonzero(cats == c)[0]) for c in np.unique(cats)[:4]]  # four categories
+    pages = torch.tensor([one, spread])
+    base = Fixed()
+    plain = HitBonus(base, prepared, weight=0.0, page_coef=base.alpha, item_coef=1 - base.alpha)
+    fn = HitBonus(base, prepared, weight=0.0, page_coef=base.alpha, item_coef=1 - base.alpha, diversity=1.5)
+    h = [[], []]
+    out, ref = fn(h, pages, user_idx=[0, 0]), plain(h, pages, user_idx=[0, 0])
+    ent = torch.as_tensor(category_entropy(pages.numpy(), prepared.item_categories), dtype=torch.float32)
+    torch.testing.assert_close(out.page - ref.page, 1.5 * ent / np.log(4))
+    assert float(out.page[1] - ref.page[1]) > float(out.page[0] - ref.page[0])  # the spread page earns more
+    torch.testing.assert_close(out.items, ref.items)
+    torch.testing.assert_close(out.page + out.items.sum(-1), out.total)

@@ -73,9 +73,10 @@ def test_reweighting_favours_tail_targets(tiny_sft, synth_data, tmp_path):
     for batch in spec.batches(0, 0, 1):
         tail = torch.tensor(prepared.is_tail)[batch["pos"]]  # from the data, not the batch's flag
         assert torch.equal(batch["tail"], tail)
-        w = spec.module.weights(batch)
+        zero = torch.zeros(len(batch["pos"]))
+        w = spec.module.weights(batch, zero)
         assert w.mean().item() == pytest.approx(1.0, abs=1e-5)
-        assert torch.equal(flat.module.weights(batch), torch.ones_like(w))
+        assert torch.equal(flat.module.weights(batch, zero), torch.ones_like(w))
         if tail.any() and (~tail).any():
             mixed += 1
             assert w[tail].min() > w[~tail].max()
@@ -83,6 +84,22 @@ def test_reweighting_favours_tail_targets(tiny_sft, synth_data, tmp_path):
             _, stats = spec.module(batch)
             assert stats["tail_weight_mean"] > 1.0 and stats["weight_entropy"] < 1.0
     assert mixed >= 2, "no batch held both tail and head targets"
+
+
+def test_adaptive_reweighting_also_favours_hard_examples(tiny_sft, synth_data, tmp_path):
+    spec, _ = stage(tiny_sft, synth_data, tmp_path, reweight_strength=1.0, reweight="adaptive")
+    static, _ = stage(tiny_sft, synth_data, tmp_path, reweight_strength=1.0)
+    batch = next(iter(spec.batches(0, 0, 1)))
+    batch = {**batch, "tail": torch.zeros_like(batch["tail"])}  # no tail target: only the loss matters
+    losses = torch.arange(len(batch["pos"]), dtype=torch.float32)
+    w = spec.module.weights(batch, losses)
+    assert w.mean().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.all(w[1:] > w[:-1])  # a higher loss, a higher weight
+    z = (losses - losses.mean()) / losses.std(unbiased=False)
+    assert torch.allclose(w, len(w) * torch.softmax(z, 0), atol=1e-6)
+    assert torch.equal(static.module.weights(batch, losses), torch.ones_like(w))  # static ignores the loss
+    loss, stats = spec.module(batch)
+    assert torch.isfinite(loss) and stats["weight_entropy"] < 1.0
 
 
 @pytest.mark.parametrize("loss", ["lpo", "sdpo"])
@@ -144,7 +161,7 @@ def held_out_tail_examples(prepared) -> list[tuple[int, lpo.Example]]:
     for split in ("valid", "test"):
         h = prepared.histories(split)
         for u, hist, targets in zip(h.user_idx, h.histories, h.targets):
-            out += [(int(u), lpo.Example(np.asarray(hist), int(t), np.asarray(hist))) for t in targets
+            out += [(int(u), lpo.Example(np.asarray(hist), int(t), np.asarray(hist), int(u))) for t in targets
                     if prepared.is_tail[t] and t not in hist]
     return out
 

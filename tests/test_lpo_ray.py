@@ -74,7 +74,8 @@ def trained_objective(cfg: LPOConfig, data, old, new) -> tuple[float, float]:
                 pp, pn = pick(lpo.restricted_logprobs(lm, old.vocab, b), b, neg)
                 rp, rn = pick(lpo.restricted_logprobs(ref, old.vocab, b), b, neg)
                 pref = lpo.PREFERENCE_LOSSES["sdpo"](pp, pn, rp, rn, cfg.beta)
-                total += float((mod.weights(b) * (cfg.ce_weight * -pp + cfg.lpo_weight * pref)).mean())
+                per_example = cfg.ce_weight * -pp + cfg.lpo_weight * pref
+                total += float((mod.weights(b, per_example) * per_example).mean())
             return total / len(batches)
 
         return objective(old.model.eval()), objective(new.model.eval())

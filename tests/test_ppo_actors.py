@@ -3,7 +3,8 @@ ZeRO-2, critic, reference, rule reward, rollout) started once for the module.
 
 Checks: KL is zero and recorded log-probs equal recomputed ones while policy == reference;
 token rewards of a real batch add up; a full iteration trains policy and critic and keeps
-the two ZeRO-2 ranks identical; weight sync reaches the rollout actor; validation and
+the two ZeRO-2 ranks identical; the driver fetches no tensor and puts only the batch's
+description (its ledger); weight sync reaches the rollout actor; validation and
 export; a killed actor's error names its role and rank, also when recovery has no restart left,
 and with a restart left the lost group comes back inside the shared placement group and trains.
 """
@@ -47,7 +48,12 @@ def orch(ray_local, tiny_sft, synth_data, tmp_path_factory):
 def test_first_batch_kl_zero_and_logprobs_agree(orch):
     import ray
 
-    batch, exp = orch.make_experience(0, _no_timer)
+    from actors.experience import experience_stats
+
+    prompts, shared, stats = orch.make_experience(0, _no_timer)
+    batch, exp = ray.get(prompts.refs[0]), ray.get(shared.refs[0])  # fetched by the test, not the controller
+    stats.pop("time/assemble_s")
+    assert stats == experience_stats(exp)  # the advantage task's scalars describe the Experience it left
     B, K = exp.pages.shape
     assert (B, K) == (orch.cfg.rollout_batch_size, orch.cfg.page_size)
     assert bool(exp.mask.all())
@@ -56,7 +62,7 @@ def test_first_batch_kl_zero_and_logprobs_agree(orch):
     # policy == reference at the start: the per-slot KL vanishes
     assert float(exp.kl.abs().max()) < 1e-5
     # the rollout's recorded log-probs are what the policy group recomputes
-    recomputed = torch.cat(ray.get(orch.policy.run_sharded("logprobs", exp.prompts, exp.pages)))
+    recomputed = torch.cat(ray.get(orch.policy.run_sharded("logprobs", prompts, exp.pages)))
     assert torch.allclose(recomputed, exp.logprobs, atol=1e-5)
     # token rewards: the KL-free part adds up to the reward function's total
     kl_part = orch.kl_ctl.value * exp.kl.sum(-1)
@@ -89,13 +95,33 @@ def test_full_iteration_trains_and_zero2_ranks_stay_in_sync(orch):
             assert hashlib.sha256(tensor.float().contiguous().numpy().tobytes()).hexdigest() == named[name], name
 
 
+def test_driver_fetches_no_tensor_and_puts_no_catalogue_mask(orch):
+    """The controller's ledger over one iteration with a weight sync (the policy changed): the driver
+    fetched scalars only (stats, acknowledgements: no (B, K) answer, no Experience, no weights) and
+    put one object, the batch's description, whose only tensor is the (B,) user ids; the (B, N)
+    seen-item mask and the prompt tokens were built by the roles."""
+    B, N = orch.cfg.rollout_batch_size, orch.vocab.n_items
+    assert orch._dirty
+    m = orch.iteration(1)
+    relay = orch.relay
+    assert relay.shapes("get") == [], relay.tensors
+    assert relay.shapes("put") == [(B,)], relay.tensors
+    assert relay.put_objects == 1 and relay.get_objects >= 4  # publish, load, experience stats, training stats
+    assert m["perf/driver_get_bytes"] == relay.get_bytes > 0 and m["perf/driver_put_bytes"] == relay.put_bytes > 0
+    weights = sum(p.numel() * 4 for p in orch.policy.call("state_dict")[0].values())  # what a relayed sync would cost
+    assert relay.get_bytes < min(16 * 1024, weights / 4), relay
+    assert N not in {d for _, s, _ in relay.tensors for d in s}
+    assert math.isfinite(m["reward/total"]) and m["time/assemble_s"] >= 0.0
+
+
 def test_weight_sync_reaches_rollouts(orch):
     import ray
 
     assert orch._dirty
-    batch, exp = orch.make_experience(1, _no_timer)  # syncs first
+    prompts, shared, _ = orch.make_experience(2, _no_timer)  # syncs first
+    exp = ray.get(shared.refs[0])
     assert not orch._dirty
-    recomputed = torch.cat(ray.get(orch.policy.run_sharded("logprobs", exp.prompts, exp.pages)))
+    recomputed = torch.cat(ray.get(orch.policy.run_sharded("logprobs", prompts, exp.pages)))
     assert torch.allclose(recomputed, exp.logprobs, atol=1e-5)
     assert float(exp.kl.abs().max()) > 1e-4  # the trained policy has left the reference
 

@@ -7,18 +7,19 @@ import pytest
 import torch
 
 from actors.batching import concat, split, take
-from actors.experience import Experience, RewardMix, assemble, last_slot, minibatches, token_rewards
+from actors.experience import Experience, PromptBatch, RewardMix, assemble, last_slot, minibatches, token_rewards
 from actors.monitor import HackingMonitor
 from actors.placement import RoleSpec, colocated_bundles
 from actors.reward_actor import reward_mix
 from actors.state import RunState, complete, iter_name, rng_state, set_rng_state
 from rlhf_ray.config import ConfigError, PPOConfig
-from rlhf_ray.generation import Prompts
+from rlhf_ray.generation import build_prompts
+from rlhf_ray.tokens import Vocab
 
 
-def _prompts(B: int, L: int = 3, N: int = 6) -> Prompts:
-    return Prompts(torch.arange(B * L).reshape(B, L), torch.ones(B, L, dtype=torch.long),
-                   torch.zeros(B, N, dtype=torch.bool))
+def _vocab(n_items: int = 10, n_users: int = 0) -> Vocab:
+    return Vocab(n_text=8, item_offset=8, n_items=n_items, user_offset=8 + n_items, n_users=n_users, pad=0, bos=1,
+                 eos=2, hist=3, page=4, sep=5, meta=6)
 
 
 # --------------------------------------------------------------------------- token rewards
@@ -62,7 +63,7 @@ def test_assemble_experience_by_hand():
     page = torch.tensor([1.0, 2.0, -0.5])
     items = torch.tensor([[0.0, 1.0, 0.5], [1.0, -1.0, 7.0], [2.0, 3.0, 3.0]])  # 7.0, 3.0 at padding
     mix = RewardMix(0.5, 0.5, "mean")
-    exp = assemble(_prompts(B), pages, logp, ref, values, page, items, total=torch.zeros(B), mix=mix,
+    exp = assemble(pages, logp, ref, values, page, items, total=torch.zeros(B), mix=mix,
                    kl_coef=0.1, gamma=0.9, lam=0.8, whiten_advantages=False)
     # k1 KL: logp - ref at valid slots, 0 at padding
     assert torch.allclose(exp.kl, torch.tensor([[0.2, 0.0, -0.1], [0.0, -0.5, 0.0], [0.3, 0.0, 0.0]]), atol=1e-6)
@@ -101,7 +102,7 @@ def test_assemble_experience_by_hand():
     valid = [a00, a01, a02, a10, a11, a20]
     mu = sum(valid) / 6
     sd = math.sqrt(sum((a - mu) ** 2 for a in valid) / 6 + 1e-8)
-    white = assemble(_prompts(B), pages, logp, ref, values, page, items, torch.zeros(B), mix=mix, kl_coef=0.1,
+    white = assemble(pages, logp, ref, values, page, items, torch.zeros(B), mix=mix, kl_coef=0.1,
                      gamma=0.9, lam=0.8, whiten_advantages=True)
     expected = torch.tensor([[(a00 - mu) / sd, (a01 - mu) / sd, (a02 - mu) / sd],
                              [(a10 - mu) / sd, (a11 - mu) / sd, 0.0], [(a20 - mu) / sd, 0.0, 0.0]])
@@ -111,7 +112,7 @@ def test_assemble_experience_by_hand():
 
 def test_kl_zero_when_policy_equals_reference():
     logp = -torch.rand(4, 5)
-    exp = assemble(_prompts(4), torch.arange(20).reshape(4, 5), logp, logp.clone(), torch.zeros(4, 5),
+    exp = assemble(torch.arange(20).reshape(4, 5), logp, logp.clone(), torch.zeros(4, 5),
                    torch.ones(4), torch.ones(4, 5), torch.ones(4), mix=RewardMix(1.0, 1.0, "sum"), kl_coef=1.0,
                    kl_estimator="k3")
     assert float(exp.kl.abs().max()) == 0.0
@@ -130,20 +131,40 @@ def test_reward_mix_from_reward_function():
 
 
 def test_split_take_concat_round_trip():
-    exp = Experience(prompts=_prompts(6), pages=torch.arange(18).reshape(6, 3), mask=torch.ones(6, 3, dtype=torch.bool),
+    exp = Experience(pages=torch.arange(18).reshape(6, 3), mask=torch.ones(6, 3, dtype=torch.bool),
                      **{k: torch.randn(6, 3) for k in ("logprobs", "ref_logprobs", "values", "item_rewards", "kl",
                                                        "rewards", "advantages", "returns")},
                      page_reward=torch.randn(6), total_reward=torch.randn(6))
     shards = split(exp, 3, equal=True)
     assert [len(s) for s in shards] == [2, 2, 2]
-    assert torch.equal(shards[1].prompts.input_ids, exp.prompts.input_ids[2:4])
+    assert torch.equal(shards[1].advantages, exp.advantages[2:4])
     back = concat(shards)
-    assert torch.equal(back.advantages, exp.advantages) and torch.equal(back.prompts.blocked, exp.prompts.blocked)
+    assert torch.equal(back.advantages, exp.advantages) and torch.equal(back.pages, exp.pages)
     picked = take(exp, [5, 0])
     assert picked.pages.tolist() == [exp.pages[5].tolist(), exp.pages[0].tolist()]
     with pytest.raises(ValueError, match="equal shards"):
         split(exp, 4, equal=True)
     assert [len(x) for x in split([[1], [2], [3]], 2)] == [2, 1]
+
+
+@pytest.mark.parametrize("n_users", [0, 4])
+def test_prompt_batch_shards_build_the_whole_batchs_rows(n_users):
+    """Each rank builds its rows' prompts from the PromptBatch: tokens padded to the whole batch's
+    length and the seen-item mask equal to the rows of what the driver used to build for all B."""
+    vocab = _vocab(n_items=10, n_users=n_users)
+    hist = [[1, 2], [3, 4, 5, 6, 7], [9], [0, 8, 2, 5]]  # row 1 is the longest prompt (3 of 5 items kept)
+    users = torch.tensor([3, 0, 2, 1])
+    batch = PromptBatch.make(hist, users, vocab, max_history=3, exclude_seen=True)
+    whole = build_prompts(hist, vocab, 3, exclude_seen=True, user_idx=users.tolist() if n_users else None)
+    assert batch.length == whole.input_ids.shape[1] == 6 + (n_users > 0)
+    for shard, lo in zip(split(batch, 2), (0, 2)):  # rows 2, 3 alone would pad to fewer tokens
+        got = shard.prompts(vocab)
+        for name in ("input_ids", "attention_mask", "blocked"):
+            assert torch.equal(getattr(got, name), getattr(whole, name)[lo:lo + 2]), name
+    assert batch.prompts(vocab).blocked[1].nonzero().flatten().tolist() == [3, 4, 5, 6, 7]  # all of it, not the window
+    loose = PromptBatch.make(hist, users, vocab, max_history=3, exclude_seen=False)
+    assert not loose.prompts(vocab).blocked.any()
+    assert take(batch, []).prompts(vocab).input_ids.shape == (0, batch.length)  # a rank given no rows
 
 
 def test_minibatches_are_seeded_permutations():

@@ -26,21 +26,23 @@ def ray_local():
 
 
 def _experience(sft: Path, data: Path, B: int = 16, K: int = 5):
-    """A real batch made in-process: sampled pages of the SFT policy, seeded advantages."""
-    from actors.experience import RewardMix, assemble
+    """A real batch made in-process: the prompt batch, and an Experience of sampled pages of the
+    SFT policy with seeded advantages."""
+    from actors.experience import PromptBatch, RewardMix, assemble
     from actors.models import load_policy
     from rlhf_ray.config import GenerationConfig
-    from rlhf_ray.generation import build_prompts, generate_pages
+    from rlhf_ray.generation import generate_pages
     from rlhf_ray.stages.common import open_data
 
     ck = load_policy(str(sft))
-    hist = open_data(data).histories("train").histories[:B]
-    prompts = build_prompts(hist, ck.vocab, 20)
+    train = open_data(data).histories("train")
+    batch = PromptBatch.make(train.histories[:B], torch.as_tensor(train.user_idx[:B]), ck.vocab, 20)
     g = torch.Generator().manual_seed(0)
-    pages = generate_pages(ck.model.eval(), ck.vocab, prompts, GenerationConfig(page_size=K, strategy="sample"), g)
+    pages = generate_pages(ck.model.eval(), ck.vocab, batch.prompts(ck.vocab),
+                           GenerationConfig(page_size=K, strategy="sample"), g)
     items = torch.randn(B, K, generator=g)
-    return assemble(prompts, pages.items, pages.logprobs, pages.logprobs.clone(), torch.zeros(B, K),
-                    torch.randn(B, generator=g), items, torch.zeros(B), mix=RewardMix(0.5, 0.5), kl_coef=0.1)
+    return batch, assemble(pages.items, pages.logprobs, pages.logprobs.clone(), torch.zeros(B, K),
+                           torch.randn(B, generator=g), items, torch.zeros(B), mix=RewardMix(0.5, 0.5), kl_coef=0.1)
 
 
 @pytest.mark.parametrize("zero", [1, 3])
@@ -50,12 +52,12 @@ def test_two_rank_policy_group_stays_in_sync(ray_local, tiny_sft, synth_data, ze
     from rlhf_ray.config import PPOPolicyConfig
 
     cfg = PPOPolicyConfig.from_dict({"ranks": 2, "train": {"zero_stage": zero, "batch_size": 8, "lr": 1e-3}})
-    exp = _experience(tiny_sft, synth_data)
+    batch, exp = _experience(tiny_sft, synth_data)
     group = ModelGroup(PolicyActor, "policy", 2, num_cpus=0.5)
     try:
         group.call("setup", str(tiny_sft), cfg, 8)
         before = group.call("checksums")
-        stats = group.get(group.run_sharded("train", exp, epochs=2, seed=0))
+        stats = group.get(group.run_sharded("train", batch, exp, epochs=2, seed=0))
         assert stats[0]["steps"] == stats[1]["steps"] == 4
         after = group.call("checksums")
         assert after[0] == after[1], f"ZeRO-{zero} ranks diverged"

@@ -276,7 +276,7 @@ def test_cli_trains_and_evaluates_a_reward_model(synth_data, tiny_sft, trained, 
                  "--min-page", "3"]) == 0
     args = ["reward", "--sft", str(tiny_sft), "--data", str(synth_data), "--out", str(out), "--max-history", "20",
             "--train.max-steps", "3", "--train.batch-size", "8", "--no-train.progress", "--no-train.tensorboard",
-            "--norm-pairs", "16", "--alpha", "0.3", "--json"]
+            "--norm-pairs", "16", "--alpha", "0.3", "--policy-pages", "0", "--json"]
     capsys.readouterr()
     assert main(args + ["--pairs-file", str(pairs_file)]) == 0
     assert _last_json(capsys.readouterr().out)["checkpoint"] == str(out.resolve())
@@ -291,6 +291,18 @@ def test_cli_trains_and_evaluates_a_reward_model(synth_data, tiny_sft, trained, 
     pairs_file.unlink()  # synthesised again from the config recorded in the manifest
     assert main(["eval-reward", "--reward", str(out), "--data", str(synth_data), "--json"]) == 0
     assert _last_json(capsys.readouterr().out)["accuracy"] == first["accuracy"]
+    # with on-policy pages the file's pairs plus the policy's make a new set, written beside the checkpoint
+    with_policy = tmp_path / "reward-policy"
+    assert main(["pairs", "--data", str(synth_data), "--out", str(pairs_file), "--page-size", "5",
+                 "--min-page", "3"]) == 0
+    policy_args = [a if a != str(out) else str(with_policy) for a in args]
+    assert main(policy_args[:-3] + ["--policy-pages", "1", "--json", "--pairs-file", str(pairs_file)]) == 0
+    capsys.readouterr()
+    saved, meta = load_pairs(str(with_policy) + ".pairs.parquet")
+    assert meta["derived_from"] == str(pairs_file) and (saved["family"] == "policy").any()
+    assert len(saved) > len(load_pairs(str(pairs_file))[0])
+    assert main(["eval-reward", "--reward", str(with_policy), "--data", str(synth_data), "--json"]) == 0
+    assert "policy" in _last_json(capsys.readouterr().out)["accuracy"]
     other = str(trained.out) + ".pairs.parquet"  # pairs of another data set
     assert main(args + ["--pairs-file", other]) == 2
     assert "other data" in capsys.readouterr().err

@@ -56,13 +56,16 @@ def _batch(prepared, vocab, cfg):
     return {"windows": window_batch(windows, vocab), "pages": page_batch(pages, vocab, cfg.max_history)}
 
 
-def test_sft_losses_with_all_items_sampled_equal_the_full_losses(synth_data):
+@pytest.mark.parametrize("user_tokens", [False, True])
+def test_sft_losses_with_all_items_sampled_equal_the_full_losses(synth_data, user_tokens):
     torch.manual_seed(0)
     cfg = tiny_sft_config()
+    cfg = cfg.replace(model={**cfg.model.to_dict(), "user_tokens": user_tokens})
     prepared = open_data(synth_data)
     lm, _, vocab, _, _ = init_policy(None, cfg.model, prepared)
     lm.eval()
     batch = _batch(prepared, vocab, cfg)
+    assert (batch["windows"]["ids"][:, 1] >= vocab.user_offset).all() == user_tokens  # <bos> <user_u> ...
     full = SFTModule(lm, vocab, cfg)
     sampled = SFTModule(lm, vocab, cfg.replace(sampled_softmax=vocab.n_items))
     _, s_full = full(batch)

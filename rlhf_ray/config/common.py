@@ -6,14 +6,20 @@ from dataclasses import dataclass, field
 
 from rlhf_ray.config.base import Config, doc, require
 
+#: the good page's defaults (rlhf_ray.data.pages), shared by the pair synthesis and SFT
+PAGE_WINDOW = 30
+PAGE_MAX_PER_CATEGORY = 3
+
 
 @dataclass
 class ModelConfig(Config):
     """The policy backbone: a GPT-2 built from these sizes, or any HF causal-LM directory."""
 
     base_model: str | None = field(default=None, metadata=doc(
-        "HF causal-LM directory to start from (from_pretrained; embeddings are resized for item "
-        "tokens); default: build a GPT-2 from the sizes below"))
+        "HF causal-LM directory with its tokenizer to start from: its own tokenizer is kept for text, the "
+        "specials it lacks, item (and user) tokens are appended and the embeddings grown for them (new rows "
+        "start at the mean row); the sizes, dropout and text_vocab_size below are then ignored. Default: build a "
+        "GPT-2 from the sizes below"))
     n_layer: int = field(default=2, metadata=doc("transformer blocks", ge=1))
     n_embd: int = field(default=128, metadata=doc("hidden size", ge=1))
     n_head: int = field(default=4, metadata=doc("attention heads (must divide n_embd)", ge=1))
@@ -21,7 +27,7 @@ class ModelConfig(Config):
     dropout: float = field(default=0.1, metadata=doc("dropout on residuals, embeddings and attention",
                                                      ge=0.0, lt=1.0))
     text_vocab_size: int = field(default=1000, metadata=doc(
-        "byte-level BPE size for the meta text (>= 300: 256 bytes + specials)", ge=300))
+        "byte-level BPE size for the meta text (>= 300: 256 bytes + specials; unused with base_model)", ge=300))
     user_tokens: bool = field(default=False, metadata=doc("give every user a token (prepended to the prompt)"))
     lora: bool = field(default=False, metadata=doc("train LoRA adapters (peft) instead of all weights"))
     lora_r: int = field(default=8, metadata=doc("LoRA rank", ge=1))

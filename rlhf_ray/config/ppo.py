@@ -73,6 +73,9 @@ class PPORewardConfig(ActorResources):
         "adds hit_weight per page item that is one of the user's training positives the prompt held out "
         "(see holdout) to that slot's reward: a reward grounded in what the user went on to like, beside the "
         "reward model's (0 = the model's alone)", ge=0.0))
+    diversity_weight: float = field(default=0.0, metadata=doc(
+        "adds diversity_weight * H_cat(page) / ln K' (the page's category entropy, 1 = spread evenly) to the "
+        "page reward, beside the reward model's (0 = off)", ge=0.0))
 
 
 @dataclass

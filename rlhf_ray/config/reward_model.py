@@ -5,7 +5,7 @@ import typing
 from dataclasses import dataclass, field
 
 from rlhf_ray.config.base import Config, doc, require
-from rlhf_ray.config.common import ModelConfig, PromptConfig, TrainConfig
+from rlhf_ray.config.common import PAGE_MAX_PER_CATEGORY, PAGE_WINDOW, ModelConfig, PromptConfig, TrainConfig
 
 PairFamily = typing.Literal["relevance", "ranking", "diversity", "redundancy"]
 PAIR_FAMILIES = typing.get_args(PairFamily)
@@ -21,7 +21,7 @@ class PairsConfig(Config):
     """
 
     page_size: int = field(default=10, metadata=doc("K: items on a page", ge=1, le=100))
-    window: int = field(default=30, metadata=doc(
+    window: int = field(default=PAGE_WINDOW, metadata=doc(
         "golden pages draw from the positives among the `window` training items after the cut "
         "(0 = up to the end of the training part)", ge=0))
     min_history: int = field(default=3, metadata=doc("a cut leaves at least this many history items", ge=1))
@@ -29,7 +29,7 @@ class PairsConfig(Config):
                                                   ge=2))
     cuts_per_user: int = field(default=4, metadata=doc(
         "golden pages per user (random cuts; the latest admissible cut is always one)", ge=1))
-    max_per_category: int = field(default=3, metadata=doc(
+    max_per_category: int = field(default=PAGE_MAX_PER_CATEGORY, metadata=doc(
         "golden page: at most this many items of one category while other positives allow it", ge=1))
     families: list[PairFamily] = field(default_factory=lambda: list(PAIR_FAMILIES), metadata=doc(
         "rejected-page families: relevance,ranking,diversity,redundancy", nonempty=True))
@@ -79,6 +79,15 @@ class RewardConfig(PromptConfig):
         ge=0.0, le=1.0))
     page_weight: float = field(default=1.0, metadata=doc("weight of the page-head Bradley-Terry loss", ge=0))
     item_weight: float = field(default=1.0, metadata=doc("weight of the mean-item-reward Bradley-Terry loss", ge=0))
+    policy_pages: int = field(default=1, metadata=doc(
+        "on-policy hard negatives: pages the policy writes for each golden page's prompt (greedy, then "
+        "sampled), kept as rejected pages (family 'policy') when they miss positives the golden page holds; "
+        "0 = synthetic families only", ge=0, le=16))
+    policy_temperature: float = field(default=1.0, metadata=doc(
+        "sampling temperature of the on-policy pages after the first (greedy) one", gt=0))
+    policy_checkpoint: str | None = field(default=None, metadata=doc(
+        "policy checkpoint whose pages are the on-policy negatives (default: the checkpoint the reward "
+        "model starts from, i.e. SFT; give PPO's to refresh the reward for a later round)"))
     norm_pairs: int = field(default=1024, metadata=doc(
         "training pairs scored for the reward normalisation statistics (mean/std per head)", ge=1))
 

@@ -5,7 +5,7 @@ import typing
 from dataclasses import dataclass, field
 
 from rlhf_ray.config.base import Config, doc, require
-from rlhf_ray.config.common import ModelConfig, PromptConfig, TrainConfig
+from rlhf_ray.config.common import PAGE_MAX_PER_CATEGORY, PAGE_WINDOW, ModelConfig, PromptConfig, TrainConfig
 
 
 @dataclass
@@ -33,6 +33,14 @@ class SFTConfig(PromptConfig):
     window_stride: int = field(default=10, metadata=doc(
         "next-item training slides a max_history window over each user's sequence with this stride", ge=1))
     page_cuts: int = field(default=4, metadata=doc("ranked-page examples per user (cut points in the history)", ge=0))
+    page_order: typing.Literal["time", "ground_truth"] = field(default="time", metadata=doc(
+        "page targets: time (the next K positives in time order) | ground_truth (rlhf_ray.data.pages: the "
+        "positives of the next page_window interactions by rating, then recency, at most max_per_category "
+        "per category; the reward model's chosen pages)"))
+    page_window: int = field(default=PAGE_WINDOW, metadata=doc(
+        "ground_truth pages draw from the positives among this many interactions after the cut (0 = all)", ge=0))
+    max_per_category: int = field(default=PAGE_MAX_PER_CATEGORY, metadata=doc(
+        "ground_truth pages: at most this many items of one category while other positives allow it", ge=1))
     rank_weight: float = field(default=1.0, metadata=doc("weight of L_rank on page tokens"))
     next_weight: float = field(default=1.0, metadata=doc("weight of next-item loss on history prefixes"))
     sampled_softmax: int = field(default=0, metadata=doc(
@@ -82,6 +90,9 @@ class LPOConfig(PromptConfig):
         "items negatives are drawn from: all | head (LPO4Rec: push popular items below the positive) | tail"))
     reweight_strength: float = field(default=1.0, metadata=doc(
         "adaptive reweighting towards tail-target examples: w = B softmax(strength * 1[tail]) (0 = uniform)", ge=0))
+    reweight: typing.Literal["static", "adaptive"] = field(default="static", metadata=doc(
+        "static: w = B softmax(strength * 1[tail]) | adaptive (LPO4Rec): w = B softmax(strength * (1[tail] + z)), "
+        "z = the example's standardised (detached) loss in the batch, so hard examples weigh more too"))
     lpo_weight: float = field(default=1.0, metadata=doc("lambda: weight of the preference loss", ge=0))
     ce_weight: float = field(default=1.0, metadata=doc("weight of the positive's cross-entropy -log pi(pos)", ge=0))
     reference: bool = field(default=False, metadata=doc(

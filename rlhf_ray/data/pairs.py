@@ -11,11 +11,9 @@ and is admissible when |P| >= ``min_page``. Each user gets up to ``cuts_per_user
 admissible cuts: the latest one whose window fills a whole page, then random ones
 (whole-page windows first).
 
-**Golden (chosen) page** G, K = ``page_size``: P ordered by rating, best first, ties
-broken by recency relative to the prompt (sooner after the cut first); a greedy pass
-takes items in that order while their category holds fewer than ``max_per_category``
-page items, a second pass fills the page from the skipped ones (so the cap holds
-"when possible"); G is then ordered by (rating desc, position asc).
+**Golden (chosen) page** G, K = ``page_size``: the ground-truth page of
+:mod:`rlhf_ray.data.pages` (P by rating, then recency, at most ``max_per_category`` per
+category while the positives allow it), the one definition SFT and evaluation share.
 
 **Rejected pages**, one per family and golden page (a family that cannot make a
 strictly worse page, e.g. a ranking swap of equally rated items, is skipped). With
@@ -56,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf_ray.config import PairsConfig
+from rlhf_ray.data.pages import golden_page  # noqa: F401  (the one definition; re-exported)
 from rlhf_ray.errors import DataError
 
 FORMAT_VERSION = 1
@@ -153,31 +152,6 @@ class Catalogue:
             return []
         p = self.weights[ok] / self.weights[ok].sum() if popular else None
         return rng.choice(pool, size=min(n, len(pool)), replace=False, p=p).tolist()
-
-
-# --------------------------------------------------------------------------- golden page
-
-
-def golden_page(items: np.ndarray, ratings: np.ndarray, categories: np.ndarray, page_size: int,
-                max_per_category: int) -> np.ndarray:
-    """Indices into ``items`` (a window's positives, in time order) forming the golden page.
-
-    Candidates ordered by (rating desc, index asc); pass 1 keeps a candidate while its
-    category has < ``max_per_category`` on the page, pass 2 fills from the skipped ones.
-    The result is ordered by (rating desc, index asc). ``categories``: the items' codes.
-    """
-    order = sorted(range(len(items)), key=lambda i: (-float(ratings[i]), i))
-    taken, skipped, per_cat = [], [], Counter()
-    for i in order:
-        if len(taken) == page_size:
-            break
-        if per_cat[int(categories[i])] < max_per_category:
-            taken.append(i)
-            per_cat[int(categories[i])] += 1
-        else:
-            skipped.append(i)
-    taken += skipped[: page_size - len(taken)]
-    return np.asarray(sorted(taken, key=lambda i: (-float(ratings[i]), i)), dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- rejected pages

@@ -36,7 +36,7 @@ import torch
 from rlhf_ray.checkpoint import Checkpoint, catalog_mismatch, load_checkpoint, prompt_of
 from rlhf_ray.config import GenerationConfig
 from rlhf_ray.errors import CheckpointError, UserError
-from rlhf_ray.generation import build_prompts, generate_pages
+from rlhf_ray.generation import build_prompts, generate_pages, prompt_user
 
 SOURCES = ("user_history", "request_history", "popularity")
 STRATEGIES = ("greedy", "sample")
@@ -236,7 +236,7 @@ class Ranker:
                 notes.append(f"unknown user_id {req.user_id!r} ({why}): popularity page")
                 history, source = [], "popularity"
             else:
-                user_idx = known[0] if self.vocab.n_users else None
+                user_idx = prompt_user(self.vocab, known[0])
                 history, source = known[1].tolist(), "user_history"
         else:
             source = "request_history" if history else "popularity"
@@ -256,11 +256,10 @@ class Ranker:
     def _decode(self, jobs: list[_Job]) -> list[Page]:
         """Decode one group (same strategy / sampling settings / user-token use) in one batch."""
         req = jobs[0].req
-        with_users = jobs[0].user_idx is not None
         prompts = build_prompts(
             [j.history for j in jobs], self.vocab, self.max_history, exclude_seen=True,
             exclude=[j.exclude for j in jobs], candidates=[j.candidates for j in jobs],
-            user_idx=[j.user_idx for j in jobs] if with_users else None,
+            user_idx=[j.user_idx for j in jobs],
         )
         gen = GenerationConfig(page_size=max(j.k for j in jobs), strategy=req.strategy,
                                temperature=req.temperature, top_k=req.top_k, max_history=self.max_history)

@@ -11,7 +11,7 @@ from rlhf_ray.checkpoint import catalog_mismatch, load_checkpoint, save_checkpoi
 from rlhf_ray.config import ModelConfig
 from rlhf_ray.errors import DataError
 from rlhf_ray.model import Heads, build_model
-from rlhf_ray.tokens import meta_texts, train_tokenizer
+from rlhf_ray.tokens import extend_tokenizer, meta_texts, train_tokenizer
 
 CATALOG_COLUMNS = ["item_idx", "item", "title", "category", "categories", "popularity", "is_tail"]
 
@@ -39,6 +39,11 @@ def init_policy(init: str | None, model_cfg: ModelConfig | None, prepared):
     """Start from a checkpoint (``init``) or build a fresh tokenizer + model for ``prepared``
     (``model_cfg``: the sizes; None for a stage that always starts from a checkpoint).
 
+    Fresh: with ``model_cfg.base_model`` the base model's own tokenizer is kept for text and
+    the specials, item (and user) tokens are appended to it, the model's embeddings grown to
+    match (:func:`rlhf_ray.tokens.extend_tokenizer`, :func:`rlhf_ray.model.load_base_model`);
+    otherwise a BPE is trained on the catalogue's text and a GPT-2 built from the sizes.
+
     Returns ``(model, tokenizer, vocab, catalog, parent_manifest_or_None)``.
     """
     if init or model_cfg is None:
@@ -46,10 +51,15 @@ def init_policy(init: str | None, model_cfg: ModelConfig | None, prepared):
         check_compatible(ck.catalog, prepared, str(init))
         return ck.model, ck.tokenizer, ck.vocab, ck.catalog, ck.manifest
     items = prepared.items
-    texts = meta_texts(items["title"].astype(str).tolist(), [list(c) for c in items["categories"]])
     n_users = len(prepared.users) if model_cfg.user_tokens else 0
-    tok, vocab = train_tokenizer(texts, n_items=len(items), n_users=n_users, vocab_size=model_cfg.text_vocab_size)
-    model = build_model(model_cfg, vocab)
+    if model_cfg.base_model:
+        tok, vocab, n_base = extend_tokenizer(model_cfg.base_model, n_items=len(items), n_users=n_users)
+        model = build_model(model_cfg, vocab, n_base)
+    else:
+        texts = meta_texts(items["title"].astype(str).tolist(), [list(c) for c in items["categories"]])
+        tok, vocab = train_tokenizer(texts, n_items=len(items), n_users=n_users,
+                                     vocab_size=model_cfg.text_vocab_size)
+        model = build_model(model_cfg, vocab)
     return model, tok, vocab, catalog_frame(prepared), None
 
 
@@ -111,7 +121,9 @@ def load_lm_state(lm: nn.Module, state: dict) -> None:
 
 def ranking_validator(prepared, vocab, prompt, max_users: int):
     """``validate(module)`` for a policy stage: full-ranking metrics of ``module.lm`` on the valid
-    split (``val/`` prefix, K = 10, 20), prompts built from the stage's ``prompt`` config."""
+    split (``val/`` prefix, K = 10, 20), prompts built from the stage's ``prompt`` config and, with
+    user tokens, each user's token (through :func:`rlhf_ray.evaluation.evaluate`, as the test
+    evaluation builds them)."""
     from rlhf_ray.config import GenerationConfig
     from rlhf_ray.evaluation import evaluate
 
@@ -147,13 +159,13 @@ def run_stage(build_spec: Callable, cfg, data_dir: str, out_dir: str, init: str 
 
 
 def check_context(lm: nn.Module, vocab, max_history: int, page_tokens: int, what: str = "page") -> None:
-    """The prompt (``<bos> [<user>] <hist> h_1..h_L <page>``) plus ``page_tokens`` more tokens must
-    fit the model's positions; otherwise a :class:`ConfigError` naming ``max_history``."""
+    """The prompt (``<bos> [<user>] <hist> h_1..h_L <page>``) plus ``page_tokens`` more tokens must fit
+    the model's positions (a pretrained ``model.base_model`` brings its own); otherwise a
+    :class:`ConfigError` naming ``max_history``."""
     from rlhf_ray.config import ConfigError
-    from rlhf_ray.model import unwrap
+    from rlhf_ray.model import context_length
 
-    conf = unwrap(lm).config
-    n_pos = getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None)
+    n_pos = context_length(lm)
     need = 3 + (1 if vocab.n_users else 0) + max_history + page_tokens
     if n_pos and need > n_pos:
         raise ConfigError(f"max_history: a prompt of {max_history} history items + the {what} needs {need} "

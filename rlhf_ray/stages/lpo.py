@@ -3,8 +3,8 @@ with DPO and S-DPO as baselines, starting from an SFT checkpoint.
 
 One example is a user's training history cut before a positive item: ``h = i_<t``,
 positive ``p = i_t``. The policy scores every item at the page's first slot
-(the ``<page>`` prompt of :func:`rlhf_ray.generation.build_prompts`, seen items
-blocked):
+(the ``<page>`` prompt of :func:`rlhf_ray.generation.build_prompts`, with the
+user's token when the vocabulary has user tokens, seen items blocked):
 
     s(v) = log pi_theta(v | h)                      restricted log-softmax over items
     s(v) = log pi_theta(v | h) - log pi_ref(v | h)  with a frozen reference (``reference``,
@@ -19,7 +19,9 @@ prefers, more uniformly as tau grows. The objective over a batch of B examples:
     L = (1/B) sum_b w_b (ce_weight * CE_b + lpo_weight * P_b)
     CE_b = -log pi_theta(p_b | h_b)
     P_b  = -log( exp(beta s+) / (exp(beta s+) + sum_j exp(beta s-_j)) )   (lpo)
-    w    = B softmax(strength * 1[p_b is a tail item])                     (mean 1)
+    w    = B softmax(strength * 1[p_b is a tail item])                     (mean 1; ``reweight: static``)
+    w    = B softmax(strength * (1[p_b is tail] + z_b))                    (``reweight: adaptive``: z_b the
+                                                                            standardised detached loss of row b)
 
 ``P_b`` is :func:`~rlhf_ray.losses.lpo_softmax`, ``lpo_sigmoid``, ``dpo`` (one
 negative) or ``sdpo`` by ``cfg.loss``; weights come from ``tail_reweight``.
@@ -57,6 +59,7 @@ class Example:
     history: np.ndarray  # (t,) item_idx before the positive, chronological
     positive: int  # item_idx of the next positive interaction i_t
     seen: np.ndarray  # (S,) every training item of the user: never drawn as a negative
+    user: int | None = None  # user_idx (its token leads the prompt when the vocabulary has user tokens)
 
 
 def cut_points(s: Sequence, threshold: float) -> np.ndarray:
@@ -76,7 +79,7 @@ def lpo_examples(seqs: list[Sequence], threshold: float, per_user: int, rng: ran
             continue
         chosen = cuts if len(cuts) <= per_user else sorted(rng.sample(cuts[:-1], per_user - 1) + [cuts[-1]])
         seen = np.unique(s.items)
-        out.extend(Example(s.items[:t], int(s.items[t]), seen) for t in chosen)
+        out.extend(Example(s.items[:t], int(s.items[t]), seen, s.user) for t in chosen)
     return out
 
 
@@ -88,7 +91,7 @@ def enough_negatives(seqs: list[Sequence], pool: np.ndarray, n: int) -> list[Seq
 def example_batch(examples: list[Example], vocab: Vocab, max_history: int, is_tail: np.ndarray) -> dict:
     """Prompts (seen items blocked) and per-row positive, exclusions and tail flag, on CPU."""
     B = len(examples)
-    prompts = build_prompts([e.history for e in examples], vocab, max_history)
+    prompts = build_prompts([e.history for e in examples], vocab, max_history, user_idx=[e.user for e in examples])
     exclude = torch.zeros((B, vocab.n_items), dtype=torch.bool)  # (B, n_items)
     for b, e in enumerate(examples):
         exclude[b, torch.as_tensor(e.seen, dtype=torch.long)] = True
@@ -158,9 +161,11 @@ class LPOModule(nn.Module):
             return popularity_negatives(self.popularity.to(dev).float(), exclude, n, pool, generator=gen)
         return in_batch_negatives(pos, n, exclude, candidate_mask=pool, generator=gen)
 
-    def weights(self, batch: dict) -> Tensor:
-        """(B,) example weights w = B softmax(strength * 1[tail target]): tail rows weigh more, mean 1."""
-        return tail_reweight(batch["tail"], self.cfg.reweight_strength)
+    def weights(self, batch: dict, losses: Tensor) -> Tensor:
+        """(B,) example weights, mean 1: w = B softmax(strength * 1[tail target]) (static), plus the
+        standardised per-example ``losses`` inside the softmax (adaptive): tail and hard rows weigh more."""
+        adaptive = losses if self.cfg.reweight == "adaptive" else None
+        return tail_reweight(batch["tail"].to(losses.device), self.cfg.reweight_strength, adaptive)
 
     def forward(self, batch: dict):
         cfg = self.cfg
@@ -178,8 +183,9 @@ class LPOModule(nn.Module):
         ref_pos, ref_neg = ref_logp.gather(1, pos[:, None]).squeeze(1), ref_logp.gather(1, neg)
         ce = -pi_pos  # (B,)
         pref = PREFERENCE_LOSSES[cfg.loss](pi_pos, pi_neg, ref_pos, ref_neg, cfg.beta)  # (B,)
-        w = self.weights(batch).to(dev)  # (B,), mean 1
-        loss = (w * (cfg.ce_weight * ce + cfg.lpo_weight * pref)).mean()
+        per_example = cfg.ce_weight * ce + cfg.lpo_weight * pref  # (B,)
+        w = self.weights(batch, per_example)  # (B,), mean 1, detached
+        loss = (w * per_example).mean()
         return loss, diagnostics(ce, pref, pi_pos - ref_pos, pi_neg - ref_neg, w, tail, self.is_tail[neg])
 
 

@@ -3,8 +3,9 @@ and in users' tastes before any page is written.
 
 * L_next: next-token prediction on ``<bos> <item_i> <meta> title | categories <eos>``,
   so each item token's embedding learns to predict its own meta text.
-* L_rating: from ``<bos> <hist> h_1 .. h_L <sep> <item_t>`` a scalar head on the last
-  hidden state predicts the user's rating of item t, scaled to [-1, 1] ((r - 3) / 2).
+* L_rating: from ``<bos> [<user>] <hist> h_1 .. h_L <sep> <item_t>`` a scalar head on the
+  last hidden state predicts the user's rating of item t, scaled to [-1, 1] ((r - 3) / 2).
+  The user token (with ``model.user_tokens``) is the one every later stage puts in the prompt.
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from torch import nn
 
 from rlhf_ray.config import PretrainConfig
 from rlhf_ray.errors import UserError
-from rlhf_ray.generation import left_pad
+from rlhf_ray.generation import left_pad, prompt_head
 from rlhf_ray.losses import rating_mse, token_nll
-from rlhf_ray.model import Heads, backbone_hidden, forward, hidden_size
+from rlhf_ray.model import Heads, backbone_hidden, context_length, forward, hidden_size
 from rlhf_ray.seeding import py_random, rng, shard
-from rlhf_ray.stages.common import exporter, run_stage
+from rlhf_ray.stages.common import check_context, exporter, run_stage
 from rlhf_ray.stages.loop import StageSpec
 from rlhf_ray.stages.sft import IGNORE, training_sequences
 from rlhf_ray.tokens import Vocab, meta_texts
@@ -37,16 +38,18 @@ def text_examples(prepared, tokenizer, vocab: Vocab, max_len: int) -> list[list[
             for i, ids in enumerate(enc)]
 
 
-def rating_example(items, ratings, t: int, vocab: Vocab, max_history: int) -> tuple[list[int], float]:
-    """``(<bos> <hist> h_1..h_L <sep> <item_t>, (r_t - 3) / 2)`` for position t of a sequence."""
+def rating_example(items, ratings, t: int, vocab: Vocab, max_history: int,
+                   user: int | None = None) -> tuple[list[int], float]:
+    """``(<bos> [<user>] <hist> h_1..h_L <sep> <item_t>, (r_t - 3) / 2)`` for position t of a user's sequence."""
     hist = items[max(0, t - max_history): t]
-    ids = [vocab.bos, vocab.hist] + [vocab.item_token(int(i)) for i in hist] + [vocab.sep, vocab.item_token(int(items[t]))]
+    ids = (prompt_head(vocab, user) + [vocab.hist] + [vocab.item_token(int(i)) for i in hist]
+           + [vocab.sep, vocab.item_token(int(items[t]))])
     return ids, (float(ratings[t]) - RATING_MID) / RATING_HALF
 
 
 def rating_examples(seqs, vocab: Vocab, max_history: int, per_user: int, rng: random.Random):
     """(prompt token ids, scaled rating) at ``per_user`` random positions of each training sequence."""
-    return [rating_example(s.items, s.ratings, t, vocab, max_history)
+    return [rating_example(s.items, s.ratings, t, vocab, max_history, s.user)
             for s in seqs for t in rng.sample(range(len(s.items)), min(per_user, len(s.items)))]
 
 
@@ -95,10 +98,11 @@ class PretrainModule(nn.Module):
 
 def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path,
                parent: dict | None = None) -> StageSpec:
+    check_context(lm, vocab, cfg.max_history, 1, "<sep> + rated item")
     heads = Heads(hidden_size(lm), ["rating"])
     module = PretrainModule(lm, heads, cfg)
     seqs = training_sequences(prepared)
-    texts = text_examples(prepared, tokenizer, vocab, cfg.model.n_positions)
+    texts = text_examples(prepared, tokenizer, vocab, context_length(lm) or cfg.model.n_positions)
     bs = cfg.train.batch_size
     per_user = max(1, int(np.ceil(len(texts) / max(1, len(seqs)))) * 4)
 
@@ -128,6 +132,7 @@ def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out
             yield batch
 
     valid = _valid_ratings(prepared, vocab, cfg.max_history)
+    baselines = rating_baselines(prepared)
 
     def validate(mod: nn.Module) -> dict:
         if not valid:
@@ -139,17 +144,39 @@ def build_spec(cfg: PretrainConfig, prepared, lm, tokenizer, vocab, catalog, out
             h = backbone_hidden(mod.lm, b["ids"].to(dev), b["mask"].to(dev))
             pred = mod.heads["rating"](h[:, -1]).float().cpu()
             errs.append(((pred - b["target"]) * RATING_HALF) ** 2)
-        return {"val/rating_rmse": float(torch.cat(errs).mean().sqrt())}
+        return {"val/rating_rmse": float(torch.cat(errs).mean().sqrt()), **baselines}
 
     export = exporter(out_dir, stage="pretrain", lm=lm, tokenizer=tokenizer, vocab=vocab, catalog=catalog,
                       config=cfg, prepared=prepared, heads=heads)
     return StageSpec("pretrain", module, batches, steps, validate, export, key_metric="val/rating_rmse", mode="min")
 
 
+def rating_baselines(prepared) -> dict[str, float]:
+    """Validation RMSE of the predictors the rating head must beat, fitted on training ratings:
+    the global mean, and each item's mean (shrunk towards the global mean by 5 pseudo-ratings,
+    so a rarely rated item is not trusted blindly)."""
+    s = prepared.sequences
+    tr_items = np.concatenate([np.asarray(it[:vs]) for it, vs in zip(s["items"], s["valid_start"])])
+    tr_r = np.concatenate([np.asarray(r[:vs], dtype=float) for r, vs in zip(s["ratings"], s["valid_start"])])
+    va_items = np.concatenate([np.asarray(it[vs:ts]) for it, vs, ts in zip(s["items"], s["valid_start"], s["test_start"])])
+    va_r = np.concatenate([np.asarray(r[vs:ts], dtype=float) for r, vs, ts in
+                           zip(s["ratings"], s["valid_start"], s["test_start"])])
+    if not len(va_r) or not len(tr_r):
+        return {}
+    mu = float(tr_r.mean())
+    n = np.bincount(tr_items, minlength=prepared.n_items)
+    tot = np.bincount(tr_items, weights=tr_r, minlength=prepared.n_items)
+    item_mean = (tot + 5.0 * mu) / (n + 5.0)
+    rmse = lambda pred: float(np.sqrt(np.mean((pred - va_r) ** 2)))  # noqa: E731
+    return {"val/rating_rmse_global_mean": rmse(np.full_like(va_r, mu)),
+            "val/rating_rmse_item_mean": rmse(item_mean[va_items])}
+
+
 def _valid_ratings(prepared, vocab: Vocab, max_history: int):
     s = prepared.sequences
-    return [rating_example(items, ratings, t, vocab, max_history)
-            for items, ratings, vs, ts in zip(s["items"], s["ratings"], s["valid_start"], s["test_start"])
+    return [rating_example(items, ratings, t, vocab, max_history, int(u))
+            for u, items, ratings, vs, ts in zip(s["user_idx"], s["items"], s["ratings"], s["valid_start"],
+                                                 s["test_start"])
             for t in range(vs, ts)]
 
 

@@ -36,6 +36,7 @@ from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.generation import build_prompts
 from rlhf_ray.losses import bradley_terry
 from rlhf_ray.model import Heads, hidden_size
+from rlhf_ray.policy_pairs import POLICY_FAMILY, add_policy_pairs
 from rlhf_ray.rewards import HEAD_NAMES, ModelReward, RewardNorm, item_mean, score_pages
 from rlhf_ray.seeding import rng, shard
 from rlhf_ray.stages.common import check_context, exporter, run_stage
@@ -63,9 +64,8 @@ def pair_loss(page_c: torch.Tensor, page_r: torch.Tensor, item_c: torch.Tensor, 
 def pair_batch(rows: pd.DataFrame, vocab: Vocab, max_history: int) -> dict:
     """B pairs -> prompts (2B, L) (each history twice) and pages (2B, K): chosen rows, then rejected."""
     hist = rows["history"].tolist()
-    users = rows["user_idx"].tolist() if vocab.n_users else None
-    prompts = build_prompts(hist + hist, vocab, max_history, exclude_seen=False,
-                            user_idx=None if users is None else users + users)
+    users = rows["user_idx"].tolist()
+    prompts = build_prompts(hist + hist, vocab, max_history, exclude_seen=False, user_idx=users + users)
     pages = torch.as_tensor(pad_lists(rows["chosen"].tolist() + rows["rejected"].tolist()))  # (2B, K)
     return {"prompts": prompts, "pages": pages}
 
@@ -119,7 +119,7 @@ def accuracy_table(s: PairScores, alpha: float) -> dict[str, dict[str, float]]:
     wins = {"page": s.page_c > s.page_r, "item": s.item_c > s.item_r,
             "mix": alpha * s.page_c + (1 - alpha) * s.item_c > alpha * s.page_r + (1 - alpha) * s.item_r}
     groups = {"overall": np.ones(len(s.family), dtype=bool)}
-    groups.update({f: s.family == f for f in PAIR_FAMILIES if (s.family == f).any()})
+    groups.update({f: s.family == f for f in (*PAIR_FAMILIES, POLICY_FAMILY) if (s.family == f).any()})
     return {g: {**{k: float(w[m].mean()) if m.any() else float("nan") for k, w in wins.items()}, "n": int(m.sum())}
             for g, m in groups.items()}
 
@@ -132,16 +132,49 @@ def evaluate_pairs(reward: ModelReward, pairs: pd.DataFrame) -> dict[str, dict[s
 # --------------------------------------------------------------------------- pairs
 
 
-def pairs_for_training(cfg: RewardConfig, prepared) -> tuple[pd.DataFrame, dict]:
-    """``(pairs, meta)``: read ``cfg.pairs_file`` (same data required) or synthesise them."""
+def pairs_for_training(cfg: RewardConfig, prepared, policy=None, vocab: Vocab | None = None,
+                       policy_source: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """``(pairs, meta)``: read ``cfg.pairs_file`` (same data required) or synthesise them; then,
+    with a ``policy`` (an LM over ``vocab``) and ``cfg.policy_pages`` > 0, add its on-policy
+    rejected pages (:mod:`rlhf_ray.policy_pairs`; a file that has them keeps its own)."""
     if cfg.pairs_file:
         df, meta = load_pairs(cfg.pairs_file)
         if meta.get("data_fingerprint") != prepared.fingerprint:
             raise DataError(f"{cfg.pairs_file}: built from other data (fingerprint {meta.get('data_fingerprint')!r}, "
                             f"{prepared.path} has {prepared.fingerprint!r})")
+    else:
+        df = build_pairs(prepared, cfg.pairs)
+        meta = pairs_meta(df, prepared, cfg.pairs)
+    if policy is None or cfg.policy_pages == 0 or (df["family"] == POLICY_FAMILY).any():
         return df, meta
-    df = build_pairs(prepared, cfg.pairs)
-    return df, pairs_meta(df, prepared, cfg.pairs)
+    df = add_policy_pairs(df, prepared, policy, vocab, window=cfg.pairs.window, max_history=cfg.max_history,
+                          n_pages=cfg.policy_pages, temperature=cfg.policy_temperature, seed=cfg.pairs.seed,
+                          log=lambda m: print(m, flush=True) if rank_world()[0] == 0 else None)
+    meta = {**pairs_meta(df, prepared, cfg.pairs), "policy": {
+        "checkpoint": policy_source, "pages": cfg.policy_pages, "temperature": cfg.policy_temperature}}
+    if cfg.pairs_file:
+        meta["derived_from"] = str(cfg.pairs_file)  # a new set: written beside the checkpoint
+    return df, meta
+
+
+def negative_policy(cfg: RewardConfig, lm: nn.Module, vocab: Vocab, parent: dict | None):
+    """``(model, source)`` that writes the on-policy negatives: ``cfg.policy_checkpoint`` (same
+    vocabulary required), else the starting checkpoint's own LM; ``(None, None)`` when there is
+    no policy (a fresh backbone) or the family is off."""
+    if cfg.policy_pages == 0:
+        return None, None
+    if cfg.policy_checkpoint:
+        from rlhf_ray.checkpoint import load_checkpoint
+        from rlhf_ray.config import ConfigError
+
+        ck = load_checkpoint(cfg.policy_checkpoint)
+        if ck.vocab != vocab:
+            raise ConfigError(f"policy_checkpoint: {cfg.policy_checkpoint} has another token layout than the "
+                              f"reward model's starting checkpoint (trained from another SFT run?)")
+        return ck.model, str(cfg.policy_checkpoint)
+    if parent is None:
+        return None, None
+    return lm, f"{parent['stage']}:{parent['id']}"
 
 
 def pairs_for_checkpoint(manifest: dict, prepared, pairs_file: str | None = None) -> pd.DataFrame:
@@ -169,10 +202,11 @@ def build_spec(cfg: RewardConfig, prepared, lm, tokenizer, vocab, catalog, out_d
                parent: dict | None = None) -> StageSpec:
     if not cfg.pairs_file:  # fail before synthesis
         check_context(lm, vocab, cfg.max_history, cfg.pairs.page_size + 1, "page + <eos>")
-    pairs, meta = pairs_for_training(cfg, prepared)
+    policy, source = negative_policy(cfg, lm, vocab, parent)
+    pairs, meta = pairs_for_training(cfg, prepared, policy, vocab, source)
     page_size = int(max(map(len, pairs["chosen"])))
     check_context(lm, vocab, cfg.max_history, page_size + 1, "page + <eos>")
-    pairs_path = cfg.pairs_file
+    pairs_path = cfg.pairs_file if "derived_from" not in meta else None
     if not pairs_path:
         pairs_path = str(out_dir.parent / f"{out_dir.name}.pairs.parquet")
         if rank_world()[0] == 0:

@@ -5,11 +5,17 @@ sequential recommenders train on, so every interaction teaches the model):
 
 * L_rank: ``-mean_k log pi(p_k | prompt, p_<k)`` over the golden page under the
   same restricted item distribution decoding uses (no seen or repeated items);
-  the golden page at a cut point t is the user's next K positive training items.
+  the golden page at a cut point t is the user's next K positive training items in time
+  order (``page_order: time``) or the ground-truth page of :mod:`rlhf_ray.data.pages`
+  (``ground_truth``: by rating, then recency, diversified; the reward model's chosen page).
 * L_next: next-item cross-entropy over the item vocabulary at every position of a
-  history window ``<bos> <hist> i_1 .. i_L``.
+  history window ``<bos> [<user>] <hist> i_1 .. i_L``.
 
-Both are softmaxes over the whole catalogue. With ``sampled_softmax: N`` they become
+With user tokens (``model.user_tokens``) every window and page prompt carries its own
+user's token (:func:`rlhf_ray.generation.prompt_head`), as validation, evaluation, the
+reward model, PPO and Serve do: the user rows are trained on the prompts they are scored on.
+
+Both losses are softmaxes over the whole catalogue. With ``sampled_softmax: N`` they become
 sampled softmaxes (:func:`rlhf_ray.losses.sampled_item_nll`): each step draws N negatives
 for the whole batch (``popularity`` or ``uniform`` q, :func:`rlhf_ray.sampling.shared_negatives`),
 and a target is scored against them with a log-Q correction, so the output projection
@@ -20,20 +26,22 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from rlhf_ray.config import SFTConfig
+from rlhf_ray.config import ConfigError, SFTConfig
+from rlhf_ray.config.common import PAGE_MAX_PER_CATEGORY, PAGE_WINDOW
+from rlhf_ray.data.pages import ground_truth_page
 from rlhf_ray.evaluation import pad_lists
-from rlhf_ray.config import ConfigError
-from rlhf_ray.generation import build_prompts, page_logprobs, page_states
+from rlhf_ray.generation import build_prompts, page_logprobs, page_states, prompt_head
 from rlhf_ray.losses import sampled_item_nll, token_nll
 from rlhf_ray.model import backbone_hidden, item_rows
 from rlhf_ray.sampling import shared_negatives
 from rlhf_ray.seeding import py_random, rng, seed, shard
-from rlhf_ray.stages.common import exporter, ranking_validator, run_stage
+from rlhf_ray.stages.common import check_context, exporter, ranking_validator, run_stage
 from rlhf_ray.stages.loop import StageSpec
 from rlhf_ray.tokens import Vocab
 
@@ -44,15 +52,31 @@ IGNORE = -100
 class Sequence:
     items: np.ndarray  # (n,) item_idx, chronological, training part only
     ratings: np.ndarray  # (n,)
+    user: int | None = None  # user_idx (None: an anonymous sequence, never a user token)
+
+
+class Window(NamedTuple):
+    """A next-item training window: consecutive items of one user's training part."""
+
+    items: np.ndarray  # (L,) item_idx, chronological
+    user: int | None  # user_idx of the sequence it was cut from
+
+
+class PageExample(NamedTuple):
+    """A page target: the history before a cut point and the page the user should be shown there."""
+
+    history: np.ndarray  # (t,) item_idx before the cut, chronological
+    page: list[int]  # item_idx, best first
+    user: int | None  # user_idx
 
 
 def training_sequences(prepared) -> list[Sequence]:
     s = prepared.sequences
-    return [Sequence(np.asarray(it[:vs]), np.asarray(r[:vs])) for it, r, vs in
-            zip(s["items"], s["ratings"], s["valid_start"]) if vs > 0]
+    return [Sequence(np.asarray(it[:vs]), np.asarray(r[:vs]), int(u)) for u, it, r, vs in
+            zip(s["user_idx"], s["items"], s["ratings"], s["valid_start"]) if vs > 0]
 
 
-def next_item_windows(seqs: list[Sequence], max_history: int, stride: int) -> list[np.ndarray]:
+def next_item_windows(seqs: list[Sequence], max_history: int, stride: int) -> list[Window]:
     """Windows of at most ``max_history`` items; the newest window always ends at the last item."""
     out = []
     for s in seqs:
@@ -61,12 +85,20 @@ def next_item_windows(seqs: list[Sequence], max_history: int, stride: int) -> li
         if ends[-1] > max_history and n >= max_history:
             ends.append(max_history)
         for e in ends:
-            out.append(s.items[max(0, e - max_history): e])
+            out.append(Window(s.items[max(0, e - max_history): e], s.user))
     return out
 
 
-def golden_pages(seqs: list[Sequence], K: int, cuts: int, threshold: float, rng: random.Random):
-    """(history, page) pairs: at ``cuts`` cut points, the next K positives in time order."""
+def golden_pages(seqs: list[Sequence], K: int, cuts: int, threshold: float, rng: random.Random,
+                 order: str = "time", categories: np.ndarray | None = None, window: int = PAGE_WINDOW,
+                 max_per_category: int = PAGE_MAX_PER_CATEGORY) -> list[PageExample]:
+    """(history, page, user) examples at ``cuts`` cut points (each a positive's position; the last is always one).
+
+    ``order="time"``: the next K positives in time order. ``order="ground_truth"``: the good page of
+    :mod:`rlhf_ray.data.pages` (positives of the next ``window`` items by rating, then recency,
+    diversified over ``categories``, the item -> category code array)."""
+    if order == "ground_truth" and categories is None:
+        raise ValueError("golden_pages: order='ground_truth' needs the item categories")
     out = []
     for s in seqs:
         pos_idx = np.flatnonzero(s.ratings > threshold)
@@ -78,31 +110,37 @@ def golden_pages(seqs: list[Sequence], K: int, cuts: int, threshold: float, rng:
         chosen = cand if len(cand) <= cuts else sorted(rng.sample(cand, cuts - 1) + [cand[-1]])
         for t in chosen:
             hist = s.items[:t]
-            seen = set(hist.tolist())
-            page = [int(s.items[p]) for p in pos_idx if p >= t and int(s.items[p]) not in seen][:K]
-            page = list(dict.fromkeys(page))
+            if order == "ground_truth":
+                page = ground_truth_page(s.items, s.ratings, t, categories, threshold, K, window, max_per_category)
+            else:
+                seen = set(hist.tolist())
+                page = [int(s.items[p]) for p in pos_idx if p >= t and int(s.items[p]) not in seen][:K]
+                page = list(dict.fromkeys(page))
             if page:
-                out.append((hist, page))
+                out.append(PageExample(hist, page, s.user))
     return out
 
 
-def window_batch(windows: list[np.ndarray], vocab: Vocab) -> dict:
-    """``<bos> <hist> i_1..i_L`` right-padded; label at position j = the next item (item_idx)."""
-    seqs = [[vocab.bos, vocab.hist] + [vocab.item_token(int(i)) for i in w] for w in windows]
+def window_batch(windows: list[Window], vocab: Vocab) -> dict:
+    """``<bos> [<user>] <hist> i_1..i_L`` right-padded; label at position j = the next item (item_idx)."""
+    heads = [prompt_head(vocab, w.user) + [vocab.hist] for w in windows]
+    seqs = [h + [vocab.item_token(int(i)) for i in w.items] for h, w in zip(heads, windows)]
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), vocab.pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, IGNORE)
-    for b, (s, w) in enumerate(zip(seqs, windows)):
+    for b, (h, s, w) in enumerate(zip(heads, seqs, windows)):
         ids[b, : len(s)] = torch.as_tensor(s)
         mask[b, : len(s)] = 1
-        labels[b, 1: 1 + len(w)] = torch.tensor(np.asarray(w, dtype=np.int64))  # <hist> predicts i_1, ...
+        j = len(h) - 1  # <hist> predicts i_1, item 1 predicts i_2, ...
+        labels[b, j: j + len(w.items)] = torch.tensor(np.asarray(w.items, dtype=np.int64))
     return {"ids": ids, "mask": mask, "labels": labels}
 
 
-def page_batch(examples, vocab: Vocab, max_history: int) -> dict:
-    prompts = build_prompts([h for h, _ in examples], vocab, max_history)
-    pages = torch.as_tensor(pad_lists([p for _, p in examples]))  # (B, K) right-padded with -1
+def page_batch(examples: list[PageExample], vocab: Vocab, max_history: int) -> dict:
+    """The page prompts (``<bos> [<user>] <hist> .. <page>``, seen items blocked) and golden pages."""
+    prompts = build_prompts([e.history for e in examples], vocab, max_history, user_idx=[e.user for e in examples])
+    pages = torch.as_tensor(pad_lists([e.page for e in examples]))  # (B, K) right-padded with -1
     return {"prompts": prompts, "pages": pages}
 
 
@@ -211,6 +249,7 @@ def sampler_weights(cfg: SFTConfig, prepared) -> torch.Tensor | None:
 
 def build_spec(cfg: SFTConfig, prepared, lm, tokenizer, vocab, catalog, out_dir: Path, parent=None,
                stage: str = "sft") -> StageSpec:
+    check_context(lm, vocab, cfg.max_history, cfg.page_size)
     seqs = training_sequences(prepared)
     windows = next_item_windows(seqs, cfg.max_history, cfg.window_stride)
     module = SFTModule(lm, vocab, cfg)
@@ -221,7 +260,8 @@ def build_spec(cfg: SFTConfig, prepared, lm, tokenizer, vocab, catalog, out_dir:
 
     def pages_for(epoch: int):
         return golden_pages(seqs, cfg.page_size, cfg.page_cuts, prepared.positive_threshold,
-                            py_random(base, "page_cuts", epoch))
+                            py_random(base, "page_cuts", epoch), cfg.page_order, prepared.item_categories,
+                            cfg.page_window, cfg.max_per_category)
 
     q = sampler_weights(cfg, prepared) if cfg.sampled_softmax else None
 

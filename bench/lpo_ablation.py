@@ -1,0 +1,218 @@
+"""LPO ablations in one table: loss form, negative sampler, pool, reweighting, and LPO trained
+jointly with cross-entropy from the start against LPO as a stage after SFT.
+
+    .venv/bin/python bench/lpo_ablation.py --seeds 0,1,2                 # ml-100k, leave-one-out
+    .venv/bin/python bench/lpo_ablation.py --seeds 0 --variants default,dpo --smoke
+
+Every variant starts from the same SFT checkpoint of each seed: the one ``bench/protocol_table.py``
+trains for that seed (``runs/bench/loo/seed{s}/sft``, the shipped config's pipeline with the
+protocol's split and the Pareto tail; made here with ``rlhf-ray pipeline --stages
+data,pretrain,sft`` if missing). A variant is the shipped ``lpo:`` section with a few fields
+changed (:data:`VARIANTS`); ``joint`` instead starts from the pre-training checkpoint and
+trains LPO + cross-entropy for as long as SFT does (early stopping on validation, SFT's learning
+rate), as LPO4Rec's own code trains its model. Each run selects its checkpoint on validation
+NDCG@10 (early stopping inside the stage); test is read once per checkpoint, here.
+
+Table: test NDCG@10, Recall@20, tail Recall@20 (users whose held-out item is a tail item), page
+ILD and catalogue coverage of the 20-item pages; cells are the mean over seeds ±std over seeds
+[95% bootstrap interval over users of the seed-averaged per-user values]; each variant is
+compared with SFT paired over users (NDCG@10 and tail Recall@20: difference, interval,
+ratio). Writes ``bench/results/lpo_ablation.json`` with provenance.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from protocol_table import cell, protocol_config, seed_avg  # noqa: E402
+from ppo_common import results_dir  # noqa: E402
+from provenance import Run  # noqa: E402
+
+from rlhf_ray import stats  # noqa: E402
+
+#: name -> (what it tests, changes to the shipped lpo section). "joint" also changes the start.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "default": ("shipped: softmax listwise, Gumbel tau 7.4, 4 negatives, pool all, static reweight 0.014", {}),
+    "lpo_sigmoid": ("loss: product of sigmoids (pairwise Bradley-Terry terms)", {"loss": "lpo_sigmoid"}),
+    "dpo": ("loss: DPO (1 negative, frozen reference)", {"loss": "dpo"}),
+    "sdpo": ("loss: S-DPO (N negatives, frozen reference)", {"loss": "sdpo"}),
+    "gumbel_tau0.5": ("sampler: Gumbel, tau 0.5 (hard negatives)", {"tau": 0.5}),
+    "gumbel_tau2": ("sampler: Gumbel, tau 2", {"tau": 2.0}),
+    "uniform": ("sampler: uniform", {"sampler": "uniform"}),
+    "popularity": ("sampler: popularity", {"sampler": "popularity"}),
+    "in_batch": ("sampler: in-batch positives", {"sampler": "in_batch"}),
+    "pool_head": ("pool: head items only (LPO4Rec)", {"pool": "head"}),
+    "reweight_static": ("reweight: static tail flag, strength 1", {"reweight_strength": 1.0}),
+    "reweight_adaptive": ("reweight: adaptive (tail flag + standardised loss), strength 1",
+                          {"reweight_strength": 1.0, "reweight": "adaptive"}),
+    "reweight_off": ("reweight: off (strength 0)", {"reweight_strength": 0.0}),
+    "tail_heavy": ("pool head + static reweight strength 3 (the sweep's tail end)",
+                   {"pool": "head", "reweight_strength": 3.0}),
+    "joint": ("LPO + CE from the pre-trained model, as long as SFT (no SFT stage)", {}),
+}
+COLUMNS = ["ndcg@10", "recall@20", "tail_recall@20", "page_ild"]
+COMPARE = ["ndcg@10", "tail_recall@20"]
+
+
+def ensure_sft(work: Path, seed: int, config: str, smoke: bool) -> Path:
+    """``work/seed{s}`` with data, pretrain and sft (the protocol table's, reused when complete)."""
+    out = work / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = out / "config.yaml"
+    cfg.write_text(yaml.safe_dump(protocol_config(config, "loo", seed, smoke)))
+    cmd = [sys.executable, "-m", "rlhf_ray.cli", "pipeline", "--config", str(cfg), "--out", str(out),
+           "--stages", "data,pretrain,sft"] + (["--smoke"] if smoke else [])
+    print(f"[ablation] $ {' '.join(cmd)}", flush=True)
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def lpo_config(run_dir: Path, name: str, seed: int, smoke: bool):
+    """The variant's LPOConfig: the pipeline's lpo section + prompt, changed by :data:`VARIANTS`."""
+    from rlhf_ray.config import LPOConfig
+
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    sec = dict(raw.get("lpo") or {})
+    sec.update(VARIANTS[name][1])
+    train = dict(sec.get("train") or {})
+    train.update({"seed": seed, "progress": False, "tensorboard": False})
+    if name == "joint":  # SFT's optimisation budget and learning rate
+        sft_train = (raw.get("sft") or {}).get("train") or {}
+        train.update({k: sft_train[k] for k in ("epochs", "lr", "patience") if k in sft_train})
+    if smoke:
+        train.update({"epochs": 1, "max_steps": 3, "eval_users": 50})
+    sec["train"] = train
+    prompt = {k: v for k, v in (raw.get("sft") or {}).items() if k in ("max_history",)}
+    return LPOConfig.from_dict({**prompt, **sec})
+
+
+def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
+    """Train (or reuse, when its manifest records the same config) one variant's checkpoint."""
+    from rlhf_ray.stages.launch import launch
+
+    cfg = lpo_config(run_dir, name, seed, smoke)
+    out = run_dir / "lpo_ablation" / name
+    manifest = out / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("config") == cfg.to_dict():
+        return out
+    init = run_dir / ("pretrain" if name == "joint" else "sft")
+    t = time.time()
+    launch("lpo", cfg, str(run_dir / "data"), str(out), init=str(init))
+    print(f"[ablation] seed {seed} {name}: trained in {time.time() - t:.0f} s", flush=True)
+    return out
+
+
+def test_frame(ckpt: Path, prepared, cache: Path) -> pd.DataFrame:
+    """Per-user test metrics of a checkpoint (20-item pages), cached beside it by manifest id."""
+    from rlhf_ray.checkpoint import load_checkpoint
+    from rlhf_ray.config import GenerationConfig
+    from rlhf_ray.evaluation import evaluate_full
+
+    mid = json.loads((ckpt / "manifest.json").read_text())["id"]
+    f = cache / f"{ckpt.name}-{mid}.parquet"
+    if f.is_file():
+        return pd.read_parquet(f)
+    ck = load_checkpoint(ckpt)
+    ev = evaluate_full(ck.model.eval(), ck.vocab, prepared, "test", GenerationConfig(page_size=20))
+    frame = ev.per_user.drop(columns=["targets", "ranking"])
+    cache.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(f)
+    return frame
+
+
+def coverage(frame: pd.DataFrame, n_items: int) -> float:
+    """Share of the catalogue on at least one user's page."""
+    return float(np.unique(np.concatenate([np.asarray(p) for p in frame["page"]])).size) / n_items
+
+
+def fmt(c: dict | None) -> str:
+    if not c or c.get("mean") is None:
+        return "n/a"
+    sd = (c.get("seeds") or {}).get("std")
+    return f"{c['mean']:.4f}" + (f" ±{sd:.4f}" if sd is not None else "") + f" [{c['lo']:.4f}, {c['hi']:.4f}]"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--config", default=str(ROOT / "bench" / "configs" / "ml-100k-selected.yaml"),
+                   help="pipeline config whose sft/lpo sections are the base (default: the selected config)")
+    p.add_argument("--work", default=None, help="run directory (default runs/bench/loo, shared with protocol_table)")
+    p.add_argument("--smoke", action="store_true", help="synthetic data, a few steps: checks the plumbing")
+    p.add_argument("--results", default=None, help="where the JSON goes (default bench/results; smoke: outside the repo)")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    names = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown or not seeds:
+        p.error(f"unknown variants {unknown}" if unknown else "--seeds: give at least one seed")
+    from rlhf_ray.data.prepared import load_prepared
+
+    work = Path(args.work or ROOT / "runs" / "bench" / ("loo-smoke" if args.smoke else "loo"))
+    run = Run(inputs={"config": args.config})
+    t0 = time.time()
+    dirs = [ensure_sft(work, s, args.config, args.smoke) for s in seeds]
+    prepared = load_prepared(dirs[0] / "data")
+    run.add_input("data", dirs[0] / "data")
+    frames: dict[str, list[pd.DataFrame]] = {"sft": []}
+    val: dict[str, list[float]] = {}
+    for s, d in zip(seeds, dirs):
+        run.add_input(f"seed{s}/sft", d / "sft")
+        frames["sft"].append(test_frame(d / "sft", prepared, d / "lpo_ablation" / "test"))
+        for name in names:
+            ck = train_variant(d, name, s, args.smoke)
+            run.add_input(f"seed{s}/{name}", ck)
+            frames.setdefault(name, []).append(test_frame(ck, prepared, d / "lpo_ablation" / "test"))
+            m = json.loads((ck / "manifest.json").read_text()).get("metrics", {})
+            val.setdefault(name, []).append(m.get("val/ndcg@10", float("nan")))
+    rows, comps = {}, {}
+    for name, fr in frames.items():
+        rows[name] = {"what": "SFT (the start of every variant but joint)" if name == "sft" else VARIANTS[name][0],
+                      "metrics": {c: cell(fr, c) for c in COLUMNS},
+                      "page_coverage": stats.seed_summary([coverage(f, prepared.n_items) for f in fr]),
+                      "valid_ndcg@10": stats.seed_summary(val[name]) if name in val else None}
+        if name != "sft":
+            comps[name] = {c: stats.paired_diff(seed_avg(fr, c), seed_avg(frames["sft"], c)) for c in COMPARE}
+    lines = ["| variant | what | valid NDCG@10 | " + " | ".join(f"test {c}" for c in COLUMNS)
+             + " | page coverage | NDCG@10 vs SFT | tail R@20 vs SFT |", "|---|---|---|" + "---|" * (len(COLUMNS) + 3)]
+    for name, r in rows.items():
+        v = r["valid_ndcg@10"]
+        cells = [fmt(r["metrics"][c]) for c in COLUMNS] + [f"{r['page_coverage']['mean']:.3f}"]
+        vs = ["—", "—"] if name == "sft" else [
+            f"x{comps[name][c]['rel']:.3f} ({comps[name][c]['verdict']})" for c in COMPARE]
+        shown = "—" if v is None else f"{v['mean']:.4f}"
+        lines.append(f"| {name} | {r['what']} | {shown} | "
+                     + " | ".join(cells) + " | " + " | ".join(vs) + " |")
+    hist, targets, ratings, users = prepared.histories("test")
+    n_tail = int(sum(bool(np.asarray(prepared.is_tail)[t].any()) for t in targets if len(t)))
+    lines += ["", f"Cells: mean over {len(seeds)} seeds ±std over seeds [95% bootstrap interval over "
+                  f"{len(users)} test users; tail Recall@20 over the {n_tail} users whose held-out item is a "
+                  f"tail item]. vs SFT: ratio of means, paired over users; 'higher'/'lower' only when the "
+                  f"95% interval of the difference excludes 0."]
+    md = "\n".join(lines)
+    print(md)
+    path = run.write("lpo_ablation" + ("_smoke" if args.smoke else ""),
+                     {"protocol": "loo", "seeds": seeds, "variants": {k: VARIANTS[k][0] for k in names},
+                      "rows": rows, "comparisons": comps, "markdown": md, "users": len(users),
+                      "tail_users": n_tail, "seconds": round(time.time() - t0, 1)},
+                     results_dir=args.results or results_dir(args.smoke))
+    print(f"[ablation] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""bench/lpo_ablation.py end to end on synthetic data: every variant trained from the right start,
+test read once per checkpoint, one table with paired comparisons against SFT."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ablation_smoke_writes_one_table(tmp_path):
+    res = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "bench" / "lpo_ablation.py"), "--smoke", "--seeds", "0",
+           "--variants", "default,reweight_adaptive,joint", "--work", str(tmp_path / "work"), "--results", str(res)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((res / "lpo_ablation_smoke.json").read_text())
+    assert set(doc["rows"]) == {"sft", "default", "reweight_adaptive", "joint"}
+    for name, row in doc["rows"].items():
+        m = row["metrics"]["ndcg@10"]
+        assert m["n"] == doc["users"] and m["lo"] <= m["mean"] <= m["hi"]
+        assert 0 < row["page_coverage"]["mean"] <= 1
+    assert doc["tail_users"] > 0
+    assert set(doc["comparisons"]) == {"default", "reweight_adaptive", "joint"}
+    for comp in doc["comparisons"].values():
+        assert comp["ndcg@10"]["verdict"] in ("higher", "lower", "within interval")
+    run = tmp_path / "work" / "seed0"
+    # joint starts from pre-training, the others from SFT
+    parent = lambda v: json.loads((run / "lpo_ablation" / v / "manifest.json").read_text())["parent"]["stage"]  # noqa: E731
+    assert parent("joint") == "pretrain" and parent("default") == "sft"
+    cfg = json.loads((run / "lpo_ablation" / "reweight_adaptive" / "manifest.json").read_text())["config"]
+    assert cfg["reweight"] == "adaptive" and cfg["reweight_strength"] == 1.0
+    assert "| reweight_adaptive |" in doc["markdown"]
