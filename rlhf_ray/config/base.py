@@ -41,7 +41,7 @@ class ConfigError(UserError):
 
 def doc(help: str, **rules: Any) -> dict:
     """Field metadata: ``field(default=1, metadata=doc("what x is", ge=0))``; rules in :data:`RULES`."""
-    bad = sorted(set(rules) - set(RULES) - {"help"})
+    bad = sorted(set(rules) - set(RULES) - {"help", "legacy"})
     if bad:
         raise TypeError(f"doc(): unknown rule(s) {bad}; valid: {list(RULES)}")
     return {"help": help, **rules}
@@ -148,6 +148,22 @@ class Config:
             return cls(**kwargs)
         except ConfigError as e:
             raise ConfigError(f"{cls.__name__}.{e}{where}") from None
+
+    @classmethod
+    def upgrade(cls, recorded: Mapping[str, Any]) -> dict[str, Any]:
+        """A config recorded before some fields existed, with each missing field that declares a
+        ``legacy`` value (``doc(..., legacy=v)``: the behaviour from before the field existed) set
+        to it, nested configs included. Fields without one stay missing, so a comparison with a
+        current config fails: whether the old run matches is then unknown."""
+        out = dict(recorded)
+        for f in dataclasses.fields(cls):
+            default = _field_default(f)
+            if f.name not in out:
+                if "legacy" in f.metadata:
+                    out[f.name] = f.metadata["legacy"]
+            elif isinstance(default, Config) and isinstance(out[f.name], Mapping):
+                out[f.name] = type(default).upgrade(out[f.name])
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out = {}

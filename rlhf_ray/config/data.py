@@ -26,7 +26,7 @@ class DataConfig(Config):
     max_history: int = field(default=50, metadata=doc("keep at most this many most recent history items", ge=1))
     keep_cold_items: bool = field(default=False, metadata=doc(
         "keep every item of the raw catalogue (item metadata), also those with no interaction left after "
-        "k-core: popularity 0, never a target, still ranked, decoded and served"))
+        "k-core: popularity 0, never a target, still ranked, decoded and served", legacy=False))
     seed: int = field(default=0, metadata=doc("seed for the synthetic generator and any sampling"))
     synthetic_users: int = field(default=200, metadata=doc("synthetic generator: number of users", ge=2))
     synthetic_items: int = field(default=300, metadata=doc("synthetic generator: number of items", ge=10))

@@ -75,7 +75,7 @@ class PPORewardConfig(ActorResources):
         "reward model's (0 = the model's alone)", ge=0.0))
     diversity_weight: float = field(default=0.0, metadata=doc(
         "adds diversity_weight * H_cat(page) / ln K' (the page's category entropy, 1 = spread evenly) to the "
-        "page reward, beside the reward model's (0 = off)", ge=0.0))
+        "page reward, beside the reward model's (0 = off)", ge=0.0, legacy=0.0))
 
 
 @dataclass

@@ -82,12 +82,12 @@ class RewardConfig(PromptConfig):
     policy_pages: int = field(default=1, metadata=doc(
         "on-policy hard negatives: pages the policy writes for each golden page's prompt (greedy, then "
         "sampled), kept as rejected pages (family 'policy') when they miss positives the golden page holds; "
-        "0 = synthetic families only", ge=0, le=16))
+        "0 = synthetic families only", ge=0, le=16, legacy=0))
     policy_temperature: float = field(default=1.0, metadata=doc(
-        "sampling temperature of the on-policy pages after the first (greedy) one", gt=0))
+        "sampling temperature of the on-policy pages after the first (greedy) one", gt=0, legacy=1.0))
     policy_checkpoint: str | None = field(default=None, metadata=doc(
         "policy checkpoint whose pages are the on-policy negatives (default: the checkpoint the reward "
-        "model starts from, i.e. SFT; give PPO's to refresh the reward for a later round)"))
+        "model starts from, i.e. SFT; give PPO's to refresh the reward for a later round)", legacy=None))
     norm_pairs: int = field(default=1024, metadata=doc(
         "training pairs scored for the reward normalisation statistics (mean/std per head)", ge=1))
 

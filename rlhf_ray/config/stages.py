@@ -36,20 +36,20 @@ class SFTConfig(PromptConfig):
     page_order: typing.Literal["time", "ground_truth"] = field(default="time", metadata=doc(
         "page targets: time (the next K positives in time order) | ground_truth (rlhf_ray.data.pages: the "
         "positives of the next page_window interactions by rating, then recency, at most max_per_category "
-        "per category; the reward model's chosen pages)"))
+        "per category; the reward model's chosen pages)", legacy="time"))
     page_window: int = field(default=PAGE_WINDOW, metadata=doc(
-        "ground_truth pages draw from the positives among this many interactions after the cut (0 = all)", ge=0))
+        "ground_truth pages draw from the positives among this many interactions after the cut (0 = all)", ge=0, legacy=PAGE_WINDOW))
     max_per_category: int = field(default=PAGE_MAX_PER_CATEGORY, metadata=doc(
-        "ground_truth pages: at most this many items of one category while other positives allow it", ge=1))
+        "ground_truth pages: at most this many items of one category while other positives allow it", ge=1, legacy=PAGE_MAX_PER_CATEGORY))
     rank_weight: float = field(default=1.0, metadata=doc("weight of L_rank on page tokens"))
     next_weight: float = field(default=1.0, metadata=doc("weight of next-item loss on history prefixes"))
     sampled_softmax: int = field(default=0, metadata=doc(
         "training losses over sampled items: 0 = full softmax over the catalogue; N > 0 = each target "
         "is scored against N negatives drawn with replacement once per step for the whole batch, with "
         "a log-Q correction (both losses; seen and earlier page items still excluded). Validation and "
-        "evaluation always rank the full catalogue", ge=0))
+        "evaluation always rank the full catalogue", ge=0, legacy=0))
     sampled_softmax_sampler: typing.Literal["popularity", "uniform"] = field(default="popularity", metadata=doc(
-        "q of the sampled negatives: popularity (training interactions + 1) | uniform"))
+        "q of the sampled negatives: popularity (training interactions + 1) | uniform", legacy="popularity"))
 
     def validate(self) -> None:
         require(self.rank_weight + self.next_weight > 0, "rank_weight", "at least one loss weight must be > 0")
@@ -92,7 +92,7 @@ class LPOConfig(PromptConfig):
         "adaptive reweighting towards tail-target examples: w = B softmax(strength * 1[tail]) (0 = uniform)", ge=0))
     reweight: typing.Literal["static", "adaptive"] = field(default="static", metadata=doc(
         "static: w = B softmax(strength * 1[tail]) | adaptive (LPO4Rec): w = B softmax(strength * (1[tail] + z)), "
-        "z = the example's standardised (detached) loss in the batch, so hard examples weigh more too"))
+        "z = the example's standardised (detached) loss in the batch, so hard examples weigh more too", legacy="static"))
     lpo_weight: float = field(default=1.0, metadata=doc("lambda: weight of the preference loss", ge=0))
     ce_weight: float = field(default=1.0, metadata=doc("weight of the positive's cross-entropy -log pi(pos)", ge=0))
     reference: bool = field(default=False, metadata=doc(
