@@ -71,7 +71,10 @@ def ensure_sft(work: Path, seed: int, config: str, smoke: bool) -> Path:
     out = work / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     cfg = out / "config.yaml"
-    cfg.write_text(yaml.safe_dump(protocol_config(config, "loo", seed, smoke)))
+    text = yaml.safe_dump(protocol_config(config, "loo", seed, smoke))
+    if (out / "sft" / "manifest.json").is_file() and cfg.is_file() and cfg.read_text() == text:
+        return out  # the protocol table's run of this seed (maybe still running its later stages)
+    cfg.write_text(text)
     cmd = [sys.executable, "-m", "rlhf_ray.cli", "pipeline", "--config", str(cfg), "--out", str(out),
            "--stages", "data,pretrain,sft"] + (["--smoke"] if smoke else [])
     print(f"[ablation] $ {' '.join(cmd)}", flush=True)
