@@ -43,6 +43,9 @@ from actors.batching import Sharded, bounds, concat, resolve, rows, take
 from actors.ledger import Ledger
 from rlhf_ray.errors import UserError
 
+#: how long the group's rendezvous store waits for every rank
+STORE_TIMEOUT_S = 1800.0
+
 
 class ActorDied(UserError):
     """A role actor died (killed, out of memory, node lost): names role, rank, node and cause."""
@@ -76,13 +79,19 @@ class BaseActor:
         os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port))
 
     def rendezvous(self) -> tuple[str, int]:
-        """Rank 0: this node's IP and a free port, published to the other ranks."""
-        import ray
+        """Rank 0: this node's IP and the port of the group's store, published to the other ranks.
 
-        from rlhf_ray.rayutil import free_port
+        The store (torch's TCPStore, the group's rendezvous) is opened here on a port the OS
+        picks and held until the group forms: a port merely found free and bound later could be
+        taken in between by another run's group on the same machine (seen: EADDRINUSE with three
+        pipelines' PPO starting at once)."""
+        import ray
+        import torch.distributed as dist
 
         ip = ray.util.get_node_ip_address()
-        port = free_port("")
+        self._store = dist.TCPStore(ip, 0, self.world, True, timeout=timedelta(seconds=STORE_TIMEOUT_S),
+                                    wait_for_workers=False)
+        port = int(self._store.port)
         self._set_master(ip, port)
         return ip, port
 
@@ -99,8 +108,11 @@ class BaseActor:
         if dist.is_initialized():
             return
         addr, port = self.master
-        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=self.rank,
-                                world_size=self.world, timeout=timedelta(seconds=timeout_s))
+        store = getattr(self, "_store", None)  # rank 0 holds the server since rendezvous()
+        if store is None:
+            store = dist.TCPStore(addr, port, self.world, False, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world,
+                                timeout=timedelta(seconds=timeout_s))
 
     def dispatch(self, method: str, args: tuple, kwargs: dict):
         """Rank side of :meth:`ModelGroup.dispatch`: fetch the rows this rank was sent references
