@@ -36,7 +36,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from protocol_table import cell, protocol_config, seed_avg  # noqa: E402
+from protocol_table import cell, fmt, protocol_config, seed_avg  # noqa: E402
 from ppo_common import results_dir  # noqa: E402
 from provenance import Run  # noqa: E402
 
@@ -138,13 +138,6 @@ def test_frame(ckpt: Path, prepared, cache: Path) -> pd.DataFrame:
 def coverage(frame: pd.DataFrame, n_items: int) -> float:
     """Share of the catalogue on at least one user's page."""
     return float(np.unique(np.concatenate([np.asarray(p) for p in frame["page"]])).size) / n_items
-
-
-def fmt(c: dict | None) -> str:
-    if not c or c.get("mean") is None:
-        return "n/a"
-    sd = (c.get("seeds") or {}).get("std")
-    return f"{c['mean']:.4f}" + (f" ±{sd:.4f}" if sd is not None else "") + f" [{c['lo']:.4f}, {c['hi']:.4f}]"
 
 
 def main(argv=None) -> int:

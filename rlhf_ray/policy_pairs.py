@@ -29,11 +29,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
 from rlhf_ray.config import GenerationConfig
+from rlhf_ray.data.pages import candidates
+from rlhf_ray.data.pairs import training_timeline
 from rlhf_ray.generation import build_prompts, generate_pages
 from rlhf_ray.tokens import Vocab
 
@@ -48,21 +49,16 @@ class UserTimelines:
         self.threshold = prepared.positive_threshold
         self.items, self.ratings = {}, {}
         for u, items, ratings, vs in zip(s["user_idx"], s["items"], s["ratings"], s["valid_start"]):
-            its = np.asarray(items[:vs], dtype=np.int64)
-            its, first = np.unique(its, return_index=True)  # as build_pairs: one interaction per item
-            order = np.argsort(first)
-            self.items[int(u)] = its[order]
-            self.ratings[int(u)] = np.asarray(ratings[:vs], dtype=np.float64)[np.sort(first)]
+            self.items[int(u)], self.ratings[int(u)] = training_timeline(items, ratings, vs)  # as build_pairs
 
     def after(self, user_idx: int, cut: int) -> dict[int, float]:
         """{item: rating} of everything the user rated after ``cut`` in the training part."""
         return dict(zip(self.items[user_idx][cut:].tolist(), self.ratings[user_idx][cut:].tolist()))
 
     def positives(self, user_idx: int, cut: int, window: int) -> set[int]:
-        """P: the window's positives (ratings above the data's threshold)."""
-        end = None if window == 0 else cut + window
-        its, rs = self.items[user_idx][cut:end], self.ratings[user_idx][cut:end]
-        return set(its[rs > self.threshold].tolist())
+        """P: the window's positives, the candidates of the good page (:func:`rlhf_ray.data.pages.candidates`)."""
+        its = self.items[user_idx]
+        return set(its[candidates(its, self.ratings[user_idx], cut, self.threshold, window)].tolist())
 
 
 @torch.no_grad()

@@ -334,6 +334,13 @@ def catalogue(prepared) -> Catalogue:
     return Catalogue(prepared.item_categories, prepared.popularity, CoOccurrence(user_items, prepared.n_items))
 
 
+def training_timeline(items, ratings, valid_start: int) -> tuple[np.ndarray, np.ndarray]:
+    """A user's training part ``(items, ratings)`` in time order, each item once (its first
+    interaction; defensive: prepared data has one interaction per item)."""
+    its, first = np.unique(np.asarray(items[:valid_start], dtype=np.int64), return_index=True)
+    return its[np.argsort(first)], np.asarray(ratings[:valid_start], dtype=np.float64)[np.sort(first)]
+
+
 def build_pairs(prepared, cfg: PairsConfig) -> pd.DataFrame:
     """The pair set of a prepared directory (columns: :data:`COLUMNS`), rows by user then cut."""
     cat = catalogue(prepared)
@@ -343,11 +350,7 @@ def build_pairs(prepared, cfg: PairsConfig) -> pd.DataFrame:
     rows: list[dict] = []
     for u, items, ratings, vs in zip(s["user_idx"], s["items"], s["ratings"], s["valid_start"]):
         rng = np.random.default_rng([cfg.seed, int(u)])
-        its = np.asarray(items[:vs], dtype=np.int64)
-        its, first = np.unique(its, return_index=True)  # defensive: one interaction per item
-        order = np.argsort(first)
-        rows += user_pairs(int(u), its[order], np.asarray(ratings[:vs], dtype=np.float64)[np.sort(first)],
-                           thr, cfg, cat, rng)
+        rows += user_pairs(int(u), *training_timeline(items, ratings, vs), thr, cfg, cat, rng)
     if not rows:
         raise DataError(f"{prepared.path}: no preference pairs: no user has {cfg.min_page} positives within "
                         f"{cfg.window or 'all'} training items after {cfg.min_history} history items "
