@@ -60,7 +60,7 @@ from actors.critic import CriticActor
 from actors.experience import PromptBatch, rollout_prompts
 from actors.group import ModelGroup
 from actors.ledger import Ledger, Relay
-from actors.monitor import HackingMonitor
+from actors.monitor import WATCHED, HackingMonitor
 from actors.placement import plan, role_specs
 from actors.policy import PolicyActor
 from actors.recovery import Recovery
@@ -138,6 +138,7 @@ class PPOOrchestrator:
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(cfg.kl_coef))
         self.monitor = HackingMonitor(cfg.hack_threshold)
+        self.val_users: dict = {}  # the last validation's per-user values of the monitored metrics
         self.state = RunState(state_dir(self.out), keep=cfg.keep_states)
         self.history: list[dict] = []
         self.validations: list[dict] = []
@@ -304,7 +305,9 @@ class PPOOrchestrator:
         if self._dirty:
             self.sync_weights()
         gen = GenerationConfig(**self.cfg.prompt.to_dict(), strategy="greedy")
-        m = self.rollout.call_rank(0, "evaluate", self.prepared_ref, gen, "valid", self.cfg.eval_users)
+        m = self.rollout.call_rank(0, "evaluate", self.prepared_ref, gen, "valid", self.cfg.eval_users,
+                                   "val/", WATCHED)
+        self.val_users = m.pop("per_user", {})  # for the hacking monitor's interval; not logged
         m = {"iteration": iteration, **m}
         self.validations.append(m)
         return m
@@ -416,7 +419,7 @@ class PPOOrchestrator:
             if c.eval_every and done == 0:
                 base = self.validate(0)
                 self._log(base)
-                self.monitor.observe_validation(0, base)
+                self.monitor.observe_validation(0, base, self.val_users)
                 self.log(f"[ppo] baseline (SFT) {self._brief(base)}")
             stopped = None
             ran = 0
@@ -436,7 +439,7 @@ class PPOOrchestrator:
                     if c.eval_every and ((it + 1) % c.eval_every == 0 or last):
                         v = self.validate(it + 1)
                         self.log(f"[ppo] validation after {it + 1}: {self._brief(v)}")
-                        alert = self.monitor.observe_validation(it + 1, v)
+                        alert = self.monitor.observe_validation(it + 1, v, self.val_users)
                         if alert:
                             self.log(f"[ppo] WARNING reward hacking? reward +{alert['reward_gain']:.4f} since the "
                                      f"start while {alert['metric']} fell {100 * alert['drop']:.1f}% "

@@ -51,10 +51,16 @@ class RolloutActor(BaseActor):
 
     @torch.no_grad()
     def evaluate(self, prepared, gen: GenerationConfig, split: str = "valid", max_users: int = 0,
-                 prefix: str = "val/") -> dict:
-        """evaluation.evaluate on ``split`` with the current weights (greedy pages by default)."""
+                 prefix: str = "val/", per_user: tuple = ()) -> dict:
+        """evaluation.evaluate on ``split`` with the current weights (greedy pages by default).
+
+        ``per_user``: metric names (prefixed, e.g. "val/ndcg@10") whose per-user values come back
+        too, under ``"per_user"`` (name -> list in user order; NaN where undefined)."""
         from rlhf_ray.evaluation import evaluate
 
-        metrics, _ = evaluate(self.model, self.vocab, prepared, split, gen, ks=(10, 20), max_users=max_users,
-                              prefix=prefix)
+        metrics, frame = evaluate(self.model, self.vocab, prepared, split, gen, ks=(10, 20), max_users=max_users,
+                                  prefix=prefix)
+        if per_user:
+            metrics["per_user"] = {n: frame[n[len(prefix):]].astype(float).tolist() for n in per_user
+                                   if n.startswith(prefix) and n[len(prefix):] in frame}
         return metrics

@@ -11,6 +11,7 @@ and with a restart left the lost group comes back inside the shared placement gr
 import math
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,6 +133,10 @@ def test_validation_and_export(orch, tmp_path):
     v = orch.validate(1)
     for k in ("val/ndcg@10", "val/recall@20", "val/tail_recall@20", "val/page_ild", "val/page_cat_entropy"):
         assert k in v and math.isfinite(v[k]), k
+    assert "per_user" not in v  # the monitor's per-user values stay out of the logged validation
+    assert sorted(orch.val_users) == ["val/ndcg@10", "val/page_ild"]
+    for k, vals in orch.val_users.items():
+        assert len(vals) == int(v["val/users"]) and math.isclose(float(np.nanmean(vals)), v[k], rel_tol=1e-6), k
     orch.out = tmp_path  # export into this test's directory
     path = orch.export({"val/ndcg@10": v["val/ndcg@10"]})
     ck = load_checkpoint(path)

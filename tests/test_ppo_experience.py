@@ -3,6 +3,7 @@ reward-hacking monitor, resumable-state bookkeeping, PPOConfig."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,6 +207,34 @@ def test_hacking_monitor_flags_reward_up_quality_down():
     mon2.observe_reward(0.5)  # reward below the baseline: a quality drop alone is not hacking
     assert mon2.observe_validation(4, {"val/ndcg@10": 0.1, "val/page_ild": 0.1}) is None
     assert len(mon2.alerts) == 1
+
+
+def test_hacking_monitor_needs_the_drop_outside_the_paired_interval():
+    """With per-user values, a fall past the threshold is flagged only when the paired interval
+    of (now - baseline) over the users lies below 0; noise of the same size is dismissed."""
+    rng = np.random.default_rng(0)
+    base = rng.random(300)
+    ild = np.full(300, 0.5)
+    mon = HackingMonitor(threshold=0.05)
+    mon.observe_validation(0, {"val/ndcg@10": base.mean(), "val/page_ild": 0.5},
+                           {"val/ndcg@10": base.tolist(), "val/page_ild": ild.tolist()})
+    noise = rng.normal(0, 0.6, 300)
+    noisy = base + noise - noise.mean() - 0.04  # the mean falls 7%; per-user noise is far larger
+    assert (base.mean() - noisy.mean()) / base.mean() > 0.05
+    mon.observe_reward(1.0)
+    mon.observe_reward(2.0)
+    assert mon.observe_validation(5, {"val/ndcg@10": noisy.mean(), "val/page_ild": 0.5},
+                                  {"val/ndcg@10": noisy.tolist(), "val/page_ild": ild.tolist()}) is None
+    assert mon.dismissed == 1 and not mon.alerts
+    real = base * 0.8  # every user loses 20%
+    mon.observe_reward(2.0)
+    alert = mon.observe_validation(10, {"val/ndcg@10": real.mean(), "val/page_ild": 0.5},
+                                   {"val/ndcg@10": real.tolist(), "val/page_ild": ild.tolist()})
+    assert alert and alert["metric"] == "val/ndcg@10" and alert["users"] == 300 and alert["diff_hi"] < 0
+    mon2 = HackingMonitor.from_state(json.loads(json.dumps(mon.state_dict())))
+    assert mon2.baseline_users["val/ndcg@10"] == base.tolist() and mon2.dismissed == 1
+    old = {k: v for k, v in mon.state_dict().items() if k not in ("baseline_users", "dismissed")}
+    assert HackingMonitor.from_state(old).baseline_users == {}  # a state saved before the interval check
 
 
 # --------------------------------------------------------------------------- resumable state

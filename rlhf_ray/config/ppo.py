@@ -119,7 +119,8 @@ class PPOConfig(PromptConfig):
         "this many times per run (0 = stop with the error)", ge=0))
     hack_threshold: float = field(default=0.05, metadata=doc(
         "reward-hacking monitor: flag when reward rose while validation NDCG@10 or ILD fell by more "
-        "than this fraction of its first value", ge=0))
+        "than this fraction of its first value and the paired 95% interval of the fall over the "
+        "validation users excludes 0", ge=0))
     hack_stop: bool = field(default=False, metadata=doc("stop the run when the reward-hacking monitor flags"))
     colocate: bool = field(default=True, metadata=doc(
         "all roles share one placement group (fractional CPUs/GPUs per actor); false: one group per role"))
