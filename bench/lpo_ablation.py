@@ -60,10 +60,24 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "reweight_off": ("reweight: off (strength 0)", {"reweight_strength": 0.0}),
     "tail_heavy": ("pool head + static reweight strength 3 (the sweep's tail end)",
                    {"pool": "head", "reweight_strength": 3.0}),
+    "head_popularity": ("pool head + popularity sampler", {"pool": "head", "sampler": "popularity"}),
+    "head_n16": ("pool head, 16 negatives", {"pool": "head", "n_negatives": 16}),
+    "head_tau1": ("pool head, Gumbel tau 1 (harder head negatives)", {"pool": "head", "tau": 1.0}),
+    "head_lpo2": ("pool head, preference loss weight 2", {"pool": "head", "lpo_weight": 2.0}),
+    "head_rw1": ("pool head + static reweight strength 1", {"pool": "head", "reweight_strength": 1.0}),
+    "head_popularity_n16": ("pool head + popularity sampler, 16 negatives",
+                            {"pool": "head", "sampler": "popularity", "n_negatives": 16}),
+    "head_popularity_n8": ("pool head + popularity sampler, 8 negatives",
+                           {"pool": "head", "sampler": "popularity", "n_negatives": 8}),
+    "head_popularity_n32": ("pool head + popularity sampler, 32 negatives",
+                            {"pool": "head", "sampler": "popularity", "n_negatives": 32}),
+    "head_popularity_n16_ce2": ("pool head + popularity sampler, 16 negatives, cross-entropy weight 2",
+                                {"pool": "head", "sampler": "popularity", "n_negatives": 16, "ce_weight": 2.0}),
     "joint": ("LPO + CE from the pre-trained model, as long as SFT (no SFT stage)", {}),
 }
 COLUMNS = ["ndcg@10", "recall@20", "tail_recall@20", "page_ild"]
 COMPARE = ["ndcg@10", "tail_recall@20"]
+VALID = ["ndcg@10", "tail_recall@20"]  # validation figures shown per variant (its checkpoint's, as selected)
 
 
 def ensure_sft(work: Path, seed: int, config: str, smoke: bool) -> Path:
@@ -140,6 +154,47 @@ def coverage(frame: pd.DataFrame, n_items: int) -> float:
     return float(np.unique(np.concatenate([np.asarray(p) for p in frame["page"]])).size) / n_items
 
 
+def record_valid(val: dict, name: str, ckpt: Path) -> None:
+    """Append the checkpoint's validation figures (:data:`VALID`, from its manifest) to ``val[name]``."""
+    m = json.loads((ckpt / "manifest.json").read_text()).get("metrics", {})
+    for c in VALID:
+        val.setdefault(name, {}).setdefault(c, []).append(m.get(f"val/{c}", float("nan")))
+
+
+def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[float]], whats: dict[str, str],
+                   prepared, n_seeds: int, base_what: str, base: str = "sft"):
+    """(rows, comparisons, markdown, tail users) of an ablation: every variant's test cells and
+    its paired comparison with ``base`` (NDCG@10 and tail Recall@20), one row per entry of
+    ``frames`` (``base`` first). ``val``: each variant's validation metrics (:data:`VALID`) per
+    seed, as its checkpoint's manifest records them (the selection figures)."""
+    rows, comps = {}, {}
+    for name, fr in frames.items():
+        rows[name] = {"what": base_what if name == base else whats[name],
+                      "metrics": {c: cell(fr, c) for c in COLUMNS},
+                      "page_coverage": stats.seed_summary([coverage(f, prepared.n_items) for f in fr]),
+                      **{f"valid_{c}": stats.seed_summary(val[name][c]) if name in val else None for c in VALID}}
+        if name != base:
+            comps[name] = {c: stats.paired_diff(seed_avg(fr, c), seed_avg(frames[base], c)) for c in COMPARE}
+    lines = ["| variant | what | " + " | ".join(f"valid {c}" for c in VALID) + " | "
+             + " | ".join(f"test {c}" for c in COLUMNS)
+             + f" | page coverage | NDCG@10 vs {base.upper()} | tail R@20 vs {base.upper()} |",
+             "|---|---|" + "---|" * (len(VALID) + len(COLUMNS) + 3)]
+    for name, r in rows.items():
+        shown = ["—" if not r[f"valid_{c}"] or r[f"valid_{c}"]["mean"] is None else f"{r[f'valid_{c}']['mean']:.4f}"
+                 for c in VALID]
+        cells = shown + [fmt(r["metrics"][c]) for c in COLUMNS] + [f"{r['page_coverage']['mean']:.3f}"]
+        vs = ["—", "—"] if name == base else [
+            f"x{comps[name][c]['rel']:.3f} ({comps[name][c]['verdict']})" for c in COMPARE]
+        lines.append(f"| {name} | {r['what']} | " + " | ".join(cells) + " | " + " | ".join(vs) + " |")
+    hist, targets, ratings, users = prepared.histories("test")
+    n_tail = int(sum(bool(np.asarray(prepared.is_tail)[t].any()) for t in targets if len(t)))
+    lines += ["", f"Cells: mean over {n_seeds} seeds ±std over seeds [95% bootstrap interval over "
+                  f"{len(users)} test users; tail Recall@20 over the {n_tail} users whose held-out item is a "
+                  f"tail item]. vs {base.upper()}: ratio of means, paired over users; 'higher'/'lower' only when "
+                  f"the 95% interval of the difference excludes 0."]
+    return rows, comps, "\n".join(lines), n_tail
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -165,45 +220,23 @@ def main(argv=None) -> int:
     prepared = load_prepared(dirs[0] / "data")
     run.add_input("data", dirs[0] / "data")
     frames: dict[str, list[pd.DataFrame]] = {"sft": []}
-    val: dict[str, list[float]] = {}
+    val: dict[str, dict[str, list[float]]] = {}
     for s, d in zip(seeds, dirs):
         run.add_input(f"seed{s}/sft", d / "sft")
         frames["sft"].append(test_frame(d / "sft", prepared, d / "lpo_ablation" / "test"))
+        record_valid(val, "sft", d / "sft")
         for name in names:
             ck = train_variant(d, name, s, args.smoke)
             run.add_input(f"seed{s}/{name}", ck)
             frames.setdefault(name, []).append(test_frame(ck, prepared, d / "lpo_ablation" / "test"))
-            m = json.loads((ck / "manifest.json").read_text()).get("metrics", {})
-            val.setdefault(name, []).append(m.get("val/ndcg@10", float("nan")))
-    rows, comps = {}, {}
-    for name, fr in frames.items():
-        rows[name] = {"what": "SFT (the start of every variant but joint)" if name == "sft" else VARIANTS[name][0],
-                      "metrics": {c: cell(fr, c) for c in COLUMNS},
-                      "page_coverage": stats.seed_summary([coverage(f, prepared.n_items) for f in fr]),
-                      "valid_ndcg@10": stats.seed_summary(val[name]) if name in val else None}
-        if name != "sft":
-            comps[name] = {c: stats.paired_diff(seed_avg(fr, c), seed_avg(frames["sft"], c)) for c in COMPARE}
-    lines = ["| variant | what | valid NDCG@10 | " + " | ".join(f"test {c}" for c in COLUMNS)
-             + " | page coverage | NDCG@10 vs SFT | tail R@20 vs SFT |", "|---|---|---|" + "---|" * (len(COLUMNS) + 3)]
-    for name, r in rows.items():
-        v = r["valid_ndcg@10"]
-        cells = [fmt(r["metrics"][c]) for c in COLUMNS] + [f"{r['page_coverage']['mean']:.3f}"]
-        vs = ["—", "—"] if name == "sft" else [
-            f"x{comps[name][c]['rel']:.3f} ({comps[name][c]['verdict']})" for c in COMPARE]
-        shown = "—" if v is None else f"{v['mean']:.4f}"
-        lines.append(f"| {name} | {r['what']} | {shown} | "
-                     + " | ".join(cells) + " | " + " | ".join(vs) + " |")
-    hist, targets, ratings, users = prepared.histories("test")
-    n_tail = int(sum(bool(np.asarray(prepared.is_tail)[t].any()) for t in targets if len(t)))
-    lines += ["", f"Cells: mean over {len(seeds)} seeds ±std over seeds [95% bootstrap interval over "
-                  f"{len(users)} test users; tail Recall@20 over the {n_tail} users whose held-out item is a "
-                  f"tail item]. vs SFT: ratio of means, paired over users; 'higher'/'lower' only when the "
-                  f"95% interval of the difference excludes 0."]
-    md = "\n".join(lines)
+            record_valid(val, name, ck)
+    rows, comps, md, n_tail = ablation_table(frames, val, {k: VARIANTS[k][0] for k in names}, prepared,
+                                             len(seeds), "SFT (the start of every variant but joint)")
     print(md)
     path = run.write("lpo_ablation" + ("_smoke" if args.smoke else ""),
                      {"protocol": "loo", "seeds": seeds, "variants": {k: VARIANTS[k][0] for k in names},
-                      "rows": rows, "comparisons": comps, "markdown": md, "users": len(users),
+                      "rows": rows, "comparisons": comps, "markdown": md,
+                      "users": len(prepared.histories("test")[3]),
                       "tail_users": n_tail, "seconds": round(time.time() - t0, 1)},
                      results_dir=args.results or results_dir(args.smoke))
     print(f"[ablation] wrote {path}")

@@ -20,6 +20,7 @@ def test_ablation_smoke_writes_one_table(tmp_path):
         m = row["metrics"]["ndcg@10"]
         assert m["n"] == doc["users"] and m["lo"] <= m["mean"] <= m["hi"]
         assert 0 < row["page_coverage"]["mean"] <= 1
+        assert row["valid_ndcg@10"]["n_seeds"] == 1 and row["valid_tail_recall@20"]["n_seeds"] == 1
     assert doc["tail_users"] > 0
     assert set(doc["comparisons"]) == {"default", "reweight_adaptive", "joint"}
     for comp in doc["comparisons"].values():

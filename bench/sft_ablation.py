@@ -1,0 +1,146 @@
+"""SFT ablations on ml-100k leave-one-out: what the ranker's inputs and start buy.
+
+    python bench/sft_ablation.py --seeds 0,1,2 [--variants user_tokens,page_order_gt,...]
+    python bench/sft_ablation.py --smoke --seeds 0      # synthetic data, minutes: the plumbing
+
+Every variant is an SFT run with the shipped config's ``sft`` section (same epochs, patience and
+learning rate; early stopping on validation NDCG@10) that differs from the seed's SFT (the
+protocol table's, ``runs/bench/loo/seed{s}/sft``) in one thing (:data:`VARIANTS`):
+
+* ``user_tokens``: every prompt starts with the user's own token (the model learns a row per
+  user); needs its own pre-training run, since the vocabulary is made there;
+* ``page_order_gt``: SFT's ranked-page targets are the good page of ``rlhf_ray.data.pages``
+  (positives of the next 30 interactions by rating, then recency, at most 3 per category)
+  instead of the next positives in time order;
+* ``no_pretrain``: SFT from a freshly initialised model of the same size (no meta-information
+  pre-training);
+* ``pretrain_6ep``: SFT from a pre-training run of up to 6 epochs (early stopping on the
+  rating head's validation RMSE, patience 2) instead of the shipped 40-step warm-up.
+
+Test is read once per checkpoint; the table (same cells and paired comparisons as
+``bench/lpo_ablation.py``, against the seed's SFT) goes to ``bench/results/sft_ablation.json``.
+Variants of one seed can be trained in parallel processes (``--seeds 1``, ``--seeds 2``); a
+later run over all seeds reuses every checkpoint whose manifest records the same config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from lpo_ablation import ablation_table, ensure_sft, record_valid, test_frame  # noqa: E402
+from ppo_common import results_dir  # noqa: E402
+from provenance import Run  # noqa: E402
+
+#: name -> (what it tests, changes to the pretrain section or None = no pre-training, changes to the sft section)
+VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
+    "user_tokens": ("a token per user at the start of every prompt (pre-training and SFT)",
+                    {"model": {"user_tokens": True}}, {}),
+    "page_order_gt": ("ranked pages = the good page (next positives by rating, at most 3 per category)",
+                      {}, {"page_order": "ground_truth"}),
+    "no_pretrain": ("no pre-training: SFT from a fresh model of the same size", None, {}),
+    "pretrain_6ep": ("pre-training up to 6 epochs (patience 2 on the rating RMSE) instead of 40 steps",
+                     {"train": {"epochs": 6, "max_steps": 0, "patience": 2}}, {}),
+}
+
+
+def _same(ckpt: Path, cfg) -> bool:
+    m = ckpt / "manifest.json"
+    return m.is_file() and json.loads(m.read_text()).get("config") == cfg.to_dict()
+
+
+def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
+    """Train (or reuse) one variant's pre-training (when it has its own) and SFT; the SFT dir."""
+    from rlhf_ray.config.base import deep_merge
+    from rlhf_ray.pipeline import load_pipeline_raw
+    from rlhf_ray.stages.launch import launch
+
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    _, pre_changes, sft_changes = VARIANTS[name]
+    quiet = {"train": {"progress": False, "tensorboard": False}}
+    raw["sft"] = deep_merge(deep_merge(raw.get("sft") or {}, sft_changes), quiet)
+    if pre_changes:
+        raw["pretrain"] = deep_merge(deep_merge(raw.get("pretrain") or {}, pre_changes), quiet)
+    if smoke and name == "pretrain_6ep":
+        raw["pretrain"]["train"].update(epochs=2, max_steps=0)
+    if pre_changes is None:  # the pre-trained model's size, built fresh
+        raw["sft"]["model"] = deep_merge((raw.get("pretrain") or {}).get("model") or {},
+                                         raw["sft"].get("model") or {})
+    cfgs = load_pipeline_raw(raw)
+    out = run_dir / "sft_ablation" / name
+    init = None
+    if pre_changes == {}:
+        init = run_dir / "pretrain"  # the seed's own pre-training
+    elif pre_changes:
+        init = run_dir / "sft_ablation" / f"{name}-pretrain"
+        if not _same(init, cfgs["pretrain"]):
+            launch("pretrain", cfgs["pretrain"], str(run_dir / "data"), str(init))
+    if _same(out, cfgs["sft"]) and (init is None or json.loads((out / "manifest.json").read_text())
+                                    .get("parent", {}).get("id") == json.loads((init / "manifest.json").read_text())["id"]):
+        return out
+    t = time.time()
+    launch("sft", cfgs["sft"], str(run_dir / "data"), str(out), init=None if init is None else str(init))
+    print(f"[sft-ablation] seed {seed} {name}: trained in {time.time() - t:.0f} s", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--config", default=str(ROOT / "bench" / "configs" / "ml-100k-selected.yaml"),
+                   help="pipeline config whose pretrain/sft sections are the base (default: the selected config)")
+    p.add_argument("--work", default=None, help="run directory (default runs/bench/loo, shared with protocol_table)")
+    p.add_argument("--smoke", action="store_true", help="synthetic data, a few steps: checks the plumbing")
+    p.add_argument("--results", default=None, help="where the JSON goes (default bench/results; smoke: outside the repo)")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    names = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown or not seeds:
+        p.error(f"unknown variants {unknown}" if unknown else "--seeds: give at least one seed")
+    from rlhf_ray.data.prepared import load_prepared
+
+    work = Path(args.work or ROOT / "runs" / "bench" / ("loo-smoke" if args.smoke else "loo"))
+    run = Run(inputs={"config": args.config})
+    t0 = time.time()
+    dirs = [ensure_sft(work, s, args.config, args.smoke) for s in seeds]
+    prepared = load_prepared(dirs[0] / "data")
+    run.add_input("data", dirs[0] / "data")
+    frames: dict[str, list[pd.DataFrame]] = {"sft": []}
+    val: dict[str, dict[str, list[float]]] = {}
+    for s, d in zip(seeds, dirs):
+        cache = d / "sft_ablation" / "test"
+        run.add_input(f"seed{s}/sft", d / "sft")
+        frames["sft"].append(test_frame(d / "sft", prepared, cache))
+        record_valid(val, "sft", d / "sft")
+        for name in names:
+            ck = train_variant(d, name, s, args.smoke)
+            run.add_input(f"seed{s}/{name}", ck)
+            frames.setdefault(name, []).append(test_frame(ck, prepared, cache))
+            record_valid(val, name, ck)
+    rows, comps, md, n_tail = ablation_table(frames, val, {k: VARIANTS[k][0] for k in names}, prepared,
+                                             len(seeds), "shipped SFT (40-step pre-training warm-up, time-ordered pages)")
+    print(md)
+    path = run.write("sft_ablation" + ("_smoke" if args.smoke else ""),
+                     {"protocol": "loo", "seeds": seeds, "variants": {k: VARIANTS[k][0] for k in names},
+                      "rows": rows, "comparisons": comps, "markdown": md,
+                      "users": len(prepared.histories("test")[3]), "tail_users": n_tail,
+                      "seconds": round(time.time() - t0, 1)},
+                     results_dir=args.results or results_dir(args.smoke))
+    print(f"[sft-ablation] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""bench/sft_ablation.py end to end on synthetic data: each variant starts from the right place
+(its own pre-training, the seed's, or none), differs from the seed's SFT in its one setting,
+and lands in one table with paired comparisons against the seed's SFT."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sft_ablation_smoke_writes_one_table(tmp_path):
+    res, work = tmp_path / "results", tmp_path / "work"
+    cmd = [sys.executable, str(ROOT / "bench" / "sft_ablation.py"), "--smoke", "--seeds", "0",
+           "--variants", "user_tokens,page_order_gt,no_pretrain", "--work", str(work), "--results", str(res)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((res / "sft_ablation_smoke.json").read_text())
+    assert set(doc["rows"]) == {"sft", "user_tokens", "page_order_gt", "no_pretrain"}
+    for row in doc["rows"].values():
+        m = row["metrics"]["ndcg@10"]
+        assert m["n"] == doc["users"] and m["lo"] <= m["mean"] <= m["hi"]
+        assert row["valid_ndcg@10"]["n_seeds"] == 1 and row["valid_tail_recall@20"]["n_seeds"] == 1
+    assert set(doc["comparisons"]) == {"user_tokens", "page_order_gt", "no_pretrain"}
+    run = work / "seed0"
+    manifest = lambda v: json.loads((run / "sft_ablation" / v / "manifest.json").read_text())  # noqa: E731
+    seed_pretrain = json.loads((run / "pretrain" / "manifest.json").read_text())["id"]
+    own = json.loads((run / "sft_ablation" / "user_tokens-pretrain" / "manifest.json").read_text())
+    assert manifest("user_tokens")["parent"]["id"] == own["id"] and manifest("user_tokens")["vocab"]["n_users"] > 0
+    assert manifest("page_order_gt")["parent"]["id"] == seed_pretrain
+    assert manifest("page_order_gt")["config"]["page_order"] == "ground_truth"
+    assert not manifest("no_pretrain").get("parent")
+    seed_sft = json.loads((run / "sft" / "manifest.json").read_text())
+    assert seed_sft["config"]["page_order"] == "time" and seed_sft["vocab"]["n_users"] == 0
+    # a second run reuses every checkpoint (same configs): nothing is trained again
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert again.returncode == 0 and "trained in" not in again.stdout, again.stdout[-2000:]
