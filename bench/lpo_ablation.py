@@ -73,6 +73,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                             {"pool": "head", "sampler": "popularity", "n_negatives": 32}),
     "head_popularity_n16_ce2": ("pool head + popularity sampler, 16 negatives, cross-entropy weight 2",
                                 {"pool": "head", "sampler": "popularity", "n_negatives": 16, "ce_weight": 2.0}),
+    "head_pop8_pref_rw1": ("pool head + popularity sampler, 8 negatives, tail reweight 1 on the preference term only",
+                           {"pool": "head", "sampler": "popularity", "n_negatives": 8, "reweight_strength": 1.0,
+                            "reweight_on": "preference"}),
+    "head_pop8_pref_rw2": ("pool head + popularity sampler, 8 negatives, tail reweight 2 on the preference term only",
+                           {"pool": "head", "sampler": "popularity", "n_negatives": 8, "reweight_strength": 2.0,
+                            "reweight_on": "preference"}),
     "joint": ("LPO + CE from the pre-trained model, as long as SFT (no SFT stage)", {}),
 }
 COLUMNS = ["ndcg@10", "recall@20", "tail_recall@20", "page_ild"]

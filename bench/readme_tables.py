@@ -67,6 +67,22 @@ def sft_select_body(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def ppo_before_after_body(doc: dict) -> str:
+    phases = ["sync", "generate", "score", "advantage", "train"]
+    lines = ["| commit | pages/s median [min, max] | s/iteration | " + " | ".join(f"{p} s" for p in phases) + " |",
+             "|---|---|---|" + "---|" * len(phases)]
+    for side in ("old", "new"):
+        s = doc["summary"][side]
+        pg = s["pages_per_s"]
+        lines.append(f"| {side} `{doc['commits'][side][:7]}` | {pg['median']:.2f} [{pg['min']:.2f}, {pg['max']:.2f}] | "
+                     f"{s['iteration_s']['median']:.3f} | "
+                     + " | ".join(f"{s[f'{p}_s']['median']:.3f}" for p in phases) + " |")
+    lines += ["", f"new/old pages/s (medians over {doc['rounds']} interleaved rounds, {doc['iterations']} measured "
+                  f"iterations each, setup {doc['setup']}, {doc['batch']} pages per iteration): "
+                  f"**x{doc['pages_per_s_ratio']:.3f}**"]
+    return "\n".join(lines)
+
+
 def own_table_body(doc: dict) -> str:
     """Benches that render their own table (peers: selected config, stopping, seconds, test figures; sweeps)."""
     return doc["table_markdown"]
@@ -153,6 +169,9 @@ BLOCKS = {
     "fault_injection": block("fault_injection", "python bench/fault_injection.py", fault_body),
     "reward_ml100k": block("reward_ml100k", "python bench/reward_ml100k.py --data DIR --sft DIR", reward_body),
     "lpo_ablation": block("lpo_ablation", "python bench/lpo_ablation.py --seeds 0,1,2", protocol_body),
+    "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
+    "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
+                              "--reward DIR", ppo_before_after_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
 }
 PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)

@@ -102,6 +102,27 @@ def test_adaptive_reweighting_also_favours_hard_examples(tiny_sft, synth_data, t
     assert torch.isfinite(loss) and stats["weight_entropy"] < 1.0
 
 
+def test_reweight_on_preference_leaves_cross_entropy_uniform(tiny_sft, synth_data, tmp_path):
+    """reweight_on: preference: the tail weights multiply only the listwise term, so with that term
+    off the loss is the plain mean CE; reweight_on: both weighs the CE rows too."""
+    kw = dict(reweight_strength=2.0, lpo_weight=0.0, examples_per_user=6)
+    pref, prepared = stage(tiny_sft, synth_data, tmp_path, reweight_on="preference", **kw)
+    both, _ = stage(tiny_sft, synth_data, tmp_path, reweight_on="both", **kw)
+    checked = 0
+    for batch in pref.batches(0, 0, 1):
+        if not (batch["tail"].any() and (~batch["tail"]).any()):
+            continue
+        with torch.no_grad():
+            lp, sp = pref.module(batch)
+            lb, sb = both.module(batch)
+        assert lp.item() == pytest.approx(sp["ce"], rel=1e-5)  # uniform CE
+        assert sp["tail_weight_mean"] > 1.0  # the weights exist, they just do not touch CE
+        assert abs(lb.item() - sb["ce"]) > 1e-4  # CE rows weighted towards the tail
+        checked += 1
+    assert checked >= 2
+    assert LPOConfig.from_dict({}).reweight_on == "both"
+
+
 @pytest.mark.parametrize("loss", ["lpo", "sdpo"])
 def test_steps_change_parameters_and_lower_lpo_loss(tiny_sft, synth_data, tmp_path, loss):
     spec, _ = stage(tiny_sft, synth_data, tmp_path, loss=loss, pool="all")

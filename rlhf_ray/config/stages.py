@@ -93,6 +93,10 @@ class LPOConfig(PromptConfig):
     reweight: typing.Literal["static", "adaptive"] = field(default="static", metadata=doc(
         "static: w = B softmax(strength * 1[tail]) | adaptive (LPO4Rec): w = B softmax(strength * (1[tail] + z)), "
         "z = the example's standardised (detached) loss in the batch, so hard examples weigh more too", legacy="static"))
+    reweight_on: typing.Literal["both", "preference"] = field(default="both", metadata=doc(
+        "what the tail weights w_b multiply: both (CE and the preference term, LPO4Rec) | preference (CE stays "
+        "uniform over examples, so the next-item fit is not skewed; only the listwise term leans to the tail)",
+        legacy="both"))
     lpo_weight: float = field(default=1.0, metadata=doc("lambda: weight of the preference loss", ge=0))
     ce_weight: float = field(default=1.0, metadata=doc("weight of the positive's cross-entropy -log pi(pos)", ge=0))
     reference: bool = field(default=False, metadata=doc(

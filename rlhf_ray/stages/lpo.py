@@ -16,7 +16,8 @@ item) by the configured sampler; the default is Gumbel-top-k on ``s / tau``, i.e
 without replacement with p(v) ~ exp(s(v) / tau): the items the model wrongly
 prefers, more uniformly as tau grows. The objective over a batch of B examples:
 
-    L = (1/B) sum_b w_b (ce_weight * CE_b + lpo_weight * P_b)
+    L = (1/B) sum_b w_b (ce_weight * CE_b + lpo_weight * P_b)           (``reweight_on: both``)
+    L = (1/B) sum_b (ce_weight * CE_b + lpo_weight * w_b P_b)           (``reweight_on: preference``)
     CE_b = -log pi_theta(p_b | h_b)
     P_b  = -log( exp(beta s+) / (exp(beta s+) + sum_j exp(beta s-_j)) )   (lpo)
     w    = B softmax(strength * 1[p_b is a tail item])                     (mean 1; ``reweight: static``)
@@ -184,8 +185,12 @@ class LPOModule(nn.Module):
         ce = -pi_pos  # (B,)
         pref = PREFERENCE_LOSSES[cfg.loss](pi_pos, pi_neg, ref_pos, ref_neg, cfg.beta)  # (B,)
         per_example = cfg.ce_weight * ce + cfg.lpo_weight * pref  # (B,)
-        w = self.weights(batch, per_example)  # (B,), mean 1, detached
-        loss = (w * per_example).mean()
+        if cfg.reweight_on == "preference":  # CE keeps uniform weights; only P_b leans to the tail
+            w = self.weights(batch, pref)  # (B,), mean 1, detached
+            loss = (cfg.ce_weight * ce + cfg.lpo_weight * w * pref).mean()
+        else:
+            w = self.weights(batch, per_example)
+            loss = (w * per_example).mean()
         return loss, diagnostics(ce, pref, pi_pos - ref_pos, pi_neg - ref_neg, w, tail, self.is_tail[neg])
 
 
