@@ -15,7 +15,9 @@ protocol table's, ``runs/bench/loo/seed{s}/sft``) in one thing (:data:`VARIANTS`
 * ``no_pretrain``: SFT from a freshly initialised model of the same size (no meta-information
   pre-training);
 * ``pretrain_6ep``: SFT from a pre-training run of up to 6 epochs (early stopping on the
-  rating head's validation RMSE, patience 2) instead of the shipped 40-step warm-up.
+  rating head's validation RMSE, patience 2) instead of the shipped 40-step warm-up;
+* ``epochs_15``: the cosine learning-rate schedule spans 15 epochs instead of 40 (early
+  stopping ends the shipped runs at epochs 12-14, before the rate has decayed).
 
 Test is read once per checkpoint; the table (same cells and paired comparisons as
 ``bench/lpo_ablation.py``, against the seed's SFT) goes to ``bench/results/sft_ablation.json``.
@@ -50,6 +52,8 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
     "no_pretrain": ("no pre-training: SFT from a fresh model of the same size", None, {}),
     "pretrain_6ep": ("pre-training up to 6 epochs (patience 2 on the rating RMSE) instead of 40 steps",
                      {"train": {"epochs": 6, "max_steps": 0, "patience": 2}}, {}),
+    "epochs_15": ("a 15-epoch cosine schedule instead of 40 (early stopping ends the 40-epoch runs at "
+                  "epochs 12-14, with the learning rate still near its peak)", {}, {"train": {"epochs": 15}}),
 }
 
 
