@@ -133,8 +133,12 @@ def reward_body(doc: dict) -> str:
     """Synthetic pairs only (``reward_ml100k_policy0.json``) against synthetic + on-policy pairs
     (this file), same SFT, same held-out users."""
     base = _load("reward_ml100k_policy0")
+    longer = _load("reward_ml100k_epochs8")
     runs = ([("synthetic pairs only", base)] if base else []) + [
-        (f"+ {doc['config'].get('policy_pages')} on-policy page(s) per golden page", doc)]
+        (f"+ {doc['config'].get('policy_pages')} on-policy page(s) per golden page", doc)] + (
+        [(f"same pairs, up to {longer['config']['train']['epochs']} epochs (patience "
+          f"{longer['config']['train']['patience']}; best on validation: epoch {longer['train']['best_epoch']})",
+          longer)] if longer else [])
     fams = ["overall", "relevance", "ranking", "diversity", "redundancy", "policy"]
     lines = ["| reward trained on | " + " | ".join(f"pair acc. {f}" for f in fams)
              + " | true page beats SFT page | golden beats SFT greedy | Spearman(R, page NDCG) [95% CI] |",
@@ -153,6 +157,8 @@ def reward_body(doc: dict) -> str:
                  f"(golden, rejected, {doc.get('calibration_samples', 8)} sampled from SFT).")
     if base:
         lines.append("\n" + _source(base).replace("Generated from", "Baseline row: generated from"))
+    if longer:
+        lines.append("\n" + _source(longer).replace("Generated from", "Longer-training row: generated from"))
     return "\n".join(lines)
 
 
