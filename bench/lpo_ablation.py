@@ -128,8 +128,8 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
     cfg = lpo_config(run_dir, name, seed, smoke)
     out = run_dir / "lpo_ablation" / name
     manifest = out / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("config") == cfg.to_dict():
-        return out
+    if manifest.is_file() and type(cfg).upgrade(json.loads(manifest.read_text()).get("config") or {}) == cfg.to_dict():
+        return out  # the same config (fields added since it was trained count as their legacy values)
     init = run_dir / ("pretrain" if name == "joint" else "sft")
     t = time.time()
     launch("lpo", cfg, str(run_dir / "data"), str(out), init=str(init))

@@ -59,7 +59,7 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
 
 def _same(ckpt: Path, cfg) -> bool:
     m = ckpt / "manifest.json"
-    return m.is_file() and json.loads(m.read_text()).get("config") == cfg.to_dict()
+    return m.is_file() and type(cfg).upgrade(json.loads(m.read_text()).get("config") or {}) == cfg.to_dict()
 
 
 def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
