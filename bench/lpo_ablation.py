@@ -44,7 +44,9 @@ from rlhf_ray import stats  # noqa: E402
 
 #: name -> (what it tests, changes to the shipped lpo section). "joint" also changes the start.
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "default": ("shipped: softmax listwise, Gumbel tau 7.4, 4 negatives, pool all, static reweight 0.014", {}),
+    "default": ("shipped (the config's lpo section as it is)", {}),
+    "gumbel": ("sampler: Gumbel, tau 7.4 (the LPO sweep's choice; the shipped sampler before this ablation)",
+               {"sampler": "gumbel", "tau": 7.41557527195705}),
     "lpo_sigmoid": ("loss: product of sigmoids (pairwise Bradley-Terry terms)", {"loss": "lpo_sigmoid"}),
     "dpo": ("loss: DPO (1 negative, frozen reference)", {"loss": "dpo"}),
     "sdpo": ("loss: S-DPO (N negatives, frozen reference)", {"loss": "sdpo"}),
@@ -119,6 +121,14 @@ def lpo_config(run_dir: Path, name: str, seed: int, smoke: bool):
     sec["train"] = train
     prompt = {k: v for k, v in (raw.get("sft") or {}).items() if k in ("max_history",)}
     return LPOConfig.from_dict({**prompt, **sec})
+
+
+def describe(cfg) -> str:
+    """One line for an LPO config: loss, sampler, negatives, pool, reweighting."""
+    sampler = f"Gumbel tau {cfg.tau:.3g}" if cfg.sampler == "gumbel" else cfg.sampler
+    return (f"{cfg.loss} loss, {sampler} sampler, {cfg.negatives} negatives, pool {cfg.pool}, "
+            f"{cfg.reweight} reweight {cfg.reweight_strength:.2g}" + (" (preference term only)" if cfg.reweight_on
+                                                                     == "preference" else ""))
 
 
 def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
@@ -236,11 +246,14 @@ def main(argv=None) -> int:
             run.add_input(f"seed{s}/{name}", ck)
             frames.setdefault(name, []).append(test_frame(ck, prepared, d / "lpo_ablation" / "test"))
             record_valid(val, name, ck)
-    rows, comps, md, n_tail = ablation_table(frames, val, {k: VARIANTS[k][0] for k in names}, prepared,
+    whats = {k: VARIANTS[k][0] for k in names}
+    if "default" in whats:
+        whats["default"] = "shipped: " + describe(lpo_config(dirs[0], "default", seeds[0], args.smoke))
+    rows, comps, md, n_tail = ablation_table(frames, val, whats, prepared,
                                              len(seeds), "SFT (the start of every variant but joint)")
     print(md)
     path = run.write("lpo_ablation" + ("_smoke" if args.smoke else ""),
-                     {"protocol": "loo", "seeds": seeds, "variants": {k: VARIANTS[k][0] for k in names},
+                     {"protocol": "loo", "seeds": seeds, "variants": whats,
                       "rows": rows, "comparisons": comps, "markdown": md,
                       "users": len(prepared.histories("test")[3]),
                       "tail_users": n_tail, "seconds": round(time.time() - t0, 1)},

@@ -141,10 +141,11 @@ def test_searchers_suggest_the_default_first_then_points_inside_the_space(tmp_pa
     from rlhf_ray.tune.sweep import _searcher, default_point
 
     sweep = load_sweep(write(tmp_path, searcher=searcher, space={
-        "ppo.kl_coef": {"loguniform": [0.01, 0.5]}, "lpo.sampler": {"choice": ["gumbel", "uniform"]},
+        "ppo.kl_coef": {"loguniform": [0.01, 0.5]}, "lpo.sampler": {"choice": ["gumbel", "popularity"]},
         "lpo.n_negatives": {"randint": [2, 9]}}))
     cfgs = sweep.pipeline_configs()
-    assert default_point(sweep) == sweep.defaults() == {"ppo.kl_coef": cfgs["ppo"].kl_coef, "lpo.sampler": "gumbel",
+    assert default_point(sweep) == sweep.defaults() == {"ppo.kl_coef": cfgs["ppo"].kl_coef,
+                                                        "lpo.sampler": "popularity",
                                                         "lpo.n_negatives": 4}
     alg = _searcher(sweep)
     space = {d.path: d.domain() for d in sweep.dims}
@@ -158,6 +159,6 @@ def test_searchers_suggest_the_default_first_then_points_inside_the_space(tmp_pa
         points = [alg.next_trial().config for _ in range(4)]
     assert points[0] == default_point(sweep)
     for p in points[1:]:
-        assert 0.01 <= p["ppo.kl_coef"] <= 0.5 and p["lpo.sampler"] in ("gumbel", "uniform")
+        assert 0.01 <= p["ppo.kl_coef"] <= 0.5 and p["lpo.sampler"] in ("gumbel", "popularity")
         assert 2 <= p["lpo.n_negatives"] < 9
         sweep.pipeline_configs(p)  # every suggestion loads as a typed config
