@@ -7,8 +7,10 @@ jointly with cross-entropy from the start against LPO as a stage after SFT.
 Every variant starts from the same SFT checkpoint of each seed: the one ``bench/protocol_table.py``
 trains for that seed (``runs/bench/loo/seed{s}/sft``, the shipped config's pipeline with the
 protocol's split and the Pareto tail; made here with ``rlhf-ray pipeline --stages
-data,pretrain,sft`` if missing). A variant is the shipped ``lpo:`` section with a few fields
-changed (:data:`VARIANTS`); ``joint`` instead starts from the pre-training checkpoint and
+data,pretrain,sft`` if missing). A variant is :data:`BASE` (the LPO sweep's choice, the
+shipped section before this ablation) with a few fields changed (:data:`VARIANTS`), so the
+rows stay one change apart whatever is shipped; ``default`` is the config's own ``lpo:``
+section as shipped (today it equals ``popularity``); ``joint`` instead starts from the pre-training checkpoint and
 trains LPO + cross-entropy for as long as SFT does (early stopping on validation, SFT's learning
 rate), as LPO4Rec's own code trains its model. Each run selects its checkpoint on validation
 NDCG@10 (early stopping inside the stage); test is read once per checkpoint, here.
@@ -42,11 +44,14 @@ from provenance import Run  # noqa: E402
 
 from rlhf_ray import stats  # noqa: E402
 
-#: name -> (what it tests, changes to the shipped lpo section). "joint" also changes the start.
+#: the section every variant changes: the LPO sweep's choice on validation (tune_configs/lpo.yaml)
+BASE = {"loss": "lpo", "n_negatives": 4, "sampler": "gumbel", "tau": 7.41557527195705, "pool": "all",
+        "reweight_strength": 0.013692500850740474, "train": {"epochs": 3, "patience": 1, "lr": 0.0003}}
+#: name -> (what it tests, changes to BASE). "default" is the config's own section; "joint" also changes the start.
 VARIANTS: dict[str, tuple[str, dict]] = {
+    "base": ("the LPO sweep's choice: softmax listwise, Gumbel tau 7.4, 4 negatives, pool all, static reweight "
+             "0.014 (shipped before this ablation)", {}),
     "default": ("shipped (the config's lpo section as it is)", {}),
-    "gumbel": ("sampler: Gumbel, tau 7.4 (the LPO sweep's choice; the shipped sampler before this ablation)",
-               {"sampler": "gumbel", "tau": 7.41557527195705}),
     "lpo_sigmoid": ("loss: product of sigmoids (pairwise Bradley-Terry terms)", {"loss": "lpo_sigmoid"}),
     "dpo": ("loss: DPO (1 negative, frozen reference)", {"loss": "dpo"}),
     "sdpo": ("loss: S-DPO (N negatives, frozen reference)", {"loss": "sdpo"}),
@@ -109,8 +114,7 @@ def lpo_config(run_dir: Path, name: str, seed: int, smoke: bool):
     from rlhf_ray.config import LPOConfig
 
     raw = yaml.safe_load((run_dir / "config.yaml").read_text())
-    sec = dict(raw.get("lpo") or {})
-    sec.update(VARIANTS[name][1])
+    sec = dict(raw.get("lpo") or {}) if name == "default" else {**BASE, **VARIANTS[name][1]}
     train = dict(sec.get("train") or {})
     train.update({"seed": seed, "progress": False, "tensorboard": False})
     if name == "joint":  # SFT's optimisation budget and learning rate
