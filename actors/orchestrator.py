@@ -10,7 +10,7 @@ Iteration i (B = rollout_batch_size users, K = page_size slots, N = catalogue it
               log pi_old (B, K)), sampled with seed (seed, "rollout", i, rollout rank)
  3. score     at once, each role reading the prompts and the rollout from the object store:
               RewardScores (page (B,), items (B, K), total (B,), mix), RefLogprobs (B, K), Values (B, K)
- 4. advantage a task reads those answers from the object store and computes KL_t, token rewards
+ 4. advantage a zero-CPU actor (one per run) reads those answers from the object store and computes KL_t, token rewards
               r_t = c_item item_t + 1[t = last] c_page page - beta KL_t, GAE(gamma, lam), whitening
               (actors.advantage, actors.experience); the Experience stays in the object store
  5. train     ppo_epochs over minibatches on the policy and critic groups (concurrently), both
@@ -22,9 +22,9 @@ What moves where (ObjectRefs between roles, :class:`actors.batching.Sharded`):
     driver  --put-->  PromptBatch (histories, user ids: O(B x history))   -> rollout, reward,
                                                                              reference, critic, policy
     rollout --------> Rollout (B, K)                                       -> reward, reference, critic,
-                                                                             advantage task
-    reward, reference, critic --> (B,) / (B, K) answers                    -> advantage task
-    advantage task -> Experience (B, K)                                    -> policy, critic
+                                                                             advantage actor
+    reward, reference, critic --> (B,) / (B, K) answers                    -> advantage actor
+    advantage actor -> Experience (B, K)                                   -> policy, critic
     policy rank 0 -> weights (put once)                                    -> rollout actors
     driver  <-get---  scalars only: experience stats, training stats, sync acknowledgements
 
@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from actors.advantage import advantage
+from actors.advantage import AdvantageStep
 from actors.batching import Sharded
 from actors.critic import CriticActor
 from actors.experience import PromptBatch, rollout_prompts
@@ -138,6 +138,7 @@ class PPOOrchestrator:
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(cfg.kl_coef))
         self.monitor = HackingMonitor(cfg.hack_threshold)
+        self.advantage = AdvantageStep()  # its zero-CPU actor starts with the first iteration
         self.val_users: dict = {}  # the last validation's per-user values of the monitored metrics
         self.state = RunState(state_dir(self.out), keep=cfg.keep_states)
         self.history: list[dict] = []
@@ -207,6 +208,7 @@ class PPOOrchestrator:
         return self.groups["rollout"]
 
     def shutdown(self) -> None:
+        self.advantage.close()
         for g in self.groups.values():
             g.kill()
         self.groups = {}
@@ -262,9 +264,9 @@ class PPOOrchestrator:
             values = self.critic.dispatch("values", prompts, rollout)
             _wait(scores, ref, values)
         with timer("advantage"):
-            exp, stats = advantage(rollout, scores, ref, values, self.ledger, kl_coef=self.kl_ctl.value,
-                                   kl_estimator=c.kl_estimator, gamma=c.gamma, lam=c.lam,
-                                   whiten_advantages=c.whiten_advantages)
+            exp, stats = self.advantage(rollout, scores, ref, values, self.ledger, kl_coef=self.kl_ctl.value,
+                                        kl_estimator=c.kl_estimator, gamma=c.gamma, lam=c.lam,
+                                        whiten_advantages=c.whiten_advantages)
         return prompts, exp, stats
 
     def iteration(self, it: int) -> dict:

@@ -115,6 +115,21 @@ def test_driver_fetches_no_tensor_and_puts_no_catalogue_mask(orch):
     assert math.isfinite(m["reward/total"]) and m["time/assemble_s"] >= 0.0
 
 
+def test_advantage_actor_lives_across_iterations(orch):
+    """The advantage step runs in one long-lived process (a fresh task worker per iteration
+    re-imported torch every time); a lost actor is replaced on the next call."""
+    import ray
+
+    orch.iteration(2)
+    actor = orch.advantage.actor
+    pid = ray.get(actor.pid.remote())
+    orch.iteration(3)
+    assert orch.advantage.actor is actor and ray.get(actor.pid.remote()) == pid
+    ray.kill(actor)
+    m = orch.iteration(4)  # the dead actor is noticed and replaced; the step is redone
+    assert orch.advantage.actor is not actor and math.isfinite(m["reward/total"])
+
+
 def test_weight_sync_reaches_rollouts(orch):
     import ray
 
