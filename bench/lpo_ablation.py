@@ -215,20 +215,26 @@ def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[fl
     return rows, comps, "\n".join(lines), n_tail
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, base_what: str,
+                 describe_default=None) -> int:
+    """The command line of an ablation bench (this one and ``sft_ablation.py``): per seed, the
+    protocol table's SFT (made if missing), every variant trained by ``train(run_dir, name, seed,
+    smoke)`` (or reused), test read once per checkpoint into ``run_dir/<bench>/test``; one table
+    (:func:`ablation_table`) written to ``<bench>.json``. ``variants``: name -> what it tests;
+    ``describe_default(run_dir, seed, smoke)``: the text of the "default" row, from its config."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(variants), help=f"comma list of {', '.join(variants)}")
     p.add_argument("--config", default=str(ROOT / "bench" / "configs" / "ml-100k-selected.yaml"),
-                   help="pipeline config whose sft/lpo sections are the base (default: the selected config)")
+                   help="pipeline config the seeds' runs are made from (default: the selected config)")
     p.add_argument("--work", default=None, help="run directory (default runs/bench/loo, shared with protocol_table)")
     p.add_argument("--smoke", action="store_true", help="synthetic data, a few steps: checks the plumbing")
     p.add_argument("--results", default=None, help="where the JSON goes (default bench/results; smoke: outside the repo)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     names = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(names) - set(VARIANTS))
+    unknown = sorted(set(names) - set(variants))
     if unknown or not seeds:
         p.error(f"unknown variants {unknown}" if unknown else "--seeds: give at least one seed")
     from rlhf_ray.data.prepared import load_prepared
@@ -242,28 +248,34 @@ def main(argv=None) -> int:
     frames: dict[str, list[pd.DataFrame]] = {"sft": []}
     val: dict[str, dict[str, list[float]]] = {}
     for s, d in zip(seeds, dirs):
+        cache = d / bench / "test"
         run.add_input(f"seed{s}/sft", d / "sft")
-        frames["sft"].append(test_frame(d / "sft", prepared, d / "lpo_ablation" / "test"))
+        frames["sft"].append(test_frame(d / "sft", prepared, cache))
         record_valid(val, "sft", d / "sft")
         for name in names:
-            ck = train_variant(d, name, s, args.smoke)
+            ck = train(d, name, s, args.smoke)
             run.add_input(f"seed{s}/{name}", ck)
-            frames.setdefault(name, []).append(test_frame(ck, prepared, d / "lpo_ablation" / "test"))
+            frames.setdefault(name, []).append(test_frame(ck, prepared, cache))
             record_valid(val, name, ck)
-    whats = {k: VARIANTS[k][0] for k in names}
-    if "default" in whats:
-        whats["default"] = "shipped: " + describe(lpo_config(dirs[0], "default", seeds[0], args.smoke))
-    rows, comps, md, n_tail = ablation_table(frames, val, whats, prepared,
-                                             len(seeds), "SFT (the start of every variant but joint)")
+    whats = {k: variants[k] for k in names}
+    if describe_default is not None and "default" in whats:
+        whats["default"] = describe_default(dirs[0], seeds[0], args.smoke)
+    rows, comps, md, n_tail = ablation_table(frames, val, whats, prepared, len(seeds), base_what)
     print(md)
-    path = run.write("lpo_ablation" + ("_smoke" if args.smoke else ""),
+    path = run.write(bench + ("_smoke" if args.smoke else ""),
                      {"protocol": "loo", "seeds": seeds, "variants": whats,
                       "rows": rows, "comparisons": comps, "markdown": md,
                       "users": len(prepared.histories("test")[3]),
                       "tail_users": n_tail, "seconds": round(time.time() - t0, 1)},
                      results_dir=args.results or results_dir(args.smoke))
-    print(f"[ablation] wrote {path}")
+    print(f"[{bench}] wrote {path}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_ablation(argv, __doc__, "lpo_ablation", {k: v[0] for k, v in VARIANTS.items()}, train_variant,
+                        "SFT (the start of every variant but joint)",
+                        lambda d, s, smoke: "shipped: " + describe(lpo_config(d, "default", s, smoke)))
 
 
 if __name__ == "__main__":

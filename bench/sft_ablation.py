@@ -26,22 +26,18 @@ later run over all seeds reuses every checkpoint whose manifest records the same
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from lpo_ablation import ablation_table, ensure_sft, record_valid, test_frame  # noqa: E402
-from ppo_common import results_dir  # noqa: E402
-from provenance import Run  # noqa: E402
+from lpo_ablation import run_ablation  # noqa: E402
 
 #: name -> (what it tests, changes to the pretrain section or None = no pre-training, changes to the sft section)
 VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
@@ -98,52 +94,8 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
-    p.add_argument("--config", default=str(ROOT / "bench" / "configs" / "ml-100k-selected.yaml"),
-                   help="pipeline config whose pretrain/sft sections are the base (default: the selected config)")
-    p.add_argument("--work", default=None, help="run directory (default runs/bench/loo, shared with protocol_table)")
-    p.add_argument("--smoke", action="store_true", help="synthetic data, a few steps: checks the plumbing")
-    p.add_argument("--results", default=None, help="where the JSON goes (default bench/results; smoke: outside the repo)")
-    args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    names = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown or not seeds:
-        p.error(f"unknown variants {unknown}" if unknown else "--seeds: give at least one seed")
-    from rlhf_ray.data.prepared import load_prepared
-
-    work = Path(args.work or ROOT / "runs" / "bench" / ("loo-smoke" if args.smoke else "loo"))
-    run = Run(inputs={"config": args.config})
-    t0 = time.time()
-    dirs = [ensure_sft(work, s, args.config, args.smoke) for s in seeds]
-    prepared = load_prepared(dirs[0] / "data")
-    run.add_input("data", dirs[0] / "data")
-    frames: dict[str, list[pd.DataFrame]] = {"sft": []}
-    val: dict[str, dict[str, list[float]]] = {}
-    for s, d in zip(seeds, dirs):
-        cache = d / "sft_ablation" / "test"
-        run.add_input(f"seed{s}/sft", d / "sft")
-        frames["sft"].append(test_frame(d / "sft", prepared, cache))
-        record_valid(val, "sft", d / "sft")
-        for name in names:
-            ck = train_variant(d, name, s, args.smoke)
-            run.add_input(f"seed{s}/{name}", ck)
-            frames.setdefault(name, []).append(test_frame(ck, prepared, cache))
-            record_valid(val, name, ck)
-    rows, comps, md, n_tail = ablation_table(frames, val, {k: VARIANTS[k][0] for k in names}, prepared,
-                                             len(seeds), "shipped SFT (40-step pre-training warm-up, time-ordered pages)")
-    print(md)
-    path = run.write("sft_ablation" + ("_smoke" if args.smoke else ""),
-                     {"protocol": "loo", "seeds": seeds, "variants": {k: VARIANTS[k][0] for k in names},
-                      "rows": rows, "comparisons": comps, "markdown": md,
-                      "users": len(prepared.histories("test")[3]), "tail_users": n_tail,
-                      "seconds": round(time.time() - t0, 1)},
-                     results_dir=args.results or results_dir(args.smoke))
-    print(f"[sft-ablation] wrote {path}")
-    return 0
+    return run_ablation(argv, __doc__, "sft_ablation", {k: v[0] for k, v in VARIANTS.items()}, train_variant,
+                        "shipped SFT (40-step pre-training warm-up, time-ordered pages)")
 
 
 if __name__ == "__main__":
