@@ -71,19 +71,18 @@ class AdvantageStep:
         (fetched through ``ledger``). ``kw``: kl_coef, kl_estimator, gamma, lam, whiten_advantages."""
         from ray.exceptions import RayActorError
 
-        for attempt in (0, 1):
-            if self.actor is None:
-                self.actor = _actor_cls().remote()
-            exp_ref, stats_ref = self.actor.assemble.options(num_returns=2).remote(rollout, scores, ref, values, kw)
-            try:
-                stats = ledger.get(stats_ref)
-            except RayActorError:
-                self.actor = None  # lost with its node: start another and redo this step once
-                if attempt:
-                    raise
-                continue
-            return Sharded([exp_ref], [rollout.rows]), stats
-        raise AssertionError("unreachable")
+        try:
+            return self._assemble(rollout, scores, ref, values, ledger, kw)
+        except RayActorError:  # lost with its node: start another and redo this step once
+            self.actor = None
+            return self._assemble(rollout, scores, ref, values, ledger, kw)
+
+    def _assemble(self, rollout: Sharded, scores: Sharded, ref: Sharded, values: Sharded, ledger: Ledger,
+                  kw: dict) -> tuple[Sharded, dict]:
+        if self.actor is None:
+            self.actor = _actor_cls().remote()
+        exp_ref, stats_ref = self.actor.assemble.options(num_returns=2).remote(rollout, scores, ref, values, kw)
+        return Sharded([exp_ref], [rollout.rows]), ledger.get(stats_ref)
 
     def close(self) -> None:
         if self.actor is not None:

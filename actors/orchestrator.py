@@ -10,8 +10,9 @@ Iteration i (B = rollout_batch_size users, K = page_size slots, N = catalogue it
               log pi_old (B, K)), sampled with seed (seed, "rollout", i, rollout rank)
  3. score     at once, each role reading the prompts and the rollout from the object store:
               RewardScores (page (B,), items (B, K), total (B,), mix), RefLogprobs (B, K), Values (B, K)
- 4. advantage a zero-CPU actor (one per run) reads those answers from the object store and computes KL_t, token rewards
-              r_t = c_item item_t + 1[t = last] c_page page - beta KL_t, GAE(gamma, lam), whitening
+ 4. advantage a zero-CPU actor (one per run) reads those answers from the object store and
+              computes KL_t, token rewards r_t = c_item item_t + 1[t = last] c_page page - beta KL_t,
+              GAE(gamma, lam), whitening
               (actors.advantage, actors.experience); the Experience stays in the object store
  5. train     ppo_epochs over minibatches on the policy and critic groups (concurrently), both
               reading their rows of the prompt batch and of the Experience from the object store
