@@ -179,6 +179,9 @@ BLOCKS = {
     "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
                               "--reward DIR", ppo_before_after_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
+    "serve_load": block("serve_load", "python bench/serve_load.py --checkpoint CKPT --data DIR", own_table_body),
+    "serve_load_haproxy": block("serve_load_haproxy", "python bench/serve_load.py --checkpoint CKPT --data DIR "
+                                "--ingress haproxy", own_table_body),
 }
 PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)
 

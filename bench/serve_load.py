@@ -5,7 +5,8 @@
 
 Phases, for each page size k:  ceiling, load c1, ceiling, load c2, ceiling, ...
 
-* load: c closed-loop clients (httpx async, one connection each) send
+* load: c closed-loop clients (raw asyncio HTTP/1.1, one keep-alive connection each: see
+  :class:`Connection`) send
   ``POST /v1/rank {"user_id": ..., "k": k}`` for the data's users in turn, until ``--requests``
   are answered or ``--max-seconds`` have passed, whichever comes first. Reported: throughput
   (answered requests = pages per second), latency percentiles, errors (non-200 or transport
@@ -66,13 +67,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ks", default="10,20", help="comma-separated page sizes")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=20.0)
+    p.add_argument("--ingress", choices=("proxy", "haproxy"), default="proxy",
+                   help="HTTP path when this script starts the server (ServeConfig.ingress)")
     p.add_argument("--torch-threads", type=int, default=1, help="replica (and ceiling) torch threads")
     p.add_argument("--max-ongoing-requests", type=int, default=0,
                    help="Serve's max_ongoing_requests per replica (0: max(64, 2 x the largest concurrency))")
     p.add_argument("--ceiling-batches", type=int, default=5, help="at least this many batches per size per ceiling")
     p.add_argument("--ceiling-seconds", type=float, default=0.3, help="at least this long per size per ceiling")
     p.add_argument("--url", default=None, help="benchmark a running loopback server instead of starting one")
-    p.add_argument("--out", default=None, help="result file (default bench/results/serve_load.json)")
+    p.add_argument("--out", default=None, help="result file (default bench/results/serve_load.json, "
+                                               "serve_load_haproxy.json with --ingress haproxy)")
     p.add_argument("--smoke", "--smoke-test", dest="smoke", action="store_true",
                    help="k=10, clients 1,4, batches up to 4, 60 requests / 5 s per phase; to the smoke directory")
     a = p.parse_args(argv)
@@ -94,35 +98,86 @@ def percentile(sorted_xs: list[float], q: float) -> float | None:
     return sorted_xs[i]
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection on raw asyncio streams: the load client.
+
+    The client shares the machine's cores with the server, so its own CPU is taken from what
+    is measured; httpx's async client spent about 5 ms of CPU per request here, this about
+    0.3 ms. Requests a JSON body; reads a ``Content-Length`` response (what uvicorn and HAProxy
+    send for JSON); anything else is a ``ProtocolError``."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict) -> tuple[int, bytes]:
+        payload = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(payload)}\r\n\r\n").encode()
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            self.writer.write(head + payload)
+            raw = await self.reader.readuntil(b"\r\n\r\n")  # type: ignore[union-attr]
+            lines = raw.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+            headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+            if "content-length" not in headers:
+                raise ProtocolError(f"response without content-length (status {status})")
+            data = await self.reader.readexactly(int(headers["content-length"]))  # type: ignore[union-attr]
+            if headers.get("connection", "").lower() == "close":
+                self.close()
+            return status, data
+        except BaseException:
+            self.close()  # a broken or cancelled exchange leaves the stream mid-response
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class ProtocolError(Exception):
+    """A response the load client cannot read."""
+
+
 async def load(url: str, users: list[str], k: int, concurrency: int, n: int, max_s: float) -> dict:
-    """``concurrency`` closed-loop clients; stop at ``n`` requests or ``max_s`` seconds."""
+    """``concurrency`` closed-loop clients (one :class:`Connection` each); stop at ``n``
+    requests or ``max_s`` seconds."""
     lat: list[float] = []
     errors: dict[str, int] = {}
     issued = 0
     deadline = time.perf_counter() + max_s
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    parsed = urlparse(url)
+    prefix = parsed.path.rstrip("/")
 
-    async def client(c: httpx.AsyncClient) -> None:
+    async def client() -> None:
         nonlocal issued
-        while issued < n and time.perf_counter() < deadline:
-            body = {"user_id": users[issued % len(users)], "k": k}
-            issued += 1
-            t0 = time.perf_counter()
-            try:
-                r = await c.post("/v1/rank", json=body)
-                ok = r.status_code == 200 and len(r.json()["items"]) == k
-                key = None if ok else f"HTTP {r.status_code}"
-            except httpx.HTTPError as e:
-                key = type(e).__name__
-            if key is None:
-                lat.append(time.perf_counter() - t0)
-            else:
-                errors[key] = errors.get(key, 0) + 1
+        conn = Connection(parsed.hostname or "127.0.0.1", parsed.port or 80)
+        try:
+            while issued < n and time.perf_counter() < deadline:
+                body = {"user_id": users[issued % len(users)], "k": k}
+                issued += 1
+                t0 = time.perf_counter()
+                try:
+                    status, data = await asyncio.wait_for(conn.post(prefix + "/v1/rank", body), 60)
+                    ok = status == 200 and len(json.loads(data)["items"]) == k
+                    key = None if ok else f"HTTP {status}"
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ProtocolError, ValueError) as e:
+                    key = type(e).__name__
+                if key is None:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors[key] = errors.get(key, 0) + 1
+        finally:
+            conn.close()
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(c) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
     lat.sort()
     ms = [x * 1000 for x in lat]
     return {
@@ -170,13 +225,15 @@ def serve_config(a: argparse.Namespace):
     return ServeConfig(checkpoint=a.checkpoint, data=a.data, port=free_port(), host="127.0.0.1",
                        max_k=max(a.ks), default_k=min(a.ks), max_batch_size=a.max_batch_size,
                        batch_wait_ms=a.batch_wait_ms, torch_threads=a.torch_threads,
-                       max_ongoing_requests=a.max_ongoing_requests or max(64, 2 * max(a.concurrency)))
+                       max_ongoing_requests=a.max_ongoing_requests or max(64, 2 * max(a.concurrency)),
+                       ingress=a.ingress)
 
 
 def start_server(cfg) -> str:
     from rlhf_ray.rayutil import init_ray
-    from rlhf_ray.serve.app import deploy
+    from rlhf_ray.serve.app import deploy, use_ingress
 
+    use_ingress(cfg)
     init_ray(num_cpus=os.cpu_count(), log_to_driver=False)
     deploy(cfg)
     return f"http://127.0.0.1:{cfg.port}"
@@ -265,7 +322,8 @@ def main(argv=None) -> int:
             serve.shutdown()
             ray.shutdown()
 
-    out = Path(a.out) if a.out else results_dir(a.smoke) / "serve_load.json"
+    default_name = "serve_load.json" if cfg.ingress == "proxy" or not started_here else "serve_load_haproxy.json"
+    out = Path(a.out) if a.out else results_dir(a.smoke) / default_name
     path = run.write(out.stem, {
         "what": "Serve /v1/rank on loopback under closed-loop load vs the in-process ceiling at the same batch "
                 "sizes, ceilings interleaved with the load phases",
@@ -275,6 +333,7 @@ def main(argv=None) -> int:
         "settings": {"requests_per_phase": a.requests, "max_seconds_per_phase": a.max_seconds,
                      "max_batch_size": a.max_batch_size, "batch_wait_ms": a.batch_wait_ms,
                      "max_ongoing_requests": cfg.max_ongoing_requests,
+                     "ingress": cfg.ingress if started_here else "unknown (--url)",
                      "torch_threads": a.torch_threads, "replicas": 1, "ceiling_sizes": sizes,
                      "ceiling_batches": a.ceiling_batches, "ceiling_seconds": a.ceiling_seconds,
                      "server": url if not started_here else "local (127.0.0.1)"},
@@ -282,24 +341,26 @@ def main(argv=None) -> int:
         "phases": [{**ph, "table": {str(s): v for s, v in ph["table"].items()}} if "table" in ph else ph
                    for ph in phases],
         "batch_size_histogram": model["batch_size_histogram"],
+        "table_markdown": table_markdown(rows),
     }, results_dir=out.parent)
-    print_table(rows)
+    print(table_markdown(rows))
     print(f"load average {run.load_before} at start; client, Serve proxy and replica share {os.cpu_count()} CPUs")
     print(f"wrote {path}")
     return 0
 
 
-def print_table(rows: list[dict]) -> None:
+def table_markdown(rows: list[dict]) -> str:
+    """One row per load phase; ratio = served pages/s over the in-process ceiling at the served batch sizes."""
     head = f"| {'k':>3} | {'clients':>7} | {'answered':>8} | {'errors':>6} | {'req/s':>7} | {'p50 ms':>7} | " \
            f"{'p99 ms':>7} | {'batch':>5} | {'ceiling/s':>9} | {'ratio':>5} | {'drift':>5} |"
-    print(head)
-    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     f = lambda x, w, d=1: f"{x:>{w}.{d}f}" if isinstance(x, (int, float)) else f"{'n/a':>{w}}"  # noqa: E731
     for r in rows:
-        print(f"| {r['k']:>3} | {r['concurrency']:>7} | {r['answered']:>8} | {r['errors']:>6} | "
-              f"{f(r['throughput_rps'], 7)} | {f(r['p50_ms'], 7)} | {f(r['p99_ms'], 7)} | {f(r['mean_batch'], 5)} | "
-              f"{f(r.get('ceiling_pages_per_s'), 9)} | {f(r.get('ratio'), 5, 2)} | {f(r.get('ceiling_drift'), 5, 2)} |")
-
+        lines.append(
+            f"| {r['k']:>3} | {r['concurrency']:>7} | {r['answered']:>8} | {r['errors']:>6} | "
+            f"{f(r['throughput_rps'], 7)} | {f(r['p50_ms'], 7)} | {f(r['p99_ms'], 7)} | {f(r['mean_batch'], 5)} | "
+            f"{f(r.get('ceiling_pages_per_s'), 9)} | {f(r.get('ratio'), 5, 2)} | {f(r.get('ceiling_drift'), 5, 2)} |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -160,6 +160,18 @@ def test_every_pod_mounts_the_shared_claim():
                 assert claims.get(mounts.get(SHARED_MOUNT)) == pvc["metadata"]["name"], (name, c["name"])
 
 
+def test_every_ray_node_runs_serve_behind_haproxy():
+    """Serve reads its ingress switches from each node's environment at start: every container
+    of every Ray cluster sets what ``rlhf-ray serve --ingress haproxy`` sets locally."""
+    from rlhf_ray.serve.app import INGRESS_ENV
+
+    for name in KUBERAY:
+        for pod in pod_specs(load(name)):
+            for c in pod["containers"]:
+                env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                assert {k: env.get(k) for k in INGRESS_ENV["haproxy"]} == INGRESS_ENV["haproxy"], (name, c["name"])
+
+
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
     from rlhf_ray.cli import build_parser
 

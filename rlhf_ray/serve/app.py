@@ -55,7 +55,13 @@ IMPORT_PATH = "rlhf_ray.serve.app:build_app"
 # ServeConfig fields that travel in user_config (reconfigurable in place); the rest are init args.
 USER_CONFIG_KEYS = ("checkpoint", "max_batch_size", "batch_wait_ms")
 # Fields that only the driver uses (where to deploy), never a replica.
-DRIVER_KEYS = ("host", "port", "address", "num_cpus", "blocking", "app_name", "route_prefix")
+DRIVER_KEYS = ("host", "port", "address", "num_cpus", "ingress", "blocking", "app_name", "route_prefix")
+# Ray's own switches for each ``ServeConfig.ingress``; every Serve process reads them when it
+# starts, so they must be in the environment before Ray starts (a cluster's nodes set them itself).
+INGRESS_ENV = {
+    "proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
 
 logger = logging.getLogger("ray.serve")
 
@@ -179,6 +185,24 @@ def _replica_id() -> str:
 
 
 # ---------------------------------------------------------------------- building and deploying
+
+
+def use_ingress(cfg: ServeConfig) -> None:
+    """Put ``cfg.ingress``'s Ray switches into this process's environment, which the Ray this
+    process starts passes to its Serve processes. Call it before ``init_ray``; raises
+    ``ConfigError`` when it can no longer take effect (Ray already running here)."""
+    import os
+
+    import ray
+
+    wanted = INGRESS_ENV[cfg.ingress]
+    if cfg.address:
+        return  # the cluster's nodes decide (their environment), not this client
+    unset = {k: v for k, v in wanted.items() if os.environ.get(k, "0") != v}  # unset means off
+    if unset and ray.is_initialized():
+        raise ConfigError(f"ingress: {cfg.ingress!r} needs {sorted(unset)} set before Ray starts, "
+                          "and Ray is already running in this process")
+    os.environ.update(wanted)
 
 
 def init_settings(cfg: ServeConfig) -> dict[str, Any]:

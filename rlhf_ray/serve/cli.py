@@ -2,6 +2,7 @@
 
     rlhf-ray serve --checkpoint runs/sft --data data/ml-100k            # http://127.0.0.1:8000
     rlhf-ray serve --checkpoint runs/sft --replicas 2 --max-batch-size 32 --batch-wait-ms 5
+    rlhf-ray serve --checkpoint runs/sft --ingress haproxy              # Ray's HAProxy ingress: ~1 ms per request
     rlhf-ray serve --checkpoint runs/sft --print-config > serve.yaml    # for serve deploy / RayService
     curl -s localhost:8000/v1/rank -H 'content-type: application/json' -d '{"user_id": "196", "k": 10}'
 
@@ -50,8 +51,9 @@ def _serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from rlhf_ray.rayutil import init_ray
-    from rlhf_ray.serve.app import deploy
+    from rlhf_ray.serve.app import deploy, use_ingress
 
+    use_ingress(cfg)
     ray = init_ray(cfg.address, num_cpus=cfg.num_cpus or None)
     stop = True  # shut Serve and Ray down on the way out (not for --no-blocking)
     try:

@@ -1,0 +1,26 @@
+"""bench/serve_load.py end to end in smoke mode through Ray's HAProxy ingress: its own load
+client (raw asyncio HTTP/1.1) gets every page, the replica's batches are counted per phase,
+and each phase is set against the in-process ceiling at those batch sizes."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_serve_load_smoke_through_haproxy(tiny_sft, synth_data, tmp_path):
+    out = tmp_path / "serve_load_haproxy.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "serve_load.py"), "--smoke", "--checkpoint", str(tiny_sft),
+           "--data", str(synth_data), "--ingress", "haproxy", "--batch-wait-ms", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["ingress"] == "haproxy"
+    assert [r["concurrency"] for r in doc["results"]] == [1, 4]
+    for r in doc["results"]:
+        assert r["errors"] == 0 and r["answered"] > 0, r
+        assert sum(int(s) * n for s, n in r["batch_size_histogram"].items()) == r["answered"]
+        assert r["p50_ms"] <= r["p99_ms"] and r["ratio"] > 0
+    assert set(doc["results"][0]["batch_size_histogram"]) == {"1"}  # one client: never company
+    assert doc["table_markdown"].count("\n") == 1 + len(doc["results"])
