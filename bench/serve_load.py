@@ -102,8 +102,8 @@ class Connection:
     """One keep-alive HTTP/1.1 connection on raw asyncio streams: the load client.
 
     The client shares the machine's cores with the server, so its own CPU is taken from what
-    is measured; httpx's async client spent about 5 ms of CPU per request here, this about
-    0.3 ms. Requests a JSON body; reads a ``Content-Length`` response (what uvicorn and HAProxy
+    is measured; httpx's async client spent 2.1 ms of CPU per request here, this 0.1 ms
+    (3000 requests on 8 connections to a trivial uvicorn app). Requests a JSON body; reads a ``Content-Length`` response (what uvicorn and HAProxy
     send for JSON); anything else is a ``ProtocolError``."""
 
     def __init__(self, host: str, port: int):
