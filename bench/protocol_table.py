@@ -22,7 +22,9 @@ the measurement departs from it (428 test users under leave-one-out; 2163 tail t
 
 Ours: for each seed the whole pipeline (``rlhf-ray pipeline``) runs with the shipped config
 (``--config``), every stage's seed set, the protocol's split, and evaluation pages of 20;
-its per-user test metrics come from the pipeline's ``predictions-{stage}.parquet``.
+its per-user test metrics come from the pipeline's ``predictions-{stage}.parquet``. The row
+``lpo_ppo`` runs the end of the chain the other way round (LPO, then PPO from LPO's policy)
+in ``seed{s}/lpo_then_ppo``, reusing that seed's data, pre-training, SFT and reward.
 Checkpoints are chosen on validation inside each stage (early stopping); test is read once,
 here. Peers: the top-100 lists that ``bench/peers_bench.py`` wrote to
 ``runs/peers/{protocol}/{model}.npz`` (its JSON says how each was trained and selected),
@@ -59,7 +61,13 @@ from rlhf_ray import stats  # noqa: E402
 from rlhf_ray.data.prepared import load_prepared  # noqa: E402
 from rlhf_ray.evaluation import PROTOCOLS, score_lists  # noqa: E402
 
-OURS = ("sft", "ppo", "lpo")
+OURS = ("sft", "ppo", "lpo", "lpo_ppo")
+#: rows that re-run the end of the chain in another order, beside the seed's pipeline:
+#: row -> (sub-directory of the seed's run, its ``pipeline.order``, the stage whose predictions are the row)
+REORDERED = {"lpo_ppo": ("lpo_then_ppo", ["lpo", "ppo"], "ppo")}
+#: what each of our rows is (printed under the table)
+ROW_NOTES = {"sft": "SFT", "ppo": "SFT then PPO", "lpo": "SFT then PPO then LPO (the shipped chain)",
+             "lpo_ppo": "SFT then LPO then PPO (`pipeline.order: [lpo, ppo]`)"}
 PEERS = ("SASRec", "GRU4Rec", "BPR", "LightGCN", "most_popular")
 SPLIT = {"loo": "leave_one_out", "pagellm": "temporal"}
 #: columns of the printed table per protocol (per-user metrics, then list-level scalars)
@@ -114,13 +122,43 @@ def run_ours(args, seed: int, work: Path) -> Path:
     return out
 
 
+def run_reordered(args, seed: int, out: Path, row: str) -> Path:
+    """Re-run the end of seed ``seed``'s chain in ``REORDERED[row]``'s order: a sibling run
+    directory whose data, pre-training, SFT and reward are links to the seed's own (reused, not
+    retrained: the pipeline finds them complete), so only the reordered stages train."""
+    sub, order, _ = REORDERED[row]
+    run_dir = out / sub
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for shared in ("data", "pretrain", "sft", "reward"):
+        link = run_dir / shared
+        if not link.exists():
+            link.symlink_to(Path("..") / shared)
+    raw = protocol_config(args.config, args.protocol, seed, args.smoke)
+    raw.setdefault("pipeline", {})["order"] = order
+    cfg = run_dir / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "rlhf_ray.cli", "pipeline", "--config", str(cfg), "--out", str(run_dir),
+           "--stages", ",".join([*order, "eval"])] + (["--smoke"] if args.smoke else [])
+    print(f"[protocol] $ {' '.join(cmd)}", flush=True)
+    subprocess.run(cmd, check=True)
+    return run_dir
+
+
+def prediction_file(out: Path, row: str) -> Path:
+    """Where a seed's per-user test predictions of ``row`` are."""
+    if row in REORDERED:
+        sub, _, stage = REORDERED[row]
+        return out / sub / f"predictions-{stage}.parquet"
+    return out / f"predictions-{row}.parquet"
+
+
 def per_user_ours(outs: list[Path], prepared) -> dict[str, list[pd.DataFrame]]:
-    """{stage: [per-user frame of each seed]} read from the pipelines' prediction files."""
+    """{row: [per-user frame of each seed]} read from the pipelines' prediction files."""
     frames: dict[str, list[pd.DataFrame]] = {}
     users = [int(u) for u in prepared.histories("test").user_idx]
     for out in outs:
         for stage in OURS:
-            f = out / f"predictions-{stage}.parquet"
+            f = prediction_file(out, stage)
             if not f.is_file():
                 continue
             df = pd.read_parquet(f)
@@ -208,6 +246,9 @@ def markdown(protocol: str, table: dict, counts: dict) -> str:
         label = f"ours, {name}" if r["kind"] == "ours" else name
         lines.append(f"| {label} | {r['n_seeds']} | " + " | ".join(fmt(r["metrics"].get(c)) for c in cols) + " |")
     lines.append("")
+    ours = [n for n, r in table["rows"].items() if r["kind"] == "ours"]
+    lines.append("Ours: " + "; ".join(f"{n} = {ROW_NOTES.get(n, n)}" for n in ours) + ".")
+    lines.append("")
     lines.append(f"Cells: mean over seeds ±std over seeds [95% bootstrap interval over users]. "
                  f"{int(counts['users'])} test users, {int(counts['targets'])} targets, "
                  f"{int(counts['tail_targets'])} tail targets of {int(counts['tail_users'])} users. "
@@ -253,10 +294,18 @@ def main(argv=None) -> int:
     for s in seeds:
         out = work / f"seed{s}"
         outs.append(out if args.no_train else run_ours(args, s, work))
+        if not args.no_train:
+            for row in REORDERED:
+                run_reordered(args, s, out, row)
     prepared = load_prepared(outs[0] / "data")
     run.add_input("data", outs[0] / "data")
     for out in outs:
         for stage in OURS:
+            if stage in REORDERED:
+                sub, _, last = REORDERED[stage]
+                if (out / sub / last).is_dir():
+                    run.add_input(f"{out.name}/{stage}", out / sub / last)
+                continue
             ckpt = out / stage / "policy" if (out / stage / "policy").is_dir() else out / stage  # PPO before the registry
             run.add_input(f"{out.name}/{stage}", ckpt)
     costs = {o.name: json.loads((o / "cost.json").read_text()) for o in outs if (o / "cost.json").is_file()}

@@ -1,0 +1,45 @@
+"""bench/protocol_table.py's reordered row on the shared smoke run: LPO then PPO trains beside
+the seed's own chain, from that seed's SFT (linked, not retrained), and its predictions become
+the ``lpo_ppo`` row of the table."""
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+@pytest.mark.slow
+def test_lpo_then_ppo_row_reuses_the_seeds_chain(smoke_run, tmp_path):
+    import protocol_table as pt
+
+    from rlhf_ray.checkpoint import verify_checkpoint
+    from rlhf_ray.data.prepared import load_prepared
+
+    src, first = smoke_run
+    assert first.returncode == 0, first.stderr[-2000:]
+    out = tmp_path / "seed0"
+    shutil.copytree(src, out, symlinks=True)
+    sft_id = verify_checkpoint(out / "sft")["id"]
+    args = argparse.Namespace(config=str(ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml"), protocol="loo",
+                              smoke=True)
+    run_dir = pt.run_reordered(args, 0, out, "lpo_ppo")
+    assert run_dir == out / "lpo_then_ppo"
+    assert all((run_dir / s).is_symlink() for s in ("data", "pretrain", "sft", "reward"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["order"][-2:] == ["lpo", "ppo"] and "sft" not in summary["stages"]  # nothing before LPO ran
+    lpo, ppo = verify_checkpoint(run_dir / "lpo"), verify_checkpoint(run_dir / "ppo")
+    assert lpo["parent"]["id"] == sft_id and ppo["parent"] == {"id": lpo["id"], "stage": "lpo"}
+    assert verify_checkpoint(out / "sft")["id"] == sft_id  # the seed's own chain untouched
+    assert pt.prediction_file(out, "lpo_ppo") == run_dir / "predictions-ppo.parquet"
+    prepared = load_prepared(out / "data")
+    frames = pt.per_user_ours([out], prepared)
+    assert set(frames) == {"sft", "ppo", "lpo", "lpo_ppo"}
+    table = pt.build_table("loo", frames, {}, {})
+    assert "lpo_ppo vs sft" in table["comparisons"]
+    md = pt.markdown("loo", table, {"users": 1, "targets": 1, "tail_targets": 0, "tail_users": 0})
+    assert "lpo_ppo = SFT then LPO then PPO" in md
