@@ -79,6 +79,7 @@ COLUMNS = {
                 "tail_page_recall@20"],
 }
 HEADLINE = {"loo": "ndcg@10", "pagellm": "page_ndcg@10"}
+VALID_COLUMNS = ("ndcg@10", "tail_recall@20", "page_ndcg@10")
 SCALARS = ("coverage@20", "page_coverage")
 
 
@@ -142,6 +143,37 @@ def run_reordered(args, seed: int, out: Path, row: str) -> Path:
     print(f"[protocol] $ {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, check=True)
     return run_dir
+
+
+def checkpoint_of(out: Path, row: str) -> Path:
+    """A seed's final checkpoint of ``row``."""
+    if row in REORDERED:
+        sub, _, stage = REORDERED[row]
+        return out / sub / stage
+    return out / row / "policy" if (out / row / "policy").is_dir() else out / row  # PPO before the registry
+
+
+def valid_means(outs: list[Path], rows=OURS) -> dict[str, dict]:
+    """{row: {metric: seed summary}}: each row's final checkpoint on the whole validation split
+    (pages of 20), what a choice between our rows (a chain order) is made on; test is read once,
+    in the table. The stages' own validation figures cannot stand in: each uses its own subset
+    of users."""
+    from rlhf_ray.checkpoint import load_checkpoint
+    from rlhf_ray.config import GenerationConfig
+    from rlhf_ray.evaluation import evaluate_full
+
+    found: dict[str, dict[str, list[float]]] = {}
+    for out in outs:
+        prepared = load_prepared(out / "data")
+        for row in rows:
+            path = checkpoint_of(out, row)
+            if not (path / "manifest.json").is_file():
+                continue
+            ck = load_checkpoint(path)
+            per_user = evaluate_full(ck.model.eval(), ck.vocab, prepared, "valid", GenerationConfig(page_size=20)).per_user
+            for m in VALID_COLUMNS:
+                found.setdefault(row, {}).setdefault(m, []).append(M.mean(per_user[m].to_numpy(dtype=float)))
+    return {row: {m: stats.seed_summary(v) for m, v in d.items()} for row, d in found.items()}
 
 
 def prediction_file(out: Path, row: str) -> Path:
@@ -248,6 +280,11 @@ def markdown(protocol: str, table: dict, counts: dict) -> str:
     lines.append("")
     ours = [n for n, r in table["rows"].items() if r["kind"] == "ours"]
     lines.append("Ours: " + "; ".join(f"{n} = {ROW_NOTES.get(n, n)}" for n in ours) + ".")
+    valid = table.get("valid") or {}
+    if valid:
+        lines += ["", "Validation, whole split, mean over seeds (what a choice between our rows is made on): " + "; ".join(
+            f"{n} " + ", ".join(f"{m} " + ("n/a" if v["mean"] is None else f"{v['mean']:.4f}")
+                                for m, v in valid[n].items()) for n in ours if n in valid) + "."]
     lines.append("")
     lines.append(f"Cells: mean over seeds ±std over seeds [95% bootstrap interval over users]. "
                  f"{int(counts['users'])} test users, {int(counts['targets'])} targets, "
@@ -301,13 +338,8 @@ def main(argv=None) -> int:
     run.add_input("data", outs[0] / "data")
     for out in outs:
         for stage in OURS:
-            if stage in REORDERED:
-                sub, _, last = REORDERED[stage]
-                if (out / sub / last).is_dir():
-                    run.add_input(f"{out.name}/{stage}", out / sub / last)
-                continue
-            ckpt = out / stage / "policy" if (out / stage / "policy").is_dir() else out / stage  # PPO before the registry
-            run.add_input(f"{out.name}/{stage}", ckpt)
+            if checkpoint_of(out, stage).is_dir():
+                run.add_input(f"{out.name}/{stage}", checkpoint_of(out, stage))
     costs = {o.name: json.loads((o / "cost.json").read_text()) for o in outs if (o / "cost.json").is_file()}
     ours = per_user_ours(outs, prepared)
     peers = {} if args.smoke else per_user_peers(peers_dir, prepared, args.protocol)
@@ -316,6 +348,7 @@ def main(argv=None) -> int:
                         args.protocol)
     counts = {k: probe.scalars[k] for k in ("users", "targets", "tail_targets", "tail_users")}
     table = build_table(args.protocol, ours, peers, probe.na)
+    table["valid"] = valid_means(outs)
     md = markdown(args.protocol, table, counts)
     print(md)
     name = f"protocol_{args.protocol}" + ("_smoke" if args.smoke else "")

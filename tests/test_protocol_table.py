@@ -40,6 +40,9 @@ def test_lpo_then_ppo_row_reuses_the_seeds_chain(smoke_run, tmp_path):
     frames = pt.per_user_ours([out], prepared)
     assert set(frames) == {"sft", "ppo", "lpo", "lpo_ppo"}
     table = pt.build_table("loo", frames, {}, {})
+    table["valid"] = pt.valid_means([out])
+    assert set(table["valid"]) == {"sft", "ppo", "lpo", "lpo_ppo"}
+    assert all(v["ndcg@10"]["n_seeds"] == 1 for v in table["valid"].values())
     assert "lpo_ppo vs sft" in table["comparisons"]
     md = pt.markdown("loo", table, {"users": 1, "targets": 1, "tail_targets": 0, "tail_users": 0})
-    assert "lpo_ppo = SFT then LPO then PPO" in md
+    assert "lpo_ppo = SFT then LPO then PPO" in md and "Validation, whole split" in md
