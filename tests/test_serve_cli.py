@@ -1,7 +1,8 @@
 """``rlhf-ray serve`` end to end in a subprocess: it starts its own Ray, serves pages on
-127.0.0.1 through the ingress asked for (Serve's proxy actor, or Ray's HAProxy mode, where
-an ``haproxy`` process owns the port), forms batches under a concurrent burst, and shuts down
-cleanly on Ctrl-C (SIGINT)."""
+127.0.0.1 through the ingress asked for, forms batches under a concurrent burst, and shuts down
+cleanly on Ctrl-C (SIGINT). The default suite runs Ray's HAProxy mode (an ``haproxy`` process
+owns the port); Serve's proxy actor, the local default, serves every test of test_serve.py and
+runs here with ``make test-slow``."""
 import asyncio
 import os
 import signal
@@ -32,7 +33,7 @@ async def _burst(url: str, n: int) -> list[int]:
     return [r.status_code for r in rs]
 
 
-@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+@pytest.mark.parametrize("ingress", [pytest.param("proxy", marks=pytest.mark.slow), "haproxy"])
 def test_cli_serves_batches_and_stops_on_ctrl_c(tiny_sft, synth_data, tmp_path, ingress):
     port = free_port()
     log_path = tmp_path / "serve.log"

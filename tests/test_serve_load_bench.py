@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # about 70 s; the CLI test covers the HAProxy ingress in the default suite
 def test_serve_load_smoke_through_haproxy(tiny_sft, synth_data, tmp_path):
     out = tmp_path / "serve_load_haproxy.json"
     cmd = [sys.executable, str(ROOT / "bench" / "serve_load.py"), "--smoke", "--checkpoint", str(tiny_sft),
