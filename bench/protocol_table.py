@@ -145,12 +145,18 @@ def run_reordered(args, seed: int, out: Path, row: str) -> Path:
     return run_dir
 
 
-def checkpoint_of(out: Path, row: str) -> Path:
-    """A seed's final checkpoint of ``row``."""
+def run_and_stage(out: Path, row: str) -> tuple[Path, str]:
+    """(run directory, stage) that hold a seed's ``row``: the seed's own run, or its reordered sibling."""
     if row in REORDERED:
         sub, _, stage = REORDERED[row]
-        return out / sub / stage
-    return out / row / "policy" if (out / row / "policy").is_dir() else out / row  # PPO before the registry
+        return out / sub, stage
+    return out, row
+
+
+def checkpoint_of(out: Path, row: str) -> Path:
+    """A seed's final checkpoint of ``row``."""
+    run_dir, stage = run_and_stage(out, row)
+    return run_dir / stage / "policy" if (run_dir / stage / "policy").is_dir() else run_dir / stage  # old PPO layout
 
 
 def valid_means(outs: list[Path], rows=OURS) -> dict[str, dict]:
@@ -178,10 +184,8 @@ def valid_means(outs: list[Path], rows=OURS) -> dict[str, dict]:
 
 def prediction_file(out: Path, row: str) -> Path:
     """Where a seed's per-user test predictions of ``row`` are."""
-    if row in REORDERED:
-        sub, _, stage = REORDERED[row]
-        return out / sub / f"predictions-{stage}.parquet"
-    return out / f"predictions-{row}.parquet"
+    run_dir, stage = run_and_stage(out, row)
+    return run_dir / f"predictions-{stage}.parquet"
 
 
 def per_user_ours(outs: list[Path], prepared) -> dict[str, list[pd.DataFrame]]:
@@ -338,8 +342,9 @@ def main(argv=None) -> int:
     run.add_input("data", outs[0] / "data")
     for out in outs:
         for stage in OURS:
-            if checkpoint_of(out, stage).is_dir():
-                run.add_input(f"{out.name}/{stage}", checkpoint_of(out, stage))
+            ckpt = checkpoint_of(out, stage)
+            if ckpt.is_dir():
+                run.add_input(f"{out.name}/{stage}", ckpt)
     costs = {o.name: json.loads((o / "cost.json").read_text()) for o in outs if (o / "cost.json").is_file()}
     ours = per_user_ours(outs, prepared)
     peers = {} if args.smoke else per_user_peers(peers_dir, prepared, args.protocol)

@@ -103,8 +103,9 @@ class Connection:
 
     The client shares the machine's cores with the server, so its own CPU is taken from what
     is measured; httpx's async client spent 2.1 ms of CPU per request here, this 0.1 ms
-    (3000 requests on 8 connections to a trivial uvicorn app). Requests a JSON body; reads a ``Content-Length`` response (what uvicorn and HAProxy
-    send for JSON); anything else is a ``ProtocolError``."""
+    (3000 requests on 8 connections to a trivial uvicorn app). Sends a JSON body; reads a
+    ``Content-Length`` response (what uvicorn and HAProxy send for JSON); anything else is a
+    ``ProtocolError``."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
@@ -230,11 +231,9 @@ def serve_config(a: argparse.Namespace):
 
 
 def start_server(cfg) -> str:
-    from rlhf_ray.rayutil import init_ray
-    from rlhf_ray.serve.app import deploy, use_ingress
+    from rlhf_ray.serve.app import deploy, init_serve_ray
 
-    use_ingress(cfg)
-    init_ray(num_cpus=os.cpu_count(), log_to_driver=False)
+    init_serve_ray(cfg, num_cpus=os.cpu_count(), log_to_driver=False)
     deploy(cfg)
     return f"http://127.0.0.1:{cfg.port}"
 
@@ -361,6 +360,7 @@ def table_markdown(rows: list[dict]) -> str:
             f"{f(r['throughput_rps'], 7)} | {f(r['p50_ms'], 7)} | {f(r['p99_ms'], 7)} | {f(r['mean_batch'], 5)} | "
             f"{f(r.get('ceiling_pages_per_s'), 9)} | {f(r.get('ratio'), 5, 2)} | {f(r.get('ceiling_drift'), 5, 2)} |")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     sys.exit(main())

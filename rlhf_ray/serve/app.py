@@ -191,18 +191,27 @@ def use_ingress(cfg: ServeConfig) -> None:
     """Put ``cfg.ingress``'s Ray switches into this process's environment, which the Ray this
     process starts passes to its Serve processes. Call it before ``init_ray``; raises
     ``ConfigError`` when it can no longer take effect (Ray already running here)."""
+    if cfg.address:
+        return  # the cluster's nodes decide (their environment), not this client
     import os
 
     import ray
 
     wanted = INGRESS_ENV[cfg.ingress]
-    if cfg.address:
-        return  # the cluster's nodes decide (their environment), not this client
     unset = {k: v for k, v in wanted.items() if os.environ.get(k, "0") != v}  # unset means off
     if unset and ray.is_initialized():
         raise ConfigError(f"ingress: {cfg.ingress!r} needs {sorted(unset)} set before Ray starts, "
                           "and Ray is already running in this process")
     os.environ.update(wanted)
+
+
+def init_serve_ray(cfg: ServeConfig, **kw):
+    """``init_ray`` for serving ``cfg``: its cluster (``cfg.address``) or an embedded local Ray
+    started with ``cfg.ingress``'s switches (:func:`use_ingress`); ``kw`` go to ``init_ray``."""
+    from rlhf_ray.rayutil import init_ray
+
+    use_ingress(cfg)
+    return init_ray(cfg.address, **kw)
 
 
 def init_settings(cfg: ServeConfig) -> dict[str, Any]:

@@ -50,11 +50,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from ray import serve
 
-    from rlhf_ray.rayutil import init_ray
-    from rlhf_ray.serve.app import deploy, use_ingress
+    from rlhf_ray.serve.app import deploy, init_serve_ray
 
-    use_ingress(cfg)
-    ray = init_ray(cfg.address, num_cpus=cfg.num_cpus or None)
+    ray = init_serve_ray(cfg, num_cpus=cfg.num_cpus or None)
     stop = True  # shut Serve and Ray down on the way out (not for --no-blocking)
     try:
         try:
