@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--max-history", type=int, default=50, help="prompt history (the pipeline's: 50)")
     ap.add_argument("--policy-pages", type=int, default=None,
                     help="on-policy rejected pages per golden page (default: RewardConfig's; 0 = synthetic only)")
+    ap.add_argument("--policy-graded", type=int, default=None,
+                    help="graded pairs of policy pages per golden page (default: RewardConfig's; 0 = none)")
     ap.add_argument("--samples", type=int, default=8, help="calibration: policy pages sampled per held-out prompt")
     ap.add_argument("--max-prompts", type=int, default=400, help="calibration: at most N held-out prompts")
     ap.add_argument("--seed", type=int, default=0, help="training seed of the reward model")
@@ -126,7 +128,8 @@ def main() -> None:
              "progress": False, "tensorboard": False, "seed": args.seed}
     if args.smoke_test:
         train.update(max_steps=5, epochs=1)
-    over = {} if args.policy_pages is None else {"policy_pages": args.policy_pages}
+    over = {k: v for k, v in (("policy_pages", args.policy_pages), ("policy_graded", args.policy_graded))
+            if v is not None}
     cfg = RewardConfig.from_dict({"train": train, "max_history": args.max_history, "alpha": args.alpha,
                                   "pairs": {"strength": args.strength}, **over})
     t, cpu = time.time(), time.process_time()
@@ -176,11 +179,12 @@ def main() -> None:
     print(f"  {'other':12s} {'page':>7s} {'item':>7s} {'mix':>7s}")
     for k in ("vs_random", "vs_sft"):
         print(f"  {k:12s} {nxt[k]['page']:7.3f} {nxt[k]['item']:7.3f} {nxt[k]['mix']:7.3f}")
-    sp, gb = calib["spearman"], calib["golden_beats_greedy"]
+    sp, spp, gb = calib["spearman"], calib["spearman_policy"], calib["golden_beats_greedy"]
     print(f"\ncalibration ({sp['prompts']} held-out prompts of {sp['users']} users, "
           f"{sp['pages_per_prompt']:.1f} pages each): Spearman(reward, page NDCG) {sp['mean']:.3f} "
-          f"[{sp['lo']:.3f}, {sp['hi']:.3f}]; golden page beats the policy's greedy page "
-          f"{gb.get('mean', float('nan')):.3f} of {gb['prompts']} prompts")
+          f"[{sp['lo']:.3f}, {sp['hi']:.3f}]; over the policy's {spp['pages_per_prompt']:.1f} pages alone "
+          f"{spp['mean']:.3f} [{spp['lo']:.3f}, {spp['hi']:.3f}] ({spp['prompts']} prompts); golden page beats "
+          f"the policy's greedy page {gb.get('mean', float('nan')):.3f} of {gb['prompts']} prompts")
     tr = result["train"]
     print(f"\ntraining: {tr['steps']} steps, {tr['wall_s']} s wall in all ({tr['fit_wall_s']} s in the loop, "
           f"validations included), {tr['cpu_s']} s CPU; {args.threads} threads, load avg "

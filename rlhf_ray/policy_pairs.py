@@ -21,6 +21,15 @@ SFT policy). Retraining the reward model with a later policy (e.g. PPO's:
 ``rlhf-ray reward --sft runs/sft --policy_checkpoint runs/ppo``) gives negatives of that
 policy, for a next alignment round.
 
+Graded pairs (``graded`` > 0, family ``"policy_graded"``): the policy's own pages against
+each other. Among the distinct pages written for a golden page's prompt, a page holding more
+items of P is the chosen page and one holding fewer the rejected page; up to ``graded`` such
+pairs per prompt, drawn at random (seeded) from all ordered pairs. The "policy" family only
+teaches the reward that the policy's pages are worse than the golden page; PPO's advantages
+compare the policy's own samples with each other, so the reward must also order those
+(measured: trained without graded pairs, its rank correlation with page NDCG over the
+policy's samples was -0.03).
+
 Pairs keep their user's split, so held-out users' "policy" pairs measure exactly the
 calibration that matters: how often the reward prefers the page of the user's real next
 positives over the policy's own page.
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -39,6 +49,14 @@ from rlhf_ray.generation import build_prompts, generate_pages
 from rlhf_ray.tokens import Vocab
 
 POLICY_FAMILY = "policy"
+GRADED_FAMILY = "policy_graded"
+POLICY_FAMILIES = (POLICY_FAMILY, GRADED_FAMILY)
+
+
+def golden_rows(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per golden page (user and cut), whose ``chosen`` is that golden page (graded rows'
+    chosen pages are the policy's)."""
+    return pairs[pairs["family"] != GRADED_FAMILY].drop_duplicates(["user_idx", "cut"]).reset_index(drop=True)
 
 
 class UserTimelines:
@@ -86,36 +104,53 @@ def policy_pages(model, vocab: Vocab, histories: Sequence[Sequence[int]], user_i
         model.train(was_training)
 
 
-def add_policy_pairs(pairs: pd.DataFrame, prepared, model, vocab: Vocab, *, window: int, max_history: int,
-                     n_pages: int, temperature: float, seed: int, log=print) -> pd.DataFrame:
-    """``pairs`` plus the ``"policy"`` rows (see the module docstring), rows by user then cut.
+def graded_pairs(pages: list[list[int]], positives: set[int], n: int, rng: np.random.Generator
+                 ) -> list[tuple[list[int], list[int]]]:
+    """Up to ``n`` (chosen, rejected) pairs of distinct ``pages`` where chosen holds more of ``positives``."""
+    hits = [sum(x in positives for x in p) for p in pages]
+    ordered = [(a, b) for a in range(len(pages)) for b in range(len(pages)) if hits[a] > hits[b]]
+    if n <= 0 or not ordered:
+        return []
+    take = rng.choice(len(ordered), size=min(n, len(ordered)), replace=False)
+    return [(pages[ordered[i][0]], pages[ordered[i][1]]) for i in sorted(take)]
 
-    Existing ``"policy"`` rows are kept as they are (a pair file that already has them)."""
-    if n_pages <= 0 or (pairs["family"] == POLICY_FAMILY).any():
+
+def add_policy_pairs(pairs: pd.DataFrame, prepared, model, vocab: Vocab, *, window: int, max_history: int,
+                     n_pages: int, temperature: float, seed: int, graded: int = 0, log=print) -> pd.DataFrame:
+    """``pairs`` plus the ``"policy"`` rows and, with ``graded`` > 0, the ``"policy_graded"`` rows
+    (see the module docstring), rows by user then cut.
+
+    Existing policy rows of either family are kept as they are (a pair file that already has them)."""
+    if n_pages <= 0 or pairs["family"].isin(POLICY_FAMILIES).any():
         return pairs
-    golden = pairs.drop_duplicates(["user_idx", "cut"]).reset_index(drop=True)
+    golden = golden_rows(pairs)
     tl = UserTimelines(prepared)
     users = golden["user_idx"].astype(int).tolist()
     K = int(max(map(len, golden["chosen"])))
     pages = policy_pages(model, vocab, golden["history"].tolist(), users, max_history, K, n_pages,
                          temperature, seed)
-    rows = []
+    rows, n_graded = [], 0
+    rng = np.random.default_rng(seed)
     for r, cand in zip(golden.itertuples(index=False), pages):
         chosen = list(r.chosen)
         pos = tl.positives(int(r.user_idx), int(r.cut), window)
         rated = tl.after(int(r.user_idx), int(r.cut))
-        seen_pages = set()
-        for page in cand:
-            page = page[: len(chosen)]
-            if len(page) < len(chosen) or sum(x in pos for x in page) >= len(chosen) or tuple(page) in seen_pages:
-                continue
-            seen_pages.add(tuple(page))
-            rows.append({"user_idx": r.user_idx, "split": r.split, "cut": r.cut, "family": POLICY_FAMILY,
-                         "history": list(r.history), "chosen": chosen, "rejected": page,
-                         "chosen_ratings": list(r.chosen_ratings),
-                         "rejected_ratings": [rated.get(x, float("nan")) for x in page]})
-    log(f"reward: {len(rows)} on-policy rejected pages for {len(golden)} golden pages "
-        f"({n_pages} policy page(s) each; the rest held as many positives as the golden page)")
+
+        def row(family, good, good_ratings, bad):
+            return {"user_idx": r.user_idx, "split": r.split, "cut": r.cut, "family": family,
+                    "history": list(r.history), "chosen": good, "rejected": bad, "chosen_ratings": good_ratings,
+                    "rejected_ratings": [rated.get(x, float("nan")) for x in bad]}
+
+        distinct = list({tuple(p[: len(chosen)]): None for p in cand if len(p) >= len(chosen)})
+        distinct = [list(p) for p in distinct]
+        rows += [row(POLICY_FAMILY, chosen, list(r.chosen_ratings), p) for p in distinct
+                 if sum(x in pos for x in p) < len(chosen)]
+        for good, bad in graded_pairs(distinct, pos, graded, rng):
+            rows.append(row(GRADED_FAMILY, good, [rated.get(x, float("nan")) for x in good], bad))
+            n_graded += 1
+    log(f"reward: {len(rows) - n_graded} on-policy rejected pages for {len(golden)} golden pages "
+        f"({n_pages} policy page(s) each; the rest held as many positives as the golden page)"
+        + (f"; {n_graded} graded pairs of policy pages (at most {graded} per golden page)" if graded else ""))
     if not rows:
         return pairs
     out = pd.concat([pairs, pd.DataFrame(rows, columns=pairs.columns)], ignore_index=True)

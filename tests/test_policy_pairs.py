@@ -128,3 +128,45 @@ def test_calibration_of_a_trained_reward_on_held_out_prompts(synth_data, tiny_sf
     assert -1.0 <= sp["lo"] <= sp["mean"] <= sp["hi"] <= 1.0
     assert sp["pages_per_prompt"] > 3  # golden + rejected + sampled
     assert res["golden_beats_greedy"]["prompts"] <= 20
+
+
+def test_graded_pairs_order_policy_pages_by_hits(synth_data, tiny_sft):
+    from rlhf_ray.policy_pairs import GRADED_FAMILY, golden_rows, graded_pairs
+
+    rng = np.random.default_rng(0)
+    pages = [[1, 2, 3], [1, 9, 8], [7, 8, 9], [2, 1, 9]]
+    pairs = graded_pairs(pages, {1, 2, 3}, 10, rng)
+    # every ordered pair with strictly more hits, and nothing else (hits 3, 1, 0, 2)
+    assert sorted(map(str, pairs)) == sorted(map(str, [(pages[0], pages[1]), (pages[0], pages[2]),
+                                                       (pages[0], pages[3]), (pages[1], pages[2]),
+                                                       (pages[3], pages[1]), (pages[3], pages[2])]))
+    assert len(graded_pairs(pages, {1, 2, 3}, 2, rng)) == 2
+    assert graded_pairs(pages, {1, 2, 3}, 0, rng) == [] and graded_pairs(pages[2:3], {9}, 5, rng) == []
+
+    prepared = open_data(synth_data)
+    base = build_pairs(prepared, PairsConfig.from_dict(PAIRS))
+    ck = load_checkpoint(tiny_sft)
+    kw = dict(window=PairsConfig().window, max_history=20, n_pages=4, temperature=1.0, seed=0, log=lambda m: None)
+    plain = add_policy_pairs(base, prepared, ck.model, ck.vocab, **kw)
+    out = add_policy_pairs(base, prepared, ck.model, ck.vocab, graded=3, **kw)
+    # the graded rows come on top of exactly the rows the plain run writes
+    assert out[out["family"] != GRADED_FAMILY].reset_index(drop=True)[["user_idx", "cut", "family"]].equals(
+        plain[["user_idx", "cut", "family"]])
+    gr = out[out["family"] == GRADED_FAMILY]
+    assert len(gr) > 0 and gr.groupby(["user_idx", "cut"]).size().max() <= 3
+    tl = UserTimelines(prepared)
+    for r in gr.itertuples(index=False):
+        pos = tl.positives(int(r.user_idx), int(r.cut), PairsConfig().window)
+        assert sum(x in pos for x in r.chosen) > sum(x in pos for x in r.rejected)
+        assert not (set(r.chosen) | set(r.rejected)) & set(r.history)
+    # the golden page of each cut is still found (graded rows' chosen pages are the policy's)
+    g = golden_rows(out)
+    assert len(g) == len(base.drop_duplicates(["user_idx", "cut"]))
+    assert all(r.family != GRADED_FAMILY for r in g.itertuples())
+
+
+def test_graded_pairs_need_two_policy_pages():
+    from rlhf_ray.config.base import ConfigError
+
+    with pytest.raises(ConfigError, match="policy_graded"):
+        RewardConfig.from_dict({"policy_pages": 1, "policy_graded": 2})

@@ -83,6 +83,11 @@ class RewardConfig(PromptConfig):
         "on-policy hard negatives: pages the policy writes for each golden page's prompt (greedy, then "
         "sampled), kept as rejected pages (family 'policy') when they miss positives the golden page holds; "
         "0 = synthetic families only", ge=0, le=16, legacy=0))
+    policy_graded: int = field(default=0, metadata=doc(
+        "graded on-policy pairs per golden page: two of the policy's own pages for its prompt, the one "
+        "holding more of the window's positives chosen (family 'policy_graded'), so the reward also "
+        "orders the policy's samples among themselves, which is what PPO's advantages compare; "
+        "0 = none", ge=0, le=64, legacy=0))
     policy_temperature: float = field(default=1.0, metadata=doc(
         "sampling temperature of the on-policy pages after the first (greedy) one", gt=0, legacy=1.0))
     policy_checkpoint: str | None = field(default=None, metadata=doc(
@@ -92,4 +97,7 @@ class RewardConfig(PromptConfig):
         "training pairs scored for the reward normalisation statistics (mean/std per head)", ge=1))
 
     def validate(self) -> None:
+        require(self.policy_graded == 0 or self.policy_pages >= 2, "policy_graded",
+                f"graded pairs compare the policy's pages with each other: needs policy_pages >= 2, "
+                f"got policy_pages={self.policy_pages}")
         require(self.page_weight + self.item_weight > 0, "page_weight", "at least one loss weight must be > 0")

@@ -36,7 +36,7 @@ from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.generation import build_prompts
 from rlhf_ray.losses import bradley_terry
 from rlhf_ray.model import Heads, hidden_size
-from rlhf_ray.policy_pairs import POLICY_FAMILY, add_policy_pairs
+from rlhf_ray.policy_pairs import POLICY_FAMILIES, add_policy_pairs
 from rlhf_ray.rewards import HEAD_NAMES, ModelReward, RewardNorm, item_mean, score_pages
 from rlhf_ray.seeding import rng, shard
 from rlhf_ray.stages.common import check_context, exporter, run_stage
@@ -119,7 +119,7 @@ def accuracy_table(s: PairScores, alpha: float) -> dict[str, dict[str, float]]:
     wins = {"page": s.page_c > s.page_r, "item": s.item_c > s.item_r,
             "mix": alpha * s.page_c + (1 - alpha) * s.item_c > alpha * s.page_r + (1 - alpha) * s.item_r}
     groups = {"overall": np.ones(len(s.family), dtype=bool)}
-    groups.update({f: s.family == f for f in (*PAIR_FAMILIES, POLICY_FAMILY) if (s.family == f).any()})
+    groups.update({f: s.family == f for f in (*PAIR_FAMILIES, *POLICY_FAMILIES) if (s.family == f).any()})
     return {g: {**{k: float(w[m].mean()) if m.any() else float("nan") for k, w in wins.items()}, "n": int(m.sum())}
             for g, m in groups.items()}
 
@@ -145,13 +145,15 @@ def pairs_for_training(cfg: RewardConfig, prepared, policy=None, vocab: Vocab | 
     else:
         df = build_pairs(prepared, cfg.pairs)
         meta = pairs_meta(df, prepared, cfg.pairs)
-    if policy is None or cfg.policy_pages == 0 or (df["family"] == POLICY_FAMILY).any():
+    if policy is None or cfg.policy_pages == 0 or df["family"].isin(POLICY_FAMILIES).any():
         return df, meta
     df = add_policy_pairs(df, prepared, policy, vocab, window=cfg.pairs.window, max_history=cfg.max_history,
                           n_pages=cfg.policy_pages, temperature=cfg.policy_temperature, seed=cfg.pairs.seed,
+                          graded=cfg.policy_graded,
                           log=lambda m: print(m, flush=True) if rank_world()[0] == 0 else None)
     meta = {**pairs_meta(df, prepared, cfg.pairs), "policy": {
-        "checkpoint": policy_source, "pages": cfg.policy_pages, "temperature": cfg.policy_temperature}}
+        "checkpoint": policy_source, "pages": cfg.policy_pages, "temperature": cfg.policy_temperature,
+        **({"graded": cfg.policy_graded} if cfg.policy_graded else {})}}
     if cfg.pairs_file:
         meta["derived_from"] = str(cfg.pairs_file)  # a new set: written beside the checkpoint
     return df, meta
