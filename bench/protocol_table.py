@@ -58,6 +58,7 @@ from provenance import Run  # noqa: E402
 
 from rlhf_ray import metrics as M  # noqa: E402
 from rlhf_ray import stats  # noqa: E402
+from rlhf_ray import targets as T  # noqa: E402
 from rlhf_ray.data.prepared import load_prepared  # noqa: E402
 from rlhf_ray.evaluation import PROTOCOLS, score_lists  # noqa: E402
 
@@ -265,6 +266,41 @@ def build_table(protocol: str, ours: dict, peers: dict, na: dict) -> dict:
     return {"rows": rows, "comparisons": comparisons, "headline": head}
 
 
+def alignment_targets(ours: dict[str, list[pd.DataFrame]], outs: list[Path]) -> list[dict]:
+    """The pipeline's alignment targets (:mod:`rlhf_ray.targets`) on the seed-averaged per-user
+    values, each row with ``met`` per seed too (``per_seed``); the hacking row counts each seed's alerts."""
+    from rlhf_ray.pipeline import hacking_alerts
+
+    stages = [s for s in ("sft", "ppo", "lpo") if s in ours]
+    pooled = {s: pd.DataFrame({"user_idx": ours[s][0]["user_idx"],
+                               **{m: seed_avg(ours[s], m) for m in ours[s][0].columns if m != "user_idx"
+                                  and pd.api.types.is_numeric_dtype(ours[s][0][m])}}) for s in stages}
+    alerts = [hacking_alerts({"ppo": str(checkpoint_of(o, "ppo"))}) for o in outs]
+    known = [a for a in alerts if a is not None]
+    rows = T.check(pooled, sum(known) if known else None)
+    seeds = [T.check({s: ours[s][i] for s in stages}, alerts[i]) for i in range(len(outs))
+             if all(len(ours[s]) == len(outs) for s in stages)]
+    for r in rows:
+        r["per_seed"] = [next((x["met"] for x in seed if x["target"] == r["target"]), None) for seed in seeds]
+        if r["metric"] == "hacking_alerts":
+            r["verdict"] = "alerts per seed: " + ", ".join("?" if a is None else str(a) for a in alerts)
+    return rows
+
+
+def targets_markdown(rows: list[dict]) -> str:
+    """The targets as a markdown table (pooled over seeds, then met per seed)."""
+    lines = ["| alignment target (against sft) | ratio | diff [95% CI] | users | met (seeds pooled) | met per seed |",
+             "|---|---|---|---|---|---|"]
+    yes = {True: "yes", False: "no", None: "n/a"}
+    for r in rows:
+        diff = (f"{r['diff']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}] ({r['verdict']})" if r["diff"] is not None
+                else r["verdict"])
+        ratio = f"x{r['ratio']:.3f}" if r["ratio"] is not None else ""
+        lines.append(f"| {r['target'].replace(' >= ', ' ≥ ')} | {ratio} | {diff} | {r['users'] or ''} | "
+                     f"{yes[r['met']]} | {', '.join(yes[m] for m in r['per_seed'])} |")
+    return "\n".join(lines)
+
+
 def fmt(c: dict | None) -> str:
     if c is None or c.get("mean") is None:
         return "n/a"
@@ -304,6 +340,8 @@ def markdown(protocol: str, table: dict, counts: dict) -> str:
             label = name + (f" ({d['peer']})" if "peer" in d else "")
             lines.append(f"| {label} | {x['diff']:+.4f} [{x['lo']:+.4f}, {x['hi']:+.4f}] (x{x['rel']:.3f}) | "
                          f"{x['verdict']} |")
+    if table.get("targets"):
+        lines += ["", targets_markdown(table["targets"])]
     return "\n".join(lines)
 
 
@@ -354,6 +392,7 @@ def main(argv=None) -> int:
     counts = {k: probe.scalars[k] for k in ("users", "targets", "tail_targets", "tail_users")}
     table = build_table(args.protocol, ours, peers, probe.na)
     table["valid"] = valid_means(outs)
+    table["targets"] = alignment_targets(ours, outs)
     md = markdown(args.protocol, table, counts)
     print(md)
     name = f"protocol_{args.protocol}" + ("_smoke" if args.smoke else "")

@@ -215,7 +215,9 @@ def run_pipeline(cfgs: dict[str, Config], out: str | Path, stages=None, address:
             if stage.evaluate:
                 policies[stage.name] = policy
     if "eval" in selected:
-        summary["stages"]["eval"] = evaluate_policies(policies, prepared, cfgs["generation"], out, pipe.eval_users)
+        ev = evaluate_policies(policies, prepared, cfgs["generation"], out, pipe.eval_users)
+        summary["targets"] = ev.pop("targets")
+        summary["stages"]["eval"] = ev
     summary["seconds"] = time.time() - t0
     storage.write_text(storage.join(out, "summary.json"), dumps(summary, sort_keys=True, default=str) + "\n")
     print(f"[pipeline] done in {summary['seconds']:.0f} s; summary: {storage.join(out, 'summary.json')}")
@@ -248,20 +250,32 @@ REPORT_KEYS = {
 }
 
 
+def hacking_alerts(policies: dict[str, str]) -> int | None:
+    """The PPO stage's hacking-monitor alert count, from its checkpoint's manifest (None: no PPO)."""
+    if "ppo" not in policies:
+        return None
+    text = storage.read_text(storage.join(policies["ppo"], MANIFEST))
+    n = (json.loads(text).get("metrics") or {}).get("hacking_alerts") if text else None
+    return None if n is None else int(n)
+
+
 def evaluate_policies(policies: dict[str, str], prepared, gen: GenerationConfig, out: str, max_users: int) -> dict:
-    """Test metrics of every policy checkpoint, one predictions file each, and a printed table.
+    """Test metrics of every policy checkpoint, one predictions file each, a printed table,
+    and the alignment targets checked on them (:mod:`rlhf_ray.targets`; under ``"targets"``).
 
     Metrics undefined under the data's protocol are listed under ``"n/a"`` with the reason
     and printed as ``n/a``, never as a number.
     """
+    from rlhf_ray import targets
     from rlhf_ray.checkpoint import load_checkpoint
     from rlhf_ray.evaluation import evaluate_full
 
     t = time.time()
-    table = {}
+    table, per_user = {}, {}
     for stage, path in policies.items():
         ck = load_checkpoint(path)
         ev = evaluate_full(ck.model, ck.vocab, prepared, "test", gen, max_users=max_users)
+        per_user[stage] = ev.per_user
         with storage.staged(out, marker=None) as local_out:  # a storage URI: written here, then published
             local_out.mkdir(parents=True, exist_ok=True)
             ev.per_user.to_parquet(local_out / f"predictions-{stage}.parquet", index=False)
@@ -274,7 +288,12 @@ def evaluate_policies(policies: dict[str, str], prepared, gen: GenerationConfig,
     for stage, m in table.items():
         cells = [f"{m[k]:21.4f}" if isinstance(m.get(k), float) else "n/a".rjust(21) for k in keys]
         print("  " + stage.ljust(8) + "".join(cells))
-    return {"seconds": time.time() - t, **table}
+    rows = targets.check(per_user, hacking_alerts(policies))
+    if rows:
+        print(f"[pipeline] alignment targets against {targets.BASE} on the same test users "
+              "(ratio of means; paired 95% bootstrap interval of the difference; README, Alignment targets)")
+        print(targets.format_rows(rows))
+    return {"seconds": time.time() - t, **table, "targets": rows}
 
 
 # --------------------------------------------------------------------------- CLI

@@ -70,6 +70,21 @@ def test_smoke_pipeline_runs_then_skips_completed_stages(smoke_run, tmp_path):
         assert table[stage]["users"] == len(preds) == preds["user_idx"].nunique() > 0
         for k in ("ndcg@10", "recall@20"):
             assert table[stage][k] == pytest.approx(float(preds[k].mean()), abs=1e-9), (stage, k)
+    # the alignment targets, checked on those same predictions: printed and in the summary
+    rows = {r["target"]: r for r in summary["targets"]}
+    assert "[pipeline] alignment targets against sft" in first.stdout
+    assert set(rows) == {"ppo page_ndcg@10 >= 1.00x sft", "ppo recall@20 >= 1.00x sft", "ppo page_ild >= 1.05x sft",
+                         "lpo tail_recall@20 >= 1.50x sft", "lpo ndcg@10 >= 0.99x sft",
+                         "ppo: one of its gains beyond the interval", "ppo: hacking monitor silent"}
+    sft = pd.read_parquet(out / "predictions-sft.parquet").set_index("user_idx")
+    for r in summary["targets"]:
+        assert r["target"] in first.stdout
+        if r["metric"] in sft and r["ratio"] is not None:
+            mine = pd.read_parquet(out / f"predictions-{r['stage']}.parquet").set_index("user_idx")[r["metric"]]
+            both = mine.notna() & sft[r["metric"]].notna()
+            assert r["ratio"] == pytest.approx(mine[both].mean() / sft[r["metric"]][both].mean())
+            assert r["met"] == (r["ratio"] >= r["need"]) and r["users"] == int(both.sum())
+    assert rows["ppo: hacking monitor silent"]["met"] == (man["ppo"]["metrics"]["hacking_alerts"] == 0)
     # PPO is a stage like the others: checkpoint at its out, its reward checkpoint recorded as an
     # input, logs (metrics.jsonl, TensorBoard) beside it
     assert man["ppo"]["inputs"]["reward"] == {"id": man["reward"]["id"], "stage": "reward"}

@@ -44,5 +44,13 @@ def test_lpo_then_ppo_row_reuses_the_seeds_chain(smoke_run, tmp_path):
     assert set(table["valid"]) == {"sft", "ppo", "lpo", "lpo_ppo"}
     assert all(v["ndcg@10"]["n_seeds"] == 1 for v in table["valid"].values())
     assert "lpo_ppo vs sft" in table["comparisons"]
+    # the pipeline's own targets, on the same frames: one seed, so pooled and per-seed verdicts agree
+    table["targets"] = pt.alignment_targets(frames, [out])
+    rows = {r["target"]: r for r in table["targets"]}
+    assert "lpo tail_recall@20 >= 1.50x sft" in rows and "ppo: hacking monitor silent" in rows
+    assert all(r["per_seed"] == [r["met"]] for r in table["targets"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["target"]: r["met"] for r in summary["targets"]} == {t: r["met"] for t, r in rows.items()}
     md = pt.markdown("loo", table, {"users": 1, "targets": 1, "tail_targets": 0, "tail_users": 0})
     assert "lpo_ppo = SFT then LPO then PPO" in md and "Validation, whole split" in md
+    assert "| lpo tail_recall@20 ≥ 1.50x sft |" in md

@@ -83,6 +83,8 @@ def test_pipeline_writes_its_report(smoke_run):
         assert f"{summary['stages']['eval'][policy]['ndcg@10']:.4f} [" in md
     families = json.loads((out / "reward" / "manifest.json").read_text())["pairs"]["by_family"]
     assert all(f"| {fam} |" in md for fam in families)
+    for r in summary["targets"]:  # the targets the pipeline checked, one row each
+        assert f"| {r['target']} | " in md
 
 
 def test_report_skips_sections_it_has_no_inputs_for(smoke_run, tmp_path, capsys):
@@ -92,13 +94,14 @@ def test_report_skips_sections_it_has_no_inputs_for(smoke_run, tmp_path, capsys)
     summary = json.loads((run / "summary.json").read_text())
     summary["order"] = ["pretrain", "sft", "lpo"]
     summary["stages"] = {k: v for k, v in summary["stages"].items() if k in ("data", "pretrain", "sft", "lpo")}
+    del summary["targets"]
     (run / "summary.json").write_text(json.dumps(summary))
     assert main(["report", str(run)]) == 0
     assert str(run / "report" / "report.html") in capsys.readouterr().out
     md, page = check_page(run / "report", {"curves-pretrain.png", "curves-sft.png", "curves-lpo.png"})
     assert page.h2 == list(run_report.SECTIONS)
     for reason in ("no PPO stage in this run", "no reward model checkpoint in this run",
-                   "no test evaluation in this run"):
+                   "no test evaluation in this run", "no targets checked in this run"):
         assert f"*Skipped: {reason}" in md
 
 

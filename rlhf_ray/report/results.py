@@ -130,3 +130,22 @@ def test_section(rep: Report, run: RunData) -> None:
     rep.figure(plots.head_tail(cis, have), "head-tail",
                "Test recall of each policy for users whose held-out item is a head (popular) item vs a tail item, "
                "with 95% bootstrap intervals.")
+
+
+def targets_section(rep: Report, run: RunData) -> None:
+    """The alignment targets the pipeline checked on its test predictions (:mod:`rlhf_ray.targets`)."""
+    rep.heading("Alignment targets")
+    rows = run.summary.get("targets")
+    if not rows:
+        rep.skip("no targets checked in this run (they need the SFT policy and PPO or LPO evaluated on test)")
+        return
+
+    def num(v, fmt):
+        return "" if v is None else format(v, fmt)
+
+    rep.text("Each stage against SFT on the same test users: the ratio of means and the paired 95% bootstrap "
+             "interval of the per-user difference (README, Alignment targets).")
+    rep.table(["target", "ratio", "difference", "95% interval", "users", "met"],
+              [[r["target"], num(r["ratio"], ".3f"), num(r["diff"], "+.4f") or r["verdict"],
+                "" if r["lo"] is None else f"[{r['lo']:+.4f}, {r['hi']:+.4f}]", num(r["users"], "d"),
+                {True: "yes", False: "no", None: "n/a"}[r["met"]]] for r in rows])

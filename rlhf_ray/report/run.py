@@ -8,6 +8,7 @@ Sections (in order; one with no inputs says why it is skipped):
     Reward model scores    chosen vs rejected pages per preference family (rlhf_ray.report.results)
     Test metrics           every policy, 95% bootstrap intervals, paired differences
     Head vs tail           per policy, users with a popular vs a long-tail held-out item
+    Alignment targets      PPO and LPO against SFT, as the pipeline checked them (rlhf_ray.targets)
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from rlhf_ray.report.collect import RunData, StageRun, load_run, read_json
 from rlhf_ray.report.render import Report
 
 SECTIONS = ("Stages", "Training curves", "PPO over iterations", "Reward model scores", "Test metrics",
-            "Head vs tail")
+            "Head vs tail", "Alignment targets")
 VAL_KEYS = ("val/ndcg@10", "val/recall@20", "val/tail_recall@20", "val/acc", "val/acc_relevance", "val/acc_ranking",
             "val/acc_diversity", "val/acc_redundancy", "val/rating_rmse")
 
@@ -165,4 +166,5 @@ def write_run_report(root: str | Path) -> Path:
     ppo_section(rep, run)
     results.reward_section(rep, run)
     results.test_section(rep, run)
+    results.targets_section(rep, run)
     return rep.write()
