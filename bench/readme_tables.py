@@ -129,36 +129,47 @@ def fault_body(doc: dict) -> str:
     return "\n".join(lines) + "\n\n" + note[:1].upper() + note[1:] + "."
 
 
+#: other reward runs shown beside the shipped one: (results file, row label from its doc, source-line prefix)
+REWARD_ROWS = (
+    ("reward_ml100k_policy0", lambda d: "synthetic pairs only", "Baseline row"),
+    (None, lambda d: f"+ {d['config'].get('policy_pages')} on-policy page(s) per golden page (shipped)", None),
+    ("reward_ml100k_epochs8", lambda d: f"same pairs, up to {d['config']['train']['epochs']} epochs (patience "
+     f"{d['config']['train']['patience']}; best on validation: epoch {d['train']['best_epoch']})", "Longer-training row"),
+    ("reward_ml100k_policy4", lambda d: f"+ {d['config'].get('policy_pages')} on-policy pages per golden page",
+     "4-page row"),
+    ("reward_ml100k_graded", lambda d: f"+ {d['config'].get('policy_pages')} on-policy pages and up to "
+     f"{d['config'].get('policy_graded')} graded pairs of them", "Graded row"),
+)
+
+
 def reward_body(doc: dict) -> str:
-    """Synthetic pairs only (``reward_ml100k_policy0.json``) against synthetic + on-policy pairs
-    (this file), same SFT, same held-out users."""
-    base = _load("reward_ml100k_policy0")
-    longer = _load("reward_ml100k_epochs8")
-    runs = ([("synthetic pairs only", base)] if base else []) + [
-        (f"+ {doc['config'].get('policy_pages')} on-policy page(s) per golden page", doc)] + (
-        [(f"same pairs, up to {longer['config']['train']['epochs']} epochs (patience "
-          f"{longer['config']['train']['patience']}; best on validation: epoch {longer['train']['best_epoch']})",
-          longer)] if longer else [])
-    fams = ["overall", "relevance", "ranking", "diversity", "redundancy", "policy"]
+    """The shipped reward (this file) beside the other runs of :data:`REWARD_ROWS`: same SFT,
+    same held-out users."""
+    runs = [(label(d), d, prefix) for name, label, prefix in REWARD_ROWS
+            if (d := doc if name is None else _load(name)) is not None]
+    fams = ["overall", "relevance", "ranking", "diversity", "redundancy", "policy", "policy_graded"]
     lines = ["| reward trained on | " + " | ".join(f"pair acc. {f}" for f in fams)
-             + " | true page beats SFT page | golden beats SFT greedy | Spearman(R, page NDCG) [95% CI] |",
-             "|---|" + "---|" * (len(fams) + 3)]
-    for label, d in runs:
+             + " | true page beats SFT page | golden beats SFT greedy | Spearman(R, page NDCG) [95% CI] "
+               "| Spearman over the policy's pages |",
+             "|---|" + "---|" * (len(fams) + 4)]
+    for label, d, _ in runs:
         acc = d["held_out_pair_accuracy"]
         cells = [f"{acc[f]['mix']:.3f}" if f in acc else "—" for f in fams]
-        sp, gb = d["calibration"]["spearman"], d["calibration"]["golden_beats_greedy"]
+        cal = d["calibration"]
+        sp, gb, spp = cal["spearman"], cal["golden_beats_greedy"], cal.get("spearman_policy")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {d['next_item']['vs_sft']['mix']:.3f} | "
-                     f"{gb['mean']:.3f} | {sp['mean']:+.3f} [{sp['lo']:+.3f}, {sp['hi']:+.3f}] |")
-    sp = doc["calibration"]["spearman"]
-    lines.append(f"\nHeld-out users only: pair accuracy over {doc['held_out_pair_accuracy']['overall']['n']} "
-                 f"pairs of the pair set's test users; 'true page beats SFT page' over "
+                     f"{gb['mean']:.3f} | {sp['mean']:+.3f} [{sp['lo']:+.3f}, {sp['hi']:+.3f}] | "
+                     + (f"{spp['mean']:+.3f} [{spp['lo']:+.3f}, {spp['hi']:+.3f}] |" if spp else "— |"))
+    sp, n_pairs = doc["calibration"]["spearman"], doc["held_out_pair_accuracy"]["overall"]["n"]
+    lines.append(f"\nHeld-out users only: pair accuracy over the pair set's test users ({n_pairs} pairs for the "
+                 f"shipped row); 'true page beats SFT page' over "
                  f"{doc['next_item']['users']} users (the test item leads the SFT page); the calibration over "
-                 f"{sp['prompts']} prompts of {sp['users']} held-out users, {sp['pages_per_prompt']:.1f} pages each "
-                 f"(golden, rejected, {doc.get('calibration_samples', 8)} sampled from SFT).")
-    if base:
-        lines.append("\n" + _source(base).replace("Generated from", "Baseline row: generated from"))
-    if longer:
-        lines.append("\n" + _source(longer).replace("Generated from", "Longer-training row: generated from"))
+                 f"{sp['prompts']} prompts of {sp['users']} held-out users (golden, rejected, "
+                 f"{doc.get('calibration_samples', 8)} sampled from SFT; the last column over those 8 alone). "
+                 "'—': not in that run (the column came later).")
+    for _, d, prefix in runs:
+        if prefix:
+            lines.append("\n" + _source(d).replace("Generated from", f"{prefix}: generated from"))
     return "\n".join(lines)
 
 
