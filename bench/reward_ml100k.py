@@ -104,6 +104,12 @@ def main() -> None:
     ap.add_argument("--strength", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: the 2 cores are shared)")
     ap.add_argument("--max-users", type=int, default=0, help="next-item test: at most N test users (0 = all)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="--out already holds a trained reward checkpoint: evaluate it, do not train (its config "
+                         "and training figures come from its manifest)")
+    ap.add_argument("--ensemble", default="", metavar="DIR[,DIR]",
+                    help="more reward checkpoints trained on the same pairs: evaluate the mean of --out's reward "
+                         "and theirs (rlhf_ray.rewards.EnsembleReward)")
     ap.add_argument("--smoke", "--smoke-test", dest="smoke_test", action="store_true",
                     help="a few steps, to check the script runs; result to the smoke directory")
     ap.add_argument("--results", default=None, help="result file (default bench/results/reward_ml100k.json)")
@@ -114,7 +120,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from rlhf_ray.config import RewardConfig
-    from rlhf_ray.rewards import ModelReward
+    from rlhf_ray.rewards import EnsembleReward, ModelReward
     from rlhf_ray.stages import reward_model as stage
     from rlhf_ray.stages.common import open_data
 
@@ -133,12 +139,23 @@ def main() -> None:
     cfg = RewardConfig.from_dict({"train": train, "max_history": args.max_history, "alpha": args.alpha,
                                   "pairs": {"strength": args.strength}, **over})
     t, cpu = time.time(), time.process_time()
-    metrics = stage.run(cfg, args.data, args.out, sft_dir)
-    train_s, train_cpu = time.time() - t, time.process_time() - cpu
+    if args.reuse:
+        manifest = ModelReward.from_checkpoint(args.out).manifest
+        cfg, metrics = RewardConfig.from_dict(RewardConfig.upgrade(manifest["config"])), manifest["metrics"]
+        train_s = train_cpu = None  # not trained here
+    else:
+        metrics = stage.run(cfg, args.data, args.out, sft_dir)
+        train_s, train_cpu = time.time() - t, time.process_time() - cpu
 
     run.add_input("reward", args.out)
     prepared = open_data(args.data)
-    reward = ModelReward.from_checkpoint(args.out)
+    members = [args.out, *[d for d in args.ensemble.split(",") if d]]
+    for i, d in enumerate(members[1:], 1):
+        run.add_input(f"ensemble{i}", d)
+    reward = ModelReward.from_checkpoint(args.out) if len(members) == 1 else EnsembleReward.from_checkpoints(members)
+    digests = {ModelReward.from_checkpoint(d).manifest["pairs"]["digest"] for d in members} if args.ensemble else set()
+    if len(digests) > 1:
+        raise SystemExit(f"--ensemble: the members were trained on different pair sets ({sorted(digests)})")
     pairs = stage.pairs_for_checkpoint(reward.manifest, prepared)
     t = time.time()
     table = stage.evaluate_pairs(reward, pairs[pairs["split"] == "test"])
@@ -157,12 +174,14 @@ def main() -> None:
 
     result = {
         "config": cfg.to_dict(), "sft": sft_dir, "data": args.data, "smoke_test": args.smoke_test,
+        "members": members, "reused": args.reuse,
         "pairs": {k: v for k, v in reward.manifest["pairs"].items() if k not in ("config",)},
         "held_out_pair_accuracy": table, "next_item": nxt, "calibration": calib,
         "calibration_wall_s": round(calib_s, 1),
         "train": {"steps": metrics.get("train/steps"), "best_epoch": metrics.get("epoch"),
-                  "wall_s": round(train_s, 1),  # pair synthesis + model load + fit (validations included)
-                  "cpu_s": round(train_cpu, 1),  # CPU time of this process over the same span (all threads)
+                  # pair synthesis + model load + fit (validations included); None: --reuse, not trained here
+                  "wall_s": None if train_s is None else round(train_s, 1),
+                  "cpu_s": None if train_cpu is None else round(train_cpu, 1),  # this process, same span
                   "fit_wall_s": round(metrics.get("train/wall_s", float("nan")), 1),
                   "sft_wall_s": None if sft_s is None else round(sft_s, 1),
                   "best_val_acc": metrics.get("val/acc")},

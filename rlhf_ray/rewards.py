@@ -186,6 +186,36 @@ class ModelReward:
         return RewardOutput(page, items, mix(page, items, mask, self.alpha))
 
 
+class EnsembleReward:
+    """The mean of several :class:`ModelReward` members (each normalised with its own
+    statistics, so their scales agree): page, item rewards and total averaged member-wise.
+
+    Members must share the item catalogue and mix ratio; reward models trained with different
+    seeds disagree most where the pairs say least, so the mean is less sure there."""
+
+    def __init__(self, members: Sequence[ModelReward]):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        n = {m.vocab.n_items for m in members}
+        alphas = {m.alpha for m in members}
+        if len(n) > 1 or len(alphas) > 1:
+            raise ValueError(f"ensemble members differ: n_items {sorted(n)}, alpha {sorted(alphas)}")
+        self.members = list(members)
+        self.alpha, self.vocab = members[0].alpha, members[0].vocab
+        self.manifest, self.catalog = members[0].manifest, members[0].catalog
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], **kw) -> "EnsembleReward":
+        return cls([ModelReward.from_checkpoint(p, **kw) for p in paths])
+
+    def __call__(self, histories: Sequence[Sequence[int]], pages, user_idx: Sequence[int] | None = None
+                 ) -> RewardOutput:
+        outs = [m(histories, pages, user_idx) for m in self.members]
+        mean = lambda xs: torch.stack(xs).mean(0)  # noqa: E731
+        return RewardOutput(mean([o.page for o in outs]), mean([o.items for o in outs]),
+                            mean([o.total for o in outs]))
+
+
 # --------------------------------------------------------------------------- rules
 
 

@@ -320,3 +320,26 @@ def test_user_errors(tiny_sft, trained):
         reward([[1, 2]], torch.tensor([[3], [4]]))
     with pytest.raises(ConfigError, match="alpha"):
         reward_config(alpha=1.5)
+
+
+def test_ensemble_is_the_member_mean_and_refuses_mismatched_members(trained):
+    from rlhf_ray.rewards import EnsembleReward
+
+    a = ModelReward.from_checkpoint(trained.out)
+    m = trained.before  # the untrained start: another member, with the trained one's normalisation
+    b = ModelReward(m.lm, m.heads, trained.vocab, alpha=a.alpha, norm=a.norm, max_history=20)
+    ens = EnsembleReward([a, b])
+    assert isinstance(ens, RewardFn) and ens.alpha == a.alpha
+    rows = trained.pairs.iloc[:24]
+    hist, users = rows["history"].tolist(), rows["user_idx"].tolist()
+    pages = torch.as_tensor(pad_lists(rows["rejected"].tolist()))
+    out, oa, ob = ens(hist, pages, users), a(hist, pages, users), b(hist, pages, users)
+    assert not torch.allclose(oa.total, ob.total)  # two different members
+    for x, y, z in ((out.page, oa.page, ob.page), (out.items, oa.items, ob.items), (out.total, oa.total, ob.total)):
+        torch.testing.assert_close(x, (y + z) / 2)
+    one = EnsembleReward.from_checkpoints([trained.out])
+    torch.testing.assert_close(one(hist, pages, users).total, oa.total)
+    with pytest.raises(ValueError, match="alpha"):
+        EnsembleReward([a, ModelReward(m.lm, m.heads, trained.vocab, alpha=0.1, norm=a.norm, max_history=20)])
+    with pytest.raises(ValueError, match="at least one"):
+        EnsembleReward([])
