@@ -17,6 +17,8 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
@@ -140,26 +142,59 @@ REWARD_ROWS = (
     ("reward_ml100k_graded", lambda d: f"+ {d['config'].get('policy_pages')} on-policy pages and up to "
      f"{d['config'].get('policy_graded')} graded pairs of them", "Graded row"),
 )
+#: the shipped settings trained with several seeds (a mean ±std row), then their ensemble
+REWARD_SEEDS = ("reward_ml100k_seed0", "reward_ml100k_seed1", "reward_ml100k_seed2")
+REWARD_ENSEMBLE = "reward_ml100k_ensemble3"
+REWARD_FAMILIES = ("overall", "relevance", "ranking", "diversity", "redundancy", "policy", "policy_graded")
+
+
+def reward_cells(d: dict) -> list[float | None]:
+    """One reward run's figures in the table's column order (None: not in that run)."""
+    acc, cal = d["held_out_pair_accuracy"], d["calibration"]
+    spp = cal.get("spearman_policy") or {}
+    return ([acc[f]["mix"] if f in acc else None for f in REWARD_FAMILIES]
+            + [d["next_item"]["vs_sft"]["mix"], cal["golden_beats_greedy"]["mean"], cal["spearman"]["mean"],
+               spp.get("mean")])
+
+
+def _interval(c: dict | None) -> str:
+    return f" [{c['lo']:+.3f}, {c['hi']:+.3f}]" if c else ""
 
 
 def reward_body(doc: dict) -> str:
-    """The shipped reward (this file) beside the other runs of :data:`REWARD_ROWS`: same SFT,
-    same held-out users."""
+    """The shipped reward (this file) beside the other runs of :data:`REWARD_ROWS`, the shipped
+    settings over training seeds and their ensemble: same SFT, same held-out users."""
     runs = [(label(d), d, prefix) for name, label, prefix in REWARD_ROWS
             if (d := doc if name is None else _load(name)) is not None]
-    fams = ["overall", "relevance", "ranking", "diversity", "redundancy", "policy", "policy_graded"]
-    lines = ["| reward trained on | " + " | ".join(f"pair acc. {f}" for f in fams)
+    lines = ["| reward trained on | " + " | ".join(f"pair acc. {f}" for f in REWARD_FAMILIES)
              + " | true page beats SFT page | golden beats SFT greedy | Spearman(R, page NDCG) [95% CI] "
                "| Spearman over the policy's pages |",
-             "|---|" + "---|" * (len(fams) + 4)]
+             "|---|" + "---|" * (len(REWARD_FAMILIES) + 4)]
     for label, d, _ in runs:
-        acc = d["held_out_pair_accuracy"]
-        cells = [f"{acc[f]['mix']:.3f}" if f in acc else "—" for f in fams]
         cal = d["calibration"]
-        sp, gb, spp = cal["spearman"], cal["golden_beats_greedy"], cal.get("spearman_policy")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {d['next_item']['vs_sft']['mix']:.3f} | "
-                     f"{gb['mean']:.3f} | {sp['mean']:+.3f} [{sp['lo']:+.3f}, {sp['hi']:+.3f}] | "
-                     + (f"{spp['mean']:+.3f} [{spp['lo']:+.3f}, {spp['hi']:+.3f}] |" if spp else "— |"))
+        cells = ["—" if v is None else f"{v:+.3f}" if i >= len(REWARD_FAMILIES) + 2 else f"{v:.3f}"
+                 for i, v in enumerate(reward_cells(d))]
+        cells[-2] += _interval(cal["spearman"])
+        cells[-1] += _interval(cal.get("spearman_policy")) if cells[-1] != "—" else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    seeds = [d for n in REWARD_SEEDS if (d := _load(n)) is not None]
+    if len(seeds) > 1:
+        table = np.array([[np.nan if v is None else v for v in reward_cells(d)] for d in seeds], dtype=float)
+        cells = ["—" if np.isnan(col).all() else f"{np.nanmean(col):.3f} ±{np.nanstd(col, ddof=1):.3f}"
+                 for col in table.T]
+        lines.append(f"| the shipped settings, training seeds {', '.join(str(d['config']['train']['seed']) for d in seeds)}"
+                     f" (mean ±std over seeds) | " + " | ".join(cells) + " |")
+        runs += [(None, d, f"Seed {d['config']['train']['seed']} of the seeds row") for d in seeds]
+    ens = _load(REWARD_ENSEMBLE)
+    if ens:
+        cal = ens["calibration"]
+        cells = ["—" if v is None else f"{v:+.3f}" if i >= len(REWARD_FAMILIES) + 2 else f"{v:.3f}"
+                 for i, v in enumerate(reward_cells(ens))]
+        cells[-2] += _interval(cal["spearman"])
+        cells[-1] += _interval(cal.get("spearman_policy")) if cells[-1] != "—" else ""
+        lines.append(f"| the mean of those {len(ens.get('members', []))} models (an ensemble) | "
+                     + " | ".join(cells) + " |")
+        runs.append((None, ens, "Ensemble row"))
     sp, n_pairs = doc["calibration"]["spearman"], doc["held_out_pair_accuracy"]["overall"]["n"]
     lines.append(f"\nHeld-out users only: pair accuracy over the pair set's test users ({n_pairs} pairs for the "
                  f"shipped row); 'true page beats SFT page' over "
