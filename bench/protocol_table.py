@@ -3,6 +3,7 @@
     .venv/bin/python bench/protocol_table.py --protocol loo --seeds 0,1,2
     .venv/bin/python bench/protocol_table.py --protocol pagellm --seeds 0,1,2
     .venv/bin/python bench/protocol_table.py --protocol loo --seeds 0 --smoke     # plumbing check, minutes
+    .venv/bin/python bench/protocol_table.py --protocol loo --seeds 0,1,2 --retrain ppo,lpo  # after a change to them
 
 Protocols (``rlhf_ray.evaluation.PROTOCOLS``):
 
@@ -144,6 +145,22 @@ def run_reordered(args, seed: int, out: Path, row: str) -> Path:
     print(f"[protocol] $ {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, check=True)
     return run_dir
+
+
+def set_aside(run_dir: Path, stages: list[str], stamp: str) -> list[Path]:
+    """Move ``stages``' outputs (checkpoint, logs, resumable state, test predictions) of one run
+    directory into ``run_dir/replaced-<stamp>/``, so the next pipeline call trains them again
+    (a later stage whose parent changed retrains by itself). Returns the new paths."""
+    moved = []
+    for stage in stages:
+        for name in (stage, f"{stage}.logs", f"{stage}.state", f"predictions-{stage}.parquet"):
+            src = run_dir / name
+            if src.exists() or src.is_symlink():
+                dest = run_dir / f"replaced-{stamp}" / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                src.rename(dest)
+                moved.append(dest)
+    return moved
 
 
 def run_and_stage(out: Path, row: str) -> tuple[Path, str]:
@@ -355,6 +372,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", default=None, help="run directory (default runs/bench/PROTOCOL)")
     p.add_argument("--peers-dir", default=None, help="peer top-100 lists (default runs/peers/PROTOCOL)")
     p.add_argument("--no-train", action="store_true", help="only read finished pipelines (no new runs)")
+    p.add_argument("--retrain", default="", metavar="STAGE[,STAGE]",
+                   help="train these stages again in every seed's run and its reordered runs (their old outputs "
+                        "move to replaced-<time>/ beside them); stages after them retrain as their parent changed")
     p.add_argument("--smoke", action="store_true", help="synthetic data, tiny models: checks the plumbing")
     p.add_argument("--results", default=str(BENCH / "results"), help="where the JSON goes")
     return p.parse_args(argv)
@@ -369,9 +389,16 @@ def main(argv=None) -> int:
     peers_dir = Path(args.peers_dir or ROOT / "runs" / "peers" / args.protocol)
     run = Run(inputs={"config": args.config, "peers_dir": peers_dir})
     t0 = time.time()
+    retrain = [x for x in args.retrain.split(",") if x]
+    if retrain and args.no_train:
+        raise SystemExit("--retrain and --no-train contradict each other")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     outs = []
     for s in seeds:
         out = work / f"seed{s}"
+        for run_dir in [out, *(out / sub for sub, _, _ in REORDERED.values())] if retrain else []:
+            for moved in set_aside(run_dir, retrain, stamp):
+                print(f"[protocol] set aside {moved}", flush=True)
         outs.append(out if args.no_train else run_ours(args, s, work))
         if not args.no_train:
             for row in REORDERED:

@@ -54,3 +54,22 @@ def test_lpo_then_ppo_row_reuses_the_seeds_chain(smoke_run, tmp_path):
     md = pt.markdown("loo", table, {"users": 1, "targets": 1, "tail_targets": 0, "tail_users": 0})
     assert "lpo_ppo = SFT then LPO then PPO" in md and "Validation, whole split" in md
     assert "| lpo tail_recall@20 ≥ 1.50x sft |" in md
+
+
+def test_set_aside_moves_a_stage_and_leaves_the_rest(tmp_path):
+    import protocol_table as pt
+
+    run = tmp_path / "seed0"
+    for name in ("sft", "ppo", "ppo.logs", "ppo.state", "lpo"):
+        (run / name).mkdir(parents=True)
+        (run / name / "x").write_text(name)
+    (run / "predictions-ppo.parquet").write_text("p")
+    (run / "data").symlink_to(tmp_path)  # a link is moved as a link
+    moved = pt.set_aside(run, ["ppo", "data"], "t")
+    assert sorted(p.name for p in moved) == ["data", "ppo", "ppo.logs", "ppo.state", "predictions-ppo.parquet"]
+    assert all(p.parent == run / "replaced-t" for p in moved)
+    assert (run / "replaced-t" / "ppo" / "x").read_text() == "ppo" and (run / "replaced-t" / "data").is_symlink()
+    assert sorted(p.name for p in run.iterdir()) == ["lpo", "replaced-t", "sft"]
+    assert pt.set_aside(run, ["critic"], "t") == []
+    with pytest.raises(SystemExit, match="contradict"):
+        pt.main(["--protocol", "loo", "--seeds", "0", "--no-train", "--retrain", "ppo", "--work", str(tmp_path)])
