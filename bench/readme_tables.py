@@ -141,6 +141,10 @@ REWARD_ROWS = (
      "4-page row"),
     ("reward_ml100k_graded", lambda d: f"+ {d['config'].get('policy_pages')} on-policy pages and up to "
      f"{d['config'].get('policy_graded')} graded pairs of them", "Graded row"),
+    ("reward_ml100k_graded1_p2", lambda d: f"+ {d['config'].get('policy_pages')} on-policy pages and up to "
+     f"{d['config'].get('policy_graded')} graded pair of them", "Graded row (2 pages, 1 pair)"),
+    ("reward_ml100k_graded1_p4", lambda d: f"+ {d['config'].get('policy_pages')} on-policy pages and up to "
+     f"{d['config'].get('policy_graded')} graded pair of them", "Graded row (4 pages, 1 pair)"),
 )
 #: the shipped settings trained with several seeds (a mean ±std row), then their ensemble
 REWARD_SEEDS = ("reward_ml100k_seed0", "reward_ml100k_seed1", "reward_ml100k_seed2")
