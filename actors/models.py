@@ -1,8 +1,9 @@
 """The models PPO roles hold: the SFT policy (dropout off) and the critic.
 
 Critic (value model): the SFT backbone plus a value head on the hidden state that
-*emits* each page slot (``page_logprobs(hidden=True)``: row k is the state that
-predicts item k, so row 0 is the prompt's last token):
+*emits* each page slot (:func:`rlhf_ray.generation.page_states`: row k is the state that
+predicts item k, so row 0 is the prompt's last token; the backbone alone, no vocabulary
+projection):
 
     V(s_k) = w . h_k + b,    h_k = hidden state emitting slot k,   V: (B, K)
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rlhf_ray.generation import Prompts, page_logprobs
+from rlhf_ray.generation import Prompts, page_states
 from rlhf_ray.model import ScalarHead, hidden_size
 from rlhf_ray.tokens import Vocab
 
@@ -45,6 +46,5 @@ class CriticModel(nn.Module):
             self.value_head = ScalarHead(hidden_size(lm))
 
     def forward(self, prompts: Prompts, pages: torch.Tensor) -> torch.Tensor:
-        out = page_logprobs(self.lm, self.vocab, prompts, pages, hidden=True)
-        h = out["hidden"]  # (B, K, H) state emitting each slot
-        return self.value_head(h).float() * out["mask"]  # (B, K), 0 at padding
+        h, pages, _ = page_states(self.lm, self.vocab, prompts, pages)  # (B, K, H) state emitting each slot
+        return self.value_head(h).float() * (pages >= 0)  # (B, K), 0 at padding

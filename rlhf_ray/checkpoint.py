@@ -251,9 +251,11 @@ def load_checkpoint(path: str | Path, *, verify: bool = True, device: str = "cpu
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
+    from rlhf_ray.model import fast_activations
+
     p = local_dir(path)
     manifest = verify_checkpoint(p) if verify else json.loads((p / MANIFEST).read_text())
-    model = AutoModelForCausalLM.from_pretrained(str(p)).to(device)
+    model = fast_activations(AutoModelForCausalLM.from_pretrained(str(p))).to(device)
     tokenizer, vocab = load_tokenizer(p / "tokenizer")
     if vocab.to_dict() != manifest["vocab"]:
         raise CheckpointError(f"{p}: tokenizer layout differs from the manifest's")

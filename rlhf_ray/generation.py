@@ -236,40 +236,43 @@ def page_logprobs(
     prompts: Prompts,
     pages: torch.Tensor,
     *,
-    hidden: bool = False,
     logits_out: bool = False,
 ):
     """Log-probs of given pages under the restricted distribution, in one forward pass.
 
     Returns a dict: ``logprobs (B, K)`` (0 at padding), ``mask (B, K)`` (slot holds an
-    item), and optionally ``hidden (B, K, H)`` (the state that *emits* each slot, for
-    value/reward heads: row k is the prompt's last token for k = 0) and
-    ``logits (B, K, n_items)`` (restricted, for entropy). Differentiable.
+    item), and optionally ``logits (B, K, n_items)`` (restricted, for entropy).
+    Differentiable. Heads that need only the states emitting each slot (value, reward) use
+    :func:`page_states`, which skips the vocabulary projection.
     """
     ids, am, blocked, pages = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked, pages)
-    B, L = ids.shape
     K = pages.shape[1]
     slot = pages >= 0  # (B, K)
     full_ids, full_am = _with_page(ids, am, pages, vocab)
     # only the K positions that emit page slots need the vocabulary projection: keep the last K + 1
     out = model(input_ids=full_ids, attention_mask=full_am, position_ids=positions(full_am),
-                output_hidden_states=hidden, use_cache=False, logits_to_keep=K + 1)
+                use_cache=False, logits_to_keep=K + 1)
     step_logits = item_logits(out.logits[:, :K], vocab).float()  # (B, K, n_items): positions L-1 .. L+K-2
-    # items already on the page before slot k: exclusive cumulative one-hot over slots
-    onehot = torch.zeros((B, K, vocab.n_items), dtype=torch.bool, device=ids.device)
-    onehot.scatter_(2, pages.clamp(min=0)[..., None], slot[..., None])
-    before = (onehot.long().cumsum(dim=1) - onehot.long()) > 0  # (B, K, n_items)
-    allowed = ~(blocked[:, None, :] | before)
+    allowed = ~(blocked[:, None, :] | on_page_before(pages, vocab.n_items))
     restricted = step_logits.masked_fill(~allowed, NEG_INF)
     logp_all = torch.log_softmax(restricted, dim=-1)
     logp = logp_all.gather(2, pages.clamp(min=0)[..., None]).squeeze(2)
     logp = torch.where(slot, logp, torch.zeros_like(logp))
     res = {"logprobs": logp, "mask": slot}
-    if hidden:
-        res["hidden"] = out.hidden_states[-1][:, L - 1: L + K - 1]
     if logits_out:
         res["logits"] = restricted
     return res
+
+
+def on_page_before(pages: torch.Tensor, n_items: int) -> torch.Tensor:
+    """(B, K, n_items) bool: item i already stands on the page before slot k (``pages`` (B, K),
+    -1 = empty slot). Built from each item's first slot on the page, (B, n_items), and one
+    comparison, not a cumulative sum over a (B, K, n_items) one-hot."""
+    B, K = pages.shape
+    order = torch.arange(K, device=pages.device)
+    first = torch.full((B, n_items), K, dtype=torch.long, device=pages.device)
+    first.scatter_reduce_(1, pages.clamp(min=0), torch.where(pages >= 0, order, K).expand(B, K), reduce="amin")
+    return first[:, None, :] < order[None, :, None]
 
 
 def _with_page(ids: torch.Tensor, am: torch.Tensor, pages: torch.Tensor, vocab: Vocab):

@@ -27,6 +27,28 @@ def test_round_trip_and_transformers_loads_it(tiny_sft, synth_data):
     assert ck.tokenizer.convert_tokens_to_ids(f"<item_{ck.vocab.n_items - 1}>") == ck.vocab.item_offset + ck.vocab.n_items - 1
 
 
+def test_checkpoint_saved_with_gelu_new_loads_with_the_fused_kernel(tiny_sft, tmp_path):
+    """Checkpoints written before the fused GELU (config ``gelu_new``) load converted, and score
+    as the python form does to float rounding."""
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_sft, old)
+    conf = json.loads((old / "config.json").read_text())
+    assert conf["activation_function"] == "gelu_pytorch_tanh"  # what checkpoints are written with now
+    conf["activation_function"] = "gelu_new"
+    (old / "config.json").write_text(json.dumps(conf))
+    ck = load_checkpoint(old, verify=False)
+    assert any(isinstance(m, GELUTanh) for m in ck.model.modules())
+    assert not any(isinstance(m, NewGELUActivation) for m in ck.model.modules())
+    python_form = AutoModelForCausalLM.from_pretrained(str(old)).eval()
+    assert any(isinstance(m, NewGELUActivation) for m in python_form.modules())
+    prompts = build_prompts([[1, 2, 3], [4]], ck.vocab, 20)
+    torch.testing.assert_close(score_items(ck.model.eval(), ck.vocab, prompts),
+                               score_items(python_form, ck.vocab, prompts), rtol=0, atol=1e-5)
+
+
 def test_tampered_weights_are_detected(tiny_sft, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_sft, bad)

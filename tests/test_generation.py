@@ -85,3 +85,49 @@ def test_full_ranking_scores_block_seen_items(lm):
     for b, hist in enumerate(HISTORIES):
         assert torch.isinf(scores[b, hist]).all()
         assert torch.isfinite(scores[b]).sum() == N_ITEMS - len(set(hist))
+
+
+def test_on_page_before_is_the_exclusive_running_union_of_the_page():
+    """Each item's first slot, compared with the slot index, is the exclusive cumulative
+    one-hot over slots the restriction is defined by (empty slots, -1, put nothing on the page)."""
+    from rlhf_ray.generation import on_page_before
+
+    g = torch.Generator().manual_seed(0)
+    pages = torch.randint(-1, 12, (64, 7), generator=g)  # repeats and empty slots included
+    onehot = torch.zeros((64, 7, 12), dtype=torch.long)
+    onehot.scatter_(2, pages.clamp(min=0)[..., None], (pages >= 0).long()[..., None])
+    expected = (onehot.cumsum(dim=1) - onehot) > 0
+    assert torch.equal(on_page_before(pages, 12), expected)
+    assert not on_page_before(pages, 12)[:, 0].any()  # nothing stands before the first slot
+
+
+def test_fused_gelu_is_gpt2s_gelu_new_and_survives_a_save(tmp_path):
+    """build_model swaps GPT-2's python gelu_new for the fused tanh GELU (same function to
+    float rounding), records it in the config, and a model saved with gelu_new is converted
+    on load."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from rlhf_ray.model import fast_activations
+
+    torch.manual_seed(0)
+    old = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=2)).eval()
+    assert old.config.activation_function == "gelu_new"
+    ids = torch.randint(0, 50, (3, 10))
+    before = old(input_ids=ids).logits
+    old.save_pretrained(tmp_path / "old")
+    new = fast_activations(old)
+    assert not any(isinstance(m, NewGELUActivation) for m in new.modules())
+    assert sum(isinstance(m, GELUTanh) for m in new.modules()) == 2
+    assert new.config.activation_function == "gelu_pytorch_tanh"
+    torch.testing.assert_close(new(input_ids=ids).logits, before, rtol=0, atol=1e-5)
+    new.save_pretrained(tmp_path / "new")
+    again = GPT2LMHeadModel.from_pretrained(tmp_path / "new")
+    assert any(isinstance(m, GELUTanh) for m in again.modules())
+    model, vocab = _built_lm()
+    assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+
+
+def _built_lm():
+    tok, vocab = train_tokenizer(["Heat | Action"] * 10, n_items=5, vocab_size=300)
+    return build_model(ModelConfig(n_layer=1, n_embd=16, n_head=2, text_vocab_size=300), vocab), vocab

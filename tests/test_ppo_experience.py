@@ -298,3 +298,26 @@ def test_ppo_config_partial_sections_keep_ppo_defaults():
         PPOConfig.from_dict({"policy": {"ranks": 3}})
     with pytest.raises(ConfigError, match="alpha"):
         PPOConfig.from_dict({"reward": {"alpha": 1.5}})
+
+
+def test_critic_values_read_the_states_that_emit_each_slot():
+    """V(s_k) is the value head on the final hidden state at position L - 1 + k of prompt + page
+    (the full model's last hidden state), 0 at empty slots; the critic runs the backbone only."""
+    from actors.models import CriticModel
+    from rlhf_ray.config import ModelConfig
+    from rlhf_ray.generation import _with_page
+    from rlhf_ray.model import build_model, positions
+
+    vocab = _vocab(n_items=12)
+    torch.manual_seed(0)
+    lm = build_model(ModelConfig(n_layer=1, n_embd=16, n_head=2, dropout=0.0), vocab).eval()
+    critic = CriticModel(lm, vocab, seed=3)
+    prompts = build_prompts([[1, 2, 3], [4], [5, 6]], vocab, 10)
+    pages = torch.tensor([[7, 8, 9], [10, -1, -1], [0, 11, -1]])
+    got = critic(prompts, pages)
+    ids, am = _with_page(prompts.input_ids, prompts.attention_mask, pages, vocab)
+    out = lm(input_ids=ids, attention_mask=am, position_ids=positions(am), output_hidden_states=True)
+    L = prompts.input_ids.shape[1]
+    want = critic.value_head(out.hidden_states[-1][:, L - 1: L + 2]) * (pages >= 0)
+    torch.testing.assert_close(got, want)
+    assert (got[pages < 0] == 0).all()
