@@ -165,6 +165,17 @@ def _interval(c: dict | None) -> str:
     return f" [{c['lo']:+.3f}, {c['hi']:+.3f}]" if c else ""
 
 
+def reward_run_cells(d: dict) -> list[str]:
+    """One reward run's formatted cells: accuracies and win rates to 3 places, the Spearman
+    columns signed with their intervals; '—' where the run predates a column."""
+    cal = d["calibration"]
+    cells = ["—" if v is None else f"{v:+.3f}" if i >= len(REWARD_FAMILIES) + 2 else f"{v:.3f}"
+             for i, v in enumerate(reward_cells(d))]
+    cells[-2] += _interval(cal["spearman"])
+    cells[-1] += _interval(cal.get("spearman_policy")) if cells[-1] != "—" else ""
+    return cells
+
+
 def reward_body(doc: dict) -> str:
     """The shipped reward (this file) beside the other runs of :data:`REWARD_ROWS`, the shipped
     settings over training seeds and their ensemble: same SFT, same held-out users."""
@@ -175,12 +186,7 @@ def reward_body(doc: dict) -> str:
                "| Spearman over the policy's pages |",
              "|---|" + "---|" * (len(REWARD_FAMILIES) + 4)]
     for label, d, _ in runs:
-        cal = d["calibration"]
-        cells = ["—" if v is None else f"{v:+.3f}" if i >= len(REWARD_FAMILIES) + 2 else f"{v:.3f}"
-                 for i, v in enumerate(reward_cells(d))]
-        cells[-2] += _interval(cal["spearman"])
-        cells[-1] += _interval(cal.get("spearman_policy")) if cells[-1] != "—" else ""
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(reward_run_cells(d)) + " |")
     seeds = [d for n in REWARD_SEEDS if (d := _load(n)) is not None]
     if len(seeds) > 1:
         table = np.array([[np.nan if v is None else v for v in reward_cells(d)] for d in seeds], dtype=float)
@@ -191,13 +197,8 @@ def reward_body(doc: dict) -> str:
         runs += [(None, d, f"Seed {d['config']['train']['seed']} of the seeds row") for d in seeds]
     ens = _load(REWARD_ENSEMBLE)
     if ens:
-        cal = ens["calibration"]
-        cells = ["—" if v is None else f"{v:+.3f}" if i >= len(REWARD_FAMILIES) + 2 else f"{v:.3f}"
-                 for i, v in enumerate(reward_cells(ens))]
-        cells[-2] += _interval(cal["spearman"])
-        cells[-1] += _interval(cal.get("spearman_policy")) if cells[-1] != "—" else ""
         lines.append(f"| the mean of those {len(ens.get('members', []))} models (an ensemble) | "
-                     + " | ".join(cells) + " |")
+                     + " | ".join(reward_run_cells(ens)) + " |")
         runs.append((None, ens, "Ensemble row"))
     sp, n_pairs = doc["calibration"]["spearman"], doc["held_out_pair_accuracy"]["overall"]["n"]
     lines.append(f"\nHeld-out users only: pair accuracy over the pair set's test users ({n_pairs} pairs for the "

@@ -153,7 +153,7 @@ def main() -> None:
     for i, d in enumerate(members[1:], 1):
         run.add_input(f"ensemble{i}", d)
     reward = ModelReward.from_checkpoint(args.out) if len(members) == 1 else EnsembleReward.from_checkpoints(members)
-    digests = {ModelReward.from_checkpoint(d).manifest["pairs"]["digest"] for d in members} if args.ensemble else set()
+    digests = {m.manifest["pairs"]["digest"] for m in getattr(reward, "members", [])}
     if len(digests) > 1:
         raise SystemExit(f"--ensemble: the members were trained on different pair sets ({sorted(digests)})")
     pairs = stage.pairs_for_checkpoint(reward.manifest, prepared)
