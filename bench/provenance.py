@@ -3,7 +3,9 @@
 Every JSON in ``bench/results/`` is written through :func:`write_result`, which wraps the
 benchmark's own payload with where it came from:
 
-* ``git``: commit, whether the tree was dirty (and which files), branch;
+* ``git``: commit, whether the tree was dirty (and which files), branch, read when the
+  bench *starts* (the code it measures); ``git_at_end`` too when that changed while it ran
+  (a commit or an edit during a long bench), so a reader can tell;
 * ``command``: the exact argv (``python bench/x.py --flag ...``) and the working directory;
 * ``machine``: CPU model, cores, threads (torch, OMP/MKL env), platform, library versions;
 * ``load``: the 1/5/15-minute load average when the bench started and when it finished,
@@ -132,6 +134,7 @@ class Run:
         self.t0 = time.time()
         self.cpu0 = time.process_time()
         self.load_before = load_average()
+        self.git = git_info()
         self.argv = list(sys.argv if argv is None else argv)
         self.inputs = dict(inputs or {})
 
@@ -140,8 +143,10 @@ class Run:
 
     def provenance(self) -> dict:
         cmd = " ".join([Path(sys.executable).name, *self.argv]) if self.argv else None
+        at_end = git_info()
         return {
-            "git": git_info(),
+            "git": self.git,
+            **({"git_at_end": at_end} if at_end != self.git else {}),
             "command": cmd,
             "cwd": os.getcwd(),
             "started": self.started,

@@ -69,3 +69,24 @@ def test_bench_writes_through_provenance(name):
     assert "write_results(" not in src, f"{name} uses the old writer"
     if name != "ppo_common.py":
         assert "run.write(" in src and "Run(" in src, f"{name} does not write through provenance.Run"
+
+
+def test_git_state_is_read_when_the_bench_starts(tmp_path, monkeypatch):
+    """A commit made while a long bench runs must not be credited with its figures."""
+    import provenance
+
+    states = iter([{"commit": "a" * 40, "dirty": False, "dirty_files": [], "branch": "main"},
+                   {"commit": "b" * 40, "dirty": True, "dirty_files": ["x.py"], "branch": "main"}])
+    monkeypatch.setattr(provenance, "git_info", lambda: next(states))
+    run = provenance.Run(argv=["bench/long.py"])
+    doc = json.loads(run.write("long", {}, results_dir=tmp_path).read_text())
+    assert doc["provenance"]["git"]["commit"] == "a" * 40
+    assert doc["provenance"]["git_at_end"] == {"commit": "b" * 40, "dirty": True, "dirty_files": ["x.py"],
+                                               "branch": "main"}
+
+
+def test_no_git_at_end_when_nothing_changed(tmp_path):
+    from provenance import Run
+
+    doc = json.loads(Run(argv=["bench/short.py"]).write("short", {}, results_dir=tmp_path).read_text())
+    assert "git_at_end" not in doc["provenance"]
