@@ -61,7 +61,7 @@ from rlhf_ray import metrics as M  # noqa: E402
 from rlhf_ray import stats  # noqa: E402
 from rlhf_ray import targets as T  # noqa: E402
 from rlhf_ray.data.prepared import load_prepared  # noqa: E402
-from rlhf_ray.evaluation import PROTOCOLS, score_lists  # noqa: E402
+from rlhf_ray.evaluation import PROTOCOLS, pad_lists, score_lists  # noqa: E402
 
 OURS = ("sft", "ppo", "lpo", "lpo_ppo")
 #: rows that re-run the end of the chain in another order, beside the seed's pipeline:
@@ -74,15 +74,22 @@ PEERS = ("SASRec", "GRU4Rec", "BPR", "LightGCN", "most_popular")
 SPLIT = {"loo": "leave_one_out", "pagellm": "temporal"}
 #: columns of the printed table per protocol (per-user metrics, then list-level scalars)
 COLUMNS = {
-    "loo": ["ndcg@10", "recall@10", "ndcg@20", "recall@20", "tail_recall@20", "page_ndcg@10", "page_ild",
-            "page_redundancy"],
+    "loo": ["ndcg@10", "recall@10", "ndcg@20", "recall@20", "tail_recall@20", "page_ndcg@10", "page_ild@10",
+            "page_ild", "page_redundancy"],
     "pagellm": ["page_recall@10", "page_ndcg@10", "page_recall@20", "page_ndcg@20", "recall@20", "recall@40",
-                "recall@100", "ndcg@100", "page_was", "page_pwkt", "page_ild", "page_redundancy",
+                "recall@100", "ndcg@100", "page_was", "page_pwkt", "page_ild@10", "page_ild", "page_redundancy",
                 "tail_page_recall@20"],
 }
 HEADLINE = {"loo": "ndcg@10", "pagellm": "page_ndcg@10"}
 VALID_COLUMNS = ("ndcg@10", "tail_recall@20", "page_ndcg@10")
+#: list-level columns (one figure per ranking or page set, no per-user interval): catalogue coverage
+#: of every user's top 20 and of the pages (a peer's page = its top 20)
 SCALARS = ("coverage@20", "page_coverage")
+
+
+def coverage(top: np.ndarray, page: np.ndarray, n_items: int) -> dict[str, float]:
+    """The :data:`SCALARS` of one method's lists: distinct items over the catalogue."""
+    return {"coverage@20": M.coverage(top[:, :20], n_items), "page_coverage": M.coverage(page, n_items)}
 
 
 def protocol_config(base: str, protocol: str, seed: int, smoke: bool) -> dict:
@@ -206,10 +213,15 @@ def prediction_file(out: Path, row: str) -> Path:
     return run_dir / f"predictions-{stage}.parquet"
 
 
-def per_user_ours(outs: list[Path], prepared) -> dict[str, list[pd.DataFrame]]:
-    """{row: [per-user frame of each seed]} read from the pipelines' prediction files."""
+def per_user_ours(outs: list[Path], prepared, protocol: str) -> dict[str, list[pd.DataFrame]]:
+    """{row: [per-user frame of each seed]}: the ranking and page of each user that the pipelines
+    wrote to their prediction files, scored here by ``score_lists`` as the peers are, so every
+    row is scored by the code of this run (a metric added since a pipeline ran is filled in by
+    ``--no-train``). Where the file carries the pipeline's own value of a metric, the two must
+    agree: a mismatch means the metric's code changed under a finished run, and stops the table."""
     frames: dict[str, list[pd.DataFrame]] = {}
-    users = [int(u) for u in prepared.histories("test").user_idx]
+    _, targets, ratings, test_users = prepared.histories("test")
+    users = [int(u) for u in test_users]
     for out in outs:
         for stage in OURS:
             f = prediction_file(out, stage)
@@ -218,6 +230,14 @@ def per_user_ours(outs: list[Path], prepared) -> dict[str, list[pd.DataFrame]]:
             df = pd.read_parquet(f)
             if df["user_idx"].tolist() != users:
                 raise RuntimeError(f"{f}: users differ from the prepared test users (different data?)")
+            top = np.stack([np.asarray(r, dtype=np.int64) for r in df["ranking"]])
+            page = np.asarray(pad_lists([list(p) for p in df["page"]]), dtype=np.int64)
+            s = score_lists(top, page, targets, ratings, prepared, protocol)
+            for m, v in s.per_user.items():
+                if m in df and not np.allclose(df[m].to_numpy(dtype=float), v, equal_nan=True, atol=1e-9):
+                    raise RuntimeError(f"{f}: {m} rescored here differs from the pipeline's own value")
+            df = pd.DataFrame({"user_idx": users, **s.per_user})
+            df.attrs["coverage"] = coverage(top, page, prepared.n_items)
             frames.setdefault(stage, []).append(df)
     return frames
 
@@ -237,7 +257,7 @@ def per_user_peers(peers_dir: Path, prepared, protocol: str) -> dict[str, pd.Dat
         top = z["top"].astype(np.int64)
         s = score_lists(top, top[:, :20], targets, ratings, prepared, protocol)
         df = pd.DataFrame({"user_idx": users, **s.per_user})
-        df.attrs["scalars"] = s.scalars
+        df.attrs["coverage"] = coverage(top, top[:, :20], prepared.n_items)
         out[name] = df
     return out
 
@@ -263,8 +283,10 @@ def build_table(protocol: str, ours: dict, peers: dict, na: dict) -> dict:
     methods = {**{k: v for k, v in ours.items()}, **{k: [v] for k, v in peers.items()}}
     for name, frames in methods.items():
         row = {m: cell(frames, m) for m in COLUMNS[protocol]}
+        cov = [f.attrs["coverage"] for f in frames if "coverage" in f.attrs]
         rows[name] = {"kind": "ours" if name in OURS else "peer", "n_seeds": len(frames),
                       "metrics": {m: v for m, v in row.items() if v is not None},
+                      "coverage": {k: stats.seed_summary([c[k] for c in cov]) for k in SCALARS} if cov else {},
                       "n/a": {m: na.get(m, "n/a: not produced") for m, v in row.items() if v is None}}
     comparisons = {}
     head = HEADLINE[protocol]
@@ -328,12 +350,22 @@ def fmt(c: dict | None) -> str:
     return s + f" [{c['lo']:.4f}, {c['hi']:.4f}]"
 
 
+def fmt_scalar(c: dict | None) -> str:
+    """A list-level figure: mean over seeds, ±std where there are several."""
+    if c is None or c.get("mean") is None:
+        return "n/a"
+    return f"{c['mean']:.3f}" + (f" ±{c['std']:.3f}" if c.get("std") is not None else "")
+
+
 def markdown(protocol: str, table: dict, counts: dict) -> str:
     cols = COLUMNS[protocol]
-    lines = [f"| model | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    lines = [f"| model | seeds | " + " | ".join(cols + list(SCALARS)) + " |",
+             "|---|---|" + "---|" * (len(cols) + len(SCALARS))]
     for name, r in table["rows"].items():
         label = f"ours, {name}" if r["kind"] == "ours" else name
-        lines.append(f"| {label} | {r['n_seeds']} | " + " | ".join(fmt(r["metrics"].get(c)) for c in cols) + " |")
+        cov = [fmt_scalar(r.get("coverage", {}).get(k)) for k in SCALARS]
+        lines.append(f"| {label} | {r['n_seeds']} | " + " | ".join([fmt(r["metrics"].get(c)) for c in cols] + cov)
+                     + " |")
     lines.append("")
     ours = [n for n, r in table["rows"].items() if r["kind"] == "ours"]
     lines.append("Ours: " + "; ".join(f"{n} = {ROW_NOTES.get(n, n)}" for n in ours) + ".")
@@ -346,7 +378,9 @@ def markdown(protocol: str, table: dict, counts: dict) -> str:
     lines.append(f"Cells: mean over seeds ±std over seeds [95% bootstrap interval over users]. "
                  f"{int(counts['users'])} test users, {int(counts['targets'])} targets, "
                  f"{int(counts['tail_targets'])} tail targets of {int(counts['tail_users'])} users. "
-                 "page_redundancy: lower is better; every other column higher is better.")
+                 "page_redundancy: lower is better; every other column higher is better. "
+                 f"{' and '.join(SCALARS)}: distinct items over the catalogue in every user's top 20 / pages "
+                 "(one figure per list set: mean ±std over seeds, no interval).")
     comp = table["comparisons"]
     if comp:
         lines += ["", f"| comparison (paired over users) | {table['headline']} diff [95% CI] | verdict |", "|---|---|---|"]
@@ -411,7 +445,7 @@ def main(argv=None) -> int:
             if ckpt.is_dir():
                 run.add_input(f"{out.name}/{stage}", ckpt)
     costs = {o.name: json.loads((o / "cost.json").read_text()) for o in outs if (o / "cost.json").is_file()}
-    ours = per_user_ours(outs, prepared)
+    ours = per_user_ours(outs, prepared, args.protocol)
     peers = {} if args.smoke else per_user_peers(peers_dir, prepared, args.protocol)
     hist, targets, ratings, users = prepared.histories("test")
     probe = score_lists(np.zeros((len(targets), 100), dtype=np.int64), None, targets, ratings, prepared,

@@ -146,6 +146,9 @@ def score_lists(top: np.ndarray, page: np.ndarray | None, targets, target_rating
             per_user[f"page_ndcg@{k}"] = M.ndcg(page[:, :k], tgt)
             per_user[f"tail_page_recall@{k}"] = M.recall(page[:, :k], tail_tgt)
         per_user["page_ild"] = M.ild(page, item_categories=cats)
+        # ILD@10, the alignment target's cut (rlhf_ray.targets): the first 10 slots, so a page of 20
+        # (the protocol tables) is judged at the same depth as the main job's page of 10
+        per_user["page_ild@10"] = M.ild(page[:, :10], item_categories=cats)
         per_user["page_cat_entropy"] = M.category_entropy(page, cats)
         per_user["page_cat_coverage"] = M.category_coverage(page, cats)
         per_user["page_redundancy"] = M.redundancy(page, cats)
@@ -157,7 +160,8 @@ def score_lists(top: np.ndarray, page: np.ndarray | None, targets, target_rating
             per_user["page_was"] = M.was(page, page_r, ideal)
             per_user["page_pwkt"] = M.pwkt(page_r)
     else:
-        na.update({k: "n/a: no generated page (ranking only)" for k in ("page_ild", "page_was", "page_pwkt")})
+        na.update({k: "n/a: no generated page (ranking only)" for k in ("page_ild", "page_ild@10", "page_was",
+                                                                         "page_pwkt")})
     for name, v in list(per_user.items()):
         if not np.any(~np.isnan(v)):
             del per_user[name]

@@ -3,7 +3,8 @@
 What alignment has to show against the SFT policy it starts from (README, "Alignment
 targets"), on the same test users, each stage's per-user metrics against SFT's:
 
-* PPO: page NDCG@10 and Recall@20 at least SFT's, page ILD@10 at least 1.05x SFT's, at
+* PPO: page NDCG@10 and Recall@20 at least SFT's, page ILD@10 at least 1.05x SFT's (``page_ild@10``:
+  the page's first 10 slots, whatever its length, so pages of 20 are not judged deeper), at
   least one of these three a gain beyond its paired 95% interval, and the reward-hacking
   monitor silent over the whole run.
 * LPO: tail Recall@20 (users whose held-out item is a tail item) at least 1.5x SFT's, with
@@ -39,7 +40,7 @@ class Target:
 TARGETS = (
     Target("ppo", "page_ndcg@10", 1.0),
     Target("ppo", "recall@20", 1.0),
-    Target("ppo", "page_ild", 1.05),
+    Target("ppo", "page_ild@10", 1.05),
     Target("lpo", "tail_recall@20", 1.5),
     Target("lpo", "ndcg@10", 0.99),
 )

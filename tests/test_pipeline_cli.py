@@ -73,7 +73,7 @@ def test_smoke_pipeline_runs_then_skips_completed_stages(smoke_run, tmp_path):
     # the alignment targets, checked on those same predictions: printed and in the summary
     rows = {r["target"]: r for r in summary["targets"]}
     assert "[pipeline] alignment targets against sft" in first.stdout
-    assert set(rows) == {"ppo page_ndcg@10 >= 1.00x sft", "ppo recall@20 >= 1.00x sft", "ppo page_ild >= 1.05x sft",
+    assert set(rows) == {"ppo page_ndcg@10 >= 1.00x sft", "ppo recall@20 >= 1.00x sft", "ppo page_ild@10 >= 1.05x sft",
                          "lpo tail_recall@20 >= 1.50x sft", "lpo ndcg@10 >= 0.99x sft",
                          "ppo: one of its gains beyond the interval", "ppo: hacking monitor silent"}
     sft = pd.read_parquet(out / "predictions-sft.parquet").set_index("user_idx")

@@ -37,7 +37,7 @@ def test_lpo_then_ppo_row_reuses_the_seeds_chain(smoke_run, tmp_path):
     assert verify_checkpoint(out / "sft")["id"] == sft_id  # the seed's own chain untouched
     assert pt.prediction_file(out, "lpo_ppo") == run_dir / "predictions-ppo.parquet"
     prepared = load_prepared(out / "data")
-    frames = pt.per_user_ours([out], prepared)
+    frames = pt.per_user_ours([out], prepared, "loo")
     assert set(frames) == {"sft", "ppo", "lpo", "lpo_ppo"}
     table = pt.build_table("loo", frames, {}, {})
     table["valid"] = pt.valid_means([out])
@@ -73,3 +73,46 @@ def test_set_aside_moves_a_stage_and_leaves_the_rest(tmp_path):
     assert pt.set_aside(run, ["critic"], "t") == []
     with pytest.raises(SystemExit, match="contradict"):
         pt.main(["--protocol", "loo", "--seeds", "0", "--no-train", "--retrain", "ppo", "--work", str(tmp_path)])
+
+
+def test_our_rows_are_rescored_from_their_lists_with_coverage(synth_data, tmp_path):
+    """Our rows are scored from the rankings and pages the pipeline wrote (as the peers are), so a
+    metric added later is filled in; a stored value that the same code no longer reproduces stops
+    the table; catalogue coverage comes with every row."""
+    import numpy as np
+    import pandas as pd
+    import protocol_table as pt
+
+    from rlhf_ray.data.prepared import load_prepared
+    from rlhf_ray.evaluation import score_lists
+
+    prepared = load_prepared(synth_data)
+    _, targets, ratings, users = prepared.histories("test")
+    rng = np.random.default_rng(0)
+    top = np.stack([rng.permutation(prepared.n_items)[:20] for _ in users])
+    outs = []
+    for seed, page_len in ((0, 20), (1, 10)):
+        out = tmp_path / f"seed{seed}"
+        out.mkdir()
+        page = top[:, :page_len]
+        stored = score_lists(top, page, targets, ratings, prepared, "loo").per_user
+        stored.pop("page_ild@10")  # a file written before the metric existed
+        pd.DataFrame({"user_idx": users, "ranking": list(top), "page": list(page), **stored}).to_parquet(
+            out / "predictions-sft.parquet")
+        outs.append(out)
+    frames = pt.per_user_ours(outs, prepared, "loo")
+    assert [len(f) for f in frames["sft"]] == [len(users)] * 2
+    assert all("page_ild@10" in f for f in frames["sft"])
+    assert np.allclose(frames["sft"][1]["page_ild@10"], frames["sft"][1]["page_ild"], equal_nan=True)  # page of 10
+    cov = frames["sft"][0].attrs["coverage"]
+    assert cov["page_coverage"] == cov["coverage@20"] == len(np.unique(top)) / prepared.n_items
+    table = pt.build_table("loo", frames, {}, {})
+    assert table["rows"]["sft"]["coverage"]["coverage@20"]["n_seeds"] == 2
+    md = pt.markdown("loo", table, {"users": len(users), "targets": len(users), "tail_targets": 0, "tail_users": 0})
+    assert md.splitlines()[0].endswith("| page_ild@10 | page_ild | page_redundancy | coverage@20 | page_coverage |")
+    # a stored figure the code no longer reproduces is an error, not a silent overwrite
+    bad = pd.read_parquet(outs[0] / "predictions-sft.parquet")
+    bad["page_ild"] = bad["page_ild"] + 0.1
+    bad.to_parquet(outs[0] / "predictions-sft.parquet")
+    with pytest.raises(RuntimeError, match="page_ild rescored here differs"):
+        pt.per_user_ours(outs, prepared, "loo")

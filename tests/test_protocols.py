@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from rlhf_ray import metrics as M
 from rlhf_ray.config import DataConfig
 from rlhf_ray.data.prepare import prepare
 from rlhf_ray.data.prepared import load_prepared
@@ -51,6 +52,13 @@ def test_pagellm_protocol_scores_every_target_and_the_page(temporal_data):
               "page_was", "page_pwkt", "page_ild", "page_redundancy", "page_cat_coverage", "tail_page_recall@20"):
         assert k in s.per_user, k
     assert s.scalars["targets"] == sum(len(t) for t in targets) > len(targets)  # several targets per user
+    # ILD@10 (the PPO target's cut) judges the page's first 10 slots only; page_ild the whole page
+    cats = np.asarray(p.item_categories)
+    assert np.allclose(s.per_user["page_ild@10"], M.ild(top[:, :10], item_categories=cats), equal_nan=True)
+    assert np.allclose(s.per_user["page_ild"], M.ild(top[:, :20], item_categories=cats), equal_nan=True)
+    assert not np.allclose(s.per_user["page_ild@10"], s.per_user["page_ild"], equal_nan=True)
+    short_page = score_lists(top, top[:, :10], targets, ratings, p, "pagellm")  # a page of 10: the same figure
+    assert np.allclose(short_page.per_user["page_ild@10"], short_page.per_user["page_ild"], equal_nan=True)
     assert s.scalars["tail_targets"] == sum(int(p.is_tail[t].sum()) for t in targets)
     # the oracle page is sorted by true rating: PWKT is 1 wherever defined, WAS is 1 for every user
     assert np.nanmin(s.per_user["page_pwkt"]) == pytest.approx(1.0)
