@@ -1,6 +1,6 @@
-"""PolicyActor: one rank of the trained policy (PPO clipped surrogate + entropy bonus).
+"""PolicyActor: one rank of the trained policy (PPO clipped surrogate + entropy bonus [+ ptx]).
 
-    L = L_clip(rho, A) - entropy_coef * H(pi(. | s_t))        (losses.ppo_policy_loss)
+    L = L_clip(rho, A) - entropy_coef * H(pi(. | s_t)) + ptx_coef * L_next(history)    (losses.ppo_policy_loss)
     rho_t = pi_theta(a_t | s_t) / pi_old(a_t | s_t)
 
 log pi_theta comes from :func:`rlhf_ray.generation.page_logprobs`, the same restricted
@@ -37,8 +37,12 @@ class PolicyActor(TrainerActor):
         return {"params": sum(p.numel() for p in ck.model.parameters()), "device": str(self.engine.device)}
 
     def _loss(self, prompts: Prompts, m: Experience):
-        out = page_logprobs(self.engine.module, self.vocab, prompts, m.pages, logits_out=True)
+        ptx = self.cfg.ptx_coef > 0
+        out = page_logprobs(self.engine.module, self.vocab, prompts, m.pages, logits_out=True, history_nll=ptx)
         loss, stats = ppo_policy_loss(out["logprobs"], m.logprobs, m.advantages, m.mask, self.cfg.clip_eps)
+        if ptx:  # PPO-ptx: SFT's next-item loss on the prompts' histories keeps the ranking it learned
+            loss = loss + self.cfg.ptx_coef * out["history_nll"]
+            stats["ptx_nll"] = float(out["history_nll"].detach())
         if self.cfg.entropy_coef > 0:
             entropy = restricted_entropy(out["logits"], m.mask)
             loss = loss - self.cfg.entropy_coef * entropy

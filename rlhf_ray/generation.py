@@ -237,22 +237,28 @@ def page_logprobs(
     pages: torch.Tensor,
     *,
     logits_out: bool = False,
+    history_nll: bool = False,
 ):
     """Log-probs of given pages under the restricted distribution, in one forward pass.
 
     Returns a dict: ``logprobs (B, K)`` (0 at padding), ``mask (B, K)`` (slot holds an
-    item), and optionally ``logits (B, K, n_items)`` (restricted, for entropy).
+    item), optionally ``logits (B, K, n_items)`` (restricted, for entropy) and, with
+    ``history_nll``, ``history_nll`` (scalar): SFT's next-item cross-entropy over the prompt's
+    history (each history item predicted from the tokens before it, over all items, as
+    ``L_next`` trains it; :func:`history_next_item_nll`), from the same forward.
     Differentiable. Heads that need only the states emitting each slot (value, reward) use
     :func:`page_states`, which skips the vocabulary projection.
     """
     ids, am, blocked, pages = _to(model, prompts.input_ids, prompts.attention_mask, prompts.blocked, pages)
-    K = pages.shape[1]
+    K, L = pages.shape[1], ids.shape[1]
     slot = pages >= 0  # (B, K)
     full_ids, full_am = _with_page(ids, am, pages, vocab)
     # only the K positions that emit page slots need the vocabulary projection: keep the last K + 1
+    # (all positions when the history's next-item loss is wanted too)
     out = model(input_ids=full_ids, attention_mask=full_am, position_ids=positions(full_am),
-                use_cache=False, logits_to_keep=K + 1)
-    step_logits = item_logits(out.logits[:, :K], vocab).float()  # (B, K, n_items): positions L-1 .. L+K-2
+                use_cache=False, logits_to_keep=0 if history_nll else K + 1)
+    page_rows = out.logits[:, L - 1: L + K - 1] if history_nll else out.logits[:, :K]
+    step_logits = item_logits(page_rows, vocab).float()  # (B, K, n_items): positions L-1 .. L+K-2
     allowed = ~(blocked[:, None, :] | on_page_before(pages, vocab.n_items))
     restricted = step_logits.masked_fill(~allowed, NEG_INF)
     logp_all = torch.log_softmax(restricted, dim=-1)
@@ -261,7 +267,24 @@ def page_logprobs(
     res = {"logprobs": logp, "mask": slot}
     if logits_out:
         res["logits"] = restricted
+    if history_nll:
+        res["history_nll"] = history_next_item_nll(out.logits[:, :L], ids, am, vocab)
     return res
+
+
+def history_next_item_nll(logits: torch.Tensor, ids: torch.Tensor, am: torch.Tensor, vocab: Vocab) -> torch.Tensor:
+    """Mean next-item cross-entropy over a prompt's history: position t predicts the item at t + 1
+    wherever that token is an item (``<hist>`` predicts the first, the last item predicts
+    ``<page>`` and is left out), over all items, unrestricted (SFT's ``L_next``).
+
+    ``logits`` (B, L, V) of the prompt's positions, ``ids``/``am`` (B, L) the prompt. 0 when no
+    position has a next item."""
+    nxt, live = ids[:, 1:], am[:, 1:] > 0
+    is_item = live & (nxt >= vocab.item_offset) & (nxt < vocab.item_offset + vocab.n_items)
+    if not bool(is_item.any()):
+        return logits.sum() * 0.0
+    rows = item_logits(logits[:, :-1], vocab)[is_item].float()  # (P, n_items)
+    return torch.nn.functional.cross_entropy(rows, nxt[is_item] - vocab.item_offset)
 
 
 def on_page_before(pages: torch.Tensor, n_items: int) -> torch.Tensor:

@@ -69,6 +69,29 @@ def test_recorded_logprobs_match_recomputation(lm, strategy):
     assert (pages.logprobs <= 0).all()
 
 
+def test_history_nll_is_sfts_next_item_loss_on_the_prompt(lm):
+    """PPO-ptx's term: the same forward as the page log-probs, and exactly SFT's L_next on windows
+    holding each prompt's history (left padding, the empty history and max_history cuts included)."""
+    from rlhf_ray.losses import token_nll
+    from rlhf_ray.stages.sft import Window, window_batch
+
+    model, vocab = lm
+    H = 12
+    prompts = build_prompts(HISTORIES, vocab, max_history=H)
+    pages = generate_pages(model, vocab, prompts, GenerationConfig(page_size=4)).items
+    out = page_logprobs(model, vocab, prompts, pages, history_nll=True)
+    torch.testing.assert_close(out["logprobs"], page_logprobs(model, vocab, prompts, pages)["logprobs"],
+                               atol=1e-5, rtol=0)
+    w = window_batch([Window(h[-H:], None) for h in HISTORIES if h], vocab)
+    logits = model(input_ids=w["ids"], attention_mask=w["mask"], use_cache=False).logits
+    want, _ = token_nll(logits[..., vocab.item_offset: vocab.item_offset + vocab.n_items], w["labels"])
+    torch.testing.assert_close(out["history_nll"], want, atol=1e-4, rtol=1e-4)
+    # differentiable, and 0 (not NaN) for prompts without a history
+    empty = build_prompts([[]], vocab, max_history=H)
+    e = page_logprobs(model, vocab, empty, pages[:1], history_nll=True)["history_nll"]
+    assert float(e.detach()) == 0.0 and e.requires_grad == out["history_nll"].requires_grad
+
+
 def test_beam_finds_at_least_greedy_likelihood(lm):
     model, vocab = lm
     prompts = build_prompts(HISTORIES, vocab, 50)

@@ -38,7 +38,8 @@ def ray_local():
 def orch(ray_local, tiny_sft, synth_data, tmp_path_factory):
     from actors.orchestrator import PPOOrchestrator
 
-    cfg = ppo_config(policy={"ranks": 2, "train": {"batch_size": 8, "zero_stage": 2, "lr": 1e-3}})
+    # ptx on: the policy's loss carries SFT's next-item term too (PPO-ptx), through ZeRO-2 on 2 ranks
+    cfg = ppo_config(policy={"ranks": 2, "ptx_coef": 0.5, "train": {"batch_size": 8, "zero_stage": 2, "lr": 1e-3}})
     o = PPOOrchestrator(cfg, str(tiny_sft), "rule", str(synth_data), str(tmp_path_factory.mktemp("ppo")),
                         log=lambda s: None)
     o.start()
@@ -76,8 +77,9 @@ def test_full_iteration_trains_and_zero2_ranks_stay_in_sync(orch):
     before_c = orch.critic.call("checksums")
     m = orch.iteration(0)
     for k in ("reward/total", "kl/per_page", "policy/policy_loss", "policy/entropy", "critic/value_loss",
-              "policy/grad_norm", "perf/pages_per_s"):
+              "policy/grad_norm", "perf/pages_per_s", "policy/ptx_nll"):
         assert math.isfinite(m[k]), k
+    assert m["policy/ptx_nll"] > 0
     assert m["policy/steps"] == orch.cfg.ppo_epochs * orch.cfg.rollout_batch_size // orch.cfg.policy.train.batch_size
     after_p = orch.policy.call("checksums")
     after_c = orch.critic.call("checksums")

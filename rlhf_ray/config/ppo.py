@@ -37,6 +37,10 @@ class PPOPolicyConfig(_TrainedRole):
 
     clip_eps: float = field(default=0.2, metadata=doc("PPO ratio clip epsilon", gt=0))
     entropy_coef: float = field(default=0.0, metadata=doc("entropy bonus weight: loss -= coef * H(pi)", ge=0))
+    ptx_coef: float = field(default=0.0, metadata=doc(
+        "PPO-ptx (InstructGPT's mix of the pre-training loss into PPO): loss += coef * SFT's next-item "
+        "cross-entropy over the items of the rollout prompts' histories, so PPO keeps the full ranking SFT "
+        "learned (0 = off)", ge=0))
     train: TrainConfig = field(default_factory=lambda: _ppo_train(1e-5), metadata=doc("policy engine"))
 
 
