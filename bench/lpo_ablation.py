@@ -91,6 +91,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 COLUMNS = ["ndcg@10", "recall@20", "tail_recall@20", "page_ild"]
 COMPARE = ["ndcg@10", "tail_recall@20"]
 VALID = ["ndcg@10", "tail_recall@20"]  # validation figures shown per variant (its checkpoint's, as selected)
+#: how a compared metric is named in the table's header
+LABELS = {"ndcg@10": "NDCG@10", "tail_recall@20": "tail R@20"}
 
 
 def ensure_sft(work: Path, seed: int, config: str, smoke: bool) -> Path:
@@ -174,54 +176,58 @@ def coverage(frame: pd.DataFrame, n_items: int) -> float:
     return float(np.unique(np.concatenate([np.asarray(p) for p in frame["page"]])).size) / n_items
 
 
-def record_valid(val: dict, name: str, ckpt: Path) -> None:
-    """Append the checkpoint's validation figures (:data:`VALID`, from its manifest) to ``val[name]``."""
+def record_valid(val: dict, name: str, ckpt: Path, valid=VALID) -> None:
+    """Append the checkpoint's validation figures (``valid``, from its manifest) to ``val[name]``."""
     m = json.loads((ckpt / "manifest.json").read_text()).get("metrics", {})
-    for c in VALID:
+    for c in valid:
         val.setdefault(name, {}).setdefault(c, []).append(m.get(f"val/{c}", float("nan")))
 
 
 def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[float]], whats: dict[str, str],
-                   prepared, n_seeds: int, base_what: str, base: str = "sft"):
-    """(rows, comparisons, markdown, tail users) of an ablation: every variant's test cells and
-    its paired comparison with ``base`` (NDCG@10 and tail Recall@20), one row per entry of
-    ``frames`` (``base`` first). ``val``: each variant's validation metrics (:data:`VALID`) per
+                   prepared, n_seeds: int, base_what: str, base: str = "sft", columns=COLUMNS, compare=COMPARE,
+                   valid=VALID):
+    """(rows, comparisons, markdown, tail users) of an ablation: every variant's test cells
+    (``columns``) and its paired comparison with ``base`` (``compare``), one row per entry of
+    ``frames`` (``base`` first). ``val``: each variant's validation metrics (``valid``) per
     seed, as its checkpoint's manifest records them (the selection figures)."""
     rows, comps = {}, {}
     for name, fr in frames.items():
         rows[name] = {"what": base_what if name == base else whats[name],
-                      "metrics": {c: cell(fr, c) for c in COLUMNS},
+                      "metrics": {c: cell(fr, c) for c in columns},
                       "page_coverage": stats.seed_summary([coverage(f, prepared.n_items) for f in fr]),
-                      **{f"valid_{c}": stats.seed_summary(val[name][c]) if name in val else None for c in VALID}}
+                      **{f"valid_{c}": stats.seed_summary(val[name][c]) if name in val else None for c in valid}}
         if name != base:
-            comps[name] = {c: stats.paired_diff(seed_avg(fr, c), seed_avg(frames[base], c)) for c in COMPARE}
-    lines = ["| variant | what | " + " | ".join(f"valid {c}" for c in VALID) + " | "
-             + " | ".join(f"test {c}" for c in COLUMNS)
-             + f" | page coverage | NDCG@10 vs {base.upper()} | tail R@20 vs {base.upper()} |",
-             "|---|---|" + "---|" * (len(VALID) + len(COLUMNS) + 3)]
+            comps[name] = {c: stats.paired_diff(seed_avg(fr, c), seed_avg(frames[base], c)) for c in compare}
+    lines = ["| variant | what | " + " | ".join(f"valid {c}" for c in valid) + " | "
+             + " | ".join(f"test {c}" for c in columns) + " | page coverage | "
+             + " | ".join(f"{LABELS.get(c, c)} vs {base.upper()}" for c in compare) + " |",
+             "|---|---|" + "---|" * (len(valid) + len(columns) + 1 + len(compare))]
     for name, r in rows.items():
         shown = ["—" if not r[f"valid_{c}"] or r[f"valid_{c}"]["mean"] is None else f"{r[f'valid_{c}']['mean']:.4f}"
-                 for c in VALID]
-        cells = shown + [fmt(r["metrics"][c]) for c in COLUMNS] + [f"{r['page_coverage']['mean']:.3f}"]
-        vs = ["—", "—"] if name == base else [
-            f"x{comps[name][c]['rel']:.3f} ({comps[name][c]['verdict']})" for c in COMPARE]
+                 for c in valid]
+        cells = shown + [fmt(r["metrics"][c]) for c in columns] + [f"{r['page_coverage']['mean']:.3f}"]
+        vs = ["—"] * len(compare) if name == base else [
+            f"x{comps[name][c]['rel']:.3f} ({comps[name][c]['verdict']})" for c in compare]
         lines.append(f"| {name} | {r['what']} | " + " | ".join(cells) + " | " + " | ".join(vs) + " |")
     hist, targets, ratings, users = prepared.histories("test")
     n_tail = int(sum(bool(np.asarray(prepared.is_tail)[t].any()) for t in targets if len(t)))
+    tail = (f"; tail Recall@20 over the {n_tail} users whose held-out item is a tail item"
+            if "tail_recall@20" in columns else "")
     lines += ["", f"Cells: mean over {n_seeds} seeds ±std over seeds [95% bootstrap interval over "
-                  f"{len(users)} test users; tail Recall@20 over the {n_tail} users whose held-out item is a "
-                  f"tail item]. vs {base.upper()}: ratio of means, paired over users; 'higher'/'lower' only when "
-                  f"the 95% interval of the difference excludes 0."]
+                  f"{len(users)} test users{tail}]. vs {base.upper()}: ratio of means, paired over users; "
+                  f"'higher'/'lower' only when the 95% interval of the difference excludes 0."]
     return rows, comps, "\n".join(lines), n_tail
 
 
 def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, base_what: str,
-                 describe_default=None) -> int:
+                 describe_default=None, columns=COLUMNS, compare=COMPARE, valid=VALID) -> int:
     """The command line of an ablation bench (this one and ``sft_ablation.py``): per seed, the
     protocol table's SFT (made if missing), every variant trained by ``train(run_dir, name, seed,
     smoke)`` (or reused), test read once per checkpoint into ``run_dir/<bench>/test``; one table
     (:func:`ablation_table`) written to ``<bench>.json``. ``variants``: name -> what it tests;
-    ``describe_default(run_dir, seed, smoke)``: the text of the "default" row, from its config."""
+    ``describe_default(run_dir, seed, smoke)``: the text of the "default" row, from its config;
+    ``columns``/``compare``/``valid``: the table's test columns, paired comparisons with SFT and
+    validation columns."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--seeds", default="0,1,2")
@@ -251,16 +257,17 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
         cache = d / bench / "test"
         run.add_input(f"seed{s}/sft", d / "sft")
         frames["sft"].append(test_frame(d / "sft", prepared, cache))
-        record_valid(val, "sft", d / "sft")
+        record_valid(val, "sft", d / "sft", valid)
         for name in names:
             ck = train(d, name, s, args.smoke)
             run.add_input(f"seed{s}/{name}", ck)
             frames.setdefault(name, []).append(test_frame(ck, prepared, cache))
-            record_valid(val, name, ck)
+            record_valid(val, name, ck, valid)
     whats = {k: variants[k] for k in names}
     if describe_default is not None and "default" in whats:
         whats["default"] = describe_default(dirs[0], seeds[0], args.smoke)
-    rows, comps, md, n_tail = ablation_table(frames, val, whats, prepared, len(seeds), base_what)
+    rows, comps, md, n_tail = ablation_table(frames, val, whats, prepared, len(seeds), base_what,
+                                             columns=columns, compare=compare, valid=valid)
     print(md)
     path = run.write(bench + ("_smoke" if args.smoke else ""),
                      {"protocol": "loo", "seeds": seeds, "variants": whats,

@@ -1,0 +1,107 @@
+"""PPO variants on ml-100k leave-one-out: what guards the ranking, what buys diversity.
+
+    python bench/ppo_ablation.py --seeds 0,1,2 [--variants default,ptx_1,...]
+    python bench/ppo_ablation.py --smoke --seeds 0      # synthetic data, minutes: the plumbing
+
+Every variant is a PPO run with the shipped config's ``ppo`` section that differs in one or two
+fields (:data:`VARIANTS`), from the seed's own SFT and reward model (the protocol table's,
+``runs/bench/loo/seed{s}/{sft,reward}``; ``default`` reuses that seed's PPO checkpoint when its
+manifest records the same config, else trains it):
+
+* ``ptx_*``: PPO-ptx, InstructGPT's mix of the pre-training loss into PPO
+  (``ppo.policy.ptx_coef``): SFT's next-item cross-entropy on the rollout prompts' histories,
+  added to the policy loss. PPO raises the page but can lower the full ranking (Recall@20,
+  NDCG@10) that the first slot's logits give; this term pulls those logits back to SFT's;
+* ``div*``: a larger weight on the page's category entropy in the reward
+  (``ppo.reward.diversity_weight``), for the ILD@10 target.
+
+Columns are the PPO targets (page NDCG@10, Recall@20, page ILD@10, README "Alignment targets")
+plus NDCG@10, each compared with SFT paired over users; the validation columns are PPO's own
+(its final policy on ``eval_users`` validation users, from the checkpoint's manifest), what a
+choice between variants is made on. Test is read once per checkpoint. Writes
+``bench/results/ppo_ablation.json``. The harness is ``bench/lpo_ablation.py``'s.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from lpo_ablation import run_ablation  # noqa: E402
+
+#: name -> (what it tests, changes to the ppo section)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "default": ("shipped PPO (the config's ppo section)", {}),
+    "ptx_0.1": ("PPO-ptx: + 0.1 x SFT's next-item loss on the prompts' histories", {"policy": {"ptx_coef": 0.1}}),
+    "ptx_1": ("PPO-ptx: + 1.0 x SFT's next-item loss on the prompts' histories", {"policy": {"ptx_coef": 1.0}}),
+    "div2": ("reward: category-entropy weight 2 instead of 1", {"reward": {"diversity_weight": 2.0}}),
+    "div2_ptx_1": ("category-entropy weight 2 and PPO-ptx 1.0",
+                   {"reward": {"diversity_weight": 2.0}, "policy": {"ptx_coef": 1.0}}),
+}
+COLUMNS = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
+COMPARE = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
+VALID = ["ndcg@10", "recall@20", "page_ild"]  # PPO's own validation: its pages of ppo.page_size (10), so page_ild is ILD@10
+
+
+def _same(ckpt: Path, cfg) -> bool:
+    m = ckpt / "manifest.json"
+    return m.is_file() and type(cfg).upgrade(json.loads(m.read_text()).get("config") or {}) == cfg.to_dict()
+
+
+def ppo_config(run_dir: Path, name: str, smoke: bool):
+    """The variant's PPOConfig: the seed's pipeline config with :data:`VARIANTS`' changes."""
+    from rlhf_ray.config.base import deep_merge
+    from rlhf_ray.pipeline import load_pipeline_raw
+
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    raw["ppo"] = deep_merge(raw.get("ppo") or {}, VARIANTS[name][1])
+    if smoke:
+        raw["ppo"] = deep_merge(raw["ppo"], {"iterations": 2, "rollout_batch_size": 8, "eval_every": 1,
+                                             "eval_users": 20, "save_every": 0,
+                                             "policy": {"train": {"batch_size": 8}},
+                                             "critic": {"train": {"batch_size": 8}}})
+    return load_pipeline_raw(raw)["ppo"]
+
+
+def ensure_reward(run_dir: Path, smoke: bool) -> Path:
+    """The seed's reward model (the protocol table's; trained with the pipeline when missing)."""
+    import subprocess
+
+    if not (run_dir / "reward" / "manifest.json").is_file():
+        cmd = [sys.executable, "-m", "rlhf_ray.cli", "pipeline", "--config", str(run_dir / "config.yaml"),
+               "--out", str(run_dir), "--stages", "reward"] + (["--smoke"] if smoke else [])
+        print(f"[ppo-ablation] $ {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, check=True)
+    return run_dir / "reward"
+
+
+def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
+    """Train (or reuse) one variant's PPO policy; returns its checkpoint directory."""
+    from rlhf_ray.stages.launch import launch
+
+    cfg = ppo_config(run_dir, name, smoke)
+    if name == "default" and _same(run_dir / "ppo", cfg):
+        return run_dir / "ppo"  # the seed's own PPO (protocol table / pipeline), same config
+    out = run_dir / "ppo_ablation" / name
+    if _same(out, cfg):
+        return out
+    t = time.time()
+    launch("ppo", cfg, str(run_dir / "data"), str(out), init=str(run_dir / "sft"),
+           inputs={"reward": str(ensure_reward(run_dir, smoke))})
+    print(f"[ppo-ablation] seed {seed} {name}: trained in {time.time() - t:.0f} s", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    return run_ablation(argv, __doc__, "ppo_ablation", {k: v[0] for k, v in VARIANTS.items()}, train_variant,
+                        "SFT (the start of every variant)", columns=COLUMNS, compare=COMPARE, valid=VALID)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""bench/ppo_ablation.py end to end on synthetic data: each variant is PPO from the seed's own SFT
+and reward with its one change in the config, the table carries the PPO targets' columns
+(page_ild@10 among them) with paired comparisons against SFT, and a rerun trains nothing."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_ppo_ablation_smoke_writes_one_table(tmp_path):
+    res, work = tmp_path / "results", tmp_path / "work"
+    cmd = [sys.executable, str(ROOT / "bench" / "ppo_ablation.py"), "--smoke", "--seeds", "0",
+           "--variants", "default,ptx_1", "--work", str(work), "--results", str(res)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((res / "ppo_ablation_smoke.json").read_text())
+    assert set(doc["rows"]) == {"sft", "default", "ptx_1"}
+    for row in doc["rows"].values():
+        for c in ("page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"):
+            m = row["metrics"][c]
+            assert m["n"] == doc["users"] and m["lo"] <= m["mean"] <= m["hi"], c
+        assert row["valid_ndcg@10"]["n_seeds"] == 1 and row["valid_page_ild"]["n_seeds"] == 1
+    assert set(doc["comparisons"]["ptx_1"]) == {"page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"}
+    run = work / "seed0"
+    manifest = lambda v: json.loads((run / "ppo_ablation" / v / "manifest.json").read_text())  # noqa: E731
+    seed_sft = json.loads((run / "sft" / "manifest.json").read_text())["id"]
+    assert manifest("ptx_1")["parent"]["id"] == seed_sft and manifest("ptx_1")["config"]["policy"]["ptx_coef"] == 1.0
+    assert manifest("default")["config"]["policy"]["ptx_coef"] == 0.0
+    assert "| page_ild@10 vs SFT |" in doc["markdown"].splitlines()[0] + "|"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert again.returncode == 0 and "trained in" not in again.stdout, again.stdout[-2000:]
