@@ -153,18 +153,18 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
     return out
 
 
-def test_frame(ckpt: Path, prepared, cache: Path) -> pd.DataFrame:
-    """Per-user test metrics of a checkpoint (20-item pages), cached beside it by manifest id."""
+def test_frame(ckpt: Path, prepared, cache: Path, split: str = "test") -> pd.DataFrame:
+    """Per-user ``split`` metrics of a checkpoint (20-item pages), cached beside it by manifest id."""
     from rlhf_ray.checkpoint import load_checkpoint
     from rlhf_ray.config import GenerationConfig
     from rlhf_ray.evaluation import evaluate_full
 
     mid = json.loads((ckpt / "manifest.json").read_text())["id"]
-    f = cache / f"{ckpt.name}-{mid}.parquet"
+    f = cache / (f"{ckpt.name}-{mid}.parquet" if split == "test" else f"{ckpt.name}-{mid}-{split}.parquet")
     if f.is_file():
         return pd.read_parquet(f)
     ck = load_checkpoint(ckpt)
-    ev = evaluate_full(ck.model.eval(), ck.vocab, prepared, "test", GenerationConfig(page_size=20))
+    ev = evaluate_full(ck.model.eval(), ck.vocab, prepared, split, GenerationConfig(page_size=20))
     frame = ev.per_user.drop(columns=["targets", "ranking"])
     cache.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(f)
@@ -176,9 +176,15 @@ def coverage(frame: pd.DataFrame, n_items: int) -> float:
     return float(np.unique(np.concatenate([np.asarray(p) for p in frame["page"]])).size) / n_items
 
 
-def record_valid(val: dict, name: str, ckpt: Path, valid=VALID) -> None:
-    """Append the checkpoint's validation figures (``valid``, from its manifest) to ``val[name]``."""
-    m = json.loads((ckpt / "manifest.json").read_text()).get("metrics", {})
+def record_valid(val: dict, name: str, ckpt: Path, valid=VALID, prepared=None, cache: Path | None = None) -> None:
+    """Append the checkpoint's validation figures (``valid``) to ``val[name]``: from its manifest
+    (the stage's own validation), or, given ``prepared`` and ``cache``, measured here on the
+    whole validation split like the test (every variant and SFT on the same users)."""
+    if prepared is not None:
+        frame = test_frame(ckpt, prepared, cache, split="valid")
+        m = {f"val/{c}": float(np.nanmean(frame[c].to_numpy(dtype=float))) for c in valid}
+    else:
+        m = json.loads((ckpt / "manifest.json").read_text()).get("metrics", {})
     for c in valid:
         val.setdefault(name, {}).setdefault(c, []).append(m.get(f"val/{c}", float("nan")))
 
@@ -220,14 +226,16 @@ def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[fl
 
 
 def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, base_what: str,
-                 describe_default=None, columns=COLUMNS, compare=COMPARE, valid=VALID) -> int:
+                 describe_default=None, columns=COLUMNS, compare=COMPARE, valid=VALID,
+                 whole_valid: bool = False) -> int:
     """The command line of an ablation bench (this one and ``sft_ablation.py``): per seed, the
     protocol table's SFT (made if missing), every variant trained by ``train(run_dir, name, seed,
     smoke)`` (or reused), test read once per checkpoint into ``run_dir/<bench>/test``; one table
     (:func:`ablation_table`) written to ``<bench>.json``. ``variants``: name -> what it tests;
     ``describe_default(run_dir, seed, smoke)``: the text of the "default" row, from its config;
     ``columns``/``compare``/``valid``: the table's test columns, paired comparisons with SFT and
-    validation columns."""
+    validation columns; ``whole_valid``: validation figures measured on the whole validation split
+    (20-item pages, as the test) instead of read from each checkpoint's manifest."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--seeds", default="0,1,2")
@@ -257,12 +265,13 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
         cache = d / bench / "test"
         run.add_input(f"seed{s}/sft", d / "sft")
         frames["sft"].append(test_frame(d / "sft", prepared, cache))
-        record_valid(val, "sft", d / "sft", valid)
+        vargs = (prepared, d / bench / "valid") if whole_valid else ()
+        record_valid(val, "sft", d / "sft", valid, *vargs)
         for name in names:
             ck = train(d, name, s, args.smoke)
             run.add_input(f"seed{s}/{name}", ck)
             frames.setdefault(name, []).append(test_frame(ck, prepared, cache))
-            record_valid(val, name, ck, valid)
+            record_valid(val, name, ck, valid, *vargs)
     whats = {k: variants[k] for k in names}
     if describe_default is not None and "default" in whats:
         whats["default"] = describe_default(dirs[0], seeds[0], args.smoke)

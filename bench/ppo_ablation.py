@@ -16,10 +16,10 @@ manifest records the same config, else trains it):
   (``ppo.reward.diversity_weight``), for the ILD@10 target.
 
 Columns are the PPO targets (page NDCG@10, Recall@20, page ILD@10, README "Alignment targets")
-plus NDCG@10, each compared with SFT paired over users; the validation columns are PPO's own
-(its final policy on ``eval_users`` validation users, from the checkpoint's manifest), what a
-choice between variants is made on. Test is read once per checkpoint. Writes
-``bench/results/ppo_ablation.json``. The harness is ``bench/lpo_ablation.py``'s.
+plus NDCG@10, each compared with SFT paired over users. The validation columns are the same
+figures on the whole validation split (every variant's final policy and SFT on the same users,
+20-item pages), what a choice between variants is made on. Test is read once per checkpoint.
+Writes ``bench/results/ppo_ablation.json``. The harness is ``bench/lpo_ablation.py``'s.
 """
 from __future__ import annotations
 
@@ -43,15 +43,23 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "div2": ("reward: category-entropy weight 2 instead of 1", {"reward": {"diversity_weight": 2.0}}),
     "div2_ptx_1": ("category-entropy weight 2 and PPO-ptx 1.0",
                    {"reward": {"diversity_weight": 2.0}, "policy": {"ptx_coef": 1.0}}),
+    "div3_ptx_1": ("category-entropy weight 3 and PPO-ptx 1.0",
+                   {"reward": {"diversity_weight": 3.0}, "policy": {"ptx_coef": 1.0}}),
+    "div4_ptx_1": ("category-entropy weight 4 and PPO-ptx 1.0",
+                   {"reward": {"diversity_weight": 4.0}, "policy": {"ptx_coef": 1.0}}),
 }
 COLUMNS = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
 COMPARE = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
-VALID = ["ndcg@10", "recall@20", "page_ild"]  # PPO's own validation: its pages of ppo.page_size (10), so page_ild is ILD@10
+VALID = COLUMNS  # on the whole validation split (942 users), SFT and every variant alike
 
 
 def _same(ckpt: Path, cfg) -> bool:
+    """Whether ``ckpt`` was trained with ``cfg`` (fields added since then read as their defaults)."""
     m = ckpt / "manifest.json"
-    return m.is_file() and type(cfg).upgrade(json.loads(m.read_text()).get("config") or {}) == cfg.to_dict()
+    if not m.is_file():
+        return False
+    old = type(cfg).upgrade(json.loads(m.read_text()).get("config") or {})
+    return type(cfg).from_dict(old).to_dict() == cfg.to_dict()
 
 
 def ppo_config(run_dir: Path, name: str, smoke: bool):
@@ -100,7 +108,8 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
 
 def main(argv=None) -> int:
     return run_ablation(argv, __doc__, "ppo_ablation", {k: v[0] for k, v in VARIANTS.items()}, train_variant,
-                        "SFT (the start of every variant)", columns=COLUMNS, compare=COMPARE, valid=VALID)
+                        "SFT (the start of every variant)", columns=COLUMNS, compare=COMPARE, valid=VALID,
+                        whole_valid=True)
 
 
 if __name__ == "__main__":

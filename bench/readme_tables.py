@@ -227,6 +227,7 @@ BLOCKS = {
     "reward_ml100k": block("reward_ml100k", "python bench/reward_ml100k.py --data DIR --sft DIR", reward_body),
     "lpo_ablation": block("lpo_ablation", "python bench/lpo_ablation.py --seeds 0,1,2", protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
+    "ppo_ablation": block("ppo_ablation", "python bench/ppo_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
                               "--reward DIR", ppo_before_after_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),

@@ -20,11 +20,11 @@ def test_ppo_ablation_smoke_writes_one_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((res / "ppo_ablation_smoke.json").read_text())
     assert set(doc["rows"]) == {"sft", "default", "ptx_1"}
-    for row in doc["rows"].values():
+    for name, row in doc["rows"].items():
         for c in ("page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"):
             m = row["metrics"][c]
             assert m["n"] == doc["users"] and m["lo"] <= m["mean"] <= m["hi"], c
-        assert row["valid_ndcg@10"]["n_seeds"] == 1 and row["valid_page_ild"]["n_seeds"] == 1
+        assert row["valid_ndcg@10"]["n_seeds"] == 1 and row["valid_page_ild@10"]["n_seeds"] == 1  # whole split
     assert set(doc["comparisons"]["ptx_1"]) == {"page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"}
     run = work / "seed0"
     manifest = lambda v: json.loads((run / "ppo_ablation" / v / "manifest.json").read_text())  # noqa: E731
