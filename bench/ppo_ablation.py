@@ -3,10 +3,12 @@
     python bench/ppo_ablation.py --seeds 0,1,2 [--variants default,ptx_1,...]
     python bench/ppo_ablation.py --smoke --seeds 0      # synthetic data, minutes: the plumbing
 
-Every variant is a PPO run with the shipped config's ``ppo`` section that differs in one or two
-fields (:data:`VARIANTS`), from the seed's own SFT and reward model (the protocol table's,
-``runs/bench/loo/seed{s}/{sft,reward}``; ``default`` reuses that seed's PPO checkpoint when its
-manifest records the same config, else trains it):
+Every variant is a PPO run from the seed's own SFT and reward model (the protocol table's,
+``runs/bench/loo/seed{s}/{sft,reward}``) with :data:`BASE` (the shipped ``ppo`` section as it was
+before this ablation) changed in one or two fields (:data:`VARIANTS`), so the rows stay one
+change apart whatever is shipped; ``default`` is the config's own section as shipped (it
+reuses the seed's PPO checkpoint when its manifest records the same config, as does every
+variant its own):
 
 * ``ptx_*``: PPO-ptx, InstructGPT's mix of the pre-training loss into PPO
   (``ppo.policy.ptx_coef``): SFT's next-item cross-entropy on the rollout prompts' histories,
@@ -35,9 +37,13 @@ sys.path.insert(0, str(BENCH))
 
 from lpo_ablation import run_ablation  # noqa: E402
 
-#: name -> (what it tests, changes to the ppo section)
+#: the ppo section every variant but ``default`` changes: the shipped one with the two fields this
+#: ablation searched set back to what was shipped before it (category entropy 1, no ptx)
+BASE = {"reward": {"diversity_weight": 1.0}, "policy": {"ptx_coef": 0.0}}
+#: name -> (what it tests, changes to BASE); "default" is the config's own ppo section as shipped
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "default": ("shipped PPO (the config's ppo section)", {}),
+    "base": ("PPO as shipped before this ablation: category-entropy weight 1, no ptx", {}),
+    "default": ("shipped (the config's ppo section as it is)", {}),
     "ptx_0.1": ("PPO-ptx: + 0.1 x SFT's next-item loss on the prompts' histories", {"policy": {"ptx_coef": 0.1}}),
     "ptx_1": ("PPO-ptx: + 1.0 x SFT's next-item loss on the prompts' histories", {"policy": {"ptx_coef": 1.0}}),
     "div2": ("reward: category-entropy weight 2 instead of 1", {"reward": {"diversity_weight": 2.0}}),
@@ -54,12 +60,9 @@ VALID = COLUMNS  # on the whole validation split (942 users), SFT and every vari
 
 
 def _same(ckpt: Path, cfg) -> bool:
-    """Whether ``ckpt`` was trained with ``cfg`` (fields added since then read as their defaults)."""
+    """Whether ``ckpt`` was trained with ``cfg`` (fields added since then read as their legacy values)."""
     m = ckpt / "manifest.json"
-    if not m.is_file():
-        return False
-    old = type(cfg).upgrade(json.loads(m.read_text()).get("config") or {})
-    return type(cfg).from_dict(old).to_dict() == cfg.to_dict()
+    return m.is_file() and type(cfg).upgrade(json.loads(m.read_text()).get("config") or {}) == cfg.to_dict()
 
 
 def ppo_config(run_dir: Path, name: str, smoke: bool):
@@ -68,7 +71,8 @@ def ppo_config(run_dir: Path, name: str, smoke: bool):
     from rlhf_ray.pipeline import load_pipeline_raw
 
     raw = yaml.safe_load((run_dir / "config.yaml").read_text())
-    raw["ppo"] = deep_merge(raw.get("ppo") or {}, VARIANTS[name][1])
+    if name != "default":
+        raw["ppo"] = deep_merge(deep_merge(raw.get("ppo") or {}, BASE), VARIANTS[name][1])
     if smoke:
         raw["ppo"] = deep_merge(raw["ppo"], {"iterations": 2, "rollout_batch_size": 8, "eval_every": 1,
                                              "eval_users": 20, "save_every": 0,
@@ -94,11 +98,10 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
     from rlhf_ray.stages.launch import launch
 
     cfg = ppo_config(run_dir, name, smoke)
-    if name == "default" and _same(run_dir / "ppo", cfg):
-        return run_dir / "ppo"  # the seed's own PPO (protocol table / pipeline), same config
     out = run_dir / "ppo_ablation" / name
-    if _same(out, cfg):
-        return out
+    for done in (out, run_dir / "ppo"):  # its own run, or the seed's PPO (protocol table) with the same config
+        if _same(done, cfg):
+            return done
     t = time.time()
     launch("ppo", cfg, str(run_dir / "data"), str(out), init=str(run_dir / "sft"),
            inputs={"reward": str(ensure_reward(run_dir, smoke))})

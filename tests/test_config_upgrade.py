@@ -33,6 +33,7 @@ def test_a_new_default_that_changes_behaviour_does_not_match():
 def test_nested_fields_are_upgraded_and_unknown_ones_stay_missing():
     now = PPOConfig().to_dict()
     assert PPOConfig.upgrade(_without(now, "reward.diversity_weight")) == now
+    assert PPOConfig.upgrade(_without(now, "policy.ptx_coef")) == now  # PPO-ptx off before it existed
     # a field with no legacy value: the recorded run is not known to match
     no_legacy = next(f.name for f in dataclasses.fields(PPOConfig) if "legacy" not in f.metadata)
     assert no_legacy not in PPOConfig.upgrade(_without(now, no_legacy))

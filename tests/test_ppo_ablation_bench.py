@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_ppo_ablation_smoke_writes_one_table(tmp_path):
     res, work = tmp_path / "results", tmp_path / "work"
     cmd = [sys.executable, str(ROOT / "bench" / "ppo_ablation.py"), "--smoke", "--seeds", "0",
-           "--variants", "default,ptx_1", "--work", str(work), "--results", str(res)]
+           "--variants", "base,default,ptx_1", "--work", str(work), "--results", str(res)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((res / "ppo_ablation_smoke.json").read_text())
-    assert set(doc["rows"]) == {"sft", "default", "ptx_1"}
+    assert set(doc["rows"]) == {"sft", "base", "default", "ptx_1"}
     for name, row in doc["rows"].items():
         for c in ("page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"):
             m = row["metrics"][c]
@@ -30,7 +30,11 @@ def test_ppo_ablation_smoke_writes_one_table(tmp_path):
     manifest = lambda v: json.loads((run / "ppo_ablation" / v / "manifest.json").read_text())  # noqa: E731
     seed_sft = json.loads((run / "sft" / "manifest.json").read_text())["id"]
     assert manifest("ptx_1")["parent"]["id"] == seed_sft and manifest("ptx_1")["config"]["policy"]["ptx_coef"] == 1.0
-    assert manifest("default")["config"]["policy"]["ptx_coef"] == 0.0
+    assert manifest("base")["config"]["policy"]["ptx_coef"] == 0.0
+    assert manifest("base")["config"]["reward"]["diversity_weight"] == 1.0
+    shipped = json.loads((run / "ppo" / "manifest.json").read_text())["config"] if (run / "ppo").is_dir() else \
+        manifest("default")["config"]
+    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 3.0  # shipped
     assert "| page_ild@10 vs SFT |" in doc["markdown"].splitlines()[0] + "|"
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert again.returncode == 0 and "trained in" not in again.stdout, again.stdout[-2000:]

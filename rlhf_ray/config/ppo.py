@@ -40,7 +40,7 @@ class PPOPolicyConfig(_TrainedRole):
     ptx_coef: float = field(default=0.0, metadata=doc(
         "PPO-ptx (InstructGPT's mix of the pre-training loss into PPO): loss += coef * SFT's next-item "
         "cross-entropy over the items of the rollout prompts' histories, so PPO keeps the full ranking SFT "
-        "learned (0 = off)", ge=0))
+        "learned (0 = off)", ge=0, legacy=0.0))
     train: TrainConfig = field(default_factory=lambda: _ppo_train(1e-5), metadata=doc("policy engine"))
 
 
