@@ -26,6 +26,7 @@ Writes ``bench/results/ppo_ablation.json``. The harness is ``bench/lpo_ablation.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -102,6 +103,12 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
     for done in (out, run_dir / "ppo"):  # its own run, or the seed's PPO (protocol table) with the same config
         if _same(done, cfg):
             return done
+    stale = [p for p in (out, Path(f"{out}.logs"), Path(f"{out}.state")) if p.exists()]
+    if stale:  # trained with another config (e.g. "default" before the shipped section changed): kept aside
+        aside = run_dir / "ppo_ablation" / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for p in stale:
+            shutil.move(str(p), str(aside / p.name))
     t = time.time()
     launch("ppo", cfg, str(run_dir / "data"), str(out), init=str(run_dir / "sft"),
            inputs={"reward": str(ensure_reward(run_dir, smoke))})
