@@ -2,6 +2,7 @@
 and reward with its one change in the config, the table carries the PPO targets' columns
 (page_ild@10 among them) with paired comparisons against SFT, and a rerun trains nothing."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,15 @@ def test_ppo_ablation_smoke_writes_one_table(tmp_path):
     assert "| page_ild@10 vs SFT |" in doc["markdown"].splitlines()[0] + "|"
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert again.returncode == 0 and "trained in" not in again.stdout, again.stdout[-2000:]
+    # a variant's directory trained with another config (and its resumable state) is set aside,
+    # not resumed or overwritten, and the variant is trained again
+    stale = run / "ppo_ablation" / "ptx_0.1"
+    shutil.copytree(run / "ppo_ablation" / "ptx_1", stale)
+    (run / "ppo_ablation" / "ptx_0.1.state").mkdir()
+    cmd[cmd.index("base,default,ptx_1")] = "ptx_0.1"
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert manifest("ptx_0.1")["config"]["policy"]["ptx_coef"] == 0.1
+    aside = [p for p in (run / "ppo_ablation").iterdir() if p.name.startswith("replaced-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["ptx_0.1", "ptx_0.1.state"]
+    assert json.loads((aside[0] / "ptx_0.1" / "manifest.json").read_text())["config"]["policy"]["ptx_coef"] == 1.0
