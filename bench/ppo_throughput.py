@@ -8,8 +8,8 @@ at once) + advantage (a Ray task beside the data: KL, token rewards, GAE, whiten
 (policy and critic groups at once, ppo_epochs passes). ``driver_get_bytes`` /
 ``driver_put_bytes``: what the controller process fetched and put per iteration (actors.ledger).
 Setups differ only in the ZeRO stage of the policy and critic groups (2 ranks each; stage 0
-is DDP) and in placement: colocated (one placement group, fractional CPUs) or spread (one
-placement group per role). One warm-up iteration, then ``--iterations`` measured ones.
+is DDP), in placement: colocated (one placement group, fractional CPUs) or spread (one
+placement group per role), and (``-ptx1``) in the policy's PPO-ptx term. One warm-up iteration, then ``--iterations`` measured ones.
 Missing inputs are trained first with the CLI (bench/ppo_common.py).
 
 Writes bench/results/ppo_throughput.json (through bench/provenance.py) and prints a table.
@@ -31,6 +31,8 @@ SETUPS = {
     "zero2-2rank-colocated": {"ranks": 2, "zero": 2, "colocate": True},
     "zero3-2rank-colocated": {"ranks": 2, "zero": 3, "colocate": True},
     "zero2-2rank-spread": {"ranks": 2, "zero": 2, "colocate": False},
+    # the shipped PPO-ptx term (ppo.policy.ptx_coef 1.0) on the default setup: what it costs
+    "zero2-2rank-colocated-ptx1": {"ranks": 2, "zero": 2, "colocate": True, "ptx": 1.0},
 }
 PHASES = ("sync", "generate", "score", "advantage", "train")
 
@@ -43,7 +45,7 @@ def ppo_config(setup: dict, batch: int, page_size: int, max_history: int, iterat
         "page_size": page_size, "max_history": max_history, "iterations": iterations + 1,
         "rollout_batch_size": batch, "ppo_epochs": 2, "eval_every": 0, "save_every": 0,
         "colocate": setup["colocate"], "strategy": "PACK" if setup["colocate"] else "SPREAD",
-        "policy": {"ranks": setup["ranks"], "train": train},
+        "policy": {"ranks": setup["ranks"], "train": train, "ptx_coef": setup.get("ptx", 0.0)},
         "critic": {"ranks": setup["ranks"], "train": train},
     })
 
