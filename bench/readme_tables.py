@@ -226,6 +226,9 @@ BLOCKS = {
     "fault_injection": block("fault_injection", "python bench/fault_injection.py", fault_body),
     "reward_ml100k": block("reward_ml100k", "python bench/reward_ml100k.py --data DIR --sft DIR", reward_body),
     "lpo_ablation": block("lpo_ablation", "python bench/lpo_ablation.py --seeds 0,1,2", protocol_body),
+    "lpo_ablation_recheck": block("lpo_ablation_recheck", "python bench/lpo_ablation.py --seeds 0,1,2 "
+                                  "--variants base,default,pool_head,head_n16,tail_heavy --results DIR",
+                                  protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_ablation": block("ppo_ablation", "python bench/ppo_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
