@@ -137,15 +137,21 @@ def describe(cfg) -> str:
                                                                      == "preference" else ""))
 
 
+def same_config(ckpt: Path, cfg) -> bool:
+    """Whether the checkpoint at ``ckpt`` was trained with ``cfg`` (fields added since then count as
+    their legacy values): what every ablation bench reuses a checkpoint on."""
+    m = ckpt / "manifest.json"
+    return m.is_file() and type(cfg).upgrade(json.loads(m.read_text()).get("config") or {}) == cfg.to_dict()
+
+
 def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
     """Train (or reuse, when its manifest records the same config) one variant's checkpoint."""
     from rlhf_ray.stages.launch import launch
 
     cfg = lpo_config(run_dir, name, seed, smoke)
     out = run_dir / "lpo_ablation" / name
-    manifest = out / "manifest.json"
-    if manifest.is_file() and type(cfg).upgrade(json.loads(manifest.read_text()).get("config") or {}) == cfg.to_dict():
-        return out  # the same config (fields added since it was trained count as their legacy values)
+    if same_config(out, cfg):
+        return out
     init = run_dir / ("pretrain" if name == "joint" else "sft")
     t = time.time()
     launch("lpo", cfg, str(run_dir / "data"), str(out), init=str(init))

@@ -25,8 +25,6 @@ Writes ``bench/results/ppo_ablation.json``. The harness is ``bench/lpo_ablation.
 """
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,8 @@ import yaml
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from lpo_ablation import run_ablation  # noqa: E402
+from lpo_ablation import run_ablation, same_config  # noqa: E402
+from protocol_table import set_aside  # noqa: E402
 
 #: the ppo section every variant but ``default`` changes: the shipped one with the two fields this
 #: ablation searched set back to what was shipped before it (category entropy 1, no ptx)
@@ -58,12 +57,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 COLUMNS = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
 COMPARE = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
 VALID = COLUMNS  # on the whole validation split (942 users), SFT and every variant alike
-
-
-def _same(ckpt: Path, cfg) -> bool:
-    """Whether ``ckpt`` was trained with ``cfg`` (fields added since then read as their legacy values)."""
-    m = ckpt / "manifest.json"
-    return m.is_file() and type(cfg).upgrade(json.loads(m.read_text()).get("config") or {}) == cfg.to_dict()
 
 
 def ppo_config(run_dir: Path, name: str, smoke: bool):
@@ -101,14 +94,10 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
     cfg = ppo_config(run_dir, name, smoke)
     out = run_dir / "ppo_ablation" / name
     for done in (out, run_dir / "ppo"):  # its own run, or the seed's PPO (protocol table) with the same config
-        if _same(done, cfg):
+        if same_config(done, cfg):
             return done
-    stale = [p for p in (out, Path(f"{out}.logs"), Path(f"{out}.state")) if p.exists()]
-    if stale:  # trained with another config (e.g. "default" before the shipped section changed): kept aside
-        aside = run_dir / "ppo_ablation" / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        aside.mkdir(parents=True, exist_ok=True)
-        for p in stale:
-            shutil.move(str(p), str(aside / p.name))
+    # trained with another config (e.g. "default" before the shipped section changed): kept aside
+    set_aside(out.parent, [name], time.strftime("%Y%m%d-%H%M%S"))
     t = time.time()
     launch("ppo", cfg, str(run_dir / "data"), str(out), init=str(run_dir / "sft"),
            inputs={"reward": str(ensure_reward(run_dir, smoke))})

@@ -37,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from lpo_ablation import run_ablation  # noqa: E402
+from lpo_ablation import run_ablation, same_config  # noqa: E402
 
 #: name -> (what it tests, changes to the pretrain section or None = no pre-training, changes to the sft section)
 VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
@@ -51,11 +51,6 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
     "epochs_15": ("a 15-epoch cosine schedule instead of 40 (early stopping ends the 40-epoch runs at "
                   "epochs 12-14, with the learning rate still near its peak)", {}, {"train": {"epochs": 15}}),
 }
-
-
-def _same(ckpt: Path, cfg) -> bool:
-    m = ckpt / "manifest.json"
-    return m.is_file() and type(cfg).upgrade(json.loads(m.read_text()).get("config") or {}) == cfg.to_dict()
 
 
 def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
@@ -82,9 +77,9 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
         init = run_dir / "pretrain"  # the seed's own pre-training
     elif pre_changes:
         init = run_dir / "sft_ablation" / f"{name}-pretrain"
-        if not _same(init, cfgs["pretrain"]):
+        if not same_config(init, cfgs["pretrain"]):
             launch("pretrain", cfgs["pretrain"], str(run_dir / "data"), str(init))
-    if _same(out, cfgs["sft"]) and (init is None or json.loads((out / "manifest.json").read_text())
+    if same_config(out, cfgs["sft"]) and (init is None or json.loads((out / "manifest.json").read_text())
                                     .get("parent", {}).get("id") == json.loads((init / "manifest.json").read_text())["id"]):
         return out
     t = time.time()
