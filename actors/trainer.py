@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from typing import Callable
 
 import torch
@@ -46,17 +47,25 @@ class TrainerActor(BaseActor):
         rank_seed = derive_seed(seed, "rank", self.rank)
         prompts = batch.prompts(self.vocab)  # (b, L) tokens, (b, N) seen-item mask: built here, once
         sums: dict[str, float] = {}
+        clock = {"batch": 0.0, "forward": 0.0, "backward": 0.0, "step": 0.0}  # seconds per phase, summed
         steps = 0
         for idx in minibatches(len(exp), mb, epochs, rank_seed):
+            t0 = time.perf_counter()
             p, m = to_device((take(prompts, idx), take(exp, idx)), self.engine.device)
+            t1 = time.perf_counter()
             loss, stats = loss_fn(p, m)
+            t2 = time.perf_counter()
             self.engine.backward(loss)
+            t3 = time.perf_counter()
             stats["grad_norm"] = self.engine.step()
+            t4 = time.perf_counter()
+            for k, dt in zip(clock, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                clock[k] += dt
             steps += 1
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         out = {k: v / max(steps, 1) for k, v in sums.items()}
-        out.update(steps=float(steps), lr=self.engine.lr)
+        out.update(steps=float(steps), lr=self.engine.lr, **{f"time_{k}_s": v for k, v in clock.items()})
         return out
 
     # -- resumable state -----------------------------------------------------------

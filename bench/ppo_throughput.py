@@ -70,6 +70,9 @@ def measure(name: str, setup: dict, args, K: int, H: int) -> dict:
            "pages_per_s": args.batch * len(runs) / wall}
     row.update({f"{p}_s": sum(m[f"time/{p}_s"] for m in runs) / len(runs) for p in PHASES})
     row.update({k: sum(m[f"perf/driver_{k}"] for m in runs) / len(runs) for k in ("get_bytes", "put_bytes")})
+    for role in ("policy", "critic"):  # inside the role's train call: rank-mean seconds per iteration
+        row.update({f"{role}_{k}_s": sum(m[f"{role}/time_{k}_s"] for m in runs) / len(runs)
+                    for k in ("batch", "forward", "backward", "step")})
     row["reward"] = float(sum(m["reward/total"] for m in runs) / len(runs))
     print(f"[bench] {name}: {row['pages_per_s']:.1f} pages/s, {row['iteration_s']:.2f} s/iteration "
           f"(startup {startup:.0f} s)", flush=True)
