@@ -259,6 +259,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     path = Path(args.readme)
     old = path.read_text()
+    absent = sorted(set(BLOCKS) - {m.group("name") for m in PATTERN.finditer(old)})
+    if absent:  # a block lost in a prose edit would otherwise pass --check unseen
+        print(f"{path}: generated block(s) missing: {', '.join('bench:' + n for n in absent)} "
+              "(restore their BEGIN/END markers)", file=sys.stderr)
+        return 1
     new = render_readme(old)
     if args.check:
         if new != old:

@@ -38,3 +38,15 @@ def test_every_committed_result_records_its_provenance():
         assert prov.get("command"), f"{f.name}: no command"
         assert prov.get("load_before") is not None and prov.get("load_after") is not None, f"{f.name}: no load"
         assert "inputs" in prov, f"{f.name}: no input ids"
+
+
+def test_check_fails_when_a_generated_block_is_gone(tmp_path):
+    """A prose edit that swallows a block's markers must not pass --check."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("<!-- BEGIN bench:protocol_pagellm -->")
+    end = text.index("<!-- END bench:protocol_pagellm -->") + len("<!-- END bench:protocol_pagellm -->")
+    readme = tmp_path / "README.md"
+    readme.write_text(text[:start] + text[end:])
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "readme_tables.py"), "--check", "--readme", str(readme)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "bench:protocol_pagellm" in out.stderr, out.stderr + out.stdout
