@@ -2,14 +2,20 @@
 
     .venv/bin/python bench/sft_select.py --protocol loo                 # the default grid below
     .venv/bin/python bench/sft_select.py --protocol loo --variant "lr5e-4:train.lr=0.0005"
+    .venv/bin/python bench/sft_select.py --protocol loo --variant "shipped:train.epochs=40,train.patience=3" \
+        --variant "cos16:train.epochs=16,train.patience=0" --variant "cos24:train.epochs=24,train.patience=0"
 
 Each variant is the shipped pipeline config (``--config``) with the protocol's split and
 Pareto tail (as ``bench/protocol_table.py`` builds it, seed 0) plus a few ``sft`` overrides,
-run through ``rlhf-ray pipeline --stages data,pretrain,sft``. Every variant trains with an
-epoch cap that should not bind (``train.epochs`` 40) and early stopping on validation
-NDCG@10 (``train.patience`` 3, best weights restored); the JSON records ``stopped_by`` so a
-run that hit the cap shows. The variant with the best *validation* NDCG@10 wins; test is
-never read here. The winner's overrides are written to ``--write-config`` (default
+run through ``rlhf-ray pipeline --stages data,pretrain,sft``. By default a variant trains with
+an epoch cap that should not bind (``train.epochs`` 40) and early stopping on validation
+NDCG@10 (``train.patience`` 3, best weights restored). A variant may instead fix the length of
+the cosine schedule (``train.epochs=E,train.patience=0``): it then runs all E epochs down to
+the schedule's floor and keeps its best validation epoch. That is a choice of schedule, made on
+validation like any other, not a cap: early stopping inside a long cosine schedule stops while
+the learning rate is still near its peak, where validation swings between epochs. The JSON
+records ``stopped_by`` (``early_stopping`` or ``epochs``) for every variant. The variant with
+the best *validation* NDCG@10 wins; test is never read here. The winner's overrides are written to ``--write-config`` (default
 ``bench/configs/ml-100k-selected.yaml``), which ``protocol_table.py --config`` then runs
 for every seed, and its seed-0 run is reused there as seed 0.
 
