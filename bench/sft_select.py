@@ -122,7 +122,8 @@ def main(argv=None) -> int:
         shown = Path(args.config).resolve()
         shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
         tmp.write_text(f"# {shown} with the SFT variant {best!r} chosen on {args.protocol} validation NDCG@10 "
-                       "by bench/sft_select.py\n" + yaml.safe_dump(base, sort_keys=False))
+                       f"by bench/sft_select.py;\n# every other setting (PPO, LPO, reward: the sweeps' choices) is {shown}'s\n"
+                       + yaml.safe_dump(base, sort_keys=False))
         tmp.replace(dest)
         seed0 = ROOT / "runs" / "bench" / args.protocol / "seed0"
         if not seed0.exists():  # the winner is protocol_table's seed 0: same config, same seed
