@@ -15,9 +15,10 @@ the schedule's floor and keeps its best validation epoch. That is a choice of sc
 validation like any other, not a cap: early stopping inside a long cosine schedule stops while
 the learning rate is still near its peak, where validation swings between epochs. The JSON
 records ``stopped_by`` (``early_stopping`` or ``epochs``) for every variant. The variant with
-the best *validation* NDCG@10 wins; test is never read here. The winner's overrides are written to ``--write-config`` (default
-``bench/configs/ml-100k-selected.yaml``), which ``protocol_table.py --config`` then runs
-for every seed, and its seed-0 run is reused there as seed 0.
+the best *validation* NDCG@10 wins; test is never read here. The winner's overrides are
+written to ``--write-config`` (default ``bench/configs/ml-100k-selected.yaml``), which
+``protocol_table.py --config`` then runs for every seed, and its seed-0 run is reused there
+as seed 0.
 
 The grid is the same size as each peer's in ``bench/peers_bench.py`` (2 to 4 configs).
 Writes ``bench/results/sft_select_{protocol}.json``.
