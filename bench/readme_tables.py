@@ -229,6 +229,9 @@ BLOCKS = {
     "lpo_ablation_recheck": block("lpo_ablation_recheck", "python bench/lpo_ablation.py --seeds 0,1,2 "
                                   "--variants base,default,pool_head,head_n16,tail_heavy --results DIR",
                                   protocol_body),
+    "tail_frontier": block("tail_frontier", "python bench/tail_frontier.py --work runs/bench/loo", protocol_body),
+    "tail_frontier_pagellm": block("tail_frontier_pagellm", "python bench/tail_frontier.py --work "
+                                   "runs/bench/pagellm", protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_ablation": block("ppo_ablation", "python bench/ppo_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
