@@ -32,3 +32,23 @@ def test_pretrain_validation_carries_the_baselines(synth_data, tmp_path):
     metrics = pretrain.run(cfg, str(synth_data), str(tmp_path / "pt"))
     assert metrics["val/rating_rmse"] > 0
     assert metrics["val/rating_rmse_global_mean"] > 0 and metrics["val/rating_rmse_item_mean"] > 0
+
+
+def test_two_runs_of_one_config_write_the_same_weights(synth_data, tmp_path):
+    """A fresh model and its rating head are drawn from train.seed, not from whatever the process's
+    torch RNG held (two pipeline runs of one config used to pre-train different models)."""
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = PretrainConfig.from_dict({"model": TINY_MODEL, "train": {"epochs": 1, "max_steps": 3, "batch_size": 16,
+                                                                  "progress": False, "tensorboard": False}})
+    pretrain.run(cfg, str(synth_data), str(tmp_path / "a"))
+    torch.randn(7)  # the process's RNG has moved on, as it would in another process or after another stage
+    pretrain.run(cfg, str(synth_data), str(tmp_path / "b"))
+    for f in ("model.safetensors", "heads.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / f)), load_file(str(tmp_path / "b" / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    other = PretrainConfig.from_dict({**cfg.to_dict(), "train": {**cfg.train.to_dict(), "seed": 1}})
+    pretrain.run(other, str(synth_data), str(tmp_path / "c"))
+    a, c = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("a", "c"))
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the seed is what decides
