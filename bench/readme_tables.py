@@ -234,6 +234,8 @@ BLOCKS = {
                                    "runs/bench/pagellm", protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_ablation": block("ppo_ablation", "python bench/ppo_ablation.py --seeds 0,1,2", protocol_body),
+    "ppo_ablation_seeded": block("ppo_ablation_seeded", "python bench/ppo_ablation.py --seeds 0,1,2 --variants "
+                                 "base,ptx_1,default,long,hit3,long_hit3 --results DIR", protocol_body),
     "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
                               "--reward DIR", ppo_before_after_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
