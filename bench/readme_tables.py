@@ -231,7 +231,7 @@ BLOCKS = {
                                   protocol_body),
     "tail_frontier": block("tail_frontier", "python bench/tail_frontier.py --work runs/bench/loo", protocol_body),
     "tail_frontier_pagellm": block("tail_frontier_pagellm", "python bench/tail_frontier.py --work "
-                                   "runs/bench/pagellm", protocol_body),
+                                   "runs/bench/pagellm --name tail_frontier_pagellm", protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_ablation": block("ppo_ablation", "python bench/ppo_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_ablation_seeded": block("ppo_ablation_seeded", "python bench/ppo_ablation.py --seeds 0,1,2 --variants "

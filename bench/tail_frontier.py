@@ -13,11 +13,12 @@ over the users whose validation item is a tail item). The headline per policy is
 tail ratio whose NDCG ratio stays at or above ``--guard`` (0.99, LPO's NDCG target).
 
 Validation only: the test split is never read, so the frontier can inform a choice without
-spending the test set. Writes ``bench/results/tail_frontier.json``.
+spending the test set. Writes ``bench/results/tail_frontier.json`` (``--name``: another file name).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -67,19 +68,28 @@ def pooled_curve(per_seed: list[dict], base: dict, betas) -> list[dict]:
     return out
 
 
-def seed_scores(run_dir: Path, policy: str):
-    """(validation log-softmax scores (U, I), log(1 + popularity), targets, tail targets)."""
+def seed_split(run_dir: Path):
+    """One seed's data, once for every policy: (prepared data, validation histories and users,
+    log(1 + popularity), targets, tail targets)."""
+    from rlhf_ray.data.prepared import load_prepared
+    from rlhf_ray.evaluation import pad_lists
+
+    prep = load_prepared(run_dir / "data")
+    hist, targets, _, users = prep.histories("valid")
+    tail = np.asarray(prep.is_tail, bool)
+    return (hist, users, np.log1p(np.asarray(prep.popularity, float)), pad_lists(targets),
+            pad_lists([[t for t in ts if tail[t]] for ts in targets]))
+
+
+def policy_scores(ckpt: Path, hist, users) -> np.ndarray:
+    """(U, I) validation log-softmax scores of one checkpoint (its own prompt settings)."""
     import torch
 
     from rlhf_ray.checkpoint import load_checkpoint, prompt_of
-    from rlhf_ray.data.prepared import load_prepared
-    from rlhf_ray.evaluation import pad_lists
     from rlhf_ray.generation import build_prompts, score_items
 
-    prep = load_prepared(run_dir / "data")
-    ck = load_checkpoint(run_dir / policy)
+    ck = load_checkpoint(ckpt)
     ck.model.eval()
-    hist, targets, _, users = prep.histories("valid")
     prompt = prompt_of(ck.manifest)
     chunks = []
     with torch.no_grad():
@@ -87,15 +97,11 @@ def seed_scores(run_dir: Path, policy: str):
             prompts = build_prompts(hist[s:s + 256], ck.vocab, int(prompt["max_history"]),
                                     exclude_seen=bool(prompt.get("exclude_seen", True)), user_idx=users[s:s + 256])
             chunks.append(torch.log_softmax(score_items(ck.model, ck.vocab, prompts).float(), -1).numpy())
-    tail = np.asarray(prep.is_tail, bool)
-    return (np.concatenate(chunks), np.log1p(np.asarray(prep.popularity, float)), pad_lists(targets),
-            pad_lists([[t for t in ts if tail[t]] for ts in targets]))
+    return np.concatenate(chunks)
 
 
 def stage_parent(ckpt: Path) -> str | None:
     """The stage a checkpoint was trained from (the pipeline's lpo starts from ppo when order is [ppo, lpo])."""
-    import json
-
     return (json.loads((ckpt / "manifest.json").read_text()).get("parent") or {}).get("stage")
 
 
@@ -126,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--betas", default=",".join(f"{b:g}" for b in BETAS), help="popularity weights, comma list")
     p.add_argument("--guard", type=float, default=0.99, help="NDCG@10 ratio floor of the headline point")
     p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--name", default="tail_frontier", help="result file name (RESULTS/NAME.json), e.g. "
+                   "tail_frontier_pagellm for the PageLLM protocol's runs")
     args = p.parse_args(argv)
     work = Path(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -139,15 +147,16 @@ def main(argv=None) -> int:
         p.error("no checkpoint at " + ", ".join(missing) + " (run bench/protocol_table.py with this --work first)")
     run = Run(inputs={f"seed{s}/{pol}": work / f"seed{s}" / pol for s in seeds for pol in ["sft", *policies]})
     per = {pol: [] for pol in dict.fromkeys(["sft", *policies])}
-    counts, parents = {}, {}
+    parents = {}
     for s in seeds:
+        hist, users, log_pop, targets, tail_targets = seed_split(work / f"seed{s}")
         for pol in per:
-            lp, log_pop, targets, tail_targets = seed_scores(work / f"seed{s}", pol)
+            lp = policy_scores(work / f"seed{s}" / pol, hist, users)
             parents[pol] = stage_parent(work / f"seed{s}" / pol)
             per[pol].append({b: point(lp, log_pop, b, targets, tail_targets) for b in betas})
-            counts = per[pol][-1][0.0]
             print(f"[tail-frontier] seed {s} {pol}: " + "  ".join(
                 f"b={b:g} {v['ndcg@10']:.4f}/{v['tail_recall@20']:.4f}" for b, v in per[pol][-1].items()), flush=True)
+    counts = per["sft"][-1][0.0]
     base = {k: float(np.mean([x[0.0][k] for x in per["sft"]])) for k in ("ndcg@10", "tail_recall@20")}
     curves = {pol: pooled_curve(v, base, betas) for pol, v in per.items()}
     result = {"what": "validation NDCG@10 vs tail Recall@20 under popularity re-ranking, per policy",
@@ -157,7 +166,7 @@ def main(argv=None) -> int:
               "per_seed": {pol: [{f"{b:g}": x for b, x in s.items()} for s in v] for pol, v in per.items()}}
     result["markdown"] = markdown(result)
     print(result["markdown"])
-    print(f"[tail-frontier] wrote {run.write('tail_frontier', result, args.results)}")
+    print(f"[tail-frontier] wrote {run.write(args.name, result, args.results)}")
     return 0
 
 

@@ -140,10 +140,11 @@ def ranking_validator(prepared, vocab, prompt, max_users: int):
 def run_stage(build_spec: Callable, cfg, data_dir: str, out_dir: str, init: str | None,
               model_cfg: ModelConfig | None) -> dict:
     """What every supervised stage's ``run`` does: open the data, start the policy (from ``init``
-    or fresh from ``model_cfg``; fresh weights and new heads drawn from ``cfg.train.seed``), build the stage's :class:`StageSpec` and :func:`fit` it, logging
-    to ``<out>.logs``. Any of the locations may be a storage URI: inputs are read through this
-    node's copy, and the checkpoint and logs are written locally and published there at the end
-    (:func:`rlhf_ray.storage.staged`; on a Ray Train worker group only rank 0 writes any)."""
+    or fresh from ``model_cfg``; fresh weights and new heads drawn from ``cfg.train.seed``), build
+    the stage's :class:`StageSpec` and :func:`fit` it, logging to ``<out>.logs``. Any of the
+    locations may be a storage URI: inputs are read through this node's copy, and the checkpoint
+    and logs are written locally and published there at the end (:func:`rlhf_ray.storage.staged`;
+    on a Ray Train worker group only rank 0 writes any)."""
     from rlhf_ray.seeding import seed_everything
     from rlhf_ray.stages.loop import fit
     from rlhf_ray.stages.runlog import log_dir
