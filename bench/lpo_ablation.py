@@ -95,12 +95,12 @@ VALID = ["ndcg@10", "tail_recall@20"]  # validation figures shown per variant (i
 LABELS = {"ndcg@10": "NDCG@10", "tail_recall@20": "tail R@20"}
 
 
-def ensure_sft(work: Path, seed: int, config: str, smoke: bool) -> Path:
+def ensure_sft(work: Path, seed: int, config: str, smoke: bool, protocol: str = "loo") -> Path:
     """``work/seed{s}`` with data, pretrain and sft (the protocol table's, reused when complete)."""
     out = work / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     cfg = out / "config.yaml"
-    text = yaml.safe_dump(protocol_config(config, "loo", seed, smoke))
+    text = yaml.safe_dump(protocol_config(config, protocol, seed, smoke))
     if (out / "sft" / "manifest.json").is_file() and cfg.is_file() and cfg.read_text() == text:
         return out  # the protocol table's run of this seed (maybe still running its later stages)
     cfg.write_text(text)
@@ -245,6 +245,9 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--protocol", default="loo", choices=["loo", "pagellm"],
+                   help="the split the seeds' runs use (bench/protocol_table.py's); the JSON is <bench>.json for "
+                        "loo, <bench>_pagellm.json for pagellm")
     p.add_argument("--variants", default=",".join(variants), help=f"comma list of {', '.join(variants)}")
     p.add_argument("--config", default=str(ROOT / "bench" / "configs" / "ml-100k-selected.yaml"),
                    help="pipeline config the seeds' runs are made from (default: the selected config)")
@@ -259,10 +262,10 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
         p.error(f"unknown variants {unknown}" if unknown else "--seeds: give at least one seed")
     from rlhf_ray.data.prepared import load_prepared
 
-    work = Path(args.work or ROOT / "runs" / "bench" / ("loo-smoke" if args.smoke else "loo"))
+    work = Path(args.work or ROOT / "runs" / "bench" / (args.protocol + ("-smoke" if args.smoke else "")))
     run = Run(inputs={"config": args.config})
     t0 = time.time()
-    dirs = [ensure_sft(work, s, args.config, args.smoke) for s in seeds]
+    dirs = [ensure_sft(work, s, args.config, args.smoke, args.protocol) for s in seeds]
     prepared = load_prepared(dirs[0] / "data")
     run.add_input("data", dirs[0] / "data")
     frames: dict[str, list[pd.DataFrame]] = {"sft": []}
@@ -284,8 +287,9 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     rows, comps, md, n_tail = ablation_table(frames, val, whats, prepared, len(seeds), base_what,
                                              columns=columns, compare=compare, valid=valid)
     print(md)
-    path = run.write(bench + ("_smoke" if args.smoke else ""),
-                     {"protocol": "loo", "seeds": seeds, "variants": whats,
+    name = bench + ("" if args.protocol == "loo" else f"_{args.protocol}") + ("_smoke" if args.smoke else "")
+    path = run.write(name,
+                     {"protocol": args.protocol, "seeds": seeds, "variants": whats,
                       "rows": rows, "comparisons": comps, "markdown": md,
                       "users": len(prepared.histories("test")[3]),
                       "tail_users": n_tail, "seconds": round(time.time() - t0, 1)},

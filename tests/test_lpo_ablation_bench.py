@@ -32,3 +32,27 @@ def test_ablation_smoke_writes_one_table(tmp_path):
     cfg = json.loads((run / "lpo_ablation" / "reweight_adaptive" / "manifest.json").read_text())["config"]
     assert cfg["reweight"] == "adaptive" and cfg["reweight_strength"] == 1.0
     assert "| reweight_adaptive |" in doc["markdown"]
+
+
+def test_ensure_sft_reuses_only_the_run_of_its_protocol(tmp_path, monkeypatch):
+    """--protocol pagellm reuses the PageLLM table's run of a seed; a loo ablation pointed at the same
+    directory does not reuse it (it would compare against an SFT of another split) but rewrites the
+    config with the leave-one-out split and runs the pipeline."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import lpo_ablation
+    from protocol_table import protocol_config
+
+    config = str(ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml")
+    run = tmp_path / "seed0"
+    (run / "sft").mkdir(parents=True)
+    (run / "sft" / "manifest.json").write_text("{}")
+    (run / "config.yaml").write_text(yaml.safe_dump(protocol_config(config, "pagellm", 0, False)))
+    calls = []
+    monkeypatch.setattr(lpo_ablation.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    assert lpo_ablation.ensure_sft(tmp_path, 0, config, False, "pagellm") == run
+    assert calls == []
+    lpo_ablation.ensure_sft(tmp_path, 0, config, False, "loo")
+    assert len(calls) == 1 and "data,pretrain,sft" in calls[0]
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["split"] == "leave_one_out"
