@@ -97,6 +97,8 @@ def main() -> None:
                     help="on-policy rejected pages per golden page (default: RewardConfig's; 0 = synthetic only)")
     ap.add_argument("--policy-graded", type=int, default=None,
                     help="graded pairs of policy pages per golden page (default: RewardConfig's; 0 = none)")
+    ap.add_argument("--train-blocks", type=int, default=None,
+                    help="reward.train_blocks: train only the top N transformer blocks (0: heads only; default: all)")
     ap.add_argument("--samples", type=int, default=8, help="calibration: policy pages sampled per held-out prompt")
     ap.add_argument("--max-prompts", type=int, default=400, help="calibration: at most N held-out prompts")
     ap.add_argument("--seed", type=int, default=0, help="training seed of the reward model")
@@ -134,8 +136,8 @@ def main() -> None:
              "progress": False, "tensorboard": False, "seed": args.seed}
     if args.smoke_test:
         train.update(max_steps=5, epochs=1)
-    over = {k: v for k, v in (("policy_pages", args.policy_pages), ("policy_graded", args.policy_graded))
-            if v is not None}
+    over = {k: v for k, v in (("policy_pages", args.policy_pages), ("policy_graded", args.policy_graded),
+                              ("train_blocks", args.train_blocks)) if v is not None}
     cfg = RewardConfig.from_dict({"train": train, "max_history": args.max_history, "alpha": args.alpha,
                                   "pairs": {"strength": args.strength}, **over})
     t, cpu = time.time(), time.process_time()

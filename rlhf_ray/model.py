@@ -163,6 +163,34 @@ def hidden_size(model: nn.Module) -> int:
     return unwrap(model).config.hidden_size
 
 
+def train_top_blocks(model: nn.Module, n: int) -> dict[str, int]:
+    """Freeze the backbone of ``model`` except its top ``n`` transformer blocks and what follows
+    them (the final layer norm); ``n < 0`` leaves every weight trainable. Modules outside the
+    backbone (the heads a stage adds) are not touched. Blocks are the backbone's
+    ``nn.ModuleList`` (GPT-2's ``h``, Llama's ``layers``); embeddings stay frozen whenever
+    ``n >= 0``. Returns ``{"trainable": ..., "frozen": ...}`` parameter counts of the backbone."""
+    m = unwrap(model)
+    if hasattr(m, "get_base_model"):  # peft
+        m = m.get_base_model()
+    body = getattr(m, getattr(m, "base_model_prefix", ""), None)
+    if n >= 0:
+        blocks = [c for c in (body.children() if body is not None else []) if isinstance(c, nn.ModuleList)]
+        if body is None or len(blocks) != 1:
+            raise ValueError(f"cannot find the transformer blocks of {type(m).__name__} (expected one "
+                             f"nn.ModuleList in its backbone) to train only the top {n}")
+        for p in m.parameters():
+            p.requires_grad_(False)
+        top = list(blocks[0])[len(blocks[0]) - n:] if n else []
+        after = [c for c in body.children() if c is not blocks[0] and not isinstance(c, nn.Embedding)]
+        for mod in top + after:
+            for p in mod.parameters():
+                p.requires_grad_(True)
+    counts = {"trainable": 0, "frozen": 0}
+    for p in m.parameters():
+        counts["trainable" if p.requires_grad else "frozen"] += p.numel()
+    return counts
+
+
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that ignore left padding: 0 at each row's first real token."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -343,3 +343,50 @@ def test_ensemble_is_the_member_mean_and_refuses_mismatched_members(trained):
         EnsembleReward([a, ModelReward(m.lm, m.heads, trained.vocab, alpha=0.1, norm=a.norm, max_history=20)])
     with pytest.raises(ValueError, match="at least one"):
         EnsembleReward([])
+
+
+# --------------------------------------------------------------------------- trained weights
+
+
+def test_train_top_blocks_freezes_embeddings_and_lower_blocks():
+    from rlhf_ray.config import ModelConfig
+    from rlhf_ray.model import build_model, train_top_blocks
+    from rlhf_ray.tokens import Vocab
+
+    vocab = Vocab(n_text=8, item_offset=8, n_items=20, user_offset=28, n_users=0, pad=0, bos=1, eos=2, hist=3,
+                  page=4, sep=5, meta=6)
+    lm = build_model(ModelConfig.from_dict({**TINY_MODEL, "n_layer": 3}), vocab)
+    total = sum(p.numel() for p in lm.parameters())
+    assert train_top_blocks(lm, -1) == {"trainable": total, "frozen": 0}
+    trainable = lambda: {n.split(".")[1] + ("." + n.split(".")[2] if n.split(".")[1] == "h" else "")  # noqa: E731
+                         for n, p in lm.named_parameters() if p.requires_grad}
+    counts = train_top_blocks(lm, 1)
+    assert trainable() == {"h.2", "ln_f"}
+    assert counts["trainable"] + counts["frozen"] == total and counts["frozen"] > counts["trainable"]
+    train_top_blocks(lm, 0)
+    assert trainable() == {"ln_f"}
+    train_top_blocks(lm, 2)  # a later call widens again
+    assert trainable() == {"h.1", "h.2", "ln_f"}
+
+
+def test_reward_stage_with_train_blocks_zero_trains_only_heads_and_final_norm(rm_data, tmp_path):
+    """``train_blocks: 0``: after training, every backbone weight but the final layer norm is the
+    starting one, bit for bit, while the heads moved."""
+    import copy
+
+    from rlhf_ray.stages.common import init_policy, open_data
+    from rlhf_ray.stages.loop import fit
+
+    cfg = reward_config(train_blocks=0, train={"max_steps": 5}, pairs={"strength": 1.0, "negatives": "random"})
+    prepared = open_data(rm_data)
+    lm, tok, vocab, catalog, parent = init_policy(None, cfg.model, prepared)
+    spec = stage.build_spec(cfg, prepared, lm, tok, vocab, catalog, tmp_path / "reward", parent)
+    before = copy.deepcopy(spec.module.state_dict())
+    fit(spec, cfg.train, tmp_path / "logs")
+    after = spec.module.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith(("heads.", "lm.transformer.ln_f.")) for k in moved), moved
+    assert any(k.startswith("heads.") for k in moved)
+    assert RewardConfig.from_dict({}).train_blocks == -1  # the default trains every weight
+    with pytest.raises(ConfigError, match="train_blocks"):
+        RewardConfig.from_dict({"train_blocks": -2})

@@ -93,6 +93,11 @@ class RewardConfig(PromptConfig):
     policy_checkpoint: str | None = field(default=None, metadata=doc(
         "policy checkpoint whose pages are the on-policy negatives (default: the checkpoint the reward "
         "model starts from, i.e. SFT; give PPO's to refresh the reward for a later round)", legacy=None))
+    train_blocks: int = field(default=-1, metadata=doc(
+        "which backbone weights the pair loss trains: -1 = all of them; n >= 0 = only the top n transformer "
+        "blocks and the final layer norm, the embeddings and lower blocks keeping the starting (SFT) "
+        "checkpoint's weights (0: the heads read SFT's features). Fewer trained weights over-fit a few "
+        "thousand pairs less", ge=-1, legacy=-1))
     norm_pairs: int = field(default=1024, metadata=doc(
         "training pairs scored for the reward normalisation statistics (mean/std per head)", ge=1))
 

@@ -35,7 +35,7 @@ from rlhf_ray.errors import DataError
 from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.generation import build_prompts
 from rlhf_ray.losses import bradley_terry
-from rlhf_ray.model import Heads, hidden_size
+from rlhf_ray.model import Heads, hidden_size, train_top_blocks
 from rlhf_ray.policy_pairs import POLICY_FAMILIES, add_policy_pairs
 from rlhf_ray.rewards import HEAD_NAMES, ModelReward, RewardNorm, item_mean, score_pages
 from rlhf_ray.seeding import rng, shard
@@ -220,6 +220,10 @@ def build_spec(cfg: RewardConfig, prepared, lm, tokenizer, vocab, catalog, out_d
                         f"(more users, or adjust pairs.valid_users / pairs.min_page)")
     heads = Heads(hidden_size(lm), HEAD_NAMES)
     module = RewardModule(lm, heads, vocab, cfg)
+    counts = train_top_blocks(lm, cfg.train_blocks)
+    if cfg.train_blocks >= 0 and rank_world()[0] == 0:
+        print(f"[reward] training the top {cfg.train_blocks} block(s) + final norm + heads: "
+              f"{counts['trainable']} backbone weights trained, {counts['frozen']} frozen", flush=True)
     bs = cfg.train.batch_size
     seed = cfg.train.seed
     norm_rows = train.iloc[np.sort(rng(seed, "norm_pairs").choice(
