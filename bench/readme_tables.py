@@ -176,17 +176,21 @@ def reward_run_cells(d: dict) -> list[str]:
     return cells
 
 
+def reward_lines(runs: list[tuple[str, dict, str | None]]) -> list[str]:
+    """The reward table's header and one row per ``(label, doc, _)``."""
+    lines = ["| reward trained on | " + " | ".join(f"pair acc. {f}" for f in REWARD_FAMILIES)
+             + " | true page beats SFT page | golden beats SFT greedy | Spearman(R, page NDCG) [95% CI] "
+               "| Spearman over the policy's pages |",
+             "|---|" + "---|" * (len(REWARD_FAMILIES) + 4)]
+    return lines + [f"| {label} | " + " | ".join(reward_run_cells(d)) + " |" for label, d, _ in runs]
+
+
 def reward_body(doc: dict) -> str:
     """The shipped reward (this file) beside the other runs of :data:`REWARD_ROWS`, the shipped
     settings over training seeds and their ensemble: same SFT, same held-out users."""
     runs = [(label(d), d, prefix) for name, label, prefix in REWARD_ROWS
             if (d := doc if name is None else _load(name)) is not None]
-    lines = ["| reward trained on | " + " | ".join(f"pair acc. {f}" for f in REWARD_FAMILIES)
-             + " | true page beats SFT page | golden beats SFT greedy | Spearman(R, page NDCG) [95% CI] "
-               "| Spearman over the policy's pages |",
-             "|---|" + "---|" * (len(REWARD_FAMILIES) + 4)]
-    for label, d, _ in runs:
-        lines.append(f"| {label} | " + " | ".join(reward_run_cells(d)) + " |")
+    lines = reward_lines(runs)
     seeds = [d for n in REWARD_SEEDS if (d := _load(n)) is not None]
     if len(seeds) > 1:
         table = np.array([[np.nan if v is None else v for v in reward_cells(d)] for d in seeds], dtype=float)
@@ -213,6 +217,27 @@ def reward_body(doc: dict) -> str:
     return "\n".join(lines)
 
 
+#: reward runs from the reproducible leave-one-out seed-0 SFT, beside its pipeline's own reward model
+REWARD_SEEDED_ROWS = tuple(
+    (f"reward_ml100k_blocks{n}", lambda d, what=what: f"{what} (up to {d['config']['train']['epochs']} epochs, "
+     f"best on validation: epoch {d['train']['best_epoch']})", f"Row '{what}'")
+    for n, what in ((1, "the top block, final norm and heads trained; embeddings and the lower block frozen"),
+                    (0, "only the heads and final norm trained; the SFT backbone frozen")))
+
+
+def reward_seeded_body(doc: dict) -> str:
+    """The pipeline's reward model of the reproducible loo seed-0 run (this file, ``--reuse``) beside
+    the runs of :data:`REWARD_SEEDED_ROWS`: same SFT, same pairs, same held-out users."""
+    runs = [(f"every weight trained (shipped; the pipeline's own, best epoch "
+             f"{doc['train']['best_epoch']} of {doc['config']['train']['epochs']})", doc, None)]
+    runs += [(label(d), d, prefix) for name, label, prefix in REWARD_SEEDED_ROWS if (d := _load(name)) is not None]
+    lines = reward_lines(runs)
+    for _, d, prefix in runs:
+        if prefix:
+            lines.append("\n" + _source(d).replace("Generated from", f"{prefix}: generated from"))
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "generation_speed": block("generation_speed", "python bench/generation_speed.py --checkpoint CKPT --data DIR",
                               generation_speed_body),
@@ -225,6 +250,8 @@ BLOCKS = {
                            f"runs/sweep-{n}", own_table_body) for n in ("ppo", "ppo-grounded", "lpo", "smoke")},
     "fault_injection": block("fault_injection", "python bench/fault_injection.py", fault_body),
     "reward_ml100k": block("reward_ml100k", "python bench/reward_ml100k.py --data DIR --sft DIR", reward_body),
+    "reward_ml100k_seeded": block("reward_ml100k_seeded", "python bench/reward_ml100k.py --data DIR --sft DIR "
+                                  "--reuse --out DIR", reward_seeded_body),
     "lpo_ablation": block("lpo_ablation", "python bench/lpo_ablation.py --seeds 0,1,2", protocol_body),
     "lpo_ablation_recheck": block("lpo_ablation_recheck", "python bench/lpo_ablation.py --seeds 0,1,2 "
                                   "--variants base,default,pool_head,head_n16,tail_heavy --results DIR",
