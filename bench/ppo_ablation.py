@@ -63,6 +63,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
              {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0}}),
     "long_hit3": ("shipped, 60 iterations and hit weight 3",
                   {**SHIPPED, "iterations": 60, "reward": {**SHIPPED["reward"], "hit_weight": 3.0}}),
+    # the levers the alignment issue names that no sweep searched
+    "entropy": ("shipped + entropy bonus 0.01 (policy loss -= 0.01 x H(pi) per slot)",
+                {**SHIPPED, "policy": {**SHIPPED["policy"], "entropy_coef": 0.01}}),
+    "rollouts128": ("shipped, 128 pages per iteration instead of 64 (2x the rollouts, same iterations)",
+                    {**SHIPPED, "rollout_batch_size": 128}),
+    "adaptive_kl": ("shipped, adaptive KL coefficient (target 0.5 per page, horizon 640 pages; the shipped "
+                    "runs end near 0.2, so the coefficient falls and the policy may move further)",
+                    {**SHIPPED, "adaptive_kl": True, "kl_target": 0.5, "kl_horizon": 640}),
 }
 COLUMNS = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
 COMPARE = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
