@@ -5,7 +5,7 @@
 
 Every variant is a PPO run from the seed's own SFT and reward model (the protocol table's,
 ``runs/bench/loo/seed{s}/{sft,reward}``) with :data:`BASE` (the shipped ``ppo`` section as it was
-before this ablation) changed in one or two fields (:data:`VARIANTS`), so the rows stay one
+before these ablations) changed in one or two fields (:data:`VARIANTS`), so the rows stay one
 change apart whatever is shipped; ``default`` is the config's own section as shipped (it
 reuses the seed's PPO checkpoint when its manifest records the same config, as does every
 variant its own):
@@ -15,7 +15,10 @@ variant its own):
   added to the policy loss. PPO raises the page but can lower the full ranking (Recall@20,
   NDCG@10) that the first slot's logits give; this term pulls those logits back to SFT's;
 * ``div*``: a larger weight on the page's category entropy in the reward
-  (``ppo.reward.diversity_weight``), for the ILD@10 target.
+  (``ppo.reward.diversity_weight``), for the ILD@10 target;
+* ``long``, ``hit3``, ``entropy``, ``adaptive_kl``, ``rollouts128``: the 64-page section shipped
+  until 0a89db6 (``div3_ptx_1``) with 3x the iterations, a larger hit weight, an entropy bonus, an
+  adaptive KL coefficient, or 128 pages per iteration (shipped since).
 
 Columns are the PPO targets (page NDCG@10, Recall@20, page ILD@10, README "Alignment targets")
 plus NDCG@10, each compared with SFT paired over users. The validation columns are the same
@@ -37,38 +40,43 @@ sys.path.insert(0, str(BENCH))
 from lpo_ablation import run_ablation, same_config  # noqa: E402
 from protocol_table import set_aside  # noqa: E402
 
-#: the ppo section every variant but ``default`` changes: the shipped one with the two fields this
-#: ablation searched set back to what was shipped before it (category entropy 1, no ptx)
-BASE = {"reward": {"diversity_weight": 1.0}, "policy": {"ptx_coef": 0.0}}
-#: the two fields of BASE as shipped (variants of the shipped section restate them)
+#: the ppo section every variant but ``default`` changes: the shipped one with the fields these
+#: ablations searched set back to what was shipped before them (category entropy 1, no ptx, 64 pages
+#: per iteration), so every row keeps its meaning (and its checkpoint) when the shipped section moves
+BASE = {"reward": {"diversity_weight": 1.0}, "policy": {"ptx_coef": 0.0}, "rollout_batch_size": 64}
+#: the section shipped from 902de4b to 0a89db6 (= div3_ptx_1): category entropy 3, ptx 1, 64 pages per
+#: iteration; the later variants change it
 SHIPPED = {"reward": {"diversity_weight": 3.0}, "policy": {"ptx_coef": 1.0}}
 #: name -> (what it tests, changes to BASE); "default" is the config's own ppo section as shipped
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "base": ("PPO as shipped before this ablation: category-entropy weight 1, no ptx", {}),
+    "base": ("PPO as shipped before these ablations: category-entropy weight 1, no ptx, 64 pages", {}),
     "default": ("shipped (the config's ppo section as it is)", {}),
     "ptx_0.1": ("PPO-ptx: + 0.1 x SFT's next-item loss on the prompts' histories", {"policy": {"ptx_coef": 0.1}}),
     "ptx_1": ("PPO-ptx: + 1.0 x SFT's next-item loss on the prompts' histories", {"policy": {"ptx_coef": 1.0}}),
     "div2": ("reward: category-entropy weight 2 instead of 1", {"reward": {"diversity_weight": 2.0}}),
     "div2_ptx_1": ("category-entropy weight 2 and PPO-ptx 1.0",
                    {"reward": {"diversity_weight": 2.0}, "policy": {"ptx_coef": 1.0}}),
-    "div3_ptx_1": ("category-entropy weight 3 and PPO-ptx 1.0",
+    "div3_ptx_1": ("category-entropy weight 3 and PPO-ptx 1.0 (the 64-page section shipped from 902de4b to "
+                   "0a89db6)",
                    {"reward": {"diversity_weight": 3.0}, "policy": {"ptx_coef": 1.0}}),
     "div4_ptx_1": ("category-entropy weight 4 and PPO-ptx 1.0",
                    {"reward": {"diversity_weight": 4.0}, "policy": {"ptx_coef": 1.0}}),
     # after the 24-epoch SFT schedule: PPO moves the policy little in 20 iterations (approx. KL ~0 by the
     # end, reward flat), and the reward model's own score barely tracks page NDCG (README, reward calibration)
-    "long": ("shipped, 60 iterations instead of 20 (3x the rollouts)",
+    "long": ("the 64-page section (div3_ptx_1), 60 iterations instead of 20 (3x the rollouts)",
              {**SHIPPED, "iterations": 60}),
-    "hit3": ("shipped, hit weight 3 instead of 1.46 (the held-out hits outweigh the reward model's score)",
+    "hit3": ("the 64-page section, hit weight 3 instead of 1.46 (the held-out hits outweigh the reward model's "
+                       "score)",
              {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0}}),
-    "long_hit3": ("shipped, 60 iterations and hit weight 3",
+    "long_hit3": ("the 64-page section, 60 iterations and hit weight 3",
                   {**SHIPPED, "iterations": 60, "reward": {**SHIPPED["reward"], "hit_weight": 3.0}}),
     # the levers the alignment issue names that no sweep searched
-    "entropy": ("shipped + entropy bonus 0.01 (policy loss -= 0.01 x H(pi) per slot)",
+    "entropy": ("the 64-page section + entropy bonus 0.01 (policy loss -= 0.01 x H(pi) per slot)",
                 {**SHIPPED, "policy": {**SHIPPED["policy"], "entropy_coef": 0.01}}),
-    "rollouts128": ("shipped, 128 pages per iteration instead of 64 (2x the rollouts, same iterations)",
+    "rollouts128": ("the 64-page section with 128 pages per iteration (2x the rollouts, same iterations; "
+                    "shipped since 0a89db6)",
                     {**SHIPPED, "rollout_batch_size": 128}),
-    "adaptive_kl": ("shipped, adaptive KL coefficient (target 0.5 per page, horizon 640 pages; the shipped "
+    "adaptive_kl": ("the 64-page section, adaptive KL coefficient (target 0.5 per page, horizon 640 pages; its "
                     "runs end near 0.2, so the coefficient falls and the policy may move further)",
                     {**SHIPPED, "adaptive_kl": True, "kl_target": 0.5, "kl_horizon": 640}),
 }
