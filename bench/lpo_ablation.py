@@ -19,7 +19,7 @@ Table: test NDCG@10, Recall@20, tail Recall@20 (users whose held-out item is a t
 ILD and catalogue coverage of the 20-item pages; cells are the mean over seeds ±std over seeds
 [95% bootstrap interval over users of the seed-averaged per-user values]; each variant is
 compared with SFT paired over users (NDCG@10 and tail Recall@20: difference, interval,
-ratio). Writes ``bench/results/lpo_ablation.json`` with provenance.
+ratio), on test and, for the choice between variants, on the whole validation split. Writes ``bench/results/lpo_ablation.json`` with provenance.
 """
 from __future__ import annotations
 
@@ -182,10 +182,13 @@ def coverage(frame: pd.DataFrame, n_items: int) -> float:
     return float(np.unique(np.concatenate([np.asarray(p) for p in frame["page"]])).size) / n_items
 
 
-def record_valid(val: dict, name: str, ckpt: Path, valid=VALID, prepared=None, cache: Path | None = None) -> None:
+def record_valid(val: dict, name: str, ckpt: Path, valid=VALID, prepared=None,
+                 cache: Path | None = None) -> pd.DataFrame | None:
     """Append the checkpoint's validation figures (``valid``) to ``val[name]``: from its manifest
-    (the stage's own validation), or, given ``prepared`` and ``cache``, measured here on the
-    whole validation split like the test (every variant and SFT on the same users)."""
+    (the stage's own validation; returns None), or, given ``prepared`` and ``cache``, measured here
+    on the whole validation split like the test (every variant and SFT on the same users; returns
+    the per-user frame, for paired comparisons on validation)."""
+    frame = None
     if prepared is not None:
         frame = test_frame(ckpt, prepared, cache, split="valid")
         m = {f"val/{c}": float(np.nanmean(frame[c].to_numpy(dtype=float))) for c in valid}
@@ -193,15 +196,23 @@ def record_valid(val: dict, name: str, ckpt: Path, valid=VALID, prepared=None, c
         m = json.loads((ckpt / "manifest.json").read_text()).get("metrics", {})
     for c in valid:
         val.setdefault(name, {}).setdefault(c, []).append(m.get(f"val/{c}", float("nan")))
+    return frame
+
+
+def vs_base(comp: dict) -> str:
+    """' x1.012 (within interval)' for a paired comparison; ' (n/a)' without users to compare."""
+    return " (n/a)" if comp["rel"] is None else f" x{comp['rel']:.3f} ({comp['verdict']})"
 
 
 def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[float]], whats: dict[str, str],
                    prepared, n_seeds: int, base_what: str, base: str = "sft", columns=COLUMNS, compare=COMPARE,
-                   valid=VALID):
+                   valid=VALID, val_frames: dict[str, list[pd.DataFrame]] | None = None):
     """(rows, comparisons, markdown, tail users) of an ablation: every variant's test cells
     (``columns``) and its paired comparison with ``base`` (``compare``), one row per entry of
     ``frames`` (``base`` first). ``val``: each variant's validation metrics (``valid``) per
-    seed, as its checkpoint's manifest records them (the selection figures)."""
+    seed (the selection figures). ``val_frames``: per-user validation frames per variant and
+    seed; given, each validation cell also carries its paired comparison with ``base`` over the
+    validation users (``comparisons[name]["valid"]``), what a choice between variants rests on."""
     rows, comps = {}, {}
     for name, fr in frames.items():
         rows[name] = {"what": base_what if name == base else whats[name],
@@ -210,12 +221,16 @@ def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[fl
                       **{f"valid_{c}": stats.seed_summary(val[name][c]) if name in val else None for c in valid}}
         if name != base:
             comps[name] = {c: stats.paired_diff(seed_avg(fr, c), seed_avg(frames[base], c)) for c in compare}
+            if val_frames:
+                comps[name]["valid"] = {c: stats.paired_diff(seed_avg(val_frames[name], c),
+                                                             seed_avg(val_frames[base], c)) for c in valid}
     lines = ["| variant | what | " + " | ".join(f"valid {c}" for c in valid) + " | "
              + " | ".join(f"test {c}" for c in columns) + " | page coverage | "
              + " | ".join(f"{LABELS.get(c, c)} vs {base.upper()}" for c in compare) + " |",
              "|---|---|" + "---|" * (len(valid) + len(columns) + 1 + len(compare))]
     for name, r in rows.items():
         shown = ["—" if not r[f"valid_{c}"] or r[f"valid_{c}"]["mean"] is None else f"{r[f'valid_{c}']['mean']:.4f}"
+                 + (vs_base(comps[name]["valid"][c]) if name != base and "valid" in comps.get(name, {}) else "")
                  for c in valid]
         cells = shown + [fmt(r["metrics"][c]) for c in columns] + [f"{r['page_coverage']['mean']:.3f}"]
         vs = ["—"] * len(compare) if name == base else [
@@ -225,9 +240,11 @@ def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[fl
     n_tail = int(sum(bool(np.asarray(prepared.is_tail)[t].any()) for t in targets if len(t)))
     tail = (f"; tail Recall@20 over the {n_tail} users whose held-out item is a tail item"
             if "tail_recall@20" in columns else "")
+    vnote = (f" Validation cells: mean over seeds, then (rows but {base.upper()}) the ratio to {base.upper()}'s "
+             f"and its verdict, paired over the validation users." if val_frames else "")
     lines += ["", f"Cells: mean over {n_seeds} seeds ±std over seeds [95% bootstrap interval over "
                   f"{len(users)} test users{tail}]. vs {base.upper()}: ratio of means, paired over users; "
-                  f"'higher'/'lower' only when the 95% interval of the difference excludes 0."]
+                  f"'higher'/'lower' only when the 95% interval of the difference excludes 0.{vnote}"]
     return rows, comps, "\n".join(lines), n_tail
 
 
@@ -270,22 +287,25 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     run.add_input("data", dirs[0] / "data")
     frames: dict[str, list[pd.DataFrame]] = {"sft": []}
     val: dict[str, dict[str, list[float]]] = {}
+    val_frames: dict[str, list[pd.DataFrame]] = {}
     for s, d in zip(seeds, dirs):
         cache = d / bench / "test"
         run.add_input(f"seed{s}/sft", d / "sft")
-        frames["sft"].append(test_frame(d / "sft", prepared, cache))
         vargs = (prepared, d / bench / "valid") if whole_valid else ()
-        record_valid(val, "sft", d / "sft", valid, *vargs)
-        for name in names:
-            ck = train(d, name, s, args.smoke)
-            run.add_input(f"seed{s}/{name}", ck)
+        for name in ["sft", *names]:
+            ck = d / "sft" if name == "sft" else train(d, name, s, args.smoke)
+            if name != "sft":
+                run.add_input(f"seed{s}/{name}", ck)
             frames.setdefault(name, []).append(test_frame(ck, prepared, cache))
-            record_valid(val, name, ck, valid, *vargs)
+            vf = record_valid(val, name, ck, valid, *vargs)
+            if vf is not None:
+                val_frames.setdefault(name, []).append(vf)
     whats = {k: variants[k] for k in names}
     if describe_default is not None and "default" in whats:
         whats["default"] = describe_default(dirs[0], seeds[0], args.smoke)
     rows, comps, md, n_tail = ablation_table(frames, val, whats, prepared, len(seeds), base_what,
-                                             columns=columns, compare=compare, valid=valid)
+                                             columns=columns, compare=compare, valid=valid,
+                                             val_frames=val_frames or None)
     print(md)
     name = bench + ("" if args.protocol == "loo" else f"_{args.protocol}") + ("_smoke" if args.smoke else "")
     path = run.write(name,
@@ -301,7 +321,8 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
 def main(argv=None) -> int:
     return run_ablation(argv, __doc__, "lpo_ablation", {k: v[0] for k, v in VARIANTS.items()}, train_variant,
                         "SFT (the start of every variant but joint)",
-                        lambda d, s, smoke: "shipped: " + describe(lpo_config(d, "default", s, smoke)))
+                        lambda d, s, smoke: "shipped: " + describe(lpo_config(d, "default", s, smoke)),
+                        whole_valid=True)
 
 
 if __name__ == "__main__":

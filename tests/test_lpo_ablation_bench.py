@@ -25,6 +25,9 @@ def test_ablation_smoke_writes_one_table(tmp_path):
     assert set(doc["comparisons"]) == {"default", "reweight_adaptive", "joint"}
     for comp in doc["comparisons"].values():
         assert comp["ndcg@10"]["verdict"] in ("higher", "lower", "within interval")
+        # the choice between variants: paired with SFT on the validation users too
+        assert comp["valid"]["ndcg@10"]["verdict"] in ("higher", "lower", "within interval")
+        assert comp["valid"]["tail_recall@20"]["n"] <= comp["valid"]["ndcg@10"]["n"]
     run = tmp_path / "work" / "seed0"
     # joint starts from pre-training, the others from SFT
     parent = lambda v: json.loads((run / "lpo_ablation" / v / "manifest.json").read_text())["parent"]["stage"]  # noqa: E731
