@@ -253,16 +253,13 @@ BLOCKS = {
     "reward_ml100k_seeded": block("reward_ml100k_seeded", "python bench/reward_ml100k.py --data DIR --sft DIR "
                                   "--reuse --out DIR", reward_seeded_body),
     "lpo_ablation": block("lpo_ablation", "python bench/lpo_ablation.py --seeds 0,1,2", protocol_body),
-    "lpo_ablation_recheck": block("lpo_ablation_recheck", "python bench/lpo_ablation.py --seeds 0,1,2 "
-                                  "--variants base,default,pool_head,head_n16,tail_heavy --results DIR",
-                                  protocol_body),
+    "lpo_ablation_pagellm": block("lpo_ablation_pagellm", "python bench/lpo_ablation.py --protocol pagellm "
+                                  "--seeds 0,1,2", protocol_body),
     "tail_frontier": block("tail_frontier", "python bench/tail_frontier.py --work runs/bench/loo", protocol_body),
     "tail_frontier_pagellm": block("tail_frontier_pagellm", "python bench/tail_frontier.py --work "
                                    "runs/bench/pagellm --name tail_frontier_pagellm", protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_ablation": block("ppo_ablation", "python bench/ppo_ablation.py --seeds 0,1,2", protocol_body),
-    "ppo_ablation_seeded": block("ppo_ablation_seeded", "python bench/ppo_ablation.py --seeds 0,1,2 --variants "
-                                 "base,ptx_1,default,long,hit3,long_hit3 --results DIR", protocol_body),
     "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
                               "--reward DIR", ppo_before_after_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
