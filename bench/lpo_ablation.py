@@ -10,7 +10,7 @@ protocol's split and the Pareto tail; made here with ``rlhf-ray pipeline --stage
 data,pretrain,sft`` if missing). A variant is :data:`BASE` (the LPO sweep's choice, the
 shipped section before this ablation) with a few fields changed (:data:`VARIANTS`), so the
 rows stay one change apart whatever is shipped; ``default`` is the config's own ``lpo:``
-section as shipped (today it equals ``popularity``); ``joint`` instead starts from the pre-training checkpoint and
+section as shipped (today it equals ``base``); ``joint`` instead starts from the pre-training checkpoint and
 trains LPO + cross-entropy for as long as SFT does (early stopping on validation, SFT's learning
 rate), as LPO4Rec's own code trains its model. Each run selects its checkpoint on validation
 NDCG@10 (early stopping inside the stage); test is read once per checkpoint, here.
@@ -19,7 +19,9 @@ Table: test NDCG@10, Recall@20, tail Recall@20 (users whose held-out item is a t
 ILD and catalogue coverage of the 20-item pages; cells are the mean over seeds ±std over seeds
 [95% bootstrap interval over users of the seed-averaged per-user values]; each variant is
 compared with SFT paired over users (NDCG@10 and tail Recall@20: difference, interval,
-ratio), on test and, for the choice between variants, on the whole validation split. Writes ``bench/results/lpo_ablation.json`` with provenance.
+ratio), on test and, for the choice between variants, on the whole validation split. Writes
+``bench/results/lpo_ablation.json`` (``lpo_ablation_pagellm.json`` with ``--protocol pagellm``)
+with provenance.
 """
 from __future__ import annotations
 
@@ -212,7 +214,8 @@ def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[fl
     ``frames`` (``base`` first). ``val``: each variant's validation metrics (``valid``) per
     seed (the selection figures). ``val_frames``: per-user validation frames per variant and
     seed; given, each validation cell also carries its paired comparison with ``base`` over the
-    validation users (``comparisons[name]["valid"]``), what a choice between variants rests on."""
+    validation users (``comparisons[name]["valid"]``), what a choice between variants rests on,
+    and the JSON each variant's against the shipped ``default`` (``["valid_vs_default"]``)."""
     rows, comps = {}, {}
     for name, fr in frames.items():
         rows[name] = {"what": base_what if name == base else whats[name],
@@ -224,6 +227,10 @@ def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[fl
             if val_frames:
                 comps[name]["valid"] = {c: stats.paired_diff(seed_avg(val_frames[name], c),
                                                              seed_avg(val_frames[base], c)) for c in valid}
+                if "default" in val_frames and name != "default":  # the alternative against what is shipped
+                    comps[name]["valid_vs_default"] = {
+                        c: stats.paired_diff(seed_avg(val_frames[name], c), seed_avg(val_frames["default"], c))
+                        for c in valid}
     lines = ["| variant | what | " + " | ".join(f"valid {c}" for c in valid) + " | "
              + " | ".join(f"test {c}" for c in columns) + " | page coverage | "
              + " | ".join(f"{LABELS.get(c, c)} vs {base.upper()}" for c in compare) + " |",
