@@ -145,8 +145,9 @@ def test_searchers_suggest_the_default_first_then_points_inside_the_space(tmp_pa
         "lpo.n_negatives": {"randint": [2, 9]}}))
     cfgs = sweep.pipeline_configs()
     assert default_point(sweep) == sweep.defaults() == {"ppo.kl_coef": cfgs["ppo"].kl_coef,
-                                                        "lpo.sampler": "popularity",
-                                                        "lpo.n_negatives": 4}
+                                                        "lpo.sampler": cfgs["lpo"].sampler,
+                                                        "lpo.n_negatives": cfgs["lpo"].negatives}
+    assert cfgs["lpo"].sampler in ("gumbel", "popularity")  # the default is a point of the space
     alg = _searcher(sweep)
     space = {d.path: d.domain() for d in sweep.dims}
     if searcher == "optuna":
