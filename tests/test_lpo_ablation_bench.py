@@ -28,6 +28,7 @@ def test_ablation_smoke_writes_one_table(tmp_path):
         # the choice between variants: paired with SFT on the validation users too
         assert comp["valid"]["ndcg@10"]["verdict"] in ("higher", "lower", "within interval")
         assert comp["valid"]["tail_recall@20"]["n"] <= comp["valid"]["ndcg@10"]["n"]
+    assert "valid_vs_default" in doc["comparisons"]["joint"] and "valid_vs_default" not in doc["comparisons"]["default"]
     run = tmp_path / "work" / "seed0"
     # joint starts from pre-training, the others from SFT
     parent = lambda v: json.loads((run / "lpo_ablation" / v / "manifest.json").read_text())["parent"]["stage"]  # noqa: E731

@@ -26,7 +26,12 @@ def test_ppo_ablation_smoke_writes_one_table(tmp_path):
             m = row["metrics"][c]
             assert m["n"] == doc["users"] and m["lo"] <= m["mean"] <= m["hi"], c
         assert row["valid_ndcg@10"]["n_seeds"] == 1 and row["valid_page_ild@10"]["n_seeds"] == 1  # whole split
-    assert set(doc["comparisons"]["ptx_1"]) == {"page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"}
+    # test comparisons with SFT, then the same columns on the validation users: against SFT and the shipped default
+    assert set(doc["comparisons"]["ptx_1"]) == {"page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10", "valid",
+                                                "valid_vs_default"}
+    assert set(doc["comparisons"]["ptx_1"]["valid_vs_default"]) == {"page_ndcg@10", "recall@20", "page_ild@10",
+                                                                    "ndcg@10"}
+    assert "valid_vs_default" not in doc["comparisons"]["default"]
     run = work / "seed0"
     manifest = lambda v: json.loads((run / "ppo_ablation" / v / "manifest.json").read_text())  # noqa: E731
     seed_sft = json.loads((run / "sft" / "manifest.json").read_text())["id"]
