@@ -158,6 +158,12 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def base_lm(model: nn.Module) -> nn.Module:
+    """The HF model under every wrapper, peft's included (its base model, adapters in place)."""
+    m = unwrap(model)
+    return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+
 def hidden_size(model: nn.Module) -> int:
     """Width of the final hidden state (``config.hidden_size``; GPT-2 aliases it to n_embd)."""
     return unwrap(model).config.hidden_size
@@ -169,9 +175,7 @@ def train_top_blocks(model: nn.Module, n: int) -> dict[str, int]:
     backbone (the heads a stage adds) are not touched. Blocks are the backbone's
     ``nn.ModuleList`` (GPT-2's ``h``, Llama's ``layers``); embeddings stay frozen whenever
     ``n >= 0``. Returns ``{"trainable": ..., "frozen": ...}`` parameter counts of the backbone."""
-    m = unwrap(model)
-    if hasattr(m, "get_base_model"):  # peft
-        m = m.get_base_model()
+    m = base_lm(model)
     body = getattr(m, getattr(m, "base_model_prefix", ""), None)
     if n >= 0:
         blocks = [c for c in (body.children() if body is not None else []) if isinstance(c, nn.ModuleList)]
@@ -219,9 +223,7 @@ def backbone_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     Uses the HF backbone (``model.<base_model_prefix>``, e.g. ``transformer`` for GPT-2);
     falls back to a full forward for models that do not expose one.
     """
-    m = unwrap(model)
-    if hasattr(m, "get_base_model"):  # peft
-        m = m.get_base_model()
+    m = base_lm(model)
     body = getattr(m, getattr(m, "base_model_prefix", ""), None)
     if body is None or body is m:
         return forward(model, input_ids, attention_mask, hidden=True)[1]
@@ -237,9 +239,7 @@ def item_rows(model: nn.Module, vocab: Vocab, items: torch.Tensor) -> tuple[torc
 
     One gather from the whole weight: its gradient is one dense (V, H) buffer however many
     items are read, so callers gather every row a step needs at once."""
-    m = unwrap(model)
-    if hasattr(m, "get_base_model"):  # peft
-        m = m.get_base_model()
+    m = base_lm(model)
     head = m.get_output_embeddings()
     tokens = items + vocab.item_offset
     bias = getattr(head, "bias", None)
