@@ -138,7 +138,8 @@ def _manifest_id(path: str | Path) -> str | None:
 
 def stage_done(ckpt: str, cfg: Config, fingerprint: str, init: str | None, inputs: dict[str, str]) -> bool:
     """A stage is done when its checkpoint verifies and was made from the same config, data,
-    starting checkpoint and inputs (so retraining an earlier stage retrains everything after it).
+    starting checkpoint and inputs (so retraining an earlier stage retrains everything after it);
+    ``cosmetic`` fields (progress bars, TensorBoard) do not count.
     A field added since the checkpoint was made counts as its ``legacy`` value there
     (:meth:`Config.upgrade`); a new field without one makes the stage run again."""
     from rlhf_ray.checkpoint import verify_checkpoint
@@ -147,7 +148,9 @@ def stage_done(ckpt: str, cfg: Config, fingerprint: str, init: str | None, input
         m = verify_checkpoint(ckpt)
     except CheckpointError:
         return False
-    if type(cfg).upgrade(m.get("config") or {}) != cfg.to_dict() or m.get("data_fingerprint") != fingerprint:
+    kind = type(cfg)
+    if kind.outcome(kind.upgrade(m.get("config") or {})) != kind.outcome(cfg.to_dict()) \
+            or m.get("data_fingerprint") != fingerprint:
         return False
     if init is not None and (m.get("parent") or {}).get("id") != _manifest_id(init):
         return False

@@ -37,3 +37,24 @@ def test_nested_fields_are_upgraded_and_unknown_ones_stay_missing():
     # a field with no legacy value: the recorded run is not known to match
     no_legacy = next(f.name for f in dataclasses.fields(PPOConfig) if "legacy" not in f.metadata)
     assert no_legacy not in PPOConfig.upgrade(_without(now, no_legacy))
+
+
+def test_cosmetic_fields_do_not_decide_whether_a_stage_is_done(monkeypatch):
+    """Progress bars and TensorBoard change what a run shows, not what it trains: a finished
+    stage rerun with them switched off is still finished; a change that trains differently is not.
+    (The checkpoint's files are not what this tests: its verified manifest is given.)"""
+    import rlhf_ray.checkpoint
+    from rlhf_ray.pipeline import stage_done
+
+    quiet = {"train": {"progress": False, "tensorboard": False}}
+    assert SFTConfig.outcome(SFTConfig.from_dict(quiet).to_dict()) == SFTConfig.outcome(SFTConfig().to_dict())
+    assert PPOConfig.outcome(PPOConfig(tensorboard=False).to_dict()) == PPOConfig.outcome(PPOConfig().to_dict())
+    assert "progress" not in SFTConfig.outcome(SFTConfig().to_dict())["train"]
+    assert "lr" in SFTConfig.outcome(SFTConfig().to_dict())["train"]
+
+    manifest = {"config": SFTConfig.from_dict(quiet).to_dict(), "data_fingerprint": "fp"}
+    monkeypatch.setattr(rlhf_ray.checkpoint, "verify_checkpoint", lambda path: manifest)
+    ckpt = "runs/sft"
+    assert stage_done(ckpt, SFTConfig(), "fp", None, {})
+    assert not stage_done(ckpt, SFTConfig.from_dict({"train": {"lr": 0.5}}), "fp", None, {})
+    assert not stage_done(ckpt, SFTConfig(), "other data", None, {})

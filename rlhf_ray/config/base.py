@@ -40,8 +40,12 @@ class ConfigError(UserError):
 
 
 def doc(help: str, **rules: Any) -> dict:
-    """Field metadata: ``field(default=1, metadata=doc("what x is", ge=0))``; rules in :data:`RULES`."""
-    bad = sorted(set(rules) - set(RULES) - {"help", "legacy"})
+    """Field metadata: ``field(default=1, metadata=doc("what x is", ge=0))``; rules in :data:`RULES`.
+
+    ``legacy=v``: the behaviour before the field existed (:meth:`Config.upgrade`);
+    ``cosmetic=True``: the field changes what a run shows, never what it trains (progress bars,
+    TensorBoard files), so :meth:`Config.outcome` leaves it out."""
+    bad = sorted(set(rules) - set(RULES) - {"help", "legacy", "cosmetic"})
     if bad:
         raise TypeError(f"doc(): unknown rule(s) {bad}; valid: {list(RULES)}")
     return {"help": help, **rules}
@@ -163,6 +167,20 @@ class Config:
                     out[f.name] = f.metadata["legacy"]
             elif isinstance(default, Config) and isinstance(out[f.name], Mapping):
                 out[f.name] = type(default).upgrade(out[f.name])
+        return out
+
+    @classmethod
+    def outcome(cls, d: Mapping[str, Any]) -> dict[str, Any]:
+        """``d`` (a :meth:`to_dict`) without its ``cosmetic`` fields, nested configs included: what
+        decides whether two runs train the same thing (a finished stage rerun with only its
+        progress bars switched off is still finished)."""
+        out = dict(d)
+        for f in dataclasses.fields(cls):
+            default = _field_default(f)
+            if f.metadata.get("cosmetic"):
+                out.pop(f.name, None)
+            elif isinstance(default, Config) and isinstance(out.get(f.name), Mapping):
+                out[f.name] = type(default).outcome(out[f.name])
         return out
 
     def to_dict(self) -> dict[str, Any]:

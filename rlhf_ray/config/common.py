@@ -68,8 +68,9 @@ class TrainConfig(Config):
     max_failures: int = field(default=0, metadata=doc(
         "Ray Train: start the worker group again after this many failures (a worker or its node lost; "
         "-1 = no limit)", ge=-1))
-    tensorboard: bool = field(default=True, metadata=doc("write TensorBoard events beside the output dir"))
-    progress: bool = field(default=True, metadata=doc("show progress bars"))
+    tensorboard: bool = field(default=True, metadata=doc("write TensorBoard events beside the output dir",
+                                                         cosmetic=True))
+    progress: bool = field(default=True, metadata=doc("show progress bars", cosmetic=True))
 
     def validate(self) -> None:
         require(not self.offload or self.zero_stage == 3, "offload", "needs zero_stage 3")

@@ -130,7 +130,8 @@ class PPOConfig(PromptConfig):
         "all roles share one placement group (fractional CPUs/GPUs per actor); false: one group per role"))
     strategy: typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = field(default="PACK", metadata=doc(
         "placement strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD"))
-    tensorboard: bool = field(default=True, metadata=doc("write TensorBoard events beside the output dir"))
+    tensorboard: bool = field(default=True, metadata=doc("write TensorBoard events beside the output dir",
+                                                         cosmetic=True))
 
     def validate(self) -> None:
         for role in ("policy", "critic"):
