@@ -105,3 +105,30 @@ def test_a_cancelled_request_is_left_out():
 
     (a, _), (c, _) = asyncio.run(go())
     assert (a, c) == ("first", "kept") and log == [["first"], ["kept"]]
+
+
+def test_a_batch_waits_only_for_the_company_the_last_batch_had():
+    """wait_s is a minute, so any wait for company that should not happen hangs the test (the
+    wait_for bound fails it): a lone client is served at once, 8 closed-loop clients get batches
+    of 8 as soon as the 8th request is in, and after a smaller batch the expectation shrinks."""
+    log = []
+
+    async def client(b, c, n):
+        for r in range(n):
+            await b.submit(c * 100 + r)
+
+    async def go():
+        b = Batcher(_model(0.005, log), max_batch_size=16, wait_s=60.0)
+        await asyncio.wait_for(client(b, 0, 3), 20)  # alone: never waits
+        lone = [len(x) for x in log]
+        await asyncio.wait_for(asyncio.gather(*(client(b, c, 4) for c in range(8))), 20)
+        eight, expect_after_eight = [len(x) for x in log[len(lone):]], b.expect
+        b.configure(16, 0.05)  # the next lone request waits for its 7 expected companions once ...
+        await asyncio.wait_for(client(b, 9, 3), 20)  # ... and then not again
+        return b, lone, eight, expect_after_eight
+
+    b, lone, eight, expect_after_eight = asyncio.run(go())
+    assert lone == [1, 1, 1]
+    assert sum(eight) == 32 and eight[1:] == [8] * (len(eight) - 1), eight
+    assert expect_after_eight == 8 and b.expect == 1
+    assert [len(x) for x in log[-3:]] == [1, 1, 1]

@@ -8,6 +8,14 @@ clients). Here one loop takes a batch, runs it, and only then takes the next one
 everything that queued meanwhile goes into it (up to ``max_batch_size``); a request waits
 for company at most ``wait_s`` after it arrived.
 
+A batch waits for company only while it is smaller than the last batch was. Closed-loop
+clients send as many requests per cycle as there are clients, so the last batch's size is the
+company to expect: a lone client is answered without waiting at all, and 8 clients' batch goes
+to the model when the 8th request arrives, not when ``wait_s`` runs out waiting for a 9th that
+never comes (before, every batch below ``max_batch_size`` waited the full ``wait_s``). When the
+expectation is too high the batch waits ``wait_s`` once and the next one expects what came;
+what queued while the model ran always joins, so the expectation grows with the load.
+
 Pure asyncio, no Ray: the deployment (:mod:`rlhf_ray.serve.app`) owns one per replica.
 """
 from __future__ import annotations
@@ -52,6 +60,7 @@ class Batcher:
         self.run, self.on_batch = run, on_batch
         self.configure(max_batch_size, wait_s)
         self.histogram: Counter[int] = Counter()  # batch size -> batches
+        self.expect = 1  # the last batch's size: the company a new batch waits for
         self._queue: asyncio.Queue[_Pending] | None = None
         self._arrival: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -76,10 +85,13 @@ class Batcher:
         batch = [await queue.get()]
         opened = time.perf_counter()
         deadline = batch[0].arrived + self.wait_s
+        expect = min(self.expect, self.max_batch_size)
         while len(batch) < self.max_batch_size:
             if not queue.empty():
                 batch.append(queue.get_nowait())
                 continue
+            if len(batch) >= expect:
+                break
             left = deadline - time.perf_counter()
             if left <= 0:
                 break
@@ -93,6 +105,7 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             batch, opened = await self._collect()
+            self.expect = len(batch)
             batch = [p for p in batch if not p.future.cancelled()]
             if not batch:
                 continue
