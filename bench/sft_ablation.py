@@ -3,9 +3,9 @@
     python bench/sft_ablation.py --seeds 0,1,2 [--variants user_tokens,page_order_gt,...]
     python bench/sft_ablation.py --smoke --seeds 0      # synthetic data, minutes: the plumbing
 
-Every variant is an SFT run with the shipped config's ``sft`` section (same epochs, patience and
-learning rate; early stopping on validation NDCG@10) that differs from the seed's SFT (the
-protocol table's, ``runs/bench/loo/seed{s}/sft``) in one thing (:data:`VARIANTS`):
+Every variant is an SFT run with the shipped config's ``sft`` section (the same cosine schedule,
+best validation epoch kept) that differs from the seed's SFT (the protocol table's,
+``runs/bench/loo/seed{s}/sft``) in one thing (:data:`VARIANTS`):
 
 * ``user_tokens``: every prompt starts with the user's own token (the model learns a row per
   user); needs its own pre-training run, since the vocabulary is made there;
@@ -14,10 +14,11 @@ protocol table's, ``runs/bench/loo/seed{s}/sft``) in one thing (:data:`VARIANTS`
   instead of the next positives in time order;
 * ``no_pretrain``: SFT from a freshly initialised model of the same size (no meta-information
   pre-training);
-* ``pretrain_6ep``: SFT from a pre-training run of up to 6 epochs (early stopping on the
-  rating head's validation RMSE, patience 2) instead of the shipped 40-step warm-up;
-* ``epochs_15``: the cosine learning-rate schedule spans 15 epochs instead of 40 (early
-  stopping ends the shipped runs at epochs 12-14, before the rate has decayed).
+* ``pretrain_40steps``: SFT from a 40-step pre-training warm-up (shipped until a93661f) instead
+  of the shipped pre-training of up to 6 epochs (early stopping on the rating head's validation
+  RMSE, patience 2; the variant ``pretrain_6ep`` of the table that chose it);
+* ``epochs_15``: the cosine learning-rate schedule spans 15 epochs instead of the shipped 24
+  (``bench/sft_select.py`` compares schedules on validation alone).
 
 Test is read once per checkpoint; the table (same cells and paired comparisons as
 ``bench/lpo_ablation.py``, against the seed's SFT) goes to ``bench/results/sft_ablation.json``.
@@ -46,10 +47,9 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
     "page_order_gt": ("ranked pages = the good page (next positives by rating, at most 3 per category)",
                       {}, {"page_order": "ground_truth"}),
     "no_pretrain": ("no pre-training: SFT from a fresh model of the same size", None, {}),
-    "pretrain_6ep": ("pre-training up to 6 epochs (patience 2 on the rating RMSE) instead of 40 steps",
-                     {"train": {"epochs": 6, "max_steps": 0, "patience": 2}}, {}),
-    "epochs_15": ("a 15-epoch cosine schedule instead of 40 (early stopping ends the 40-epoch runs at "
-                  "epochs 12-14, with the learning rate still near its peak)", {}, {"train": {"epochs": 15}}),
+    "pretrain_40steps": ("a 40-step pre-training warm-up (shipped until a93661f) instead of up to 6 epochs",
+                         {"train": {"epochs": 1, "max_steps": 40, "patience": 0}}, {}),
+    "epochs_15": ("a 15-epoch cosine schedule instead of the shipped 24", {}, {"train": {"epochs": 15}}),
 }
 
 
@@ -65,8 +65,8 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
     raw["sft"] = deep_merge(deep_merge(raw.get("sft") or {}, sft_changes), quiet)
     if pre_changes:
         raw["pretrain"] = deep_merge(deep_merge(raw.get("pretrain") or {}, pre_changes), quiet)
-    if smoke and name == "pretrain_6ep":
-        raw["pretrain"]["train"].update(epochs=2, max_steps=0)
+    if smoke and name == "pretrain_40steps":
+        raw["pretrain"]["train"].update(max_steps=4)
     if pre_changes is None:  # the pre-trained model's size, built fresh
         raw["sft"]["model"] = deep_merge((raw.get("pretrain") or {}).get("model") or {},
                                          raw["sft"].get("model") or {})
@@ -90,7 +90,7 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
 
 def main(argv=None) -> int:
     return run_ablation(argv, __doc__, "sft_ablation", {k: v[0] for k, v in VARIANTS.items()}, train_variant,
-                        "shipped SFT (40-step pre-training warm-up, time-ordered pages)")
+                        "shipped SFT (pre-training up to 6 epochs, time-ordered pages)")
 
 
 if __name__ == "__main__":
