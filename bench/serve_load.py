@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-wait-ms", type=float, default=20.0)
     p.add_argument("--ingress", choices=("proxy", "haproxy"), default="proxy",
                    help="HTTP path when this script starts the server (ServeConfig.ingress)")
+    p.add_argument("--worker-niceness", type=int, default=0,
+                   help="niceness of the replica when this script starts the server (ServeConfig.worker_niceness; "
+                        "Ray's own default is 15)")
     p.add_argument("--torch-threads", type=int, default=1, help="replica (and ceiling) torch threads")
     p.add_argument("--max-ongoing-requests", type=int, default=0,
                    help="Serve's max_ongoing_requests per replica (0: max(64, 2 x the largest concurrency))")
@@ -227,7 +230,7 @@ def serve_config(a: argparse.Namespace):
                        max_k=max(a.ks), default_k=min(a.ks), max_batch_size=a.max_batch_size,
                        batch_wait_ms=a.batch_wait_ms, torch_threads=a.torch_threads,
                        max_ongoing_requests=a.max_ongoing_requests or max(64, 2 * max(a.concurrency)),
-                       ingress=a.ingress)
+                       ingress=a.ingress, worker_niceness=a.worker_niceness)
 
 
 def start_server(cfg) -> str:
@@ -333,6 +336,7 @@ def main(argv=None) -> int:
                      "max_batch_size": a.max_batch_size, "batch_wait_ms": a.batch_wait_ms,
                      "max_ongoing_requests": cfg.max_ongoing_requests,
                      "ingress": cfg.ingress if started_here else "unknown (--url)",
+                     "worker_niceness": cfg.worker_niceness if started_here else "unknown (--url)",
                      "torch_threads": a.torch_threads, "replicas": 1, "ceiling_sizes": sizes,
                      "ceiling_batches": a.ceiling_batches, "ceiling_seconds": a.ceiling_seconds,
                      "server": url if not started_here else "local (127.0.0.1)"},

@@ -29,21 +29,23 @@ WAIT_S = 90  # upper bound when polling for a reconfigure to land (never a timin
 def server(tiny_sft, synth_data):
     from ray import serve
 
-    from rlhf_ray.rayutil import init_ray
-    from rlhf_ray.serve.app import deploy
+    from rlhf_ray.serve.app import deploy, init_serve_ray
 
     cfg = ServeConfig(checkpoint=str(tiny_sft), data=str(synth_data), port=free_port(), max_k=MAX_K,
                       max_batch_size=16, batch_wait_ms=50.0, max_body_bytes=65536)
     metrics_port = free_port()
-    ray = init_ray(num_cpus=2, log_to_driver=False, _metrics_export_port=metrics_port)
-    try:
-        deploy(cfg)
-        with httpx.Client(base_url=f"http://127.0.0.1:{cfg.port}", timeout=60) as client:
-            client.metrics_port = metrics_port
-            yield cfg, client
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:  # the Ray switches init_serve_ray sets end with this module
+        for name in ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
+            env.delenv(name, raising=False)
+        ray = init_serve_ray(cfg, num_cpus=2, log_to_driver=False, _metrics_export_port=metrics_port)
+        try:
+            deploy(cfg)
+            with httpx.Client(base_url=f"http://127.0.0.1:{cfg.port}", timeout=60) as client:
+                client.metrics_port = metrics_port
+                yield cfg, client
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +169,14 @@ def test_batching_batches_and_matches_one_at_a_time(server, data):
         assert resp.json()["scores"] == pytest.approx(alone["scores"], abs=1e-5)
     model = client.get("/v1/model").json()
     assert model["batch_size_histogram"] == client.get("/v1/stats").json()["batch_size_histogram"]
+
+
+def test_the_replica_runs_at_the_configured_niceness(server):
+    """Ray starts its workers at niceness 15; the embedded Ray of `rlhf-ray serve` starts the
+    replica at ServeConfig.worker_niceness (0), so it does not yield the CPU to its own ingress."""
+    cfg, client = server
+    assert cfg.worker_niceness == 0
+    assert client.get("/v1/stats").json()["niceness"] == 0
 
 
 BAD_BODIES = [

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ IMPORT_PATH = "rlhf_ray.serve.app:build_app"
 # ServeConfig fields that travel in user_config (reconfigurable in place); the rest are init args.
 USER_CONFIG_KEYS = ("checkpoint", "max_batch_size", "batch_wait_ms")
 # Fields that only the driver uses (where to deploy), never a replica.
-DRIVER_KEYS = ("host", "port", "address", "num_cpus", "ingress", "blocking", "app_name", "route_prefix")
+DRIVER_KEYS = ("host", "port", "address", "num_cpus", "ingress", "worker_niceness", "blocking", "app_name",
+               "route_prefix")
+WORKER_NICENESS_ENV = "RAY_worker_niceness"  # the raylet's worker_niceness (default 15), read when Ray starts
 # Ray's own switches for each ``ServeConfig.ingress``; every Serve process reads them when it
 # starts, so they must be in the environment before Ray starts (a cluster's nodes set them itself).
 INGRESS_ENV = {
@@ -166,7 +169,7 @@ class RankerDeployment:
             "replica": self.replica, "requests": sum(s * n for s, n in hist.items()), "batches": sum(hist.values()),
             "batch_size_histogram": {str(k): v for k, v in sorted(hist.items())},
             "max_batch_size": self.batcher.max_batch_size, "batch_wait_timeout_s": self.batcher.wait_s,
-            **self.latency.snapshot(),
+            "niceness": os.nice(0), **self.latency.snapshot(),
         }
 
     def model_info(self) -> dict:
@@ -188,9 +191,10 @@ def _replica_id() -> str:
 
 
 def use_ingress(cfg: ServeConfig) -> None:
-    """Put ``cfg.ingress``'s Ray switches into this process's environment, which the Ray this
-    process starts passes to its Serve processes. Call it before ``init_ray``; raises
-    ``ConfigError`` when it can no longer take effect (Ray already running here)."""
+    """Put ``cfg.ingress``'s Ray switches and ``cfg.worker_niceness`` into this process's
+    environment, which the Ray this process starts passes to its Serve processes. Call it before
+    ``init_ray``; raises ``ConfigError`` when the ingress can no longer take effect (Ray already
+    running here)."""
     if cfg.address:
         return  # the cluster's nodes decide (their environment), not this client
     import os
@@ -203,6 +207,8 @@ def use_ingress(cfg: ServeConfig) -> None:
         raise ConfigError(f"ingress: {cfg.ingress!r} needs {sorted(unset)} set before Ray starts, "
                           "and Ray is already running in this process")
     os.environ.update(wanted)
+    if not ray.is_initialized():  # with Ray already up here, its workers keep the niceness they have
+        os.environ[WORKER_NICENESS_ENV] = str(cfg.worker_niceness)
 
 
 def init_serve_ray(cfg: ServeConfig, **kw):

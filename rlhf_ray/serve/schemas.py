@@ -90,6 +90,7 @@ class Stats(BaseModel):
     batch_size_histogram: dict[str, int] = Field(description="batch size -> batches of that size")
     max_batch_size: int
     batch_wait_timeout_s: float
+    niceness: int = Field(description="the replica process's CPU niceness (ServeConfig.worker_niceness)")
     timed_requests: int = Field(description="pages served and timed (the count behind stage_ms_sum)")
     stage_ms_sum: dict[str, float] = Field(description="stage -> milliseconds summed over timed requests: parse, "
                                            "queue, batch_wait, model, serialise, total (rlhf_ray.serve.latency)")
