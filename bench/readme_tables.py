@@ -260,6 +260,8 @@ BLOCKS = {
                                    "runs/bench/pagellm --name tail_frontier_pagellm", protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_ablation": block("ppo_ablation", "python bench/ppo_ablation.py --seeds 0,1,2", protocol_body),
+    "ppo_ablation_pretrain6": block("ppo_ablation_pretrain6", "python bench/ppo_ablation.py --seeds 0,1,2",
+                                    protocol_body),
     "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
                               "--reward DIR", ppo_before_after_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
