@@ -27,7 +27,8 @@ before says how much the machine moved meanwhile.
 
 The server (local Ray, one replica, 127.0.0.1, a free port) is started here unless ``--url``
 points at a running one, which must be on loopback. Client and server share this machine's
-cores, so the client's own CPU use is part of what is measured; the ceiling has no client.
+cores, so the client's own CPU use is part of what is measured (``client cores``: its CPU
+seconds per wall second in the phase); the ceiling has no client.
 Results go to bench/results/serve_load.json through bench/provenance.py.
 """
 from __future__ import annotations
@@ -291,7 +292,11 @@ def main(argv=None) -> int:
                 phases.append({"phase": "ceiling", "k": k, "table": before_table})
                 for conc in a.concurrency:
                     before = c.get("/v1/stats").json()
+                    cpu0 = time.process_time()
                     res = asyncio.run(load(url, users, k, conc, a.requests, a.max_seconds))
+                    # the load client's own CPU (this process, all threads) per wall second: the
+                    # share of the box's cores the client took from the server during the phase
+                    res["client_cores"] = (time.process_time() - cpu0) / res["seconds"] if res["seconds"] else None
                     stats = c.get("/v1/stats").json()
                     hist = histogram_between(before, stats)
                     n_batches = sum(hist.values())
@@ -355,14 +360,15 @@ def main(argv=None) -> int:
 def table_markdown(rows: list[dict]) -> str:
     """One row per load phase; ratio = served pages/s over the in-process ceiling at the served batch sizes."""
     head = f"| {'k':>3} | {'clients':>7} | {'answered':>8} | {'errors':>6} | {'req/s':>7} | {'p50 ms':>7} | " \
-           f"{'p99 ms':>7} | {'batch':>5} | {'ceiling/s':>9} | {'ratio':>5} | {'drift':>5} |"
+           f"{'p99 ms':>7} | {'batch':>5} | {'ceiling/s':>9} | {'ratio':>5} | {'drift':>5} | {'client cores':>12} |"
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     f = lambda x, w, d=1: f"{x:>{w}.{d}f}" if isinstance(x, (int, float)) else f"{'n/a':>{w}}"  # noqa: E731
     for r in rows:
         lines.append(
             f"| {r['k']:>3} | {r['concurrency']:>7} | {r['answered']:>8} | {r['errors']:>6} | "
             f"{f(r['throughput_rps'], 7)} | {f(r['p50_ms'], 7)} | {f(r['p99_ms'], 7)} | {f(r['mean_batch'], 5)} | "
-            f"{f(r.get('ceiling_pages_per_s'), 9)} | {f(r.get('ratio'), 5, 2)} | {f(r.get('ceiling_drift'), 5, 2)} |")
+            f"{f(r.get('ceiling_pages_per_s'), 9)} | {f(r.get('ratio'), 5, 2)} | {f(r.get('ceiling_drift'), 5, 2)} | "
+            f"{f(r.get('client_cores'), 12, 2)} |")
     return "\n".join(lines)
 
 

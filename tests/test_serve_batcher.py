@@ -107,10 +107,10 @@ def test_a_cancelled_request_is_left_out():
     assert (a, c) == ("first", "kept") and log == [["first"], ["kept"]]
 
 
-def test_a_batch_waits_only_for_the_company_the_last_batch_had():
+def test_a_batch_waits_only_for_the_requests_in_flight():
     """wait_s is a minute, so any wait for company that should not happen hangs the test (the
     wait_for bound fails it): a lone client is served at once, 8 closed-loop clients get batches
-    of 8 as soon as the 8th request is in, and after a smaller batch the expectation shrinks."""
+    of 8 as soon as the 8th request is in, and when fewer are in flight the expectation shrinks."""
     log = []
 
     async def client(b, c, n):
@@ -132,3 +132,26 @@ def test_a_batch_waits_only_for_the_company_the_last_batch_had():
     assert sum(eight) == 32 and eight[1:] == [8] * (len(eight) - 1), eight
     assert expect_after_eight == 8 and b.expect == 1
     assert [len(x) for x in log[-3:]] == [1, 1, 1]
+
+
+def test_two_groups_of_clients_merge_into_one_batch():
+    """4 clients, then 4 more while the first batch runs: the late 4 queue behind it, and the
+    next batch waits (from when the model is free) for the first 4 to come back instead of
+    running alone, so the 8 clients end up sharing batches of 8 rather than alternating 4 and 4."""
+    log = []
+
+    async def client(b, c):
+        for r in range(6):
+            await b.submit(c * 100 + r)
+
+    async def go():
+        b = Batcher(_model(0.03, log), max_batch_size=16, wait_s=1.0)
+        first = [asyncio.ensure_future(client(b, c)) for c in range(4)]
+        await asyncio.sleep(0.01)  # the first batch of 4 is running
+        await asyncio.wait_for(asyncio.gather(*first, *(client(b, c) for c in range(4, 8))), 30)
+
+    asyncio.run(go())
+    sizes = [len(x) for x in log]
+    assert sum(sizes) == 48 and sizes[0] == 4, sizes
+    # the first 4 finish a round ahead: everything between the first and the last batch is 8
+    assert sizes[1:-1] == [8] * (len(sizes) - 2), sizes

@@ -8,13 +8,17 @@ clients). Here one loop takes a batch, runs it, and only then takes the next one
 everything that queued meanwhile goes into it (up to ``max_batch_size``); a request waits
 for company at most ``wait_s`` after it arrived.
 
-A batch waits for company only while it is smaller than the last batch was. Closed-loop
-clients send as many requests per cycle as there are clients, so the last batch's size is the
-company to expect: a lone client is answered without waiting at all, and 8 clients' batch goes
-to the model when the 8th request arrives, not when ``wait_s`` runs out waiting for a 9th that
-never comes (before, every batch below ``max_batch_size`` waited the full ``wait_s``). When the
-expectation is too high the batch waits ``wait_s`` once and the next one expects what came;
-what queued while the model ran always joins, so the expectation grows with the load.
+A batch waits for company only while it holds fewer requests than were in flight (queued,
+running or being answered) during the previous batch: that is the company there is. Closed-loop
+clients keep as many requests in flight as there are clients, so a lone client is answered
+without waiting at all, and 8 clients' batch goes to the model when the 8th request is in, not
+when ``wait_s`` runs out waiting for a 9th that never comes (before, every batch below
+``max_batch_size`` waited the full ``wait_s``). The wait is counted from when the model became
+free (or from the first request's arrival, if later), so requests that queued behind a running
+batch wait, at most ``wait_s``, for that batch's clients to come back: 8 clients then share one
+batch of 8 instead of alternating two batches of 4, each of which runs while the other's
+requests are parsed and answered in the same process (measured: 45% more pages/s at 8 clients,
+p99 29 against 42 ms). When fewer come than expected the batch waits ``wait_s`` once.
 
 Pure asyncio, no Ray: the deployment (:mod:`rlhf_ray.serve.app`) owns one per replica.
 """
@@ -60,7 +64,9 @@ class Batcher:
         self.run, self.on_batch = run, on_batch
         self.configure(max_batch_size, wait_s)
         self.histogram: Counter[int] = Counter()  # batch size -> batches
-        self.expect = 1  # the last batch's size: the company a new batch waits for
+        self.expect = 1  # the company the last batch waited for (see the module docstring)
+        self._inflight = 0  # submitted and not yet answered (or cancelled)
+        self._peak = 0  # most requests in flight since the last batch started
         self._queue: asyncio.Queue[_Pending] | None = None
         self._arrival: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -75,17 +81,23 @@ class Batcher:
             self._queue, self._arrival = asyncio.Queue(), asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop())
         pending = _Pending(item, time.perf_counter(), asyncio.get_running_loop().create_future())
+        self._inflight += 1
+        self._peak = max(self._peak, self._inflight)
+        pending.future.add_done_callback(self._answered)
         self._queue.put_nowait(pending)  # type: ignore[union-attr]
         self._arrival.set()  # type: ignore[union-attr]
         return await pending.future
+
+    def _answered(self, _future: asyncio.Future) -> None:
+        self._inflight -= 1
 
     async def _collect(self) -> tuple[list[_Pending], float]:
         queue, arrival = self._queue, self._arrival
         assert queue is not None and arrival is not None
         batch = [await queue.get()]
         opened = time.perf_counter()
-        deadline = batch[0].arrived + self.wait_s
-        expect = min(self.expect, self.max_batch_size)
+        deadline = max(batch[0].arrived, opened) + self.wait_s
+        expect = self.expect = min(max(self._peak, 1), self.max_batch_size)
         while len(batch) < self.max_batch_size:
             if not queue.empty():
                 batch.append(queue.get_nowait())
@@ -105,7 +117,7 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             batch, opened = await self._collect()
-            self.expect = len(batch)
+            self._peak = self._inflight  # this batch and what queued behind it; grows as more arrive
             batch = [p for p in batch if not p.future.cancelled()]
             if not batch:
                 continue
