@@ -49,9 +49,9 @@ class ServeConfig(Config):
     torch_threads: int = field(default=1, metadata=doc("torch intra-op threads in each replica", ge=1))
     max_batch_size: int = field(default=16, metadata=doc("most requests decoded together in one batch", ge=1))
     batch_wait_ms: float = field(default=10.0, metadata=doc(
-        "how long a request may wait for others to share its batch; a batch waits only while it is smaller "
-        "than the last one (a lone client never waits), and one formed when the model is free fills from "
-        "the queue without waiting", ge=0))
+        "how long a batch may wait for company once the model is free; it waits only while it holds fewer "
+        "requests than were in flight during the previous batch (a lone client never waits), and what "
+        "queued while the model ran joins without waiting", ge=0))
     max_ongoing_requests: int = field(default=64, metadata=doc(
         "requests a replica accepts at once (keep >= max_batch_size)", ge=1))
     max_k: int = field(default=50, metadata=doc("largest page a request may ask for", ge=1, le=100))
