@@ -18,6 +18,12 @@ def _model(seconds: float, log: list):
     return run
 
 
+async def client(b: Batcher, c: int, n: int = 6) -> None:
+    """A closed-loop client: its next request goes out when the last one is answered."""
+    for r in range(n):
+        await b.submit(c * 100 + r)
+
+
 def test_a_burst_fills_whole_batches_in_order():
     log = []
 
@@ -38,10 +44,6 @@ def test_closed_loop_clients_get_big_batches_without_waiting():
     """32 clients, each sending its next request when the last one returns, wait_s = 0:
     requests queue while a batch runs, so batches hold about half the clients."""
     log = []
-
-    async def client(b, c):
-        for r in range(6):
-            await b.submit(c * 100 + r)
 
     async def go():
         b = Batcher(_model(0.02, log), max_batch_size=16, wait_s=0.0)
@@ -113,10 +115,6 @@ def test_a_batch_waits_only_for_the_requests_in_flight():
     of 8 as soon as the 8th request is in, and when fewer are in flight the expectation shrinks."""
     log = []
 
-    async def client(b, c, n):
-        for r in range(n):
-            await b.submit(c * 100 + r)
-
     async def go():
         b = Batcher(_model(0.005, log), max_batch_size=16, wait_s=60.0)
         await asyncio.wait_for(client(b, 0, 3), 20)  # alone: never waits
@@ -139,10 +137,6 @@ def test_two_groups_of_clients_merge_into_one_batch():
     next batch waits (from when the model is free) for the first 4 to come back instead of
     running alone, so the 8 clients end up sharing batches of 8 rather than alternating 4 and 4."""
     log = []
-
-    async def client(b, c):
-        for r in range(6):
-            await b.submit(c * 100 + r)
 
     async def go():
         b = Batcher(_model(0.03, log), max_batch_size=16, wait_s=1.0)
