@@ -38,7 +38,8 @@ class ServeConfig(Config):
         "CPU niceness of the replicas of an embedded local Ray (RAY_worker_niceness). Ray's default, 15, "
         "suits batch work; a replica at 15 yields the CPU to every process at 0 on its node (Ray's own, "
         "HAProxy's, a client's), so the ranker serves at 0 unless told otherwise. A cluster given by "
-        "--address uses its nodes' setting (cluster/ray-service.ranker.yaml sets 0)", ge=0, le=19, legacy=15))
+        "--address uses its nodes' setting (RAY_worker_niceness in their environment; the cluster/ manifests "
+        "keep Ray's 15)", ge=0, le=19, legacy=15))
     replicas: int = field(default=1, metadata=doc("replicas of the ranker (ignored with --autoscaling)", ge=1))
     autoscaling: bool = field(default=False, metadata=doc("let Serve scale replicas between min and max"))
     min_replicas: int = field(default=1, metadata=doc("autoscaling: fewest replicas", ge=1))
