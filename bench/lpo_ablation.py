@@ -143,9 +143,8 @@ def same_config(ckpt: Path, cfg) -> bool:
     """Whether the checkpoint at ``ckpt`` was trained with ``cfg`` (fields added since then count as
     their legacy values; cosmetic fields such as progress bars do not count): what every ablation
     bench reuses a checkpoint on."""
-    m, kind = ckpt / "manifest.json", type(cfg)
-    return m.is_file() and kind.outcome(kind.upgrade(json.loads(m.read_text()).get("config") or {})) \
-        == kind.outcome(cfg.to_dict())
+    m = ckpt / "manifest.json"
+    return m.is_file() and cfg.matches(json.loads(m.read_text()).get("config") or {})
 
 
 def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:

@@ -148,9 +148,7 @@ def stage_done(ckpt: str, cfg: Config, fingerprint: str, init: str | None, input
         m = verify_checkpoint(ckpt)
     except CheckpointError:
         return False
-    kind = type(cfg)
-    if kind.outcome(kind.upgrade(m.get("config") or {})) != kind.outcome(cfg.to_dict()) \
-            or m.get("data_fingerprint") != fingerprint:
+    if not cfg.matches(m.get("config") or {}) or m.get("data_fingerprint") != fingerprint:
         return False
     if init is not None and (m.get("parent") or {}).get("id") != _manifest_id(init):
         return False

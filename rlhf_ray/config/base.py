@@ -183,6 +183,13 @@ class Config:
                 out[f.name] = type(default).outcome(out[f.name])
         return out
 
+    def matches(self, recorded: Mapping[str, Any]) -> bool:
+        """Whether a run recorded with ``recorded`` (a checkpoint manifest's ``config``) trained
+        what this config trains: its missing fields read as their legacy values
+        (:meth:`upgrade`), cosmetic fields ignored on both sides (:meth:`outcome`)."""
+        kind = type(self)
+        return kind.outcome(kind.upgrade(recorded)) == kind.outcome(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
         out = {}
         for f in dataclasses.fields(self):
