@@ -112,12 +112,19 @@ def main(argv=None) -> int:
     out = {s: spread(v) for s, v in ms.items()}
     base = out["alone"]["median"]
     ratios = {s: out[s]["median"] / base for s in SETTINGS if base}
+    labels = {"alone": "alone", "busy_thread": "beside a busy thread of the same process",
+              "busy_process": "beside the same work in another process"}
+    md = [f"| ranker batch of {a.batch} | ms per batch, median [min, max] over {a.rounds} rounds | x alone |",
+          "|---|---|---|"]
+    md += [f"| {labels[s]} | {out[s]['median']:.1f} [{out[s]['min']:.1f}, {out[s]['max']:.1f}] | "
+           f"{ratios.get(s, 0):.2f} |" for s in SETTINGS]
     out_path = Path(a.out) if a.out else results_dir(a.smoke) / "gil_contention.json"
     path = run.write(out_path.stem, {
         "what": "Ranker.rank ms per batch (median of the batches of a round), alone / beside a busy thread of "
                 "the same process / beside a busy process, interleaved rounds",
         "batch": a.batch, "batches_per_round": a.batches, "rounds": a.rounds, "torch_threads": 1,
         "cpus": os.cpu_count(), "ms_per_batch": out, "ratio_to_alone": ratios, "smoke": a.smoke,
+        "table_markdown": "\n".join(md),
     }, results_dir=out_path.parent)
     print(" | ".join(f"{s} {out[s]['median']:.1f} ms (x{ratios.get(s, 0):.2f})" for s in SETTINGS))
     print(f"wrote {path}")

@@ -266,6 +266,8 @@ BLOCKS = {
                               "--reward DIR", ppo_before_after_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
     "serve_load": block("serve_load", "python bench/serve_load.py --checkpoint CKPT --data DIR", own_table_body),
+    "gil_contention": block("gil_contention", "python bench/gil_contention.py --checkpoint CKPT --data DIR",
+                            own_table_body),
     "serve_load_haproxy": block("serve_load_haproxy", "python bench/serve_load.py --checkpoint CKPT --data DIR "
                                 "--ingress haproxy", own_table_body),
 }

@@ -19,6 +19,7 @@ def test_gil_contention_smoke_writes_every_setting(tiny_sft, synth_data, tmp_pat
     for s in doc["ms_per_batch"].values():
         assert s["n"] == doc["rounds"] == 2 and 0 < s["min"] <= s["median"] <= s["max"]
     assert doc["ratio_to_alone"]["alone"] == 1.0
+    assert doc["table_markdown"].count("\n") == 1 + 3
     assert doc["provenance"]["command"] and doc["provenance"]["inputs"]["checkpoint"]
 
 
