@@ -18,7 +18,7 @@ arrival, if later), so requests that queued behind a running batch wait, at most
 that batch's clients to come back: 8 clients then share one batch of 8 instead of alternating
 two batches of 4, each of which runs while the other's requests are parsed and answered in the
 same process. With more than half in, the wait counts from the first arrival, so a nearly full
-batch that queued during the last run leaves at once (waiting for the last few cost 7% of the
+batch that queued during the last run leaves at once (waiting for the last few cost about 5% of the
 pages/s at 32 clients). When fewer come than expected the batch waits ``wait_s`` once.
 
 Pure asyncio, no Ray: the deployment (:mod:`rlhf_ray.serve.app`) owns one per replica.
