@@ -83,6 +83,16 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t0)
         return statistics.median(times) * 1000
 
+    def beside(worker, event) -> float:
+        stop = event()
+        w = worker(target=busy, args=(stop,), daemon=True)
+        w.start()
+        try:
+            return timed_batches()
+        finally:
+            stop.set()
+            w.join()
+
     for _ in range(3):
         ranker.rank([RankRequest(user_id=users[0], k=10)] * a.batch)  # warm-up
     ms: dict[str, list[float]] = {s: [] for s in SETTINGS}
@@ -90,24 +100,9 @@ def main(argv=None) -> int:
         for setting in SETTINGS:
             if setting == "alone":
                 ms[setting].append(timed_batches())
-            elif setting == "busy_thread":
-                stop = threading.Event()
-                worker = threading.Thread(target=busy, args=(stop,), daemon=True)
-                worker.start()
-                try:
-                    ms[setting].append(timed_batches())
-                finally:
-                    stop.set()
-                    worker.join()
-            else:
-                pstop = mp.Event()
-                proc = mp.Process(target=busy, args=(pstop,), daemon=True)
-                proc.start()
-                try:
-                    ms[setting].append(timed_batches())
-                finally:
-                    pstop.set()
-                    proc.join()
+            else:  # the busy work in a thread of this process, or in a process of its own
+                ms[setting].append(beside(*((threading.Thread, threading.Event) if setting == "busy_thread"
+                                            else (mp.Process, mp.Event))))
             print(f"round {r + 1} {setting:>12}: {ms[setting][-1]:.1f} ms per batch of {a.batch}", flush=True)
     out = {s: spread(v) for s, v in ms.items()}
     base = out["alone"]["median"]
