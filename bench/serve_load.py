@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--worker-niceness", type=int, default=0,
                    help="niceness of the replica when this script starts the server (ServeConfig.worker_niceness; "
                         "Ray's own default is 15)")
+    p.add_argument("--separate-model", action="store_true",
+                   help="the model in a deployment of its own fed whole batches (ServeConfig.separate_model)")
     p.add_argument("--torch-threads", type=int, default=1, help="replica (and ceiling) torch threads")
     p.add_argument("--max-ongoing-requests", type=int, default=0,
                    help="Serve's max_ongoing_requests per replica (0: max(64, 2 x the largest concurrency))")
@@ -80,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ceiling-seconds", type=float, default=0.3, help="at least this long per size per ceiling")
     p.add_argument("--url", default=None, help="benchmark a running loopback server instead of starting one")
     p.add_argument("--out", default=None, help="result file (default bench/results/serve_load.json, "
-                                               "serve_load_haproxy.json with --ingress haproxy)")
+                                               "serve_load_haproxy.json with --ingress haproxy, "
+                                               "a _separate suffix with --separate-model)")
     p.add_argument("--smoke", "--smoke-test", dest="smoke", action="store_true",
                    help="k=10, clients 1,4, batches up to 4, 60 requests / 5 s per phase; to the smoke directory")
     a = p.parse_args(argv)
@@ -231,7 +234,7 @@ def serve_config(a: argparse.Namespace):
                        max_k=max(a.ks), default_k=min(a.ks), max_batch_size=a.max_batch_size,
                        batch_wait_ms=a.batch_wait_ms, torch_threads=a.torch_threads,
                        max_ongoing_requests=a.max_ongoing_requests or max(64, 2 * max(a.concurrency)),
-                       ingress=a.ingress, worker_niceness=a.worker_niceness)
+                       ingress=a.ingress, worker_niceness=a.worker_niceness, separate_model=a.separate_model)
 
 
 def start_server(cfg) -> str:
@@ -329,7 +332,8 @@ def main(argv=None) -> int:
             serve.shutdown()
             ray.shutdown()
 
-    default_name = "serve_load.json" if cfg.ingress == "proxy" or not started_here else "serve_load_haproxy.json"
+    default_name = "serve_load" + ("_haproxy" if cfg.ingress == "haproxy" and started_here else "") \
+        + ("_separate" if cfg.separate_model and started_here else "") + ".json"
     out = Path(a.out) if a.out else results_dir(a.smoke) / default_name
     path = run.write(out.stem, {
         "what": "Serve /v1/rank on loopback under closed-loop load vs the in-process ceiling at the same batch "
@@ -342,6 +346,7 @@ def main(argv=None) -> int:
                      "max_ongoing_requests": cfg.max_ongoing_requests,
                      "ingress": cfg.ingress if started_here else "unknown (--url)",
                      "worker_niceness": cfg.worker_niceness if started_here else "unknown (--url)",
+                     "separate_model": cfg.separate_model if started_here else "unknown (--url)",
                      "torch_threads": a.torch_threads, "replicas": 1, "ceiling_sizes": sizes,
                      "ceiling_batches": a.ceiling_batches, "ceiling_seconds": a.ceiling_seconds,
                      "server": url if not started_here else "local (127.0.0.1)"},

@@ -1,8 +1,9 @@
 """The ranker as a real Ray Serve application over real HTTP on 127.0.0.1.
 
-One Serve app for the module (2 CPUs): pages, batching, every kind of bad request,
-docs, and in-place reconfigure to another checkpoint (and to a broken one). The
-CLI's start-up checks run in a subprocess without Ray.
+One Serve app at a time (2 CPUs), twice: the model in the HTTP replica, and in a
+``RankerModel`` deployment of its own (``separate_model``); each answers the same tests:
+pages, batching, every kind of bad request, docs, and in-place reconfigure to another
+checkpoint (and to a broken one). The CLI's start-up checks run in a subprocess without Ray.
 """
 import asyncio
 import json
@@ -25,14 +26,14 @@ MAX_K = 20
 WAIT_S = 90  # upper bound when polling for a reconfigure to land (never a timing assertion)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_sft, synth_data):
+@pytest.fixture(scope="module", params=[False, True], ids=["model_in_replica", "separate_model"])
+def server(request, tiny_sft, synth_data):
     from ray import serve
 
     from rlhf_ray.serve.app import deploy, init_serve_ray
 
     cfg = ServeConfig(checkpoint=str(tiny_sft), data=str(synth_data), port=free_port(), max_k=MAX_K,
-                      max_batch_size=16, batch_wait_ms=50.0, max_body_bytes=65536)
+                      max_batch_size=16, batch_wait_ms=50.0, max_body_bytes=65536, separate_model=request.param)
     metrics_port = free_port()
     with pytest.MonkeyPatch.context() as env:  # the Ray switches init_serve_ray sets end with this module
         for name in ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
@@ -351,6 +352,8 @@ def test_reconfigure_swaps_checkpoint_in_place(server, data, tiny_sft, tmp_path_
     model = _poll_model(client, lambda m: m["id"] == new_id, "the new checkpoint")
     assert model["stage"] == "ppo" and model["requested_checkpoint"] == str(other)
     assert model["stats"]["replica"] == before_model["stats"]["replica"], "the replica was restarted"
+    assert model["model_replica"] == before_model["model_replica"], "the model's replica was restarted"
+    assert (model["model_replica"] == model["stats"]["replica"]) != cfg.separate_model
     assert model["stats"]["max_batch_size"] == 8
     after = [client.post("/v1/rank", json={"user_id": u, "k": 10}).json() for u in users]
     assert all(a["checkpoint_id"] == new_id and a["stage"] == "ppo" for a in after)
@@ -391,19 +394,35 @@ def test_cli_refuses_a_missing_or_tampered_checkpoint(tiny_sft, tmp_path):
     assert r.returncode == 2 and "max_k" in r.stderr, r.stderr
 
 
-def test_cli_prints_a_deployable_config(tiny_sft, synth_data):
+@pytest.mark.parametrize("separate", [False, True])
+def test_cli_prints_a_deployable_config(tiny_sft, synth_data, separate):
     import yaml
+    from ray.serve.schema import ServeDeploySchema
 
     r = _cli("--checkpoint", str(tiny_sft), "--data", str(synth_data), "--replicas", "2",
-             "--max-batch-size", "8", "--batch-wait-ms", "5", "--print-config")
+             "--max-batch-size", "8", "--batch-wait-ms", "5", "--print-config", *(["--separate-model"] * separate))
     assert r.returncode == 0, r.stderr
     conf = yaml.safe_load(r.stdout)
     app = conf["applications"][0]
     assert app["import_path"] == "rlhf_ray.serve.app:build_app" and conf["http_options"]["host"] == "127.0.0.1"
     assert app["args"]["checkpoint"] == str(tiny_sft) and app["args"]["data"] == str(synth_data)
-    dep = app["deployments"][0]
-    assert dep["num_replicas"] == 2
-    assert dep["user_config"] == {"checkpoint": str(tiny_sft), "max_batch_size": 8, "batch_wait_ms": 5.0}
-    from ray.serve.schema import ServeDeploySchema
-
+    deps = {d["name"]: d for d in app["deployments"]}
+    assert all(d["num_replicas"] == 2 for d in deps.values())
+    if separate:
+        assert app["args"]["separate_model"] is True and set(deps) == {"Ranker", "RankerModel"}
+        assert deps["Ranker"]["user_config"] == {"max_batch_size": 8, "batch_wait_ms": 5.0}
+        assert deps["RankerModel"]["user_config"] == {"checkpoint": str(tiny_sft)}
+        assert deps["Ranker"]["ray_actor_options"]["num_cpus"] == 0.5
+    else:
+        assert set(deps) == {"Ranker"}
+        assert deps["Ranker"]["user_config"] == {"checkpoint": str(tiny_sft), "max_batch_size": 8,
+                                                 "batch_wait_ms": 5.0}
     ServeDeploySchema.model_validate(conf)  # what serve deploy / a RayService accepts
+
+
+def test_a_user_config_key_no_deployment_takes_is_refused_before_deploying(tiny_sft):
+    from rlhf_ray.config import ConfigError
+    from rlhf_ray.serve.app import deploy
+
+    with pytest.raises(ConfigError, match="unknown key 'checkpoints'"):
+        deploy(ServeConfig(checkpoint=str(tiny_sft), separate_model=True), user_config_override={"checkpoints": "x"})

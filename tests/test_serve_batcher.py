@@ -9,6 +9,18 @@ import pytest
 from rlhf_ray.serve.batcher import Batcher
 
 
+def threaded(fn):
+    """The batcher's ``run`` for a synchronous batch function: in a worker thread, timed."""
+    def timed(items):
+        t0 = time.perf_counter()
+        out = fn(items)
+        return out, time.perf_counter() - t0
+
+    async def run(items):
+        return await asyncio.to_thread(timed, items)
+    return run
+
+
 def _model(seconds: float, log: list):
     """A stand-in batch function: records its batches, holds the thread like a model would."""
     def run(items):
@@ -28,7 +40,7 @@ def test_a_burst_fills_whole_batches_in_order():
     log = []
 
     async def go():
-        b = Batcher(_model(0.01, log), max_batch_size=16, wait_s=0.0)
+        b = Batcher(threaded(_model(0.01, log)), max_batch_size=16, wait_s=0.0)
         return await asyncio.gather(*(b.submit(i) for i in range(40))), b
 
     out, b = asyncio.run(go())
@@ -40,13 +52,31 @@ def test_a_burst_fills_whole_batches_in_order():
     assert all(v >= 0 for _, t in out for v in t.stages_ms().values())
 
 
+def test_the_model_time_run_reports_is_split_from_the_handoff():
+    """``run`` says how long the model itself took; the rest of the call is the handoff
+    (a worker thread, or a Ray call to a model replica)."""
+    async def run(items):
+        await asyncio.sleep(0.05)  # getting there and back
+        return items, 0.01  # of which the model ran 10 ms
+
+    async def go():
+        b = Batcher(run, max_batch_size=4, wait_s=0.0)
+        return await b.submit("x")
+
+    value, timing = asyncio.run(go())
+    stages = timing.stages_ms()
+    assert value == "x" and stages["model"] == pytest.approx(10.0)
+    assert stages["handoff"] >= 40.0 and stages["model"] + stages["handoff"] == pytest.approx(
+        (timing.finished - timing.started) * 1000)
+
+
 def test_closed_loop_clients_get_big_batches_without_waiting():
     """32 clients, each sending its next request when the last one returns, wait_s = 0:
     requests queue while a batch runs, so batches hold about half the clients."""
     log = []
 
     async def go():
-        b = Batcher(_model(0.02, log), max_batch_size=16, wait_s=0.0)
+        b = Batcher(threaded(_model(0.02, log)), max_batch_size=16, wait_s=0.0)
         await asyncio.gather(*(client(b, c) for c in range(32)))
         return b
 
@@ -66,7 +96,7 @@ def test_a_failing_batch_fails_only_its_requests():
         return items
 
     async def go():
-        b = Batcher(run, max_batch_size=4, wait_s=0.0)
+        b = Batcher(threaded(run), max_batch_size=4, wait_s=0.0)
         first = await asyncio.gather(*(b.submit(i) for i in range(4)), return_exceptions=True)
         second = await b.submit(7)
         return first, second
@@ -77,12 +107,12 @@ def test_a_failing_batch_fails_only_its_requests():
 
 def test_wrong_result_count_is_an_error_and_settings_are_checked():
     async def go():
-        b = Batcher(lambda items: items[:-1], max_batch_size=4, wait_s=0.0)
+        b = Batcher(threaded(lambda items: items[:-1]), max_batch_size=4, wait_s=0.0)
         return await asyncio.gather(*(b.submit(i) for i in range(3)), return_exceptions=True)
 
     assert all(isinstance(e, RuntimeError) and "2 results for 3" in str(e) for e in asyncio.run(go()))
     with pytest.raises(ValueError, match="max_batch_size"):
-        Batcher(lambda x: x, max_batch_size=0, wait_s=0.0)
+        Batcher(threaded(lambda x: x), max_batch_size=0, wait_s=0.0)
 
 
 def test_a_cancelled_request_is_left_out():
@@ -95,7 +125,7 @@ def test_a_cancelled_request_is_left_out():
         return items
 
     async def go():
-        b = Batcher(run, max_batch_size=8, wait_s=0.0)
+        b = Batcher(threaded(run), max_batch_size=8, wait_s=0.0)
         busy = asyncio.ensure_future(b.submit("first"))
         await asyncio.sleep(0.05)  # "first" is running; the next two queue behind it
         gone = asyncio.ensure_future(b.submit("gone"))
@@ -116,7 +146,7 @@ def test_a_batch_waits_only_for_the_requests_in_flight():
     log = []
 
     async def go():
-        b = Batcher(_model(0.005, log), max_batch_size=16, wait_s=60.0)
+        b = Batcher(threaded(_model(0.005, log)), max_batch_size=16, wait_s=60.0)
         await asyncio.wait_for(client(b, 0, 3), 20)  # alone: never waits
         lone = [len(x) for x in log]
         await asyncio.wait_for(asyncio.gather(*(client(b, c, 4) for c in range(8))), 20)
@@ -139,7 +169,7 @@ def test_two_groups_of_clients_merge_into_one_batch():
     log = []
 
     async def go():
-        b = Batcher(_model(0.03, log), max_batch_size=16, wait_s=1.0)
+        b = Batcher(threaded(_model(0.03, log)), max_batch_size=16, wait_s=1.0)
         first = [asyncio.ensure_future(client(b, c)) for c in range(4)]
         await asyncio.sleep(0.01)  # the first batch of 4 is running
         await asyncio.wait_for(asyncio.gather(*first, *(client(b, c) for c in range(4, 8))), 30)

@@ -46,7 +46,16 @@ class ServeConfig(Config):
     max_replicas: int = field(default=2, metadata=doc("autoscaling: most replicas", ge=1))
     target_ongoing_requests: float = field(default=16.0, metadata=doc(
         "autoscaling: requests in flight per replica to aim for", gt=0))
-    cpus_per_replica: float = field(default=1.0, metadata=doc("CPUs Ray reserves for each replica", ge=0))
+    cpus_per_replica: float = field(default=1.0, metadata=doc(
+        "CPUs Ray reserves for each replica that runs the model", ge=0))
+    separate_model: bool = field(default=False, metadata=doc(
+        "run the model in a deployment of its own (RankerModel), fed whole batches by the HTTP deployment "
+        "(Ranker) in one Ray call each: parsing and answering HTTP no longer share one interpreter lock "
+        "with the model, at the price of that call; the checkpoint then goes in RankerModel's user_config. "
+        "Both deployments take the replica settings (a model replica autoscales on batches in flight, "
+        "target 1)", legacy=False))
+    ingress_cpus: float = field(default=0.5, metadata=doc(
+        "with separate_model: CPUs Ray reserves for each HTTP replica", ge=0))
     torch_threads: int = field(default=1, metadata=doc("torch intra-op threads in each replica", ge=1))
     max_batch_size: int = field(default=16, metadata=doc("most requests decoded together in one batch", ge=1))
     batch_wait_ms: float = field(default=10.0, metadata=doc(

@@ -4,7 +4,7 @@ It talks to a *service* (the Serve deployment in :mod:`rlhf_ray.serve.app`) thro
 four methods, so it holds no model and no Ray code:
 
     async rank(RankRequest) -> (Page, {stage: ms})   raises RequestError for a bad request
-    observe({stage: ms});  health() -> dict;  model_info() -> dict;  stats() -> dict
+    observe({stage: ms});  async health() -> dict;  async model_info() -> dict;  stats() -> dict
 
 Status codes: 200 page; 413 body over ``max_body_bytes``; 415 a Content-Type other
 than JSON; 422 anything else wrong with the request (not JSON: NaN, Infinity, bad
@@ -32,9 +32,9 @@ class RankService(Protocol):
 
     def observe(self, stages_ms: dict[str, float]) -> None: ...
 
-    def health(self) -> dict: ...
+    async def health(self) -> dict: ...
 
-    def model_info(self) -> dict: ...
+    async def model_info(self) -> dict: ...
 
     def stats(self) -> dict: ...
 
@@ -121,11 +121,11 @@ def build_api(service: RankService) -> FastAPI:
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict:
-        return service.health()
+        return await service.health()
 
     @app.get("/v1/model", response_model=ModelInfo)
     async def model() -> dict:
-        return service.model_info()
+        return await service.model_info()
 
     @app.get("/v1/stats", response_model=Stats)
     async def stats() -> dict:

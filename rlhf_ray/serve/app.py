@@ -1,7 +1,9 @@
-"""The Ray Serve application: one ``Ranker`` deployment with a FastAPI ingress and
-dynamic batching (:class:`~rlhf_ray.serve.batcher.Batcher`: a batch is formed when the
-model is free, so batches grow with the load) and per-stage latency metrics
-(:mod:`rlhf_ray.serve.latency`).
+"""The Ray Serve application: the ``Ranker`` deployment, a FastAPI ingress with dynamic
+batching (:class:`~rlhf_ray.serve.batcher.Batcher`: a batch is formed when the model is
+free, so batches grow with the load) and per-stage latency metrics
+(:mod:`rlhf_ray.serve.latency`). The model runs in the ``Ranker`` replica itself, or with
+``separate_model`` in a ``RankerModel`` deployment of its own that ``Ranker`` feeds one whole
+batch per call (:mod:`rlhf_ray.serve.model_replica` says when that pays).
 
 Import path (``serve run``, ``serve deploy`` configs, a KubeRay RayService)::
 
@@ -24,23 +26,24 @@ Import path (``serve run``, ``serve deploy`` configs, a KubeRay RayService)::
             num_replicas: 1
             user_config: {checkpoint: /models/sft, max_batch_size: 16, batch_wait_ms: 10.0}
 
-Switching checkpoints without a restart: change only ``user_config`` of the
-``Ranker`` deployment in that config (``serve deploy``, RayService ``serveConfigV2``,
-or :func:`deploy` with ``user_config={"checkpoint": ...}``). Serve then calls
-:meth:`RankerDeployment.reconfigure` on the running replicas: the new checkpoint is
-loaded (hashes verified) beside the old one and swapped in between batches. If it
-cannot be loaded the replica keeps serving the old one and ``GET /v1/model`` reports
-the error in ``reconfigure_error``. (``serve.run`` from Python always replaces
-replicas; only a config update with unchanged ``args`` reconfigures in place.)
+(with ``separate_model: true`` in ``args``: ``Ranker``'s user_config holds the batch settings
+and a second deployment ``RankerModel`` has ``user_config: {checkpoint: /models/sft}``).
+
+Switching checkpoints without a restart: change only the ``checkpoint`` of the user_config
+that holds it in that config (``serve deploy``, RayService ``serveConfigV2``, or
+:func:`deploy` with ``user_config_override={"checkpoint": ...}``). Serve then calls
+``reconfigure`` on the running replicas: the new checkpoint is loaded (hashes verified)
+beside the old one and swapped in between batches. If it cannot be loaded the replica keeps
+serving the old one and ``GET /v1/model`` reports the error in ``reconfigure_error``.
+(``serve.run`` from Python always replaces replicas; only a config update with unchanged
+``args`` reconfigures in place.)
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -48,16 +51,22 @@ from ray import serve
 from rlhf_ray.config import ConfigError, ServeConfig
 from rlhf_ray.serve.api import build_api
 from rlhf_ray.serve.batcher import Batcher
+from rlhf_ray.serve.host import ModelHost
 from rlhf_ray.serve.latency import LatencyMetrics
-from rlhf_ray.serve.ranker import Page, Ranker, RankRequest, RequestError, UserHistories
+from rlhf_ray.serve.model_replica import (MODEL_DEPLOYMENT, MODEL_USER_CONFIG_KEYS, RankerModel, model_host,
+                                          replica_id, unknown_keys)
+from rlhf_ray.serve.ranker import Page, RankRequest, RequestError
 
 DEPLOYMENT = "Ranker"
 IMPORT_PATH = "rlhf_ray.serve.app:build_app"
-# ServeConfig fields that travel in user_config (reconfigurable in place); the rest are init args.
+# ServeConfig fields that travel in a user_config (reconfigurable in place), by deployment: all
+# in Ranker's, or with separate_model the checkpoint in RankerModel's; the rest are init args.
 USER_CONFIG_KEYS = ("checkpoint", "max_batch_size", "batch_wait_ms")
+BATCH_KEYS = ("max_batch_size", "batch_wait_ms")
 # Fields that only the driver uses (where to deploy), never a replica.
 DRIVER_KEYS = ("host", "port", "address", "num_cpus", "ingress", "worker_niceness", "blocking", "app_name",
                "route_prefix")
+MODEL_MAX_ONGOING = 8  # batches a RankerModel replica accepts at once (each HTTP replica sends one at a time)
 WORKER_NICENESS_ENV = "RAY_worker_niceness"  # the raylet's worker_niceness (default 15), read when Ray starts
 # Ray's own switches for each ``ServeConfig.ingress``; every Serve process reads them when it
 # starts, so they must be in the environment before Ray starts (a cluster's nodes set them itself).
@@ -69,26 +78,54 @@ INGRESS_ENV = {
 logger = logging.getLogger("ray.serve")
 
 
+class LocalModel:
+    """The model in the HTTP replica itself: batches run in a worker thread of this process."""
+
+    def __init__(self, host: ModelHost):
+        self.host = host
+
+    async def rank_batch(self, requests: list[RankRequest]) -> tuple[list[Page | RequestError], float]:
+        return await asyncio.to_thread(self.host.rank, requests)
+
+    async def health(self) -> dict:
+        return self.host.health()
+
+    async def describe(self) -> dict:
+        return self.host.describe()
+
+
+class RemoteModel:
+    """The model in ``RankerModel`` replicas (:mod:`rlhf_ray.serve.model_replica`): one Ray call per batch."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def rank_batch(self, requests: list[RankRequest]) -> tuple[list[Page | RequestError], float]:
+        return await self.handle.rank_batch.remote(requests)
+
+    async def health(self) -> dict:
+        return await self.handle.health.remote()
+
+    async def describe(self) -> dict:
+        return await self.handle.describe.remote()
+
+
 @serve.deployment(name=DEPLOYMENT, max_constructor_retry_count=3)
 @serve.ingress()
 class RankerDeployment:
-    """One replica: a :class:`Ranker`, a batch queue, counters of the batches served and latency metrics."""
+    """One HTTP replica: the API, a batch queue, counters of the batches served and latency metrics.
+    The model is in this replica, or (given ``model``, a handle to ``RankerModel``) in its own."""
 
-    def __init__(self, settings: dict):
-        import torch
-
-        self.cfg: ServeConfig = ServeConfig.from_dict(settings)  # type: ignore[assignment]
-        torch.set_num_threads(self.cfg.torch_threads)
-        self.users = UserHistories.load(self.cfg.data) if self.cfg.data else None
-        self.ranker: Ranker | None = None
-        self.requested = ""
-        self.reconfigure_error: str | None = None
+    def __init__(self, settings: dict, model=None):
+        self.cfg, host = model_host(settings)
+        self.host = None if model is not None else host  # the checkpoint this replica loads itself
+        self.model = RemoteModel(model) if model is not None else LocalModel(host)
         self.latency = LatencyMetrics()
-        self.batcher = Batcher(self._rank_batch, self.cfg.max_batch_size, self.cfg.batch_wait_ms / 1000.0,
+        self.batcher = Batcher(self.model.rank_batch, self.cfg.max_batch_size, self.cfg.batch_wait_ms / 1000.0,
                                on_batch=self.latency.observe_batch)
-        self.replica = _replica_id()
-        self._reconfiguring = asyncio.Lock()
-        # The checkpoint arrives with the user_config: Serve calls reconfigure() next.
+        self.replica = replica_id()
+        # The checkpoint (or, with a model deployment, the batch settings) arrive with the
+        # user_config: Serve calls reconfigure() next.
 
     def __serve_build_asgi_app__(self):
         return build_api(self)
@@ -96,54 +133,27 @@ class RankerDeployment:
     # ------------------------------------------------------------------ reconfigure
 
     async def reconfigure(self, user_config: dict) -> None:
-        """Apply ``{"checkpoint": DIR, "max_batch_size": N, "batch_wait_ms": X}`` (any subset).
+        """Apply ``{"checkpoint": DIR, "max_batch_size": N, "batch_wait_ms": X}`` (any subset;
+        ``checkpoint`` only when this replica holds the model).
 
         Called by Serve at start and whenever only the user_config changes. A checkpoint
         that fails to load keeps the current one when there is one (the error is
         reported by ``/v1/model``); at start-up it fails the replica.
         """
-        async with self._reconfiguring:
-            try:
-                new = self._parse_user_config(user_config)
-                self.batcher.configure(new.max_batch_size, new.batch_wait_ms / 1000.0)
-                path = new.checkpoint
-                self.requested = path or self.requested
-                if path and not (self.ranker is not None and self._same_checkpoint(path)):
-                    self.ranker = await asyncio.to_thread(self._load, path)
-                self.reconfigure_error = None
-            except Exception as e:  # noqa: BLE001  report anything, keep serving the old model
-                if self.ranker is None:
-                    raise
-                self.reconfigure_error = f"{type(e).__name__}: {e}"
-                logger.error("reconfigure failed, still serving %s: %s", self.ranker.id, self.reconfigure_error)
-            if self.ranker is None:
-                raise ConfigError("no checkpoint to serve: give `checkpoint` in args or user_config")
-
-    def _parse_user_config(self, user_config: dict) -> ServeConfig:
-        unknown = sorted(set(user_config or {}) - set(USER_CONFIG_KEYS))
-        if unknown:
-            raise ConfigError(f"user_config: unknown key(s) {unknown}; valid keys: {list(USER_CONFIG_KEYS)}")
-        return self.cfg.replace(**{k: v for k, v in (user_config or {}).items() if v is not None})  # type: ignore
-
-    def _load(self, path: str) -> Ranker:
-        return Ranker.load(path, self.users, max_k=self.cfg.max_k, max_history=self.cfg.max_history)
-
-    def _same_checkpoint(self, path: str) -> bool:
-        """Same directory and same manifest id (a directory re-exported in place is reloaded)."""
-        assert self.ranker is not None
+        keys = USER_CONFIG_KEYS if self.host is not None else BATCH_KEYS
         try:
-            manifest = json.loads((Path(path) / "manifest.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return Path(path).resolve() == self.ranker.ckpt.path.resolve() and manifest.get("id") == self.ranker.id
+            unknown_keys(user_config, keys, DEPLOYMENT)
+        except ConfigError as e:
+            if self.host is None and "checkpoint" in (user_config or {}):
+                raise ConfigError(f"{e} (with separate_model the checkpoint goes in {MODEL_DEPLOYMENT}'s "
+                                  "user_config)") from None
+            raise
+        new = self.cfg.replace(**{k: v for k, v in (user_config or {}).items() if v is not None})
+        self.batcher.configure(new.max_batch_size, new.batch_wait_ms / 1000.0)  # type: ignore[attr-defined]
+        if self.host is not None:
+            await self.host.load(new.checkpoint)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ serving
-
-    def _rank_batch(self, requests: list[RankRequest]) -> list[Page | RequestError]:
-        """One batch, in the batcher's worker thread (the event loop keeps accepting requests)."""
-        ranker = self.ranker  # one checkpoint per batch, even if a reconfigure swaps it meanwhile
-        assert ranker is not None
-        return ranker.rank(requests)
 
     async def rank(self, req: RankRequest) -> tuple[Page, dict[str, float]]:
         out, timing = await self.batcher.submit(req)
@@ -155,13 +165,13 @@ class RankerDeployment:
         self.latency.observe(stages_ms)
 
     def check_health(self) -> None:
-        """Serve's health probe: a replica without a checkpoint is not healthy."""
-        if self.ranker is None:
-            raise ConfigError("no checkpoint loaded: deploy with a user_config holding `checkpoint`")
+        """Serve's health probe: a replica that holds the model must have a checkpoint
+        (a ``RankerModel`` replica answers its own probe)."""
+        if self.host is not None:
+            self.host.check()
 
-    def health(self) -> dict:
-        assert self.ranker is not None
-        return {"status": "ok", "checkpoint_id": self.ranker.id, "stage": self.ranker.stage}
+    async def health(self) -> dict:
+        return await self.model.health()
 
     def stats(self) -> dict:
         hist = self.batcher.histogram
@@ -172,19 +182,10 @@ class RankerDeployment:
             "niceness": os.nice(0), **self.latency.snapshot(),
         }
 
-    def model_info(self) -> dict:
-        assert self.ranker is not None
+    async def model_info(self) -> dict:
         stats = self.stats()
-        return {**self.ranker.describe(), "requested_checkpoint": self.requested,
-                "reconfigure_error": self.reconfigure_error,
-                "batch_size_histogram": stats["batch_size_histogram"], "stats": stats}
-
-
-def _replica_id() -> str:
-    try:
-        return serve.get_replica_context().replica_id.unique_id
-    except Exception:  # noqa: BLE001  outside a replica (never in production)
-        return "local"
+        return {**await self.model.describe(), "batch_size_histogram": stats["batch_size_histogram"],
+                "stats": stats}
 
 
 # ---------------------------------------------------------------------- building and deploying
@@ -226,23 +227,34 @@ def init_settings(cfg: ServeConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if k not in DRIVER_KEYS + USER_CONFIG_KEYS}
 
 
-def user_config(cfg: ServeConfig) -> dict[str, Any]:
-    return {k: getattr(cfg, k) for k in USER_CONFIG_KEYS}
+def user_configs(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
+    """Each deployment's user_config: all of USER_CONFIG_KEYS in Ranker's, or with
+    ``separate_model`` the batch settings in Ranker's and the checkpoint in RankerModel's."""
+    if not cfg.separate_model:
+        return {DEPLOYMENT: {k: getattr(cfg, k) for k in USER_CONFIG_KEYS}}
+    return {DEPLOYMENT: {k: getattr(cfg, k) for k in BATCH_KEYS},
+            MODEL_DEPLOYMENT: {k: getattr(cfg, k) for k in MODEL_USER_CONFIG_KEYS}}
 
 
-def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
-    """Replica count or autoscaling, resources and concurrency for ``cfg``."""
-    opts: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica},
-        "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size),
-    }
+def _replicas(cfg: ServeConfig, target_ongoing: float) -> dict[str, Any]:
     if cfg.autoscaling:
-        opts["autoscaling_config"] = {
-            "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-            "target_ongoing_requests": cfg.target_ongoing_requests,
-        }
-    else:
-        opts["num_replicas"] = cfg.replicas
+        return {"autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+                                       "target_ongoing_requests": target_ongoing}}
+    return {"num_replicas": cfg.replicas}
+
+
+def deployment_options(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
+    """Each deployment's replica count or autoscaling, resources and concurrency. With
+    ``separate_model`` the HTTP replicas reserve ``ingress_cpus`` and the model replicas
+    ``cpus_per_replica``; a model replica scales on batches in flight (one per busy HTTP replica)."""
+    opts = {DEPLOYMENT: {
+        "ray_actor_options": {"num_cpus": cfg.ingress_cpus if cfg.separate_model else cfg.cpus_per_replica},
+        "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size),
+        **_replicas(cfg, cfg.target_ongoing_requests),
+    }}
+    if cfg.separate_model:
+        opts[MODEL_DEPLOYMENT] = {"ray_actor_options": {"num_cpus": cfg.cpus_per_replica},
+                                  "max_ongoing_requests": MODEL_MAX_ONGOING, **_replicas(cfg, 1.0)}
     return opts
 
 
@@ -251,8 +263,12 @@ def build_app(args: dict[str, Any]):
     cfg: ServeConfig = ServeConfig.from_dict(dict(args or {}))  # type: ignore[assignment]
     if not cfg.checkpoint:
         raise ConfigError("checkpoint: required (the checkpoint directory to serve)")
-    dep = RankerDeployment.options(user_config=user_config(cfg), **deployment_options(cfg))
-    return dep.bind(init_settings(cfg))
+    conf, opts = user_configs(cfg), deployment_options(cfg)
+    http = RankerDeployment.options(user_config=conf[DEPLOYMENT], **opts[DEPLOYMENT])
+    if not cfg.separate_model:
+        return http.bind(init_settings(cfg))
+    model = RankerModel.options(user_config=conf[MODEL_DEPLOYMENT], **opts[MODEL_DEPLOYMENT])
+    return http.bind(init_settings(cfg), model.bind(init_settings(cfg)))
 
 
 def serve_config(cfg: ServeConfig) -> dict[str, Any]:
@@ -260,28 +276,33 @@ def serve_config(cfg: ServeConfig) -> dict[str, Any]:
     defaults = ServeConfig().to_dict()
     args = {k: v for k, v in init_settings(cfg).items() if v != defaults[k]}
     args = {"checkpoint": cfg.checkpoint, **args}
-    deployment = {"name": DEPLOYMENT, "user_config": user_config(cfg), **deployment_options(cfg)}
+    conf, opts = user_configs(cfg), deployment_options(cfg)
+    deployments = [{"name": name, "user_config": conf[name], **opts[name]} for name in conf]
     return {
         "http_options": {"host": cfg.host, "port": cfg.port},
         "applications": [{
             "name": cfg.app_name, "route_prefix": cfg.route_prefix, "import_path": IMPORT_PATH,
-            "args": args, "deployments": [deployment],
+            "args": args, "deployments": deployments,
         }],
     }
 
 
 def deploy(cfg: ServeConfig, *, user_config_override: dict | None = None, timeout_s: float = 180.0) -> None:
     """Deploy (or update) the application from its declarative config on the connected Ray
-    cluster and wait until it runs. An update that changes only the ``user_config``
-    reconfigures the running replicas in place. Raises ``RuntimeError`` with Serve's
+    cluster and wait until it runs. An update that changes only user_configs reconfigures the
+    running replicas in place; each key of ``user_config_override`` goes to the deployment
+    whose user_config holds it (:func:`user_configs`). Raises ``RuntimeError`` with Serve's
     message when the deployment fails."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     conf = serve_config(cfg)
-    if user_config_override:
-        dep = conf["applications"][0]["deployments"][0]
-        dep["user_config"] = {**dep["user_config"], **user_config_override}
+    deployments = {d["name"]: d for d in conf["applications"][0]["deployments"]}
+    for key, value in (user_config_override or {}).items():
+        owner = [d for d in deployments.values() if key in d["user_config"]]
+        if not owner:
+            raise ConfigError(f"user_config_override: unknown key {key!r}; valid keys: {list(USER_CONFIG_KEYS)}")
+        owner[0]["user_config"][key] = value
     serve.start(http_options=conf["http_options"])
     submitted = time.time()
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(conf))

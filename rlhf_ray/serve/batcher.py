@@ -29,7 +29,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 
 @dataclass
@@ -39,13 +39,17 @@ class Timing:
     arrived: float  # submitted
     opened: float  # its batch began collecting (the model was free and a request was there)
     started: float  # its batch went to the model
-    finished: float  # the model returned
+    finished: float  # the model's answer was back
+    model_s: float  # of which the model itself ran (as ``run`` reports it)
 
     def stages_ms(self) -> dict[str, float]:
-        """queue: waiting for the model to be free; batch_wait: for company; model: its batch's run."""
+        """queue: waiting for the model to be free; batch_wait: for company; model: its batch's run;
+        handoff: getting the batch to the model and its answer back (a worker thread, or a Ray call)."""
+        call = max(0.0, self.finished - self.started)
+        model = min(max(0.0, self.model_s), call)
         return {"queue": max(0.0, self.opened - self.arrived) * 1000,
                 "batch_wait": (self.started - max(self.arrived, self.opened)) * 1000,
-                "model": (self.finished - self.started) * 1000}
+                "model": model * 1000, "handoff": (call - model) * 1000}
 
 
 @dataclass
@@ -56,11 +60,12 @@ class _Pending:
 
 
 class Batcher:
-    """``await submit(item)`` -> ``(result, Timing)``; ``run(items) -> results`` runs in a worker
-    thread, one batch at a time. An exception from ``run`` fails that batch's requests only.
-    ``on_batch(size)`` (optional) is called on the event loop as each batch starts."""
+    """``await submit(item)`` -> ``(result, Timing)``; ``await run(items) -> (results, model_s)``
+    runs one batch at a time (``model_s``: the seconds the model itself took, for the latency
+    breakdown). An exception from ``run`` fails that batch's requests only. ``on_batch(size)``
+    (optional) is called on the event loop as each batch starts."""
 
-    def __init__(self, run: Callable[[list], Sequence], max_batch_size: int, wait_s: float,
+    def __init__(self, run: Callable[[list], Awaitable[tuple[Sequence, float]]], max_batch_size: int, wait_s: float,
                  on_batch: Callable[[int], None] | None = None):
         self.run, self.on_batch = run, on_batch
         self.configure(max_batch_size, wait_s)
@@ -129,11 +134,11 @@ class Batcher:
                 self.on_batch(len(batch))
             started = time.perf_counter()
             try:
-                results = await asyncio.to_thread(self.run, [p.item for p in batch])
+                results, model_s = await self.run([p.item for p in batch])
                 error = None if len(results) == len(batch) else RuntimeError(
                     f"batch function returned {len(results)} results for {len(batch)} requests")
             except Exception as e:  # noqa: BLE001  handed to the waiting requests
-                results, error = [], e
+                results, model_s, error = [], 0.0, e
             finished = time.perf_counter()
             for i, p in enumerate(batch):
                 if p.future.done():
@@ -141,4 +146,4 @@ class Batcher:
                 if error is not None:
                     p.future.set_exception(error)
                 else:
-                    p.future.set_result((results[i], Timing(p.arrived, opened, started, finished)))
+                    p.future.set_result((results[i], Timing(p.arrived, opened, started, finished, model_s)))

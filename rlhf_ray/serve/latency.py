@@ -6,6 +6,8 @@ Stages of one ``POST /v1/rank`` in the replica (milliseconds):
 * ``queue``: waiting for the model to be free (earlier batches running);
 * ``batch_wait``: waiting for more requests to share the batch;
 * ``model``: the batch's ranking (prompts, decoding, pages), shared by its requests;
+* ``handoff``: getting the batch to the model and the pages back: a worker thread of the
+  replica, or with ``separate_model`` one Ray call to a ``RankerModel`` replica;
 * ``serialise``: the page to response bytes;
 * ``total``: route entry to response bytes (the sum of the above plus scheduling gaps).
 
@@ -17,7 +19,7 @@ of each stage over any interval from two snapshots.
 """
 from __future__ import annotations
 
-STAGES = ("parse", "queue", "batch_wait", "model", "serialise", "total")
+STAGES = ("parse", "queue", "batch_wait", "model", "handoff", "serialise", "total")
 STAGE_BOUNDARIES_MS = [0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
 
@@ -29,7 +31,7 @@ class LatencyMetrics:
         from ray.serve.metrics import Histogram
 
         self.stage_ms = Histogram("rlhf_ray_rank_stage_ms", description="Time of one rank request in each stage "
-                                  "of the replica (ms): parse, queue, batch_wait, model, serialise, total.",
+                                  "of the replica (ms): parse, queue, batch_wait, model, handoff, serialise, total.",
                                   boundaries=STAGE_BOUNDARIES_MS, tag_keys=("stage",))
         self.batch_size = Histogram("rlhf_ray_rank_batch_size", description="Requests per decoded batch.",
                                     boundaries=BATCH_BOUNDARIES)

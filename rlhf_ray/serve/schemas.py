@@ -93,7 +93,7 @@ class Stats(BaseModel):
     niceness: int = Field(description="the replica process's CPU niceness (ServeConfig.worker_niceness)")
     timed_requests: int = Field(description="pages served and timed (the count behind stage_ms_sum)")
     stage_ms_sum: dict[str, float] = Field(description="stage -> milliseconds summed over timed requests: parse, "
-                                           "queue, batch_wait, model, serialise, total (rlhf_ray.serve.latency)")
+                                           "queue, batch_wait, model, handoff, serialise, total (rlhf_ray.serve.latency)")
 
 
 class ModelInfo(BaseModel):
@@ -112,5 +112,7 @@ class ModelInfo(BaseModel):
     known_users: int
     requested_checkpoint: str = Field(description="the checkpoint the latest reconfigure asked for")
     reconfigure_error: Optional[str] = Field(None, description="why the latest reconfigure kept the old checkpoint")
+    model_replica: str = Field(description="the replica holding the model: this HTTP replica, or with "
+                               "separate_model the RankerModel replica that answered")
     batch_size_histogram: dict[str, int]
     stats: Stats
