@@ -238,6 +238,38 @@ def reward_seeded_body(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def serve_ab(subdir: str, modes: dict[str, str]):
+    """A renderer of interleaved serve_load rounds ``results/{subdir}/{mode}_r{n}.json``: per client
+    count and mode, the median [min, max] over rounds of pages/s, ratio to the ceiling and p99, and
+    the replica's mean model and handoff ms per request."""
+    def render() -> str:
+        runs = {m: sorted((RESULTS / subdir).glob(f"{m}_r*.json")) for m in modes}
+        if not all(runs.values()):
+            return f"*No results yet: `bench/results/{subdir}/` lacks rounds of {sorted(m for m in runs if not runs[m])}.*"
+        docs = {m: [json.loads(f.read_text()) for f in fs] for m, fs in runs.items()}
+        lines = ["| clients | setting | rounds | pages/s | ratio to ceiling | p99 ms | model ms | handoff ms |",
+                 "|---|---|---|---|---|---|---|---|"]
+        med = lambda xs: f"{np.median(xs):.{2 if max(xs) < 10 else 1}f} [{min(xs):.{2 if max(xs) < 10 else 1}f}, " \
+            f"{max(xs):.{2 if max(xs) < 10 else 1}f}]"  # noqa: E731
+        clients = sorted({r["concurrency"] for d in docs[next(iter(modes))] for r in d["results"]})
+        for c in clients:
+            for m, label in modes.items():
+                rows = [r for d in docs[m] for r in d["results"] if r["concurrency"] == c]
+                stage = lambda k: med([r["replica_stage_ms"][k] for r in rows])  # noqa: E731
+                lines.append(f"| {c} | {label} | {len(rows)} | {med([r['throughput_rps'] for r in rows])} | "
+                             f"{med([r['ratio'] for r in rows])} | {med([r['p99_ms'] for r in rows])} | "
+                             f"{stage('model')} | {stage('handoff')} |")
+        first = docs[next(iter(modes))][0]
+        commits = sorted({(d["provenance"]["git"].get("commit") or "unknown")[:10] for ds in docs.values() for d in ds})
+        loads = [d["provenance"].get("load_before", [None])[0] for ds in docs.values() for d in ds]
+        return ("\n".join(lines) + "\n\nMedian [min, max] over the rounds, run alternately. Generated from "
+                f"`bench/results/{subdir}/` by `bench/readme_tables.py`; measured at commit(s) {', '.join(commits)} "
+                f"with `{first['provenance'].get('command')}` (each setting's own flags; load average before the "
+                f"rounds: {min(x for x in loads if x is not None)}-{max(x for x in loads if x is not None)}).")
+
+    return render
+
+
 BLOCKS = {
     "generation_speed": block("generation_speed", "python bench/generation_speed.py --checkpoint CKPT --data DIR",
                               generation_speed_body),
@@ -270,6 +302,8 @@ BLOCKS = {
                             own_table_body),
     "serve_load_haproxy": block("serve_load_haproxy", "python bench/serve_load.py --checkpoint CKPT --data DIR "
                                 "--ingress haproxy", own_table_body),
+    "serve_separate_ab": serve_ab("serve_separate/ab", {"inreplica": "model in the HTTP replica",
+                                                        "separate": "separate_model"}),
 }
 PATTERN = re.compile(r"(<!-- BEGIN bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END bench:(?P=name) -->)", re.S)
 

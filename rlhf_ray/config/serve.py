@@ -53,7 +53,8 @@ class ServeConfig(Config):
         "(Ranker) in one Ray call each: parsing and answering HTTP no longer share one interpreter lock "
         "with the model, at the price of that call; the checkpoint then goes in RankerModel's user_config. "
         "Both deployments take the replica settings (a model replica autoscales on batches in flight, "
-        "target 1)", legacy=False))
+        "target 1). On one 2-core node it served fewer pages/s at every load (README, Serving under load); "
+        "it is for clusters where HTTP and model replicas sit on different nodes", legacy=False))
     ingress_cpus: float = field(default=0.5, metadata=doc(
         "with separate_model: CPUs Ray reserves for each HTTP replica", ge=0))
     torch_threads: int = field(default=1, metadata=doc("torch intra-op threads in each replica", ge=1))
