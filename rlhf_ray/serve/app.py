@@ -117,9 +117,13 @@ class RankerDeployment:
     The model is in this replica, or (given ``model``, a handle to ``RankerModel``) in its own."""
 
     def __init__(self, settings: dict, model=None):
-        self.cfg, host = model_host(settings)
-        self.host = None if model is not None else host  # the checkpoint this replica loads itself
-        self.model = RemoteModel(model) if model is not None else LocalModel(host)
+        self.host: ModelHost | None = None  # the checkpoint, when this replica loads it itself
+        if model is None:
+            self.cfg, self.host = model_host(settings)
+            self.model: LocalModel | RemoteModel = LocalModel(self.host)
+        else:  # no torch threads to set, no user data to load: the model replicas do that
+            self.cfg = ServeConfig.from_dict(settings)  # type: ignore[assignment]
+            self.model = RemoteModel(model)
         self.latency = LatencyMetrics()
         self.batcher = Batcher(self.model.rank_batch, self.cfg.max_batch_size, self.cfg.batch_wait_ms / 1000.0,
                                on_batch=self.latency.observe_batch)
