@@ -98,8 +98,11 @@ def machine() -> dict:
 def input_id(path: str | Path | None) -> dict | None:
     """An id for a checkpoint or prepared-data directory (None passes through).
 
-    checkpoint: {"path", "kind": "checkpoint", "stage", "manifest_sha256"};
-    prepared data: {"path", "kind": "data", "fingerprint"}; anything else: {"path", "kind": "other"}.
+    checkpoint: {"path", "kind": "checkpoint", "stage", "manifest_sha256", "content_sha256",
+    "weights_sha256"}; prepared data: {"path", "kind": "data", "fingerprint"}; anything else:
+    {"path", "kind": "other"}. ``manifest_sha256`` names one export (the manifest holds its time);
+    ``content_sha256`` (over the manifest's per-file hashes) and ``weights_sha256`` (the weight
+    file's) are equal for two runs that wrote the same checkpoint, e.g. on another machine.
     """
     if path is None:
         return None
@@ -107,11 +110,15 @@ def input_id(path: str | Path | None) -> dict | None:
     if (p / "manifest.json").is_file():
         raw = (p / "manifest.json").read_bytes()
         try:
-            stage = json.loads(raw).get("stage")
+            manifest = json.loads(raw)
         except json.JSONDecodeError:
-            stage = None
-        return {"path": str(p), "kind": "checkpoint", "stage": stage,
-                "manifest_sha256": hashlib.sha256(raw).hexdigest()}
+            manifest = {}
+        files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+        weights = next((files[f] for f in sorted(files) if f.endswith((".safetensors", ".bin", ".pt"))), None)
+        return {"path": str(p), "kind": "checkpoint", "stage": manifest.get("stage"),
+                "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+                "content_sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+                if files else None, "weights_sha256": weights}
     if (p / "stats.json").is_file():
         try:
             fp = json.loads((p / "stats.json").read_text()).get("fingerprint")

@@ -49,10 +49,31 @@ def test_result_has_provenance_and_is_strict_json(tmp_path, inputs):
     assert len(prov["load_before"]) == 3 and len(prov["load_after"]) == 3
     assert prov["machine"]["cpu_model"] and prov["machine"]["cpus"] >= 1
     assert prov["inputs"]["sft"] == {"path": str(ck), "kind": "checkpoint", "stage": "sft",
-                                     "manifest_sha256": prov["inputs"]["sft"]["manifest_sha256"]}
+                                     "manifest_sha256": prov["inputs"]["sft"]["manifest_sha256"],
+                                     "content_sha256": None, "weights_sha256": None}  # a manifest without files
     assert len(prov["inputs"]["sft"]["manifest_sha256"]) == 64
     assert prov["inputs"]["data"]["fingerprint"] == "abc123"
     assert not list((tmp_path / "results").glob(".*tmp*"))  # written atomically: no temporary left
+
+
+def test_a_checkpoint_rewritten_with_the_same_files_keeps_its_content_id(tmp_path):
+    """Two exports of the same weights (another time, another machine) differ in manifest_sha256
+    but share content_sha256 and weights_sha256; other weights change both."""
+    from provenance import input_id
+
+    files = {"model.safetensors": "a" * 64, "tokenizer/tokenizer.json": "b" * 64}
+    ids = []
+    for name, created, weights in (("one", "2026-12-01", "a" * 64), ("two", "2026-12-04", "a" * 64),
+                                   ("three", "2026-12-04", "c" * 64)):
+        ck = tmp_path / name
+        ck.mkdir()
+        manifest = {"stage": "sft", "created": created, "files": {**files, "model.safetensors": weights}}
+        (ck / "manifest.json").write_text(json.dumps(manifest))
+        ids.append(input_id(ck))
+    one, two, three = ids
+    assert one["manifest_sha256"] != two["manifest_sha256"]
+    assert one["content_sha256"] == two["content_sha256"] and one["weights_sha256"] == two["weights_sha256"] == "a" * 64
+    assert three["content_sha256"] != one["content_sha256"] and three["weights_sha256"] == "c" * 64
 
 
 def test_smoke_results_go_outside_the_repository(monkeypatch):
