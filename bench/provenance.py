@@ -79,12 +79,16 @@ def machine() -> dict:
         "cpu_model": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(),
         "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "env_kernels": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")},
     }
     try:
         import torch
 
         out["torch"] = torch.__version__
         out["torch_threads"] = torch.get_num_threads()
+        # the kernels torch dispatches to (AVX2, AVX512, ...): runs on machines that differ here
+        # sum floats in another order, so the same seed trains other weights (README, main job)
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except ImportError:
         pass
     for mod in ("ray", "transformers", "deepspeed", "numpy"):

@@ -48,6 +48,7 @@ def test_result_has_provenance_and_is_strict_json(tmp_path, inputs):
     assert prov["command"].endswith("bench/some_bench.py --steps 3")
     assert len(prov["load_before"]) == 3 and len(prov["load_after"]) == 3
     assert prov["machine"]["cpu_model"] and prov["machine"]["cpus"] >= 1
+    assert prov["machine"]["torch_cpu_capability"] and "ATEN_CPU_CAPABILITY" in prov["machine"]["env_kernels"]
     assert prov["inputs"]["sft"] == {"path": str(ck), "kind": "checkpoint", "stage": "sft",
                                      "manifest_sha256": prov["inputs"]["sft"]["manifest_sha256"],
                                      "content_sha256": None, "weights_sha256": None}  # a manifest without files
