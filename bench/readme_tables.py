@@ -290,6 +290,8 @@ BLOCKS = {
     "tail_frontier": block("tail_frontier", "python bench/tail_frontier.py --work runs/bench/loo", protocol_body),
     "tail_frontier_pagellm": block("tail_frontier_pagellm", "python bench/tail_frontier.py --work "
                                    "runs/bench/pagellm --name tail_frontier_pagellm", protocol_body),
+    "protocol_loo_5seeds": block("protocol_loo_5seeds", "python bench/protocol_table.py --protocol loo "
+                                 "--seeds 0,1,2,3,4 (then copy its protocol_loo.json to this name)", protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_ablation": block("ppo_ablation", "python bench/ppo_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_ablation_pretrain6": block("ppo_ablation_pretrain6", "python bench/ppo_ablation.py --seeds 0,1,2",
