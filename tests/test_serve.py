@@ -1,6 +1,6 @@
 """The ranker as a real Ray Serve application over real HTTP on 127.0.0.1.
 
-One Serve app at a time (2 CPUs), twice: the model in the HTTP replica, and in a
+One Serve app at a time (2 CPUs), twice: the model in the HTTP replica, and (marked slow) in a
 ``RankerModel`` deployment of its own (``separate_model``); each answers the same tests:
 pages, batching, every kind of bad request, docs, and in-place reconfigure to another
 checkpoint (and to a broken one). The CLI's start-up checks run in a subprocess without Ray.
@@ -26,7 +26,9 @@ MAX_K = 20
 WAIT_S = 90  # upper bound when polling for a reconfigure to land (never a timing assertion)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["model_in_replica", "separate_model"])
+# The separate_model half is slow (`make test-slow`): the default suite keeps one Serve app.
+@pytest.fixture(scope="module", params=[False, pytest.param(True, marks=pytest.mark.slow)],
+                ids=["model_in_replica", "separate_model"])
 def server(request, tiny_sft, synth_data):
     from ray import serve
 
