@@ -41,7 +41,6 @@ serving the old one and ``GET /v1/model`` reports the error in ``reconfigure_err
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from typing import Any
@@ -74,9 +73,6 @@ INGRESS_ENV = {
     "proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
     "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
 }
-
-logger = logging.getLogger("ray.serve")
-
 
 class LocalModel:
     """The model in the HTTP replica itself: batches run in a worker thread of this process."""
