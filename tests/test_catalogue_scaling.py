@@ -53,6 +53,7 @@ def _check(doc: dict, sizes: list[int]) -> None:
     assert doc["provenance"]["load_before"] and doc["provenance"]["command"]
 
 
+@pytest.mark.slow  # half a minute; the default suite keeps the out-of-memory phase test below
 def test_smoke_run_reports_every_phase(tmp_path):
     doc, png, stdout = _run(tmp_path, "--sizes", "120")
     _check(doc, [120])

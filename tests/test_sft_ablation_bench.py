@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # about 1.5 min: four SFT trainings; the shared harness runs by default in test_lpo_ablation_bench
 def test_sft_ablation_smoke_writes_one_table(tmp_path):
     res, work = tmp_path / "results", tmp_path / "work"
     cmd = [sys.executable, str(ROOT / "bench" / "sft_ablation.py"), "--smoke", "--seeds", "0",

@@ -38,6 +38,7 @@ def wait_for_a_finished_trial(proc: subprocess.Popen, out: Path, log: Path, time
     pytest.fail("no trial finished in time")
 
 
+@pytest.mark.slow  # about 3.5 min on 2 shared cores; real Tune runs in the default suite in test_stage_reporting
 def test_smoke_sweep_interrupted_then_resumed(tmp_path):
     from matplotlib.image import imread
 
