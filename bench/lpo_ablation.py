@@ -258,7 +258,7 @@ def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[fl
 
 def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, base_what: str,
                  describe_default=None, columns=COLUMNS, compare=COMPARE, valid=VALID,
-                 whole_valid: bool = False) -> int:
+                 whole_valid: bool = False, checkpoint_note=None) -> int:
     """The command line of an ablation bench (this one and ``sft_ablation.py``): per seed, the
     protocol table's SFT (made if missing), every variant trained by ``train(run_dir, name, seed,
     smoke)`` (or reused), test read once per checkpoint into ``run_dir/<bench>/test``; one table
@@ -266,7 +266,8 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     ``describe_default(run_dir, seed, smoke)``: the text of the "default" row, from its config;
     ``columns``/``compare``/``valid``: the table's test columns, paired comparisons with SFT and
     validation columns; ``whole_valid``: validation figures measured on the whole validation split
-    (20-item pages, as the test) instead of read from each checkpoint's manifest."""
+    (20-item pages, as the test) instead of read from each checkpoint's manifest; ``checkpoint_note(name,
+    checkpoints)``: a sentence on a variant from its checkpoints (one per seed), listed under the table."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--seeds", default="0,1,2")
@@ -296,6 +297,7 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     frames: dict[str, list[pd.DataFrame]] = {"sft": []}
     val: dict[str, dict[str, list[float]]] = {}
     val_frames: dict[str, list[pd.DataFrame]] = {}
+    checkpoints: dict[str, list[Path]] = {}
     for s, d in zip(seeds, dirs):
         cache = d / bench / "test"
         run.add_input(f"seed{s}/sft", d / "sft")
@@ -304,6 +306,7 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
             ck = d / "sft" if name == "sft" else train(d, name, s, args.smoke)
             if name != "sft":
                 run.add_input(f"seed{s}/{name}", ck)
+                checkpoints.setdefault(name, []).append(Path(ck))
             frames.setdefault(name, []).append(test_frame(ck, prepared, cache))
             vf = record_valid(val, name, ck, valid, *vargs)
             if vf is not None:
@@ -314,11 +317,14 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     rows, comps, md, n_tail = ablation_table(frames, val, whats, prepared, len(seeds), base_what,
                                              columns=columns, compare=compare, valid=valid,
                                              val_frames=val_frames or None)
+    notes = {n: checkpoint_note(n, cks) for n, cks in checkpoints.items()} if checkpoint_note else {}
+    if notes:
+        md += "\n\n" + "\n".join(f"* {n}: {t}" for n, t in notes.items())
     print(md)
     name = bench + ("" if args.protocol == "loo" else f"_{args.protocol}") + ("_smoke" if args.smoke else "")
     path = run.write(name,
                      {"protocol": args.protocol, "seeds": seeds, "variants": whats,
-                      "rows": rows, "comparisons": comps, "markdown": md,
+                      "rows": rows, "comparisons": comps, "markdown": md, "notes": notes,
                       "users": len(prepared.histories("test")[3]),
                       "tail_users": n_tail, "seconds": round(time.time() - t0, 1)},
                      results_dir=args.results or results_dir(args.smoke))

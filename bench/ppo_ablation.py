@@ -18,7 +18,10 @@ variant its own):
   (``ppo.reward.diversity_weight``), for the ILD@10 target;
 * ``long``, ``hit3``, ``entropy``, ``adaptive_kl``, ``rollouts128``: the 64-page section shipped
   until 0a89db6 (``div3_ptx_1``) with 3x the iterations, a larger hit weight, an entropy bonus, an
-  adaptive KL coefficient, or 128 pages per iteration (shipped since).
+  adaptive KL coefficient, or 128 pages per iteration (shipped since);
+* ``hit3_ptx3``, ``hit3_lr_half``, ``hit3_lr_3q``, ``hit3_lr_half_div4``: the section shipped until
+  this table (``hit3``) with PPO-ptx 3, half or 3/4 of the policy learning rate, or half of it with
+  category-entropy weight 4, against the full-ranking NDCG@10 fall the hacking monitor flagged on 2 of 5 seeds.
 
 Columns are the PPO targets (page NDCG@10, Recall@20, page ILD@10, README "Alignment targets")
 plus NDCG@10, each compared with SFT paired over users. The validation columns are the same
@@ -42,8 +45,10 @@ from protocol_table import set_aside  # noqa: E402
 
 #: the ppo section every variant but ``default`` changes: the shipped one with the fields these
 #: ablations searched set back to what was shipped before them (category entropy 1, no ptx, 64 pages
-#: per iteration), so every row keeps its meaning (and its checkpoint) when the shipped section moves
-BASE = {"reward": {"diversity_weight": 1.0}, "policy": {"ptx_coef": 0.0}, "rollout_batch_size": 64}
+#: per iteration, the PPO sweep's policy lr 1.96e-4), so every row keeps its meaning (and its checkpoint)
+#: when the shipped section moves
+BASE = {"reward": {"diversity_weight": 1.0}, "policy": {"ptx_coef": 0.0, "train": {"lr": 0.0001963246395844747}},
+        "rollout_batch_size": 64}
 #: the section shipped from 902de4b to 0a89db6 (= div3_ptx_1): category entropy 3, ptx 1, 64 pages per
 #: iteration; the later variants change it
 SHIPPED = {"reward": {"diversity_weight": 3.0}, "policy": {"ptx_coef": 1.0}}
@@ -79,6 +84,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "adaptive_kl": ("the 64-page section, adaptive KL coefficient (target 0.5 per page, horizon 640 pages; its "
                     "runs end near 0.2, so the coefficient falls and the policy may move further)",
                     {**SHIPPED, "adaptive_kl": True, "kl_target": 0.5, "kl_horizon": 640}),
+    # the shipped section (hit3) let validation NDCG@10 fall 7% on 2 of 5 leave-one-out seeds (the hacking
+    # monitor flagged both): a stronger pull of the first slot's logits back to SFT's, or a smaller step
+    "hit3_ptx3": ("the shipped section (hit3) with PPO-ptx 3.0 instead of 1.0",
+                  {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0}, "policy": {"ptx_coef": 3.0}}),
+    "hit3_lr_half": ("the shipped section (hit3) with half the policy learning rate (9.8e-5)",
+                     {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0},
+                      "policy": {"ptx_coef": 1.0, "train": {"lr": 9.816231979223735e-05}}}),
+    "hit3_lr_3q": ("the shipped section (hit3) with three quarters of the policy learning rate (1.47e-4)",
+                   {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0},
+                    "policy": {"ptx_coef": 1.0, "train": {"lr": 1.4724347968835603e-04}}}),
+    "hit3_lr_half_div4": ("hit3_lr_half with category-entropy weight 4 instead of 3",
+                          {**SHIPPED, "reward": {"diversity_weight": 4.0, "hit_weight": 3.0},
+                           "policy": {"ptx_coef": 1.0, "train": {"lr": 9.816231979223735e-05}}}),
 }
 COLUMNS = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
 COMPARE = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
@@ -131,10 +149,19 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
     return out
 
 
+def monitor_note(name: str, checkpoints: list[Path]) -> str:
+    """The reward-hacking monitor's alerts of a variant's runs, one count per seed (its manifests)."""
+    import json
+
+    counts = [json.loads((ck / "manifest.json").read_text()).get("metrics", {}).get("hacking_alerts", "?")
+              for ck in checkpoints]
+    return f"hacking-monitor alerts per seed {', '.join(map(str, counts))}"
+
+
 def main(argv=None) -> int:
     return run_ablation(argv, __doc__, "ppo_ablation", {k: v[0] for k, v in VARIANTS.items()}, train_variant,
                         "SFT (the start of every variant)", columns=COLUMNS, compare=COMPARE, valid=VALID,
-                        whole_valid=True)
+                        whole_valid=True, checkpoint_note=monitor_note)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,11 @@ def test_ppo_ablation_smoke_writes_one_table(tmp_path):
     assert manifest("base")["config"]["reward"]["diversity_weight"] == 1.0
     shipped = json.loads((run / "ppo" / "manifest.json").read_text())["config"] if (run / "ppo").is_dir() else \
         manifest("default")["config"]
-    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 3.0  # shipped
+    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 4.0  # shipped
     assert "| page_ild@10 vs SFT |" in doc["markdown"].splitlines()[0] + "|"
+    assert set(doc["notes"]) == {"base", "default", "ptx_1"}  # the monitor's alerts, one count per seed
+    assert all(n.startswith("hacking-monitor alerts per seed ") and n.split()[-1].isdigit()
+               for n in doc["notes"].values()) and f"* ptx_1: {doc['notes']['ptx_1']}" in doc["markdown"]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert again.returncode == 0 and "trained in" not in again.stdout, again.stdout[-2000:]
     # a variant's directory trained with another config (and its resumable state) is set aside,
@@ -56,3 +59,19 @@ def test_ppo_ablation_smoke_writes_one_table(tmp_path):
     aside = [p for p in (run / "ppo_ablation").iterdir() if p.name.startswith("replaced-")]
     assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["ptx_0.1", "ptx_0.1.state"]
     assert json.loads((aside[0] / "ptx_0.1" / "manifest.json").read_text())["config"]["policy"]["ptx_coef"] == 1.0
+
+
+def test_monitor_note_reads_each_seeds_alert_count(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ppo_ablation import monitor_note
+
+    cks = []
+    for seed, n in enumerate([0, 2, 1]):
+        ck = tmp_path / f"seed{seed}"
+        ck.mkdir()
+        (ck / "manifest.json").write_text(json.dumps({"metrics": {"hacking_alerts": n}}))
+        cks.append(ck)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps({"metrics": {}}))  # a run from before the monitor
+    assert monitor_note("v", cks) == "hacking-monitor alerts per seed 0, 2, 1"
+    assert monitor_note("v", [tmp_path / "old"]) == "hacking-monitor alerts per seed ?"
