@@ -84,14 +84,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "adaptive_kl": ("the 64-page section, adaptive KL coefficient (target 0.5 per page, horizon 640 pages; its "
                     "runs end near 0.2, so the coefficient falls and the policy may move further)",
                     {**SHIPPED, "adaptive_kl": True, "kl_target": 0.5, "kl_horizon": 640}),
-    # the shipped section (hit3) let validation NDCG@10 fall 7% on 2 of 5 leave-one-out seeds (the hacking
+    # hit3, shipped until 97cd55b, let validation NDCG@10 fall 7% on 2 of 5 leave-one-out seeds (the hacking
     # monitor flagged both): a stronger pull of the first slot's logits back to SFT's, or a smaller step
-    "hit3_ptx3": ("the shipped section (hit3) with PPO-ptx 3.0 instead of 1.0",
+    "hit3_ptx3": ("hit3 (shipped from e0c3e8c to 97cd55b) with PPO-ptx 3.0 instead of 1.0",
                   {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0}, "policy": {"ptx_coef": 3.0}}),
-    "hit3_lr_half": ("the shipped section (hit3) with half the policy learning rate (9.8e-5)",
+    "hit3_lr_half": ("hit3 with half the policy learning rate (9.8e-5)",
                      {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0},
                       "policy": {"ptx_coef": 1.0, "train": {"lr": 9.816231979223735e-05}}}),
-    "hit3_lr_3q": ("the shipped section (hit3) with three quarters of the policy learning rate (1.47e-4)",
+    "hit3_lr_3q": ("hit3 with three quarters of the policy learning rate (1.47e-4)",
                    {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0},
                     "policy": {"ptx_coef": 1.0, "train": {"lr": 1.4724347968835603e-04}}}),
     "hit3_lr_half_div4": ("hit3_lr_half with category-entropy weight 4 instead of 3",
