@@ -31,6 +31,7 @@ Writes ``bench/results/ppo_ablation.json``. The harness is ``bench/lpo_ablation.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -43,15 +44,22 @@ sys.path.insert(0, str(BENCH))
 from lpo_ablation import run_ablation, same_config  # noqa: E402
 from protocol_table import set_aside  # noqa: E402
 
+from rlhf_ray.config.base import deep_merge  # noqa: E402
+
+#: the PPO sweep's policy learning rate (tune_configs/ppo-grounded.yaml), every variant's until hit3_lr_*
+SWEEP_LR = 0.0001963246395844747
+
 #: the ppo section every variant but ``default`` changes: the shipped one with the fields these
 #: ablations searched set back to what was shipped before them (category entropy 1, no ptx, 64 pages
 #: per iteration, the PPO sweep's policy lr 1.96e-4), so every row keeps its meaning (and its checkpoint)
 #: when the shipped section moves
-BASE = {"reward": {"diversity_weight": 1.0}, "policy": {"ptx_coef": 0.0, "train": {"lr": 0.0001963246395844747}},
+BASE = {"reward": {"diversity_weight": 1.0}, "policy": {"ptx_coef": 0.0, "train": {"lr": SWEEP_LR}},
         "rollout_batch_size": 64}
 #: the section shipped from 902de4b to 0a89db6 (= div3_ptx_1): category entropy 3, ptx 1, 64 pages per
 #: iteration; the later variants change it
 SHIPPED = {"reward": {"diversity_weight": 3.0}, "policy": {"ptx_coef": 1.0}}
+#: hit3: the 64-page section with hit weight 3 (shipped from e0c3e8c to 97cd55b); the hit3_* variants change it
+HIT3 = deep_merge(SHIPPED, {"reward": {"hit_weight": 3.0}})
 #: name -> (what it tests, changes to BASE); "default" is the config's own ppo section as shipped
 VARIANTS: dict[str, tuple[str, dict]] = {
     "base": ("PPO as shipped before these ablations: category-entropy weight 1, no ptx, 64 pages", {}),
@@ -72,9 +80,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
              {**SHIPPED, "iterations": 60}),
     "hit3": ("the 64-page section, hit weight 3 instead of 1.46 (the held-out hits outweigh the reward model's "
                        "score)",
-             {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0}}),
+             HIT3),
     "long_hit3": ("the 64-page section, 60 iterations and hit weight 3",
-                  {**SHIPPED, "iterations": 60, "reward": {**SHIPPED["reward"], "hit_weight": 3.0}}),
+                  {**HIT3, "iterations": 60}),
     # the levers the alignment issue names that no sweep searched
     "entropy": ("the 64-page section + entropy bonus 0.01 (policy loss -= 0.01 x H(pi) per slot)",
                 {**SHIPPED, "policy": {**SHIPPED["policy"], "entropy_coef": 0.01}}),
@@ -87,16 +95,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # hit3, shipped until 97cd55b, let validation NDCG@10 fall 7% on 2 of 5 leave-one-out seeds (the hacking
     # monitor flagged both): a stronger pull of the first slot's logits back to SFT's, or a smaller step
     "hit3_ptx3": ("hit3 (shipped from e0c3e8c to 97cd55b) with PPO-ptx 3.0 instead of 1.0",
-                  {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0}, "policy": {"ptx_coef": 3.0}}),
+                  deep_merge(HIT3, {"policy": {"ptx_coef": 3.0}})),
     "hit3_lr_half": ("hit3 with half the policy learning rate (9.8e-5)",
-                     {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0},
-                      "policy": {"ptx_coef": 1.0, "train": {"lr": 9.816231979223735e-05}}}),
+                     deep_merge(HIT3, {"policy": {"train": {"lr": SWEEP_LR / 2}}})),
     "hit3_lr_3q": ("hit3 with three quarters of the policy learning rate (1.47e-4)",
-                   {**SHIPPED, "reward": {**SHIPPED["reward"], "hit_weight": 3.0},
-                    "policy": {"ptx_coef": 1.0, "train": {"lr": 1.4724347968835603e-04}}}),
+                   deep_merge(HIT3, {"policy": {"train": {"lr": SWEEP_LR * 0.75}}})),
     "hit3_lr_half_div4": ("hit3_lr_half with category-entropy weight 4 instead of 3",
-                          {**SHIPPED, "reward": {"diversity_weight": 4.0, "hit_weight": 3.0},
-                           "policy": {"ptx_coef": 1.0, "train": {"lr": 9.816231979223735e-05}}}),
+                          deep_merge(HIT3, {"reward": {"diversity_weight": 4.0},
+                                            "policy": {"train": {"lr": SWEEP_LR / 2}}})),
 }
 COLUMNS = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
 COMPARE = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
@@ -105,7 +111,6 @@ VALID = COLUMNS  # on the whole validation split (942 users), SFT and every vari
 
 def ppo_config(run_dir: Path, name: str, smoke: bool):
     """The variant's PPOConfig: the seed's pipeline config with :data:`VARIANTS`' changes."""
-    from rlhf_ray.config.base import deep_merge
     from rlhf_ray.pipeline import load_pipeline_raw
 
     raw = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -151,8 +156,6 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
 
 def monitor_note(name: str, checkpoints: list[Path]) -> str:
     """The reward-hacking monitor's alerts of a variant's runs, one count per seed (its manifests)."""
-    import json
-
     counts = [json.loads((ck / "manifest.json").read_text()).get("metrics", {}).get("hacking_alerts", "?")
               for ck in checkpoints]
     return f"hacking-monitor alerts per seed {', '.join(map(str, counts))}"
