@@ -17,7 +17,11 @@ did not fit instead of pushing the shared box into the OOM killer:
 * ``prepare``: generate + ``rlhf-ray data prepare`` (build + write Parquet): seconds, peak RSS;
 * ``infer``: the stage's own policy initialisation (BPE + one token per item + GPT-2: seconds),
   then greedy page generation (``generation.generate_pages``, the KV-cache decoder of
-  ``kvdecode``) on ``--gen-batch`` prompts: ms per page (median of ``--repeats``), and the
+  ``kvdecode``) on ``--gen-batch`` prompts: ms per page (median of ``--repeats``), the same with
+  ``shortlist: --shortlist`` (slots after the first scored on the first slot's best M items only;
+  repeats interleaved with the whole-catalogue ones; the share of pages equal to the
+  whole-catalogue pages is recorded, but with fresh weights it says nothing of a trained
+  model's, which ``bench/shortlist_quality.py`` measures), and the
   evaluation (``evaluation.evaluate_full``: full-catalogue ranking + page + metrics) on
   ``--eval-users`` validation users: ms per user;
 * ``sft_full`` / ``sft_sampled``: ``SFTModule`` steps (next-item windows + ranked pages, the
@@ -155,7 +159,8 @@ def child_infer(args) -> dict:
     lm.eval()
     gen = GenerationConfig(max_history=sft_cfg.max_history, page_size=sft_cfg.page_size, strategy="greedy")
     hist = prepared.histories("valid").histories[: args.gen_batch]
-    prompt_s, decode_s = [], []
+    short = gen.replace(shortlist=args.shortlist) if args.shortlist else None
+    prompt_s, decode_s, short_s = [], [], []
     for r in range(args.repeats + 1):  # the first is a warm-up
         _at(f"infer: greedy pages, repeat {r}")
         t0 = time.perf_counter()
@@ -163,9 +168,14 @@ def child_infer(args) -> dict:
         t1 = time.perf_counter()
         pages = generate_pages(lm, vocab, prompts, gen)
         t2 = time.perf_counter()
+        if short is not None:
+            _at(f"infer: greedy pages with shortlist {args.shortlist}, repeat {r}")
+            listed = generate_pages(lm, vocab, build_prompts(hist, vocab, gen.max_history, exclude_seen=True), short)
+        t3 = time.perf_counter()
         if r:
             prompt_s.append(t1 - t0)
             decode_s.append(t2 - t1)
+            short_s.append(t3 - t2)
     assert (pages.items >= 0).all(), "a page slot found no allowed item"
     _at("infer: evaluate (full ranking + pages + metrics)")
     t0 = time.perf_counter()
@@ -178,6 +188,10 @@ def child_infer(args) -> dict:
             "page_ms": 1000 * statistics.median(total) / B, "page_ms_runs": [1000 * t / B for t in total],
             "prompt_ms_per_page": 1000 * statistics.median(prompt_s) / B,
             "decode_ms_per_page": 1000 * statistics.median(decode_s) / B,
+            **({"shortlist": args.shortlist, "page_ms_shortlist": 1000 * statistics.median(short_s) / B,
+                "page_ms_shortlist_runs": [1000 * t / B for t in short_s],
+                "shortlist_same_pages": float((listed.items == pages.items).all(dim=1).float().mean())}
+               if short is not None else {}),
             "eval_users": n_eval, "eval_s": eval_s, "eval_ms_per_user": 1000 * eval_s / max(1, n_eval),
             "eval_ndcg@10": ev.metrics.get("ndcg@10"), "n_items": vocab.n_items,
             "params": sum(p.numel() for p in lm.parameters()), "torch_threads": torch.get_num_threads()}
@@ -277,7 +291,8 @@ def run_phase(args, phase: str, size: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", phase, "--size", str(size), "--work",
            args.work, "--users", str(args.users), "--interactions", str(args.interactions), "--steps",
            str(args.steps), "--sampled", str(args.sampled), "--gen-batch", str(args.gen_batch), "--eval-users",
-           str(args.eval_users), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+           str(args.eval_users), "--repeats", str(args.repeats), "--threads", str(args.threads),
+           "--shortlist", str(args.shortlist)]
     if args.smoke:
         cmd.append("--smoke-test")
     limit = int(args.mem_limit_gb * 1024 ** 3)
@@ -328,9 +343,10 @@ def _fmt(x, spec: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| items | prepare s | prepare peak GB | init s | page ms | eval ms/user | infer peak GB | "
-             "SFT step s (full) | SFT peak GB (full) | SFT step s (sampled) | SFT peak GB (sampled) | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| items | prepare s | prepare peak GB | init s | page ms | page ms (shortlist) | eval ms/user | "
+             "infer peak GB | SFT step s (full) | SFT peak GB (full) | SFT step s (sampled) | SFT peak GB (sampled) "
+             "| load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(ph: dict | None, key: str, spec: str) -> str:
         if ph is None:
@@ -343,10 +359,13 @@ def table(rows: list[dict]) -> str:
         pr, inf, full, samp = (r.get(k) for k in PHASES)
         lines.append(f"| {r['items']:,} | {cell(pr, 'prepare_s', '.1f')} | {cell(pr, 'child_peak_rss_gb', '.2f')} | "
                      f"{cell(inf, 'init_s', '.2f')} | {cell(inf, 'page_ms', '.2f')} | "
-                     f"{cell(inf, 'eval_ms_per_user', '.1f')} | {cell(inf, 'child_peak_rss_gb', '.2f')} | "
+                     f"{cell(inf, 'page_ms_shortlist', '.2f')} | {cell(inf, 'eval_ms_per_user', '.1f')} | "
+                     f"{cell(inf, 'child_peak_rss_gb', '.2f')} | "
                      f"{cell(full, 'step_s', '.3f')} | {cell(full, 'child_peak_rss_gb', '.2f')} | "
                      f"{cell(samp, 'step_s', '.3f')} | {cell(samp, 'child_peak_rss_gb', '.2f')} | {load_range(r)} |")
-    lines.append("\nload: the 1-minute load average when this size's phases started (min-max; 2 cores, shared).")
+    lines.append("\nload: the 1-minute load average when this size's phases started (min-max; 2 cores, shared). "
+                 "page ms (shortlist): the same greedy pages with `shortlist` set (the settings' value), "
+                 "repeats interleaved with the whole-catalogue ones.")
     return "\n".join(lines)
 
 
@@ -377,6 +396,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     series_t = [("prepare", "prepare_s", "prepare (s)"), ("infer", "page_ms", "greedy page (ms)"),
+                ("infer", "page_ms_shortlist", "greedy page, shortlist (ms)"),
                 ("infer", "eval_ms_per_user", "evaluation (ms/user)"), ("sft_full", "step_s", "SFT step, full (s)"),
                 ("sft_sampled", "step_s", "SFT step, sampled (s)"), ("infer", "init_s", "policy init (s)")]
     for phase, key, label in series_t:
@@ -439,6 +459,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-batch", type=int, default=64, help="prompts per generation / evaluation batch")
     ap.add_argument("--eval-users", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3, help="timed page-generation repeats (after a warm-up)")
+    ap.add_argument("--shortlist", type=int, default=256,
+                    help="also time greedy pages with GenerationConfig.shortlist = this (0 = do not)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every phase")
     ap.add_argument("--mem-limit-gb", type=float, default=10.0, help="address-space limit per phase (RLIMIT_AS)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per phase")
@@ -464,6 +486,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.users, args.interactions, args.steps, args.sampled = 40, 800, 1, 16
         args.gen_batch, args.eval_users, args.repeats, args.sampled_from = 4, 8, 1, 0
+        args.shortlist = min(args.shortlist, 16) if args.shortlist else 0
         if args.sizes == ap.get_default("sizes"):
             args.sizes = "60,240"
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -494,7 +517,7 @@ def main(argv=None) -> int:
                 "evaluation, SFT step (full and sampled softmax); each phase a subprocess with its own peak RSS",
         "smoke": args.smoke, "sizes": sizes, "users": args.users, "interactions_target": args.interactions,
         "settings": {k: getattr(args, k) for k in ("steps", "sampled", "sampled_from", "gen_batch", "eval_users",
-                                                   "repeats", "threads", "mem_limit_gb", "timeout")},
+                                                   "repeats", "threads", "mem_limit_gb", "timeout", "shortlist")},
         "model": SMOKE_MODEL if args.smoke else "rlhf_ray/configs/ml-100k.yaml pretrain.model",
         "rows": rows, "failures": fails, "table_markdown": md + ("\n\n" + "\n".join(f"* {f}" for f in fails)
                                                                  if fails else ""),

@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     print(f"checkpoint {manifest['id']} ({manifest['stage']}), {len(users)} users", flush=True)
     cfg = serve_config(a)
     torch.set_num_threads(a.torch_threads)
-    ranker = Ranker.load(a.checkpoint, UserHistories.load(a.data), max_k=cfg.max_k, max_history=cfg.max_history)
+    ranker = Ranker.load(a.checkpoint, UserHistories.load(a.data), **cfg.ranker_options())
     sizes = list(range(1, a.max_batch_size + 1))
 
     def ceiling(k: int) -> dict[int, dict]:

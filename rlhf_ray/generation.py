@@ -7,6 +7,12 @@ that are not *blocked*: blocked = seen history (optional) | caller exclusions |
 outside the caller's candidates | already on the page. Decoding (greedy,
 sampling, beam) and :func:`page_logprobs` apply exactly the same restriction,
 so the log-probs a rollout records are the ones PPO recomputes.
+
+With ``GenerationConfig.shortlist`` = M, decoding works in M columns per row: the M allowed
+items the first slot scores highest (candidate retrieval by the model's own full-catalogue
+ranking), and the page's distribution is restricted to them at every slot. The returned
+``Pages.prompts`` then blocks every item outside the row's shortlist, so
+:func:`page_logprobs` recomputes exactly the recorded log-probs.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ class Prompts:
 class Pages:
     items: torch.Tensor  # (B, K) item_idx, -1 where no item was allowed
     logprobs: torch.Tensor  # (B, K) log pi(item_k | prompt, items_<k) under the restricted distribution
-    prompts: Prompts
+    prompts: Prompts  # as given; with a shortlist, blocked also holds each row's items outside it
     first_scores: torch.Tensor  # (B, n_items) first-slot item logits, blocked = -inf (= score_items), on the model device
 
 
@@ -159,11 +165,11 @@ def generate_pages(
     if cfg.strategy == "beam" and cfg.num_beams > 1:
         return _beam_pages(model, vocab, prompts, cfg, ids, am, blocked)
     B, K = ids.shape[0], cfg.page_size
-    blocked = blocked.clone()
     items = torch.full((B, K), -1, dtype=torch.long, device=ids.device)
     logps = torch.zeros((B, K), device=ids.device)
     dec = Decoder(model, vocab, ids, am, steps=K - 1)
-    logits = dec.first
+    cols, logits, blocked = _columns(dec, blocked, cfg.shortlist)
+    blocked = blocked.clone()
     for k in range(K):
         scores = logits.masked_fill(blocked, NEG_INF)  # (B, n_items)
         alive = ~blocked.all(dim=1)  # rows with at least one allowed item
@@ -178,31 +184,63 @@ def generate_pages(
         else:
             choice = scores.argmax(dim=-1)
         choice = torch.where(alive, choice, torch.full_like(choice, -1))
-        items[:, k] = choice
+        item = _item(cols, choice)
+        items[:, k] = item
         logps[:, k] = torch.where(alive, logp.gather(1, choice.clamp(min=0)[:, None]).squeeze(1), 0.0)
         blocked[alive, choice[alive]] = True
         if k == K - 1:
             break
-        step_ids = torch.where(alive, vocab.item_token(choice.clamp(min=0)), torch.full_like(choice, vocab.pad))
+        step_ids = torch.where(alive, vocab.item_token(item.clamp(min=0)), torch.full_like(item, vocab.pad))
         logits = dec.step(step_ids, alive)
-    return Pages(items.cpu(), logps.cpu(), prompts, _first(dec.first, prompts.blocked))
+    return Pages(items.cpu(), logps.cpu(), _shortlisted(prompts, cols), _first(dec.first, prompts.blocked))
 
 
 def _first(logits: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(blocked.to(logits.device), NEG_INF)
 
 
+def _columns(dec: Decoder, blocked: torch.Tensor, shortlist: int):
+    """What decoding chooses among: ``(None, first-slot logits (B, n_items), blocked)``, or with a
+    shortlist M below the catalogue, each row's M best allowed items by the first slot's logits:
+    ``(cols (B, M) item indices, their logits, their blocked flags)``; the decoder then scores only
+    those columns. A row with fewer than M allowed items keeps blocked ones in its last columns."""
+    first = dec.first
+    if not shortlist or shortlist >= first.shape[1]:
+        return None, first, blocked
+    cols = first.masked_fill(blocked, NEG_INF).topk(shortlist, dim=-1).indices
+    dec.restrict(cols)
+    return cols, first.gather(1, cols), blocked.gather(1, cols)
+
+
+def _item(cols: torch.Tensor | None, choice: torch.Tensor) -> torch.Tensor:
+    """Item indices of chosen columns (-1 stays -1)."""
+    if cols is None:
+        return choice
+    return torch.where(choice >= 0, cols.gather(1, choice.clamp(min=0)[:, None]).squeeze(1), choice)
+
+
+def _shortlisted(prompts: Prompts, cols: torch.Tensor | None) -> Prompts:
+    """``prompts`` with every item outside each row's shortlist blocked (as given without one)."""
+    if cols is None:
+        return prompts
+    cols = cols.to(prompts.blocked.device)
+    blocked = torch.ones_like(prompts.blocked)
+    blocked.scatter_(1, cols, prompts.blocked.gather(1, cols))
+    return Prompts(prompts.input_ids, prompts.attention_mask, blocked)
+
+
 def _beam_pages(model, vocab: Vocab, prompts: Prompts, cfg: GenerationConfig, ids, am, blocked) -> Pages:
     """Beam search over restricted item distributions; returns the best beam per prompt."""
-    B, K, W, N = ids.shape[0], cfg.page_size, cfg.num_beams, vocab.n_items
+    B, K, W = ids.shape[0], cfg.page_size, cfg.num_beams
     rep = lambda t: t.repeat_interleave(W, dim=0)  # noqa: E731  (B, ...) -> (B*W, ...)
-    ids, am, blocked = rep(ids), rep(am), rep(blocked).clone()
+    ids, am, blocked = rep(ids), rep(am), rep(blocked)
     items = torch.full((B * W, K), -1, dtype=torch.long, device=ids.device)
     step_logp = torch.zeros((B * W, K), device=ids.device)
     total = torch.zeros(B, W, device=ids.device)
     total[:, 1:] = NEG_INF  # all beams start identical: keep only the first alive at step 0
     dec = Decoder(model, vocab, ids, am, steps=K - 1)
-    logits = dec.first
+    cols, logits, blocked = _columns(dec, blocked, cfg.shortlist)  # a prompt's beams share its shortlist
+    blocked, N = blocked.clone(), logits.shape[1]
     for k in range(K):
         logp = torch.log_softmax(logits.masked_fill(blocked, NEG_INF), dim=-1)
         logp = torch.nan_to_num(logp, nan=NEG_INF)  # rows with nothing allowed
@@ -216,18 +254,20 @@ def _beam_pages(model, vocab: Vocab, prompts: Prompts, cfg: GenerationConfig, id
         choice = choice.reshape(-1)
         alive = torch.isfinite(best).reshape(-1)
         items, step_logp, blocked = items[src], step_logp[src], blocked[src].clone()
-        items[:, k] = torch.where(alive, choice, torch.full_like(choice, -1))
+        item = torch.where(alive, _item(cols, choice), torch.full_like(choice, -1))
+        items[:, k] = item
         step_logp[:, k] = torch.where(alive, logp[src, choice], torch.zeros_like(best.reshape(-1)))
         blocked[alive, choice[alive]] = True
         total = torch.where(torch.isfinite(best), best, total.gather(1, src_beam))
         if k == K - 1:
             break
         dec.reorder(src)
-        step_ids = torch.where(alive, vocab.item_token(choice), torch.full_like(choice, vocab.pad))
+        step_ids = torch.where(alive, vocab.item_token(item.clamp(min=0)), torch.full_like(choice, vocab.pad))
         logits = dec.step(step_ids, alive)
     top = total.argmax(dim=-1)  # (B,)
     pick = torch.arange(B, device=ids.device) * W + top
-    return Pages(items[pick].cpu(), step_logp[pick].cpu(), prompts, _first(dec.first[::W], prompts.blocked))
+    return Pages(items[pick].cpu(), step_logp[pick].cpu(), _shortlisted(prompts, None if cols is None else cols[::W]),
+                 _first(dec.first[::W], prompts.blocked))
 
 
 def page_logprobs(

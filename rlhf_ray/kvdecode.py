@@ -13,6 +13,10 @@ the caller's business (:mod:`rlhf_ray.generation`).
   page, and item logits only (the output projection's ``n_items`` item rows, not the
   whole vocabulary). Any other model decodes through its HF forward
   with ``past_key_values`` (:class:`_HFRows`).
+* **Shortlists.** After :meth:`Decoder.restrict`, steps return logits of each row's own
+  columns (item indices) only. The GPT-2 path then projects onto those M item rows, so a
+  step costs M dot products per row instead of ``n_items``: candidate retrieval from the
+  model's own first-slot scores (``GenerationConfig.shortlist``) for large catalogues.
 """
 from __future__ import annotations
 
@@ -76,6 +80,10 @@ class _HFRows:
         out = model(input_ids=ids, attention_mask=am, position_ids=positions(am), use_cache=True, logits_to_keep=1)
         self.past, self.pos = out.past_key_values, positions(am)[:, -1]
         self.first = item_logits(out.logits[:, -1], vocab)
+        self.cols: torch.Tensor | None = None
+
+    def restrict(self, cols: torch.Tensor) -> None:
+        self.cols = cols
 
     def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         self.am = torch.cat([self.am, alive.long()[:, None]], dim=1)
@@ -83,11 +91,13 @@ class _HFRows:
         out = self.model(input_ids=tokens[:, None], attention_mask=self.am, position_ids=self.pos[:, None],
                          past_key_values=self.past, use_cache=True)
         self.past = out.past_key_values
-        return item_logits(out.logits[:, -1], self.vocab)
+        logits = item_logits(out.logits[:, -1], self.vocab)
+        return logits if self.cols is None else logits.gather(1, self.cols)
 
     def reorder(self, src: torch.Tensor) -> None:
         self.past.reorder_cache(src)
         self.am, self.pos = self.am[src], self.pos[src]
+        self.cols = None if self.cols is None else self.cols[src]
 
 
 class _GPT2Rows:
@@ -105,6 +115,7 @@ class _GPT2Rows:
         self.keys[:, :L] = am.bool()
         self.t, self.pos = 0, positions(am)
         self.w_items = self.lm.lm_head.weight[vocab.item_offset: vocab.item_offset + vocab.n_items]
+        self.w_rows: torch.Tensor | None = None  # (B, M, H): each row's shortlisted item rows (restrict)
         eye = torch.eye(L, dtype=torch.bool, device=ids.device)
         causal = torch.ones((L, L), dtype=torch.bool, device=ids.device).tril()
         # a padding query attends to itself only, so no row of the softmax is empty
@@ -128,7 +139,11 @@ class _GPT2Rows:
             h = attn.c_proj(a.transpose(1, 2).reshape(h.shape[0], T, -1)) + h
             h = h + block.mlp(block.ln_2(h))
         self.t = end
-        return tf.ln_f(h[:, -1]) @ self.w_items.T
+        x = tf.ln_f(h[:, -1])
+        return x @ self.w_items.T if self.w_rows is None else torch.bmm(self.w_rows, x[:, :, None]).squeeze(2)
+
+    def restrict(self, cols: torch.Tensor) -> None:
+        self.w_rows = self.w_items[cols]
 
     def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         self.keys[:, self.t] = alive
@@ -139,6 +154,7 @@ class _GPT2Rows:
         self.k = [k[src] for k in self.k]
         self.v = [v[src] for v in self.v]
         self.keys, self.pos = self.keys[src], self.pos[src]
+        self.w_rows = None if self.w_rows is None else self.w_rows[src]
 
 
 class Decoder:
@@ -168,8 +184,14 @@ class Decoder:
         return full
 
     def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (``alive`` False: a padding token the row's later steps ignore)."""
+        """Feed one token per row (``alive`` False: a padding token the row's later steps ignore).
+        Item logits ``(B, n_items)``, or ``(B, M)`` of each row's columns after :meth:`restrict`."""
         return self._gather([p.step(tokens[g], alive[g]) for g, p in zip(self.groups, self.parts)])
+
+    def restrict(self, cols: torch.Tensor) -> None:
+        """From the next step on, score only row i's items ``cols[i]`` (``(B, M)`` item indices)."""
+        for g, p in zip(self.groups, self.parts):
+            p.restrict(cols[g])
 
     def reorder(self, src: torch.Tensor) -> None:
         """Row i continues from row ``src[i]``; ``src`` must keep each row in its bucket (beams of one prompt)."""

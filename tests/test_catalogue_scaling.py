@@ -14,7 +14,7 @@ SCRIPT = ROOT / "bench" / "catalogue_scaling.py"
 PHASE_FIELDS = {
     "prepare": ["prepare_s", "generate_s", "build_write_s", "prepared"],
     "infer": ["init_s", "page_ms", "prompt_ms_per_page", "decode_ms_per_page", "eval_ms_per_user", "eval_users",
-              "n_items"],
+              "n_items", "page_ms_shortlist", "shortlist_same_pages"],
     "sft_full": ["step_s", "fwd_bwd_s", "optimizer_s", "losses", "n_items", "rss_before_steps_gb"],
     "sft_sampled": ["step_s", "fwd_bwd_s", "optimizer_s", "losses", "n_items", "sampled_softmax"],
 }
@@ -45,6 +45,8 @@ def _check(doc: dict, sizes: list[int]) -> None:
         assert row["prepare"]["prepared"]["interactions"] > 0.8 * doc["interactions_target"]
         assert row["infer"]["page_ms"] > 0 and row["infer"]["eval_ms_per_user"] > 0
         assert row["infer"]["eval_users"] == doc["settings"]["eval_users"]
+        assert row["infer"]["shortlist"] == doc["settings"]["shortlist"] == 16 and row["infer"]["page_ms_shortlist"] > 0
+        assert 0 <= row["infer"]["shortlist_same_pages"] <= 1
         for phase in ("sft_full", "sft_sampled"):
             assert row[phase]["step_s"] > 0 and all(math.isfinite(x) for x in row[phase]["losses"])
         assert row["sft_sampled"]["sampled_softmax"] == doc["settings"]["sampled"]

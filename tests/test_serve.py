@@ -23,6 +23,7 @@ from rlhf_ray.data.prepared import load_prepared
 from rlhf_ray.rayutil import free_port
 
 MAX_K = 20
+SHORTLIST = 40  # pages among the first slot's 40 best of 120 items: the setting reaches the replica
 WAIT_S = 90  # upper bound when polling for a reconfigure to land (never a timing assertion)
 
 
@@ -35,7 +36,8 @@ def server(request, tiny_sft, synth_data):
     from rlhf_ray.serve.app import deploy, init_serve_ray
 
     cfg = ServeConfig(checkpoint=str(tiny_sft), data=str(synth_data), port=free_port(), max_k=MAX_K,
-                      max_batch_size=16, batch_wait_ms=50.0, max_body_bytes=65536, separate_model=request.param)
+                      max_batch_size=16, batch_wait_ms=50.0, max_body_bytes=65536, separate_model=request.param,
+                      shortlist=SHORTLIST)
     metrics_port = free_port()
     with pytest.MonkeyPatch.context() as env:  # the Ray switches init_serve_ray sets end with this module
         for name in ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
@@ -287,6 +289,7 @@ def test_health_model_and_docs(server, tiny_sft):
     assert model["id"] == manifest["id"] and model["stage"] == "sft" and model["created"] == manifest["created"]
     assert model["metrics"]["val/recall@10"] == pytest.approx(manifest["metrics"]["val/recall@10"])
     assert model["max_k"] == MAX_K and model["known_users"] > 0 and model["reconfigure_error"] is None
+    assert model["shortlist"] == SHORTLIST
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/rank", "/v1/model", "/healthz", "/v1/stats"} <= set(paths)
     assert client.get("/docs").status_code == 200

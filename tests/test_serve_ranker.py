@@ -162,3 +162,23 @@ def test_body_schema_rejects(body):
 def test_body_schema_converts_ids_to_strings():
     req = RankBody.model_validate({"history": [1, "2"], "exclude": [3], "candidates": ["4", 5]}).to_request(7)
     assert req.history == ["1", "2"] and req.exclude == ["3"] and req.candidates == ["4", "5"] and req.k == 7
+
+
+def test_shortlist_decodes_among_the_first_slots_best_items(tiny_sft, users):
+    """``ServeConfig.shortlist``: pages come from the M items the first slot ranks highest (raised to
+    the request's k when smaller), and the first item is the whole-catalogue page's first item."""
+    from rlhf_ray.generation import build_prompts, score_items
+
+    whole = Ranker.load(tiny_sft, users, max_k=20)
+    short = Ranker(whole.ckpt, users, max_k=20, shortlist=15)
+    assert short.describe()["shortlist"] == 15
+    uid, (uidx, hist) = next(iter(users.by_user.items()))
+    for k in (6, 18):  # 18 > 15: the shortlist is raised to the page
+        [page] = short.rank([RankRequest(user_id=uid, k=k)])
+        [plain] = whole.rank([RankRequest(user_id=uid, k=k)])
+        _check_page(page, k, forbidden={short.item_ids[i] for i in hist})
+        prompts = build_prompts([hist.tolist()], short.vocab, short.max_history, exclude_seen=True,
+                                user_idx=[uidx])
+        top = score_items(short.model, short.vocab, prompts)[0].topk(max(15, k)).indices.tolist()
+        assert {short.index[i] for i in page.items} <= set(top)
+        assert page.items[0] == plain.items[0]

@@ -108,6 +108,15 @@ class GenerationConfig(PromptConfig):
     temperature: float = field(default=1.0, metadata=doc("sampling temperature", gt=0))
     top_k: int = field(default=0, metadata=doc("sample among the k most likely items (0 = all)", ge=0))
     num_beams: int = field(default=4, metadata=doc("beams for strategy=beam", ge=1))
+    shortlist: int = field(default=0, metadata=doc(
+        "decode each page among the M allowed items its first slot scores highest (0 = the whole "
+        "catalogue): slots after the first then score M items instead of every item, which pays from "
+        "about 10k items on; a page can differ from whole-catalogue decoding only where a later slot's "
+        "best item lies outside the first slot's top M. The full ranking is unchanged", ge=0))
+
+    def validate(self) -> None:
+        require(self.shortlist == 0 or self.shortlist >= self.page_size, "shortlist",
+                f"must be 0 or at least page_size={self.page_size}, got {self.shortlist}")
 
 
 @dataclass

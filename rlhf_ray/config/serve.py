@@ -69,9 +69,17 @@ class ServeConfig(Config):
     default_k: int = field(default=10, metadata=doc("page size when a request gives no k", ge=1))
     max_history: int = field(default=0, metadata=doc(
         "most recent history items in a prompt (0 = the checkpoint's prompt)", ge=0))
+    shortlist: int = field(default=0, metadata=doc(
+        "decode each page among the M items its first slot scores highest (0 = the whole catalogue; "
+        "raised to the request's k when smaller): for large catalogues, where scoring every item at "
+        "every slot dominates (README, 'Cost as the catalogue grows')", ge=0))
     max_body_bytes: int = field(default=65536, metadata=doc("larger request bodies get 413", ge=1024))
     blocking: bool = field(default=True, metadata=doc(
         "keep running until Ctrl-C; --no-blocking deploys and returns (with --address it stays up)"))
+
+    def ranker_options(self) -> dict:
+        """The keyword arguments every :class:`rlhf_ray.serve.ranker.Ranker` of this server is built with."""
+        return {"max_k": self.max_k, "max_history": self.max_history, "shortlist": self.shortlist}
 
     def validate(self) -> None:
         require(self.route_prefix.startswith("/"), "route_prefix", f"must start with '/', got {self.route_prefix!r}")

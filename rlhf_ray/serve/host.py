@@ -21,15 +21,16 @@ logger = logging.getLogger("ray.serve")
 
 
 class ModelHost:
-    """One :class:`Ranker` at a time, loaded with the server's ``max_k``/``max_history``.
+    """One :class:`Ranker` at a time, loaded with the server's ``max_k``/``max_history``/``shortlist``
+    (``options``: :meth:`rlhf_ray.config.ServeConfig.ranker_options`).
 
     ``await load(path)`` swaps the checkpoint (loaded in a worker thread, beside the old
     one); a path that fails to load keeps the current model and records the error in
     ``reconfigure_error`` (with no model yet it raises: a replica must not start empty).
     """
 
-    def __init__(self, users: UserHistories | None, *, max_k: int, max_history: int, replica: str = "local"):
-        self.users, self.max_k, self.max_history, self.replica = users, max_k, max_history, replica
+    def __init__(self, users: UserHistories | None, options: dict, replica: str = "local"):
+        self.users, self.options, self.replica = users, dict(options), replica
         self.ranker: Ranker | None = None
         self.requested = ""
         self.reconfigure_error: str | None = None
@@ -41,7 +42,7 @@ class ModelHost:
                 self.requested = path or self.requested
                 if path and not (self.ranker is not None and self._same_checkpoint(path)):
                     self.ranker = await asyncio.to_thread(
-                        Ranker.load, path, self.users, max_k=self.max_k, max_history=self.max_history)
+                        Ranker.load, path, self.users, **self.options)
                 self.reconfigure_error = None
             except Exception as e:  # noqa: BLE001  report anything, keep serving the old model
                 if self.ranker is None:

@@ -42,7 +42,7 @@ def model_host(settings: dict) -> tuple[ServeConfig, ModelHost]:
     cfg: ServeConfig = ServeConfig.from_dict(settings)  # type: ignore[assignment]
     torch.set_num_threads(cfg.torch_threads)
     users = UserHistories.load(cfg.data) if cfg.data else None
-    return cfg, ModelHost(users, max_k=cfg.max_k, max_history=cfg.max_history, replica=replica_id())
+    return cfg, ModelHost(users, cfg.ranker_options(), replica=replica_id())
 
 
 def unknown_keys(user_config: dict | None, allowed: Sequence[str], deployment: str) -> None:

@@ -133,7 +133,7 @@ class Ranker:
     """A checkpoint ready to answer :class:`RankRequest` s."""
 
     def __init__(self, ckpt: Checkpoint, users: UserHistories | None = None, *, max_k: int = 50,
-                 max_history: int = 0):
+                 max_history: int = 0, shortlist: int = 0):
         self.ckpt = ckpt
         self.model = ckpt.model.eval()
         self.vocab = ckpt.vocab
@@ -150,6 +150,7 @@ class Ranker:
         self.popularity = np.nan_to_num(pop, nan=0.0).clip(min=0.0)
         self.max_k = min(max_k, self.vocab.n_items)
         self.max_history = self._history_window(max_history)
+        self.shortlist = int(shortlist)  # GenerationConfig.shortlist, raised to a group's page size
         if users is not None:
             check_users(self.item_ids, self.vocab.n_users, users, str(ckpt.path))
 
@@ -175,7 +176,7 @@ class Ranker:
             "id": m["id"], "stage": m["stage"], "created": m.get("created"), "path": str(self.ckpt.path),
             "metrics": _json_safe(m.get("metrics") or {}), "parent": m.get("parent"),
             "data_fingerprint": m.get("data_fingerprint"), "n_items": self.vocab.n_items,
-            "max_k": self.max_k, "max_history": self.max_history,
+            "max_k": self.max_k, "max_history": self.max_history, "shortlist": self.shortlist,
             "known_users": len(self.users) if self.users is not None else 0,
         }
 
@@ -261,8 +262,9 @@ class Ranker:
             exclude=[j.exclude for j in jobs], candidates=[j.candidates for j in jobs],
             user_idx=[j.user_idx for j in jobs],
         )
-        gen = GenerationConfig(page_size=max(j.k for j in jobs), strategy=req.strategy,
-                               temperature=req.temperature, top_k=req.top_k, max_history=self.max_history)
+        k = max(j.k for j in jobs)
+        gen = GenerationConfig(page_size=k, strategy=req.strategy, temperature=req.temperature, top_k=req.top_k,
+                               max_history=self.max_history, shortlist=max(self.shortlist, k) if self.shortlist else 0)
         generator = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
         pages = generate_pages(self.model, self.vocab, prompts, gen, generator=generator)
         items, logps = pages.items.tolist(), pages.logprobs.tolist()

@@ -109,6 +109,7 @@ class ModelInfo(BaseModel):
     n_items: int
     max_k: int
     max_history: int
+    shortlist: int = Field(0, description="pages decoded among the first slot's best M items (0 = whole catalogue)")
     known_users: int
     requested_checkpoint: str = Field(description="the checkpoint the latest reconfigure asked for")
     reconfigure_error: Optional[str] = Field(None, description="why the latest reconfigure kept the old checkpoint")
