@@ -301,6 +301,8 @@ BLOCKS = {
     "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
                               "--reward DIR", ppo_before_after_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
+    "shortlist_quality": block("shortlist_quality", "python bench/shortlist_quality.py --work runs/bench/loo "
+                               "--seeds 0,1,2,3,4", protocol_body),
     "serve_load": block("serve_load", "python bench/serve_load.py --checkpoint CKPT --data DIR", own_table_body),
     "gil_contention": block("gil_contention", "python bench/gil_contention.py --checkpoint CKPT --data DIR",
                             own_table_body),
