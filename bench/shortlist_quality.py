@@ -16,7 +16,6 @@ Validation only (the test split is never read). Writes ``bench/results/shortlist
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,7 +24,8 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from provenance import RESULTS, Run  # noqa: E402
+import protocol_runs  # noqa: E402
+from provenance import Run  # noqa: E402
 
 SHORTLISTS = (0, 10, 20, 40, 80, 160)
 METRICS = ("page_ndcg@10", "page_recall@10", "page_ild@10")
@@ -102,24 +102,12 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--work", required=True, help="directory of the protocol table's runs (WORK/seed{s}/...)")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--policies", default="sft,ppo,lpo", help="checkpoints under each seed's run, comma list "
-                   "(with sft: every other policy is also compared with SFT at the same M)")
+    p = protocol_runs.parser(__doc__, "sft,ppo,lpo", "checkpoints under each seed's run, comma list (with sft: "
+                             "every other policy is also compared with SFT at the same M)", "shortlist_quality")
     p.add_argument("--shortlists", default=",".join(map(str, SHORTLISTS)), help="M values, comma list (0 added)")
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--name", default="shortlist_quality", help="result file name (RESULTS/NAME.json)")
     args = p.parse_args(argv)
-    work = Path(args.work)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    policies = [x for x in args.policies.split(",") if x]
+    work, seeds, policies = protocol_runs.checkpoints(p, args)
     shortlists = sorted({0, *(int(m) for m in args.shortlists.split(",") if m.strip())})
-    missing = [str(work / f"seed{s}" / pol) for s in seeds for pol in policies
-               if not (work / f"seed{s}" / pol / "manifest.json").is_file()]
-    if missing:
-        p.error("no checkpoint at " + ", ".join(missing) + " (run bench/protocol_table.py with this --work first)")
     run = Run(inputs={f"seed{s}/{pol}": work / f"seed{s}" / pol for s in seeds for pol in policies})
     per = {pol: [] for pol in policies}
     for s in seeds:

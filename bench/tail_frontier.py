@@ -17,7 +17,6 @@ spending the test set. Writes ``bench/results/tail_frontier.json`` (``--name``: 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,7 +26,8 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from provenance import RESULTS, Run  # noqa: E402
+import protocol_runs  # noqa: E402
+from provenance import Run  # noqa: E402
 
 BETAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 
@@ -124,29 +124,17 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--work", required=True, help="directory of the protocol table's runs (WORK/seed{s}/...)")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--policies", default="sft,lpo", help="checkpoints under each seed's run, comma list")
+    p = protocol_runs.parser(__doc__, "sft,lpo", "checkpoints under each seed's run, comma list (sft always)",
+                             "tail_frontier", ", e.g. tail_frontier_pagellm for the PageLLM protocol's runs")
     p.add_argument("--betas", default=",".join(f"{b:g}" for b in BETAS), help="popularity weights, comma list")
     p.add_argument("--guard", type=float, default=0.99, help="NDCG@10 ratio floor of the headline point")
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--name", default="tail_frontier", help="result file name (RESULTS/NAME.json), e.g. "
-                   "tail_frontier_pagellm for the PageLLM protocol's runs")
     args = p.parse_args(argv)
-    work = Path(args.work)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    policies = [x for x in args.policies.split(",") if x]
+    work, seeds, policies = protocol_runs.checkpoints(p, args, always=("sft",))
     betas = [float(b) for b in args.betas.split(",")]
     if 0.0 not in betas:
         betas = [0.0] + betas
-    missing = [str(work / f"seed{s}" / pol) for s in seeds for pol in ["sft", *policies]
-               if not (work / f"seed{s}" / pol / "manifest.json").is_file()]
-    if missing:
-        p.error("no checkpoint at " + ", ".join(missing) + " (run bench/protocol_table.py with this --work first)")
-    run = Run(inputs={f"seed{s}/{pol}": work / f"seed{s}" / pol for s in seeds for pol in ["sft", *policies]})
-    per = {pol: [] for pol in dict.fromkeys(["sft", *policies])}
+    run = Run(inputs={f"seed{s}/{pol}": work / f"seed{s}" / pol for s in seeds for pol in policies})
+    per = {pol: [] for pol in policies}
     parents = {}
     for s in seeds:
         hist, users, log_pop, targets, tail_targets = seed_split(work / f"seed{s}")

@@ -73,3 +73,17 @@ def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     Read it, never write into it (copy it first)."""
     out = tmp_path_factory.mktemp("smoke") / "run"
     return out, run_cli(["pipeline", "--smoke", "--out", str(out)])
+
+
+@pytest.fixture(params=["gpt2-step", "gpt2-step/bucket-per-length", "hf-forward", "hf-forward/bucket-per-length"])
+def decode_path(request, monkeypatch):
+    """Each page-decoding route of :mod:`rlhf_ray.kvdecode`: the hand-written GPT-2 step or the HF
+    forward with its cache, with the length buckets the cost model picks or one bucket per length."""
+    from rlhf_ray import kvdecode
+
+    if request.param.startswith("hf"):
+        monkeypatch.setattr(kvdecode, "fast_path", lambda model: False)
+    if request.param.endswith("bucket-per-length"):
+        monkeypatch.setattr(kvdecode, "BUCKET_PREFILL_COST", 0)
+        monkeypatch.setattr(kvdecode, "BUCKET_STEP_COST", 0)
+    return request.param

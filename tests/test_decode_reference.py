@@ -19,22 +19,13 @@ def lm():
     return dc.tiny_lm()
 
 
-@pytest.fixture(params=["gpt2-step", "gpt2-step/bucket-per-length", "hf-forward", "hf-forward/bucket-per-length"])
-def path(request, monkeypatch):
-    if request.param.startswith("hf"):
-        monkeypatch.setattr(kvdecode, "fast_path", lambda model: False)
-    if request.param.endswith("bucket-per-length"):
-        monkeypatch.setattr(kvdecode, "BUCKET_PREFILL_COST", 0)
-        monkeypatch.setattr(kvdecode, "BUCKET_STEP_COST", 0)
-    return request.param
-
 
 @pytest.mark.parametrize("case", list(dc.CASES))
-def test_pages_and_logprobs_equal_the_previous_decoder(lm, path, case):
+def test_pages_and_logprobs_equal_the_previous_decoder(lm, decode_path, case):
     model, vocab = lm
     pages = dc.run_case(model, vocab, case)
     ref = REFERENCE[case]
-    assert pages.items.tolist() == ref["items"], (path, case)
+    assert pages.items.tolist() == ref["items"], (decode_path, case)
     torch.testing.assert_close(pages.logprobs, torch.tensor(ref["logprobs"]), atol=ATOL, rtol=0)
 
 

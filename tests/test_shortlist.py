@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import decode_cases as dc
-from rlhf_ray import kvdecode
 from rlhf_ray.config import ConfigError, GenerationConfig
 from rlhf_ray.generation import build_prompts, generate_pages, page_logprobs, score_items
 
@@ -18,15 +17,6 @@ M = 12
 def lm():
     return dc.tiny_lm()
 
-
-@pytest.fixture(params=["gpt2-step", "gpt2-step/bucket-per-length", "hf-forward"])
-def path(request, monkeypatch):
-    if request.param.startswith("hf"):
-        monkeypatch.setattr(kvdecode, "fast_path", lambda model: False)
-    if request.param.endswith("bucket-per-length"):
-        monkeypatch.setattr(kvdecode, "BUCKET_PREFILL_COST", 0)
-        monkeypatch.setattr(kvdecode, "BUCKET_STEP_COST", 0)
-    return request.param
 
 
 def top_allowed(model, vocab, m: int) -> list[list[int]]:
@@ -40,14 +30,14 @@ def top_allowed(model, vocab, m: int) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
-def test_shortlist_pages_equal_whole_catalogue_decoding_with_those_candidates(lm, path, strategy):
+def test_shortlist_pages_equal_whole_catalogue_decoding_with_those_candidates(lm, decode_path, strategy):
     model, vocab = lm
     cfg = GenerationConfig(page_size=8, strategy=strategy, num_beams=3)
     short = generate_pages(model, vocab, dc.prompts(vocab), cfg.replace(shortlist=M))
     cands = build_prompts(dc.HISTORIES, vocab, max_history=50, exclude=dc.EXCLUDE,
                           candidates=top_allowed(model, vocab, M))
     full = generate_pages(model, vocab, cands, cfg)
-    assert short.items.tolist() == full.items.tolist(), (path, strategy)
+    assert short.items.tolist() == full.items.tolist(), (decode_path, strategy)
     torch.testing.assert_close(short.logprobs, full.logprobs, atol=1e-5, rtol=0)
     # a row with fewer allowed items than M (row 8: 3 of its 4 candidates unseen) fills as many slots
     # as without a shortlist
