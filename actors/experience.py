@@ -81,6 +81,7 @@ class Rollout:
 
     pages: Tensor  # (B, K) int64 item_idx a_t, -1 where no item was allowed
     logprobs: Tensor  # (B, K) float32 log pi_old(a_t | s_t) under the restricted distribution, 0 at padding
+    shortlist: Tensor | None = None  # (B, M) int64 the items each page was sampled among (None: all)
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Experience:
     rewards: Tensor  # (B, K) token rewards incl. the KL penalty (module docstring)
     advantages: Tensor  # (B, K) GAE advantages (whitened if configured), 0 at padding
     returns: Tensor  # (B, K) GAE returns = advantages (before whitening) + values, 0 at padding
+    shortlist: Tensor | None = None  # (B, M) the rollout's shortlist (ppo.rollout.shortlist; None: all items)
 
     def __len__(self) -> int:
         return int(self.pages.shape[0])
@@ -175,7 +177,7 @@ def slot_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str
 def assemble(pages: Tensor, logprobs: Tensor, ref_logprobs: Tensor, values: Tensor,
              page: Tensor, items: Tensor, total: Tensor, *, mix: RewardMix, kl_coef: float,
              kl_estimator: str = "k1", gamma: float = 1.0, lam: float = 0.95,
-             whiten_advantages: bool = True) -> Experience:
+             whiten_advantages: bool = True, shortlist: Tensor | None = None) -> Experience:
     """Everything after scoring: KL, token rewards, GAE, whitening -> :class:`Experience`.
     Whitening uses the whole batch's masked mean and variance, so it runs on all B rows at once."""
     mask = pages >= 0  # (B, K)
@@ -186,13 +188,13 @@ def assemble(pages: Tensor, logprobs: Tensor, ref_logprobs: Tensor, values: Tens
         advantages = whiten(advantages, mask)
     return Experience(pages=pages, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
                       values=values, page_reward=page, item_rewards=items * mask, total_reward=total, kl=kl,
-                      rewards=rewards, advantages=advantages, returns=returns)
+                      rewards=rewards, advantages=advantages, returns=returns, shortlist=shortlist)
 
 
 def experience(rollout: Rollout, scores: RewardScores, ref: RefLogprobs, values: Values, **kw) -> Experience:
     """:func:`assemble` from the roles' answers (``kw``: kl_coef, kl_estimator, gamma, lam, whiten_advantages)."""
     return assemble(rollout.pages, rollout.logprobs, ref.logprobs, values.values, scores.page,
-                    scores.items, scores.total, mix=scores.mix, **kw)
+                    scores.items, scores.total, mix=scores.mix, shortlist=rollout.shortlist, **kw)
 
 
 def experience_stats(exp: Experience) -> dict[str, float]:

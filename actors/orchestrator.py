@@ -174,7 +174,7 @@ class PPOOrchestrator:
         if role == "reward":
             return self.groups["reward"].run_all("setup", self.reward_source, c.reward, self.data)
         gen = GenerationConfig(**c.prompt.to_dict(), strategy="sample", temperature=c.rollout.temperature,
-                               top_k=c.rollout.top_k)
+                               top_k=c.rollout.top_k, shortlist=c.rollout.shortlist)
         return self.rollout.run_all("setup", self.sft, gen, c.seed)
 
     def start(self) -> None:
@@ -307,7 +307,7 @@ class PPOOrchestrator:
         """Greedy pages + full ranking on the valid split with the current policy (rollout actor 0)."""
         if self._dirty:
             self.sync_weights()
-        gen = GenerationConfig(**self.cfg.prompt.to_dict(), strategy="greedy")
+        gen = GenerationConfig(**self.cfg.prompt.to_dict(), strategy="greedy", shortlist=self.cfg.rollout.shortlist)
         m = self.rollout.call_rank(0, "evaluate", self.prepared_ref, gen, "valid", self.cfg.eval_users,
                                    "val/", WATCHED)
         self.val_users = m.pop("per_user", {})  # for the hacking monitor's interval; not logged

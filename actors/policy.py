@@ -16,7 +16,7 @@ from actors.experience import Experience, PromptBatch
 from actors.models import load_policy
 from actors.trainer import TrainerActor
 from rlhf_ray.config import PPOPolicyConfig
-from rlhf_ray.generation import Prompts, page_logprobs
+from rlhf_ray.generation import Prompts, page_logprobs, restrict_to
 from rlhf_ray.losses import entropy_from_logits, ppo_policy_loss
 
 
@@ -38,6 +38,7 @@ class PolicyActor(TrainerActor):
 
     def _loss(self, prompts: Prompts, m: Experience):
         ptx = self.cfg.ptx_coef > 0
+        prompts = restrict_to(prompts, m.shortlist)  # the rollout's shortlist, if it sampled among one
         out = page_logprobs(self.engine.module, self.vocab, prompts, m.pages, logits_out=True, history_nll=ptx)
         loss, stats = ppo_policy_loss(out["logprobs"], m.logprobs, m.advantages, m.mask, self.cfg.clip_eps)
         if ptx:  # PPO-ptx: SFT's next-item loss on the prompts' histories keeps the ranking it learned
@@ -57,9 +58,10 @@ class PolicyActor(TrainerActor):
         return self._fit(batch, exp, epochs, seed, self._loss)
 
     @torch.no_grad()
-    def logprobs(self, batch: PromptBatch, pages: torch.Tensor) -> torch.Tensor:
-        """(b, K) log pi_theta of given pages (every rank of a ZeRO-3 group must call)."""
-        out = page_logprobs(self.engine.module, self.vocab, batch.prompts(self.vocab), pages)
+    def logprobs(self, batch: PromptBatch, pages: torch.Tensor, shortlist: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, K) log pi_theta of given pages (every rank of a ZeRO-3 group must call); ``shortlist``:
+        the (b, M) items the pages were sampled among (``Experience.shortlist``), None for all."""
+        out = page_logprobs(self.engine.module, self.vocab, restrict_to(batch.prompts(self.vocab), shortlist), pages)
         return out["logprobs"].float().cpu()
 
     def state_dict(self) -> dict | None:

@@ -9,7 +9,7 @@ import torch
 from actors.experience import PromptBatch, RefLogprobs, Rollout
 from actors.group import BaseActor
 from actors.models import load_policy
-from rlhf_ray.generation import page_logprobs
+from rlhf_ray.generation import page_logprobs, restrict_to
 
 
 class ReferenceActor(BaseActor):
@@ -21,6 +21,8 @@ class ReferenceActor(BaseActor):
 
     @torch.no_grad()
     def logprobs(self, batch: PromptBatch, rollout: Rollout) -> RefLogprobs:
-        """log pi_ref(a_t | s_t) of this rank's pages, under the same restricted distribution as the policy."""
-        logp = page_logprobs(self.model, self.vocab, batch.prompts(self.vocab), rollout.pages)["logprobs"]
+        """log pi_ref(a_t | s_t) of this rank's pages, under the same restricted distribution as the policy
+        (the rollout's shortlist included)."""
+        prompts = restrict_to(batch.prompts(self.vocab), rollout.shortlist)
+        logp = page_logprobs(self.model, self.vocab, prompts, rollout.pages)["logprobs"]
         return RefLogprobs(logp.float().cpu())

@@ -47,7 +47,7 @@ class RolloutActor(BaseActor):
         g = torch.Generator(device=next(self.model.parameters()).device).manual_seed(
             derive_seed(self.seed, "rollout", iteration, self.rank))
         pages = generate_pages(self.model, self.vocab, batch.prompts(self.vocab), self.gen, generator=g)
-        return Rollout(pages.items.cpu(), pages.logprobs.float().cpu())
+        return Rollout(pages.items.cpu(), pages.logprobs.float().cpu(), pages.shortlist)
 
     @torch.no_grad()
     def evaluate(self, prepared, gen: GenerationConfig, split: str = "valid", max_users: int = 0,

@@ -21,7 +21,12 @@ variant its own):
   adaptive KL coefficient, or 128 pages per iteration (shipped since);
 * ``hit3_ptx3``, ``hit3_lr_half``, ``hit3_lr_3q``, ``hit3_lr_half_div4``: the section shipped until
   this table (``hit3``) with PPO-ptx 3, half or 3/4 of the policy learning rate, or half of it with
-  category-entropy weight 4, against the full-ranking NDCG@10 fall the hacking monitor flagged on 2 of 5 seeds.
+  category-entropy weight 4, against the full-ranking NDCG@10 fall the hacking monitor flagged on 2 of 5 seeds;
+* ``hit3_lr_half_div4_sl10``, ``..._sl20``: the shipped section with rollouts sampled among each
+  prompt's first-slot top 10 / 20 (``ppo.rollout.shortlist``; the reference's KL and the policy's
+  ratio restricted alike): PPO trained for the pages a shortlist decodes (README "Pages decoded
+  from a shortlist"); this table's validation columns are whole-catalogue pages, so judge these
+  with ``bench/shortlist_quality.py --policies sft,ppo_ablation/NAME --shortlists M``.
 
 Columns are the PPO targets (page NDCG@10, Recall@20, page ILD@10, README "Alignment targets")
 plus NDCG@10, each compared with SFT paired over users. The validation columns are the same
@@ -60,6 +65,8 @@ BASE = {"reward": {"diversity_weight": 1.0}, "policy": {"ptx_coef": 0.0, "train"
 SHIPPED = {"reward": {"diversity_weight": 3.0}, "policy": {"ptx_coef": 1.0}}
 #: hit3: the 64-page section with hit weight 3 (shipped from e0c3e8c to 97cd55b); the hit3_* variants change it
 HIT3 = deep_merge(SHIPPED, {"reward": {"hit_weight": 3.0}})
+#: hit3_lr_half_div4 (shipped since 97cd55b); the *_sl* variants change it
+HIT3_LR_HALF_DIV4 = deep_merge(HIT3, {"reward": {"diversity_weight": 4.0}, "policy": {"train": {"lr": SWEEP_LR / 2}}})
 #: name -> (what it tests, changes to BASE); "default" is the config's own ppo section as shipped
 VARIANTS: dict[str, tuple[str, dict]] = {
     "base": ("PPO as shipped before these ablations: category-entropy weight 1, no ptx, 64 pages", {}),
@@ -100,9 +107,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                      deep_merge(HIT3, {"policy": {"train": {"lr": SWEEP_LR / 2}}})),
     "hit3_lr_3q": ("hit3 with three quarters of the policy learning rate (1.47e-4)",
                    deep_merge(HIT3, {"policy": {"train": {"lr": SWEEP_LR * 0.75}}})),
-    "hit3_lr_half_div4": ("hit3_lr_half with category-entropy weight 4 instead of 3",
-                          deep_merge(HIT3, {"reward": {"diversity_weight": 4.0},
-                                            "policy": {"train": {"lr": SWEEP_LR / 2}}})),
+    "hit3_lr_half_div4": ("hit3_lr_half with category-entropy weight 4 instead of 3", HIT3_LR_HALF_DIV4),
+    **{f"hit3_lr_half_div4_sl{m}": (f"hit3_lr_half_div4 with rollouts sampled among each prompt's first-slot "
+                                    f"top {m} (ppo.rollout.shortlist)",
+                                    deep_merge(HIT3_LR_HALF_DIV4, {"rollout": {"shortlist": m}})) for m in (10, 20)},
 }
 COLUMNS = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
 COMPARE = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]

@@ -42,6 +42,7 @@ class Pages:
     logprobs: torch.Tensor  # (B, K) log pi(item_k | prompt, items_<k) under the restricted distribution
     prompts: Prompts  # as given; with a shortlist, blocked also holds each row's items outside it
     first_scores: torch.Tensor  # (B, n_items) first-slot item logits, blocked = -inf (= score_items), on the model device
+    shortlist: torch.Tensor | None = None  # (B, M) the items each row's page was decoded among (None: all)
 
 
 def prompt_user(vocab: Vocab, user_idx: int | None) -> int | None:
@@ -192,7 +193,8 @@ def generate_pages(
             break
         step_ids = torch.where(alive, vocab.item_token(item.clamp(min=0)), torch.full_like(item, vocab.pad))
         logits = dec.step(step_ids, alive)
-    return Pages(items.cpu(), logps.cpu(), _shortlisted(prompts, cols), _first(dec.first, prompts.blocked))
+    return Pages(items.cpu(), logps.cpu(), restrict_to(prompts, cols), _first(dec.first, prompts.blocked),
+                 None if cols is None else cols.cpu())
 
 
 def _first(logits: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
@@ -219,8 +221,10 @@ def _item(cols: torch.Tensor | None, choice: torch.Tensor) -> torch.Tensor:
     return torch.where(choice >= 0, cols.gather(1, choice.clamp(min=0)[:, None]).squeeze(1), choice)
 
 
-def _shortlisted(prompts: Prompts, cols: torch.Tensor | None) -> Prompts:
-    """``prompts`` with every item outside each row's shortlist blocked (as given without one)."""
+def restrict_to(prompts: Prompts, cols: torch.Tensor | None) -> Prompts:
+    """``prompts`` with every item outside each row's shortlist ``cols`` ((B, M) item indices,
+    ``Pages.shortlist``) blocked: the prompts under which :func:`page_logprobs` gives a shortlisted
+    page's recorded log-probs (``prompts`` unchanged when ``cols`` is None)."""
     if cols is None:
         return prompts
     cols = cols.to(prompts.blocked.device)
@@ -266,8 +270,9 @@ def _beam_pages(model, vocab: Vocab, prompts: Prompts, cfg: GenerationConfig, id
         logits = dec.step(step_ids, alive)
     top = total.argmax(dim=-1)  # (B,)
     pick = torch.arange(B, device=ids.device) * W + top
-    return Pages(items[pick].cpu(), step_logp[pick].cpu(), _shortlisted(prompts, None if cols is None else cols[::W]),
-                 _first(dec.first[::W], prompts.blocked))
+    cols = None if cols is None else cols[::W].cpu()
+    return Pages(items[pick].cpu(), step_logp[pick].cpu(), restrict_to(prompts, cols),
+                 _first(dec.first[::W], prompts.blocked), cols)
 
 
 def page_logprobs(

@@ -72,6 +72,33 @@ def test_first_batch_kl_zero_and_logprobs_agree(orch):
     assert float(exp.advantages[exp.mask].mean()) == pytest.approx(0.0, abs=1e-5)  # whitened
 
 
+def test_rollout_shortlist_reaches_reference_and_policy(orch):
+    """``ppo.rollout.shortlist``: pages sampled among each prompt's first-slot top M; the reference's
+    KL and the policy's recomputed log-probs use the same restricted distribution (runs before any
+    training step: policy, reference and rollout still hold the same weights)."""
+    import ray
+
+    from rlhf_ray.config import GenerationConfig
+
+    c, m = orch.cfg, 12
+    gen = GenerationConfig(**c.prompt.to_dict(), strategy="sample", temperature=c.rollout.temperature, shortlist=m)
+    ray.get(orch.rollout.run_all("setup", orch.sft, gen, c.seed))
+    try:
+        prompts, shared, _ = orch.make_experience(0, _no_timer)
+        exp = ray.get(shared.refs[0])
+        assert exp.shortlist is not None and exp.shortlist.shape == (c.rollout_batch_size, m)
+        for page, allowed in zip(exp.pages.tolist(), exp.shortlist.tolist()):
+            assert set(page) <= set(allowed)
+        assert float(exp.kl.abs().max()) < 1e-5  # the reference restricted to the same shortlist
+        recomputed = torch.cat(ray.get(orch.policy.run_sharded("logprobs", prompts, exp.pages, exp.shortlist)))
+        assert torch.allclose(recomputed, exp.logprobs, atol=1e-5)
+        whole = torch.cat(ray.get(orch.policy.run_sharded("logprobs", prompts, exp.pages)))
+        assert bool((whole < exp.logprobs - 1e-3).any())  # over all items the same pages are less likely
+    finally:
+        plain = GenerationConfig(**c.prompt.to_dict(), strategy="sample", temperature=c.rollout.temperature)
+        ray.get(orch.rollout.run_all("setup", orch.sft, plain, c.seed))
+
+
 def test_full_iteration_trains_and_zero2_ranks_stay_in_sync(orch):
     before_p = orch.policy.call("checksums")
     before_c = orch.critic.call("checksums")

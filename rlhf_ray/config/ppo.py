@@ -59,6 +59,10 @@ class PPORolloutConfig(ActorResources):
     actors: int = field(default=1, metadata=doc("rollout actors; the batch's users are split across them", ge=1))
     temperature: float = field(default=1.0, metadata=doc("sampling temperature", gt=0))
     top_k: int = field(default=0, metadata=doc("sample among the k most likely items (0 = all)", ge=0))
+    shortlist: int = field(default=0, metadata=doc(
+        "sample each page among the M items its first slot scores highest (GenerationConfig.shortlist; "
+        "0 = the whole catalogue): the policy, the reference's KL and PPO's validation pages then all use "
+        "the distribution restricted to each rollout's shortlist", ge=0, legacy=0))
 
 
 @dataclass
@@ -134,6 +138,8 @@ class PPOConfig(PromptConfig):
                                                          cosmetic=True))
 
     def validate(self) -> None:
+        require(self.rollout.shortlist == 0 or self.rollout.shortlist >= self.page_size, "rollout.shortlist",
+                f"must be 0 or at least page_size={self.page_size}, got {self.rollout.shortlist}")
         for role in ("policy", "critic"):
             mb = getattr(self, role).train.batch_size
             require(self.rollout_batch_size % mb == 0, f"{role}.train.batch_size",
