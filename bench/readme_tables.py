@@ -303,6 +303,12 @@ BLOCKS = {
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
     "shortlist_quality": block("shortlist_quality", "python bench/shortlist_quality.py --work runs/bench/loo "
                                "--seeds 0,1,2,3,4", protocol_body),
+    "shortlist_quality_ppo": block("shortlist_quality_ppo", "python bench/shortlist_quality.py --work runs/bench/loo "
+                                   "--seeds 0,1,2,3,4 --policies sft,ppo,ppo_ablation/NAME --shortlists 10,20 --name "
+                                   "shortlist_quality_ppo", protocol_body),
+    "shortlist_quality_pagellm": block("shortlist_quality_pagellm", "python bench/shortlist_quality.py --work "
+                                       "runs/bench/pagellm --seeds 0 --policies sft --name shortlist_quality_pagellm",
+                                       protocol_body),
     "serve_load": block("serve_load", "python bench/serve_load.py --checkpoint CKPT --data DIR", own_table_body),
     "gil_contention": block("gil_contention", "python bench/gil_contention.py --checkpoint CKPT --data DIR",
                             own_table_body),
