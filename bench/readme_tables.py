@@ -314,6 +314,8 @@ BLOCKS = {
                             own_table_body),
     "serve_load_haproxy": block("serve_load_haproxy", "python bench/serve_load.py --checkpoint CKPT --data DIR "
                                 "--ingress haproxy", own_table_body),
+    **{f"serve_shortlist_{n}": serve_ab(f"serve_shortlist/{n}", {"whole": "whole catalogue",
+                                                                "shortlist": "shortlist 256"}) for n in ("100k", "1m")},
     "serve_separate_ab": serve_ab("serve_separate/ab", {"inreplica": "model in the HTTP replica",
                                                         "separate": "separate_model"}),
 }

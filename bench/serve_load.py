@@ -75,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "Ray's own default is 15)")
     p.add_argument("--separate-model", action="store_true",
                    help="the model in a deployment of its own fed whole batches (ServeConfig.separate_model)")
+    p.add_argument("--shortlist", type=int, default=0, help="decode pages among the first slot's best M items "
+                   "(ServeConfig.shortlist; the ceiling decodes the same way); 0 = the whole catalogue")
     p.add_argument("--torch-threads", type=int, default=1, help="replica (and ceiling) torch threads")
     p.add_argument("--max-ongoing-requests", type=int, default=0,
                    help="Serve's max_ongoing_requests per replica (0: max(64, 2 x the largest concurrency))")
@@ -234,7 +236,8 @@ def serve_config(a: argparse.Namespace):
                        max_k=max(a.ks), default_k=min(a.ks), max_batch_size=a.max_batch_size,
                        batch_wait_ms=a.batch_wait_ms, torch_threads=a.torch_threads,
                        max_ongoing_requests=a.max_ongoing_requests or max(64, 2 * max(a.concurrency)),
-                       ingress=a.ingress, worker_niceness=a.worker_niceness, separate_model=a.separate_model)
+                       ingress=a.ingress, worker_niceness=a.worker_niceness, separate_model=a.separate_model,
+                       shortlist=a.shortlist)
 
 
 def start_server(cfg) -> str:
