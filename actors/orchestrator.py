@@ -68,6 +68,7 @@ from actors.recovery import Recovery
 from actors.reference import ReferenceActor
 from actors.reward_actor import RewardActor
 from actors.rollout import RolloutActor
+from actors.selection import Keeper
 from actors.state import RunState, read_controller, rng_state, set_rng_state, state_dir
 from rlhf_ray import storage
 from rlhf_ray.config import GenerationConfig, PPOConfig
@@ -139,6 +140,9 @@ class PPOOrchestrator:
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(cfg.kl_coef))
         self.monitor = HackingMonitor(cfg.hack_threshold)
+        self.keeper = Keeper.for_config(cfg)  # which validated policy is exported (actors.selection)
+        self.kept_weights: list | None = None  # [ref] of the kept policy's weights, when the keeper holds them
+        self._published: list | None = None  # [ref] of the weights the rollout actors hold
         self.advantage = AdvantageStep()  # its zero-CPU actor starts with the first iteration
         self.val_users: dict = {}  # the last validation's per-user values of the monitored metrics
         self.state = RunState(state_dir(self.out), keep=cfg.keep_states)
@@ -243,10 +247,24 @@ class PPOOrchestrator:
         to every rollout actor. On GPUs this is the one method to replace with a collective
         broadcast from policy rank 0 to the rollout actors; ``load_weights`` keeps its contract.
         """
-        published = self.policy.call("publish_weights")
-        state_ref = published[0][0]
-        self.rollout.call("load_weights", state_ref)
+        published = self.policy.call("publish_weights")[0]
+        self.rollout.call("load_weights", published[0])
         self._dirty = False
+        # kept for current_weights only when a validated policy may be exported (an extra copy otherwise)
+        self._published = published if self.keeper.holds_weights else None
+
+    def current_weights(self) -> list:
+        """``[ref]`` of the policy's weights now (published once; nothing travels through the driver)."""
+        if self._dirty:
+            self.sync_weights()
+        if self._published is None:  # the SFT start: the rollout actors loaded it from disk
+            self._published = self.policy.call("publish_weights")[0]
+        return self._published
+
+    def keep(self, iteration: int, validation: dict, alert: dict | None) -> None:
+        """Offer a validation to the keeper; hold its weights when it is kept and they may be exported."""
+        if self.keeper.offer(iteration, validation, flagged=alert is not None) and self.keeper.holds_weights:
+            self.kept_weights = self.current_weights()
 
     def make_experience(self, iteration: int, timer) -> tuple[Sharded, Sharded, dict]:
         """Steps 1-4: the prompt batch and the Experience, both left in the object store (Sharded),
@@ -318,7 +336,8 @@ class PPOOrchestrator:
     def controller_state(self, completed: int) -> dict:
         return {"iteration": completed, "data_position": completed * self.cfg.rollout_batch_size,
                 "kl": self.kl_ctl.state_dict(), "monitor": self.monitor.state_dict(), "rng": rng_state(),
-                "history": self.history, "validations": self.validations, "config": self.cfg.to_dict()}
+                "keeper": self.keeper.state_dict(), "history": self.history, "validations": self.validations,
+                "config": self.cfg.to_dict()}
 
     def save_state(self, completed: int) -> str:
         def engines(tmp: str) -> None:
@@ -326,6 +345,8 @@ class PPOOrchestrator:
             c = self.critic.run_all("save_state", storage.join(tmp, "critic"))
             self.policy.get(p)
             self.critic.get(c)
+            if self.kept_weights is not None:
+                self.policy.call_rank(0, "save_weights", self.kept_weights, storage.join(tmp, "kept"))
 
         path = self.state.write(completed, engines, self.controller_state(completed))
         self.log(f"[ppo] state saved: {path}")
@@ -358,11 +379,27 @@ class PPOOrchestrator:
         elif changed:
             self.log(f"[ppo] adopted from {d}: {', '.join(changed)} take this run's values")
         self.monitor = HackingMonitor.from_state(ctl["monitor"])
+        self.restore_keeper(d, ctl.get("keeper"))
         set_rng_state(ctl["rng"])
         self.history, self.validations = ctl["history"], ctl["validations"]
-        self._dirty = True  # rollout actors still hold the SFT weights
+        self._dirty, self._published = True, None  # rollout actors still hold the SFT weights
         self.log(f"[ppo] resumed from {d} after {ctl['iteration']} iterations")
         return int(ctl["iteration"])
+
+    def restore_keeper(self, d: str, saved: dict | None) -> None:
+        """The keeper of state ``d`` and, when it holds weights, the kept policy saved beside it
+        (a state written before ``ppo.select`` existed has neither: the keeper starts afresh)."""
+        self.keeper, self.kept_weights = Keeper.for_config(self.cfg), None
+        if not saved:
+            return
+        self.keeper = Keeper.from_state({**saved, **{k: getattr(self.keeper, k) for k in
+                                                    ("select", "metric", "holds_weights")}})
+        if self.keeper.holds_weights and self.keeper.iteration is not None:
+            kept = storage.join(d, "kept")
+            if not storage.exists(storage.join(kept, "weights.pt")):
+                raise UserError(f"{d}: the state keeps the policy of iteration {self.keeper.iteration} "
+                                f"(ppo.select / hack_stop) but {storage.join(kept, 'weights.pt')} is missing")
+            self.kept_weights = self.policy.call_rank(0, "load_weights_file", kept)
 
     def _auto_resume(self) -> bool:
         """``resume="auto"`` (the pipeline, sweep trials): continue the newest state when it was saved
@@ -392,12 +429,13 @@ class PPOOrchestrator:
             self.logger.log(metrics, step=int(metrics["iteration"]))
         report(metrics, checkpoint_dir=state)
 
-    def export(self, metrics: dict) -> str:
+    def export(self, metrics: dict, weights: list | None = None) -> str:
+        """The policy (or ``weights``, ``[ref]``: the kept one) as the ``ppo`` checkpoint at OUT."""
         from rlhf_ray.stages.common import lineage
 
         info = lineage(self.sft_manifest, self.cfg, {"reward": self.reward_ref})
         return self.policy.call("export", str(self.out), stage=STAGE, config=self.cfg.to_dict(), metrics=metrics,
-                                data_fingerprint=self.prepared.fingerprint, lineage=info)[0]
+                                data_fingerprint=self.prepared.fingerprint, lineage=info, weights=weights)[0]
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool | str = False, stop_after: int | None = None) -> dict:
@@ -423,8 +461,9 @@ class PPOOrchestrator:
                 base = self.validate(0)
                 self._log(base)
                 self.monitor.observe_validation(0, base, self.val_users)
+                self.keep(0, base, None)
                 self.log(f"[ppo] baseline (SFT) {self._brief(base)}")
-            stopped = None
+            stopped, flagged_stop = None, False
             ran = 0
             self.recovery.mark_start(done)
             it = done
@@ -449,6 +488,8 @@ class PPOOrchestrator:
                                      f"({alert['baseline']:.4f} -> {alert['now']:.4f})")
                             if c.hack_stop:
                                 stopped = f"reward-hacking monitor at iteration {it + 1}"
+                                flagged_stop = True
+                        self.keep(it + 1, v, alert)
                     preempt = stop_after is not None and ran >= stop_after and not last
                     saved = None
                     if (c.save_every and (it + 1) % c.save_every == 0) or last or stopped or preempt:
@@ -456,17 +497,23 @@ class PPOOrchestrator:
                     if v is not None:  # with the state saved at this iteration, if any (Tune: PBT's exploit)
                         self._log(v, state=saved)
                 except Exception as err:  # an actor or node lost: restart, roll back (actors.recovery)
-                    it, stopped = self.recovery.recover(err, it), None
+                    it, stopped, flagged_stop = self.recovery.recover(err, it), None, False
                     continue
                 it += 1
                 if stopped or preempt:
                     break
             if stopped:
                 self.log(f"[ppo] stopped by the {stopped}")
-            final = self.final_metrics(stopped)
+            kept = self.keeper.exports_kept(it, flagged_stop)
+            final = self.final_metrics(stopped, self.keeper.iteration if kept else None)
             final["wall_s"] = time.time() - t0
             if (stop_after is None or it >= c.iterations) or stopped:
-                final["checkpoint"] = self.export(final)
+                if kept:
+                    self.log(f"[ppo] exporting the policy validated after {self.keeper.iteration} iterations"
+                             + (" (the SFT start)" if self.keeper.iteration == 0 else "")
+                             + (f": the best {self.keeper.metric} {self.keeper.value:.4f} the monitor did not flag"
+                                if c.select == "best" else ": the last validation the monitor did not flag"))
+                final["checkpoint"] = self.export(final, self.kept_weights if kept else None)
                 self.log(f"[ppo] policy exported to {final['checkpoint']}")
                 report(final, checkpoint_dir=final["checkpoint"])
             return final
@@ -475,12 +522,16 @@ class PPOOrchestrator:
             logs.close()
             self.shutdown()
 
-    def final_metrics(self, stopped: str | None) -> dict:
+    def final_metrics(self, stopped: str | None, kept: int | None = None) -> dict:
+        """The last iteration's training figures; the validation of the exported policy (the last
+        one, or the kept one's when ``kept`` names its iteration) and which one it is."""
         out: dict = {"iterations": len(self.history)}
         if self.history:
             out.update({k: v for k, v in self.history[-1].items() if k != "iteration"})
-        if self.validations:
-            out.update({k: v for k, v in self.validations[-1].items() if k != "iteration"})
+        chosen = [v for v in self.validations if v["iteration"] == kept] if kept is not None else self.validations
+        if chosen:
+            out.update({k: v for k, v in chosen[-1].items() if k != "iteration"})
+            out["select/iteration"] = int(chosen[-1]["iteration"])
         out["hacking_alerts"] = len(self.monitor.alerts)
         out["restarts"] = len(self.recovery.restarts)
         if stopped:

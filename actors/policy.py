@@ -80,11 +80,46 @@ class PolicyActor(TrainerActor):
 
         return [ray.put(state)]
 
+    def save_weights(self, weights: list, directory: str) -> None:
+        """Rank 0 writes published weights (``[ref]``, :meth:`publish_weights`) to
+        ``directory/weights.pt`` (a path every node sees, or a storage URI): the kept policy of
+        ``ppo.select`` in a resumable state (:mod:`actors.selection`)."""
+        if self.rank != 0:
+            return
+        import ray
+
+        from rlhf_ray.storage import staged
+
+        with staged(directory, marker=None) as local:
+            local.mkdir(parents=True, exist_ok=True)
+            torch.save(ray.get(weights[0]), local / "weights.pt")
+
+    def load_weights_file(self, directory: str) -> list | None:
+        """Rank 0 puts the weights :meth:`save_weights` wrote in the object store: ``[ref]``."""
+        if self.rank != 0:
+            return None
+        import ray
+
+        from rlhf_ray.storage import fetched
+
+        with fetched(directory) as local:
+            state = torch.load(local / "weights.pt", map_location="cpu", weights_only=True)
+        return [ray.put(state)]
+
     def export(self, out_dir: str, *, stage: str, config: dict, metrics: dict, data_fingerprint: str,
-               lineage: dict) -> str | None:
-        """Write the final policy as a ``stage`` checkpoint (rank 0; every rank calls for ZeRO-3).
-        ``lineage``: parent, inputs and prompt manifest entries (:func:`rlhf_ray.stages.common.lineage`)."""
-        state = self.engine.full_state_dict()
+               lineage: dict, weights: list | None = None) -> str | None:
+        """Write the policy as a ``stage`` checkpoint (rank 0; every rank calls for ZeRO-3):
+        the engine's weights, or ``weights`` (``[ref]`` of weights :meth:`publish_weights` put, no
+        collective then). ``lineage``: parent, inputs and prompt manifest entries
+        (:func:`rlhf_ray.stages.common.lineage`)."""
+        if weights is not None:
+            if self.rank != 0:
+                return None
+            import ray
+
+            state = ray.get(weights[0])
+        else:
+            state = self.engine.full_state_dict()
         if self.rank != 0:
             return None
         from rlhf_ray.checkpoint import save_checkpoint

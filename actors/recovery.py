@@ -27,6 +27,7 @@ import time
 
 from actors.group import ActorDied
 from actors.monitor import HackingMonitor
+from actors.selection import Keeper
 from actors.state import rng_state, set_rng_state
 
 TRAINED = ("policy", "critic")  # roles with state: rolled back on every recovery
@@ -63,7 +64,8 @@ class Recovery:
         is saved (after the baseline validation, so the monitor keeps its baseline)."""
         o = self.orch
         self._start = {"iteration": iteration, "kl": o.kl_ctl.state_dict(), "monitor": o.monitor.state_dict(),
-                       "rng": rng_state(), "history": list(o.history), "validations": list(o.validations)}
+                       "rng": rng_state(), "history": list(o.history), "validations": list(o.validations),
+                       "keeper": o.keeper.state_dict()}
 
     def recover(self, err: BaseException, iteration: int) -> int:
         """Restart the lost groups and roll back; returns the iteration to continue from.
@@ -119,4 +121,10 @@ class Recovery:
         o.monitor = HackingMonitor.from_state(s["monitor"])
         set_rng_state(s["rng"])
         o.history, o.validations = list(s["history"]), list(s["validations"])
+        o.keeper, o.kept_weights, o._published = Keeper.from_state(s["keeper"]), None, None
+        if o.keeper.holds_weights and o.keeper.iteration is not None:
+            if o.keeper.iteration == s["iteration"] == 0:  # the SFT start, which the restarted policy holds again
+                o.kept_weights = o.current_weights()
+            else:  # weights held by a lost actor, never saved: the next validation is kept instead
+                o.keeper.iteration = o.keeper.value = None
         return s["iteration"]

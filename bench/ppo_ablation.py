@@ -26,7 +26,10 @@ variant its own):
   prompt's first-slot top 10 / 20 (``ppo.rollout.shortlist``; the reference's KL and the policy's
   ratio restricted alike): PPO trained for the pages a shortlist decodes (README "Pages decoded
   from a shortlist"); this table's validation columns are whole-catalogue pages, so judge these
-  with ``bench/shortlist_quality.py --policies sft,ppo_ablation/NAME --shortlists M``.
+  with ``bench/shortlist_quality.py --policies sft,ppo_ablation/NAME --shortlists M``;
+* ``hit3_lr_half_div4_best``, ``hit3_best``: the same training as the variant named, exporting the
+  policy of its best validation (``ppo.select: best``, page NDCG@10 on the monitor's 300 users,
+  the SFT start included) instead of the final one.
 
 Columns are the PPO targets (page NDCG@10, Recall@20, page ILD@10, README "Alignment targets")
 plus NDCG@10, each compared with SFT paired over users. The validation columns are the same
@@ -111,6 +114,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"hit3_lr_half_div4_sl{m}": (f"hit3_lr_half_div4 with rollouts sampled among each prompt's first-slot "
                                     f"top {m} (ppo.rollout.shortlist)",
                                     deep_merge(HIT3_LR_HALF_DIV4, {"rollout": {"shortlist": m}})) for m in (10, 20)},
+    # which validated policy is exported (ppo.select): the same training as the variant named, the export the
+    # validation (of the monitor's 300 users, every 5 iterations, the SFT start included) with the highest
+    # page NDCG@10 the monitor did not flag
+    "hit3_lr_half_div4_best": ("hit3_lr_half_div4 exporting its best validated policy (select: best, page "
+                               "NDCG@10 on the monitor's users)", deep_merge(HIT3_LR_HALF_DIV4, {"select": "best"})),
+    "hit3_best": ("hit3 exporting its best validated policy (select: best, page NDCG@10 on the monitor's users)",
+                  deep_merge(HIT3, {"select": "best"})),
 }
 COLUMNS = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
 COMPARE = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]

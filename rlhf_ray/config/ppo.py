@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from rlhf_ray.config.base import doc, require
 from rlhf_ray.config.common import ActorResources, PromptConfig, TrainConfig
 
+#: validation metrics ``ppo.select: best`` can maximise (the PPO targets' and the ranking's)
+SELECT_METRICS = ("page_ndcg@10", "page_recall@10", "ndcg@10", "recall@20", "page_ild", "tail_recall@20")
+
 
 def _ppo_train(lr: float) -> TrainConfig:
     return TrainConfig(epochs=1, batch_size=32, lr=lr, warmup_ratio=0.0, patience=0, tensorboard=False,
@@ -129,7 +132,15 @@ class PPOConfig(PromptConfig):
         "reward-hacking monitor: flag when reward rose while validation NDCG@10 or ILD fell by more "
         "than this fraction of its first value and the paired 95% interval of the fall over the "
         "validation users excludes 0", ge=0))
-    hack_stop: bool = field(default=False, metadata=doc("stop the run when the reward-hacking monitor flags"))
+    hack_stop: bool = field(default=False, metadata=doc(
+        "stop the run when the reward-hacking monitor flags, and export the policy of the last validation "
+        "it did not flag (with select=best: the best such validation), not the flagged one"))
+    select: typing.Literal["last", "best"] = field(default="last", metadata=doc(
+        "the policy exported: last (the final weights) | best (the validation with the highest "
+        "select_metric among those the reward-hacking monitor did not flag, the SFT start included; "
+        "needs eval_every > 0)"))
+    select_metric: typing.Literal[SELECT_METRICS] = field(default="page_ndcg@10", metadata=doc(
+        "select=best: the validation metric maximised: " + " | ".join(SELECT_METRICS)))
     colocate: bool = field(default=True, metadata=doc(
         "all roles share one placement group (fractional CPUs/GPUs per actor); false: one group per role"))
     strategy: typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = field(default="PACK", metadata=doc(
@@ -138,6 +149,8 @@ class PPOConfig(PromptConfig):
                                                          cosmetic=True))
 
     def validate(self) -> None:
+        require(self.select == "last" or self.eval_every > 0, "select",
+                "select=best chooses among validations: set eval_every > 0")
         require(self.rollout.shortlist == 0 or self.rollout.shortlist >= self.page_size, "rollout.shortlist",
                 f"must be 0 or at least page_size={self.page_size}, got {self.rollout.shortlist}")
         for role in ("policy", "critic"):
