@@ -27,6 +27,46 @@ def test_round_trip_and_transformers_loads_it(tiny_sft, synth_data):
     assert ck.tokenizer.convert_tokens_to_ids(f"<item_{ck.vocab.n_items - 1}>") == ck.vocab.item_offset + ck.vocab.n_items - 1
 
 
+def test_tokenizer_is_built_on_first_use_and_saved_unbuilt_by_copy(tiny_sft, tmp_path):
+    """A loaded checkpoint's tokenizer is a stand-in (building it costs ~40 s at 1M items and
+    ranking never needs it): len() from the layout, built by the first attribute or call, and
+    an unbuilt one is saved by copying its files byte for byte."""
+    import pickle
+
+    from rlhf_ray.tokens import SavedTokenizer, load_tokenizer, save_tokenizer
+
+    ck = load_checkpoint(tiny_sft)
+    tok = ck.tokenizer
+    assert isinstance(tok, SavedTokenizer) and not tok.loaded
+    assert len(tok) == ck.vocab.size and not tok.loaded
+    copy = pickle.loads(pickle.dumps(tok))  # Ray ships it as its directory, unbuilt
+    assert not copy.loaded and len(copy) == ck.vocab.size
+    save_tokenizer(tok, ck.vocab, tmp_path / "copied")
+    assert not tok.loaded
+    src = tiny_sft / "tokenizer"
+    assert sorted(p.name for p in (tmp_path / "copied").iterdir()) == sorted(p.name for p in src.iterdir())
+    for f in src.iterdir():
+        assert (tmp_path / "copied" / f.name).read_bytes() == f.read_bytes(), f.name
+    ids = tok("a title | Drama", add_special_tokens=False)["input_ids"]  # a call builds it
+    assert tok.loaded and ids and max(ids) < ck.vocab.n_text
+    assert tok.convert_ids_to_tokens(ck.vocab.item_offset) == "<item_0>"
+    save_tokenizer(tok, ck.vocab, tmp_path / "rewritten")  # built: written by save_pretrained
+    again, vocab = load_tokenizer(tmp_path / "rewritten")
+    assert vocab == ck.vocab and again("a title | Drama", add_special_tokens=False)["input_ids"] == ids
+    layout = json.loads((src / "rlhf_ray_vocab.json").read_text())
+    (tmp_path / "short").mkdir()
+    shutil.copy(src / "tokenizer.json", tmp_path / "short" / "tokenizer.json")
+    (tmp_path / "short" / "rlhf_ray_vocab.json").write_text(json.dumps({**layout, "n_users": layout["n_users"] + 1}))
+    short, _ = load_tokenizer(tmp_path / "short")
+    with pytest.raises(CheckpointError, match=r"tokenizer has \d+ tokens but the layout says"):
+        short.load()
+    (tmp_path / "bad").mkdir()
+    shutil.copy(src / "tokenizer.json", tmp_path / "bad" / "tokenizer.json")
+    (tmp_path / "bad" / "rlhf_ray_vocab.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="rlhf_ray_vocab.json: not a token layout"):
+        load_tokenizer(tmp_path / "bad")
+
+
 def test_checkpoint_saved_with_gelu_new_loads_with_the_fused_kernel(tiny_sft, tmp_path):
     """Checkpoints written before the fused GELU (config ``gelu_new``) load converted, and score
     as the python form does to float rounding."""

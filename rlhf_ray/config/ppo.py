@@ -138,9 +138,9 @@ class PPOConfig(PromptConfig):
     select: typing.Literal["last", "best"] = field(default="last", metadata=doc(
         "the policy exported: last (the final weights) | best (the validation with the highest "
         "select_metric among those the reward-hacking monitor did not flag, the SFT start included; "
-        "needs eval_every > 0)"))
+        "needs eval_every > 0)", legacy="last"))
     select_metric: typing.Literal[SELECT_METRICS] = field(default="page_ndcg@10", metadata=doc(
-        "select=best: the validation metric maximised: " + " | ".join(SELECT_METRICS)))
+        "select=best: the validation metric maximised: " + " | ".join(SELECT_METRICS), legacy="page_ndcg@10"))
     colocate: bool = field(default=True, metadata=doc(
         "all roles share one placement group (fractional CPUs/GPUs per actor); false: one group per role"))
     strategy: typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = field(default="PACK", metadata=doc(
