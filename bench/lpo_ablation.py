@@ -186,14 +186,14 @@ def coverage(frame: pd.DataFrame, n_items: int) -> float:
 
 
 def record_valid(val: dict, name: str, ckpt: Path, valid=VALID, prepared=None,
-                 cache: Path | None = None) -> pd.DataFrame | None:
+                 cache: Path | None = None, skip: int = 0) -> pd.DataFrame | None:
     """Append the checkpoint's validation figures (``valid``) to ``val[name]``: from its manifest
     (the stage's own validation; returns None), or, given ``prepared`` and ``cache``, measured here
     on the whole validation split like the test (every variant and SFT on the same users; returns
-    the per-user frame, for paired comparisons on validation)."""
+    the per-user frame, for paired comparisons on validation), less its first ``skip`` users."""
     frame = None
     if prepared is not None:
-        frame = test_frame(ckpt, prepared, cache, split="valid")
+        frame = test_frame(ckpt, prepared, cache, split="valid").iloc[skip:].reset_index(drop=True)
         m = {f"val/{c}": float(np.nanmean(frame[c].to_numpy(dtype=float))) for c in valid}
     else:
         m = json.loads((ckpt / "manifest.json").read_text()).get("metrics", {})
@@ -280,7 +280,12 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     p.add_argument("--work", default=None, help="run directory (default runs/bench/loo, shared with protocol_table)")
     p.add_argument("--smoke", action="store_true", help="synthetic data, a few steps: checks the plumbing")
     p.add_argument("--results", default=None, help="where the JSON goes (default bench/results; smoke: outside the repo)")
+    p.add_argument("--valid-skip", type=int, default=0, help="whole-split validation figures over the validation "
+                   "users after the first N (e.g. PPO's eval_users, on which ppo.select chose: a comparison on "
+                   "them favours the chosen checkpoint)")
     args = p.parse_args(argv)
+    if args.valid_skip < 0:
+        p.error(f"--valid-skip: at least 0, got {args.valid_skip}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     names = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(names) - set(variants))
@@ -301,7 +306,7 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     for s, d in zip(seeds, dirs):
         cache = d / bench / "test"
         run.add_input(f"seed{s}/sft", d / "sft")
-        vargs = (prepared, d / bench / "valid") if whole_valid else ()
+        vargs = (prepared, d / bench / "valid", args.valid_skip) if whole_valid else ()
         for name in ["sft", *names]:
             ck = d / "sft" if name == "sft" else train(d, name, s, args.smoke)
             if name != "sft":
@@ -317,13 +322,16 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     rows, comps, md, n_tail = ablation_table(frames, val, whats, prepared, len(seeds), base_what,
                                              columns=columns, compare=compare, valid=valid,
                                              val_frames=val_frames or None)
+    if args.valid_skip and val_frames:
+        md += (f"\n\nValidation columns over the {len(val_frames['sft'][0])} validation users after the first "
+               f"{args.valid_skip} (--valid-skip: the users PPO validated on, which ppo.select chose on).")
     notes = {n: checkpoint_note(n, cks) for n, cks in checkpoints.items()} if checkpoint_note else {}
     if notes:
         md += "\n\n" + "\n".join(f"* {n}: {t}" for n, t in notes.items())
     print(md)
     name = bench + ("" if args.protocol == "loo" else f"_{args.protocol}") + ("_smoke" if args.smoke else "")
     path = run.write(name,
-                     {"protocol": args.protocol, "seeds": seeds, "variants": whats,
+                     {"protocol": args.protocol, "seeds": seeds, "variants": whats, "valid_skip": args.valid_skip,
                       "rows": rows, "comparisons": comps, "markdown": md, "notes": notes,
                       "users": len(prepared.histories("test")[3]),
                       "tail_users": n_tail, "seconds": round(time.time() - t0, 1)},

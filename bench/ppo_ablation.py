@@ -173,10 +173,14 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
 
 
 def monitor_note(name: str, checkpoints: list[Path]) -> str:
-    """The reward-hacking monitor's alerts of a variant's runs, one count per seed (its manifests)."""
-    counts = [json.loads((ck / "manifest.json").read_text()).get("metrics", {}).get("hacking_alerts", "?")
-              for ck in checkpoints]
-    return f"hacking-monitor alerts per seed {', '.join(map(str, counts))}"
+    """The reward-hacking monitor's alerts of a variant's runs, one count per seed (its manifests), and
+    for a run that exported a kept policy (``ppo.select``) the iteration it was validated after."""
+    metrics = [json.loads((ck / "manifest.json").read_text()).get("metrics", {}) for ck in checkpoints]
+    note = f"hacking-monitor alerts per seed {', '.join(str(m.get('hacking_alerts', '?')) for m in metrics)}"
+    kept = [m.get("select/iteration") for m in metrics]
+    if any(k is not None and k != m.get("iterations") for k, m in zip(kept, metrics)):
+        note += f"; exported the policy validated after iteration {', '.join(map(str, kept))} (per seed)"
+    return note
 
 
 def main(argv=None) -> int:

@@ -298,6 +298,8 @@ BLOCKS = {
                                     protocol_body),
     "ppo_ablation_amd5": block("ppo_ablation_amd5", "python bench/ppo_ablation.py --seeds 0,1,2,3,4 (then copy its "
                                "ppo_ablation.json to this name)", protocol_body),
+    "ppo_ablation_select": block("ppo_ablation_select", "python bench/ppo_ablation.py --seeds 0,1,2,3,4 --valid-skip "
+                                 "300 (then copy its ppo_ablation.json to this name)", protocol_body),
     "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
                               "--reward DIR", ppo_before_after_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),

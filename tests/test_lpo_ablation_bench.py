@@ -36,6 +36,14 @@ def test_ablation_smoke_writes_one_table(tmp_path):
     cfg = json.loads((run / "lpo_ablation" / "reweight_adaptive" / "manifest.json").read_text())["config"]
     assert cfg["reweight"] == "adaptive" and cfg["reweight_strength"] == 1.0
     assert "| reweight_adaptive |" in doc["markdown"]
+    # --valid-skip: the same checkpoints (reused), validation over the users after the first 5
+    proc = subprocess.run(cmd + ["--valid-skip", "5"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    skipped = json.loads((res / "lpo_ablation_smoke.json").read_text())
+    assert skipped["valid_skip"] == 5 and "after the first 5" in skipped["markdown"]
+    for name, comp in skipped["comparisons"].items():
+        assert comp["valid"]["ndcg@10"]["n"] == doc["comparisons"][name]["valid"]["ndcg@10"]["n"] - 5
+        assert comp["ndcg@10"] == doc["comparisons"][name]["ndcg@10"]  # test untouched
 
 
 def test_ensure_sft_reuses_only_the_run_of_its_protocol(tmp_path, monkeypatch):
