@@ -302,6 +302,8 @@ BLOCKS = {
                                  "300 (then copy its ppo_ablation.json to this name)", protocol_body),
     "ppo_before_after": block("ppo_before_after", "python bench/ppo_before_after.py --old REV --data DIR --sft DIR "
                               "--reward DIR", ppo_before_after_body),
+    "checkpoint_load": block("checkpoint_load", "python bench/checkpoint_load.py --checkpoints CKPT,CKPT,CKPT",
+                             protocol_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
     "shortlist_quality": block("shortlist_quality", "python bench/shortlist_quality.py --work runs/bench/loo "
                                "--seeds 0,1,2,3,4", protocol_body),
