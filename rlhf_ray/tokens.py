@@ -87,11 +87,14 @@ def train_tokenizer(texts: Iterable[str], n_items: int, n_users: int = 0, vocab_
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
     n_text = tok.get_vocab_size()
-    extra = [f"<item_{i}>" for i in range(n_items)] + [f"<user_{u}>" for u in range(n_users)]
-    tok.add_special_tokens(extra)
+    # wrapped first, the item/user tokens added after: transformers deep-copies the added-token table
+    # it finds at construction (about 40 s at 1M items); added to the wrapper, the same tokens (same
+    # ids, byte-identical files) cost a few seconds (bench/tokenizer_build.py)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
     )
+    hf.add_tokens([f"<item_{i}>" for i in range(n_items)] + [f"<user_{u}>" for u in range(n_users)],
+                  special_tokens=True)
     vocab = _layout(hf, n_text, n_items, n_users)
     return hf, vocab
 
