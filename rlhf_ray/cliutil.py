@@ -67,6 +67,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[Config], *,
         default = f.default if f.default is not dataclasses.MISSING else None
         if default is not None and not isinstance(default, (list, dict)):
             help_text = f"{help_text} (default: {default})"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help ("95% interval" would crash --help)
         flags = sorted({f"--{name.replace('_', '-')}", f"--{name}"}, key=lambda s: "_" in s)
         if inner is bool:
             group.add_argument(*flags, dest=dest, default=None, help=help_text,

@@ -125,6 +125,21 @@ def test_missing_data_dir_exits_2(tmp_path):
     assert res.returncode == 2 and "nope" in res.stderr
 
 
+@pytest.mark.parametrize("cmd", ["data", "pretrain", "sft", "reward", "ppo", "lpo", "eval", "serve", "pipeline",
+                                 "report"])
+def test_every_command_help_prints(cmd, capsys):
+    """`rlhf-ray CMD --help` formats every field's help (a bare '%' in one, '95% interval', crashed
+    argparse's formatting of `ppo --help`)."""
+    from rlhf_ray.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "usage:" in out
+    if cmd == "ppo":
+        assert "paired 95%" in out and "--select" in out and "--hack-stop" in out
+
+
 def test_help_lists_every_stage():
     res = run(["--help"])
     assert res.returncode == 0
