@@ -80,8 +80,9 @@ def _assert_same_history(a: list, b: list, tol: float = 1e-6) -> None:
     """Per-iteration metrics equal to ``tol`` (timings aside; NaN equals NaN)."""
     assert len(a) == len(b)
     for ma, mb in zip(a, b):
-        keys = {k for k in ma if not k.startswith(("time/", "perf/"))}
-        assert keys == {k for k in mb if not k.startswith(("time/", "perf/"))}
+        timing = lambda k: k.startswith(("time/", "perf/")) or "/time_" in k  # noqa: E731  (e.g. critic/time_forward_s)
+        keys = {k for k in ma if not timing(k)}
+        assert keys == {k for k in mb if not timing(k)}
         for k in keys:
             x, y = float(ma[k]), float(mb[k])
             assert (math.isnan(x) and math.isnan(y)) or abs(x - y) <= tol, (ma.get("iteration"), k, x, y)
