@@ -304,6 +304,7 @@ BLOCKS = {
                               "--reward DIR", ppo_before_after_body),
     "checkpoint_load": block("checkpoint_load", "python bench/checkpoint_load.py --checkpoints CKPT,CKPT,CKPT",
                              protocol_body),
+    "tokenizer_build": block("tokenizer_build", "python bench/tokenizer_build.py", protocol_body),
     "catalogue_scaling": block("catalogue_scaling", "python bench/catalogue_scaling.py", own_table_body),
     "shortlist_quality": block("shortlist_quality", "python bench/shortlist_quality.py --work runs/bench/loo "
                                "--seeds 0,1,2,3,4", protocol_body),
