@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_common import Run, results_dir, spread  # noqa: E402
+from ppo_common import Run, results_dir, spread, spread_cell  # noqa: E402
 from provenance import load_average  # noqa: E402
 
 #: one measurement, in a fresh interpreter: seconds of the load (imports excluded) and peak RSS
@@ -76,13 +76,11 @@ def main(argv=None) -> int:
             row[f"{m}_peak_rss_gb"] = spread([x["peak_rss_gb"] for x in got[m]])
         row["built_over_lazy"] = row["built_s"]["median"] / row["lazy_s"]["median"]
         rows.append(row)
-    lines = ["| items | load, tokenizer built (s) | load, tokenizer on first use (s) | ratio | peak RSS GB built / lazy |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        b, z = r["built_s"], r["lazy_s"]
-        lines.append(f"| {r['items']:,} | {b['median']:.2f} [{b['min']:.2f}, {b['max']:.2f}] | "
-                     f"{z['median']:.2f} [{z['min']:.2f}, {z['max']:.2f}] | x{r['built_over_lazy']:.1f} | "
-                     f"{r['built_peak_rss_gb']['median']:.2f} / {r['lazy_peak_rss_gb']['median']:.2f} |")
+    lines = ["| items | load, tokenizer built (s) | load, tokenizer on first use (s) | ratio | "
+             "peak RSS GB built / lazy |", "|---|---|---|---|---|"]
+    lines += [f"| {r['items']:,} | {spread_cell(r['built_s'])} | {spread_cell(r['lazy_s'])} | "
+              f"x{r['built_over_lazy']:.1f} | {r['built_peak_rss_gb']['median']:.2f} / "
+              f"{r['lazy_peak_rss_gb']['median']:.2f} |" for r in rows]
     markdown = "\n".join(lines)
     print(markdown)
     payload = {"what": "load_checkpoint seconds with the tokenizer built at load (before) and on first use (now)",

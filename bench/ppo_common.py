@@ -136,6 +136,11 @@ def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs), "values": xs}
 
 
+def spread_cell(s: dict, fmt: str = ".2f") -> str:
+    """'median [min, max]' of a :func:`spread`, for a markdown table cell."""
+    return f"{s['median']:{fmt}} [{s['min']:{fmt}}, {s['max']:{fmt}}]"
+
+
 def table(rows: list[dict], cols: list[str], fmt: str = "{:.4f}") -> str:
     """A plain text table; floats formatted with ``fmt``."""
     cells = [[fmt.format(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols] for r in rows]

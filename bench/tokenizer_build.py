@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_common import Run, results_dir, spread  # noqa: E402
+from ppo_common import Run, results_dir, spread, spread_cell  # noqa: E402
 from provenance import ROOT, load_average  # noqa: E402
 
 BEFORE = "a96c6ac"  # main before the construction order changed
@@ -103,10 +103,8 @@ def main(argv=None) -> int:
             rows.append(row)
     lines = ["| items | build s, before [min, max] | build s, after [min, max] | speed-up | saved files identical |",
              "|---|---|---|---|---|"]
-    for r in rows:
-        b, z = r["before_s"], r["after_s"]
-        lines.append(f"| {r['items']:,} | {b['median']:.2f} [{b['min']:.2f}, {b['max']:.2f}] | {z['median']:.2f} "
-                     f"[{z['min']:.2f}, {z['max']:.2f}] | x{r['speedup']:.1f} | {'yes' if r['identical_files'] else 'NO'} |")
+    lines += [f"| {r['items']:,} | {spread_cell(r['before_s'])} | {spread_cell(r['after_s'])} | "
+              f"x{r['speedup']:.1f} | {'yes' if r['identical_files'] else 'NO'} |" for r in rows]
     lines.append(f"\nMedian [min, max] of {a.repeats} builds per side, each in a fresh process, the sides alternating; "
                  f"before = `rlhf_ray/tokens.py` at `{a.before}`.")
     markdown = "\n".join(lines)
