@@ -112,16 +112,13 @@ class PolicyActor(TrainerActor):
         the engine's weights, or ``weights`` (``[ref]`` of weights :meth:`publish_weights` put, no
         collective then). ``lineage``: parent, inputs and prompt manifest entries
         (:func:`rlhf_ray.stages.common.lineage`)."""
+        state = self.engine.full_state_dict() if weights is None else None
+        if self.rank != 0:
+            return None
         if weights is not None:
-            if self.rank != 0:
-                return None
             import ray
 
             state = ray.get(weights[0])
-        else:
-            state = self.engine.full_state_dict()
-        if self.rank != 0:
-            return None
         from rlhf_ray.checkpoint import save_checkpoint
         from rlhf_ray.stages.common import load_lm_state
         from rlhf_ray.storage import staged

@@ -46,9 +46,7 @@ class Keeper:
             self.refused += 1
             return False
         v = float(validation.get(self.metric, float("nan")))
-        if self.select == "best" and self.iteration is not None and not (math.isfinite(v) and v > self.value):
-            return False
-        if self.select == "best" and not math.isfinite(v):
+        if self.select == "best" and not (math.isfinite(v) and (self.iteration is None or v > self.value)):
             return False
         self.iteration, self.value = int(iteration), v
         return True

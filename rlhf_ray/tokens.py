@@ -237,7 +237,7 @@ def save_tokenizer(hf, vocab: Vocab, directory: str | Path) -> None:
             if f.is_file() and f.name != VOCAB_FILE:
                 shutil.copyfile(f, d / f.name)
     else:
-        (hf.load() if isinstance(hf, SavedTokenizer) else hf).save_pretrained(str(d))
+        hf.save_pretrained(str(d))  # a SavedTokenizer builds itself here
     (d / VOCAB_FILE).write_text(json.dumps(vocab.to_dict(), indent=2))
 
 
