@@ -256,6 +256,25 @@ def ablation_table(frames: dict[str, list[pd.DataFrame]], val: dict[str, list[fl
     return rows, comps, "\n".join(lines), n_tail
 
 
+def vs_best_peer(frames: dict[str, list[pd.DataFrame]], peers: dict[str, pd.DataFrame], metric: str) -> dict:
+    """Every row of ``frames`` against the best peer on ``metric`` (the highest test mean, as
+    ``bench/protocol_table.py`` picks it: the hardest opponent), paired over the same users:
+    ``{"peer", "cell", "rows": {name: paired_diff(row, peer)}, "markdown"}``."""
+    best = max(peers, key=lambda k: float(np.nanmean(peers[k][metric].to_numpy(dtype=float))))
+    ref = peers[best].set_index("user_idx")[metric]
+    rows = {}
+    for name, fr in frames.items():
+        users = fr[0]["user_idx"].to_numpy()
+        if any(not np.array_equal(f["user_idx"].to_numpy(), users) for f in fr):
+            raise RuntimeError(f"{name}: seeds evaluated different users")
+        rows[name] = stats.paired_diff(seed_avg(fr, metric), ref.reindex(users).to_numpy(dtype=float))
+    c = cell([peers[best]], metric)
+    md = (f"Against the best peer on test {metric} ({best}, {c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}], "
+          f"bench/peers_bench.py's top-100 lists), paired over {next(iter(rows.values()))['n']} users: "
+          + "; ".join(f"{n} x{r['rel']:.3f} ({r['verdict']})" for n, r in rows.items()) + ".")
+    return {"peer": best, "cell": c, "rows": rows, "markdown": md}
+
+
 def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, base_what: str,
                  describe_default=None, columns=COLUMNS, compare=COMPARE, valid=VALID,
                  whole_valid: bool = False, checkpoint_note=None) -> int:
@@ -283,7 +302,12 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     p.add_argument("--valid-skip", type=int, default=0, help="whole-split validation figures over the validation "
                    "users after the first N (e.g. PPO's eval_users, on which ppo.select chose: a comparison on "
                    "them favours the chosen checkpoint)")
+    p.add_argument("--peers", default=None, metavar="DIR",
+                   help="peer top-100 lists of bench/peers_bench.py (DIR/{model}.npz, same data): every row is "
+                        "then also compared with the best peer on the protocol's headline metric, paired over users")
     args = p.parse_args(argv)
+    if args.peers and not Path(args.peers).is_dir():
+        p.error(f"--peers: {args.peers} is not a directory")
     if args.valid_skip < 0:
         p.error(f"--valid-skip: at least 0, got {args.valid_skip}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -325,6 +349,16 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     if args.valid_skip and val_frames:
         md += (f"\n\nValidation columns over the {len(val_frames['sft'][0])} validation users after the first "
                f"{args.valid_skip} (--valid-skip: the users PPO validated on, which ppo.select chose on).")
+    peer = None
+    if args.peers:
+        from protocol_table import HEADLINE, per_user_peers
+        peers = per_user_peers(Path(args.peers), prepared, args.protocol)
+        if not peers:
+            p.error(f"--peers: no peer lists (*.npz of bench/peers_bench.py) in {args.peers}")
+        for name in peers:
+            run.add_input(f"peer/{name}", Path(args.peers) / f"{name}.npz")
+        peer = vs_best_peer(frames, peers, HEADLINE[args.protocol])
+        md += "\n\n" + peer["markdown"]
     notes = {n: checkpoint_note(n, cks) for n, cks in checkpoints.items()} if checkpoint_note else {}
     if notes:
         md += "\n\n" + "\n".join(f"* {n}: {t}" for n, t in notes.items())
@@ -332,7 +366,7 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     name = bench + ("" if args.protocol == "loo" else f"_{args.protocol}") + ("_smoke" if args.smoke else "")
     path = run.write(name,
                      {"protocol": args.protocol, "seeds": seeds, "variants": whats, "valid_skip": args.valid_skip,
-                      "rows": rows, "comparisons": comps, "markdown": md, "notes": notes,
+                      "rows": rows, "comparisons": comps, "markdown": md, "notes": notes, "vs_best_peer": peer,
                       "users": len(prepared.histories("test")[3]),
                       "tail_users": n_tail, "seconds": round(time.time() - t0, 1)},
                      results_dir=args.results or results_dir(args.smoke))

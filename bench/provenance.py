@@ -103,8 +103,8 @@ def input_id(path: str | Path | None) -> dict | None:
     """An id for a checkpoint or prepared-data directory (None passes through).
 
     checkpoint: {"path", "kind": "checkpoint", "stage", "manifest_sha256", "content_sha256",
-    "weights_sha256"}; prepared data: {"path", "kind": "data", "fingerprint"}; anything else:
-    {"path", "kind": "other"}. ``manifest_sha256`` names one export (the manifest holds its time);
+    "weights_sha256"}; prepared data: {"path", "kind": "data", "fingerprint"}; a plain file (a
+    peer's top-100 list): {"path", "kind": "file", "sha256"}; anything else: {"path", "kind": "other"}. ``manifest_sha256`` names one export (the manifest holds its time);
     ``content_sha256`` (over the manifest's per-file hashes) and ``weights_sha256`` (the weight
     file's) are equal for two runs that wrote the same checkpoint, e.g. on another machine.
     """
@@ -129,6 +129,8 @@ def input_id(path: str | Path | None) -> dict | None:
         except json.JSONDecodeError:
             fp = None
         return {"path": str(p), "kind": "data", "fingerprint": fp}
+    if p.is_file():  # e.g. a peer's top-100 list
+        return {"path": str(p), "kind": "file", "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
     return {"path": str(p), "kind": "other", "exists": p.exists()}
 
 

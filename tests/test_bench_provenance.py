@@ -112,3 +112,17 @@ def test_no_git_at_end_when_nothing_changed(tmp_path):
 
     doc = json.loads(Run(argv=["bench/short.py"]).write("short", {}, results_dir=tmp_path).read_text())
     assert "git_at_end" not in doc["provenance"]
+
+
+def test_a_plain_file_input_is_named_by_its_content(tmp_path):
+    """A peer's top-100 list (no manifest) is recorded by its sha256, so two results that read
+    different lists do not look alike."""
+    from provenance import input_id
+
+    a, b = tmp_path / "GRU4Rec.npz", tmp_path / "SASRec.npz"
+    a.write_bytes(b"one")
+    b.write_bytes(b"two")
+    ia, ib = input_id(a), input_id(b)
+    assert ia["kind"] == "file" and len(ia["sha256"]) == 64 and ia["sha256"] != ib["sha256"]
+    assert input_id(tmp_path / "missing.npz") == {"path": str(tmp_path / "missing.npz"), "kind": "other",
+                                                  "exists": False}

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,6 +46,30 @@ def test_ablation_smoke_writes_one_table(tmp_path):
     for name, comp in skipped["comparisons"].items():
         assert comp["valid"]["ndcg@10"]["n"] == doc["comparisons"][name]["valid"]["ndcg@10"]["n"] - 5
         assert comp["ndcg@10"] == doc["comparisons"][name]["ndcg@10"]  # test untouched
+    # --peers: each row also against the best of the peers' top-100 lists (here: popularity and
+    # its reverse, written the way bench/peers_bench.py writes them), paired over the test users
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from rlhf_ray.data.prepared import load_prepared
+
+    prepared = load_prepared(run / "data")
+    users = prepared.histories("test")[3]
+    pop = np.argsort(-prepared.items["popularity"].to_numpy(), kind="stable")[:100]
+    peers = tmp_path / "peers"
+    peers.mkdir()
+    np.savez(peers / "most_popular.npz", user_idx=users, top=np.tile(pop, (len(users), 1)))
+    np.savez(peers / "BPR.npz", user_idx=users, top=np.tile(pop[::-1], (len(users), 1)))
+    bad = subprocess.run(cmd + ["--peers", str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "--peers" in bad.stderr
+    proc = subprocess.run(cmd + ["--peers", str(peers)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with_peers = json.loads((res / "lpo_ablation_smoke.json").read_text())
+    vs = with_peers["vs_best_peer"]
+    assert vs["peer"] in ("most_popular", "BPR") and set(vs["rows"]) == set(doc["rows"])
+    assert all(r["n"] == doc["users"] for r in vs["rows"].values())
+    assert "Against the best peer" in with_peers["markdown"]
+    assert with_peers["provenance"]["inputs"]["peer/BPR"]["kind"] == "file"
 
 
 def test_ensure_sft_reuses_only_the_run_of_its_protocol(tmp_path, monkeypatch):
@@ -68,3 +94,34 @@ def test_ensure_sft_reuses_only_the_run_of_its_protocol(tmp_path, monkeypatch):
     lpo_ablation.ensure_sft(tmp_path, 0, config, False, "loo")
     assert len(calls) == 1 and "data,pretrain,sft" in calls[0]
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["split"] == "leave_one_out"
+
+
+def test_vs_best_peer_pairs_users_by_index_against_the_strongest_peer():
+    """--peers: every row against the peer with the highest mean, matched user by user (a peer
+    list in another user order still pairs the same users), the ratio of means as in the
+    protocol table; seeds that evaluated different users are refused."""
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from lpo_ablation import vs_best_peer
+
+    users = np.arange(200)
+    rng = np.random.default_rng(0)
+    base = rng.random(200)
+    seed = lambda v: pd.DataFrame({"user_idx": users, "ndcg@10": v})  # noqa: E731
+    noise = rng.normal(0, 0.1, 200)
+    noise -= noise.mean()  # sft's mean equals the strong peer's; per user it differs both ways
+    frames = {"sft": [seed(base + noise), seed(base + 0.1 + noise)], "variant": [seed(base * 2), seed(base * 2)]}
+    strong = pd.DataFrame({"user_idx": users, "ndcg@10": base + 0.05}).iloc[::-1]  # reversed user order
+    weak = pd.DataFrame({"user_idx": users, "ndcg@10": base * 0.5})
+    out = vs_best_peer(frames, {"weak": weak, "strong": strong}, "ndcg@10")
+    assert out["peer"] == "strong" and out["cell"]["n"] == 200
+    sft, var = out["rows"]["sft"], out["rows"]["variant"]
+    assert sft["n"] == var["n"] == 200
+    assert sft["diff"] == pytest.approx(0.0, abs=1e-12) and sft["verdict"] == "within interval"
+    assert var["rel"] == pytest.approx((2 * base).mean() / (base + 0.05).mean()) and var["verdict"] == "higher"
+    assert "strong" in out["markdown"] and "variant x" in out["markdown"]
+    frames["sft"][1] = frames["sft"][1].iloc[::-1]
+    with pytest.raises(RuntimeError, match="different users"):
+        vs_best_peer(frames, {"strong": strong}, "ndcg@10")
