@@ -163,17 +163,19 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
 
 
 def test_frame(ckpt: Path, prepared, cache: Path, split: str = "test") -> pd.DataFrame:
-    """Per-user ``split`` metrics of a checkpoint (20-item pages), cached beside it by manifest id."""
-    from rlhf_ray.checkpoint import load_checkpoint
-    from rlhf_ray.config import GenerationConfig
+    """Per-user ``split`` metrics of a checkpoint (20-item pages, prompts of the history length it
+    was trained with), cached beside it by manifest id."""
+    from rlhf_ray.checkpoint import generation_for, load_checkpoint
     from rlhf_ray.evaluation import evaluate_full
 
-    mid = json.loads((ckpt / "manifest.json").read_text())["id"]
-    f = cache / (f"{ckpt.name}-{mid}.parquet" if split == "test" else f"{ckpt.name}-{mid}-{split}.parquet")
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    gen = generation_for(manifest, page_size=20)
+    key = f"{ckpt.name}-{manifest['id']}-h{gen.max_history}"
+    f = cache / (f"{key}.parquet" if split == "test" else f"{key}-{split}.parquet")
     if f.is_file():
         return pd.read_parquet(f)
     ck = load_checkpoint(ckpt)
-    ev = evaluate_full(ck.model.eval(), ck.vocab, prepared, split, GenerationConfig(page_size=20))
+    ev = evaluate_full(ck.model.eval(), ck.vocab, prepared, split, gen)
     frame = ev.per_user.drop(columns=["targets", "ranking"])
     cache.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(f)

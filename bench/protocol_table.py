@@ -189,8 +189,7 @@ def valid_means(outs: list[Path], rows=OURS) -> dict[str, dict]:
     (pages of 20), what a choice between our rows (a chain order) is made on; test is read once,
     in the table. The stages' own validation figures cannot stand in: each uses its own subset
     of users."""
-    from rlhf_ray.checkpoint import load_checkpoint
-    from rlhf_ray.config import GenerationConfig
+    from rlhf_ray.checkpoint import generation_for, load_checkpoint
     from rlhf_ray.evaluation import evaluate_full
 
     found: dict[str, dict[str, list[float]]] = {}
@@ -201,7 +200,8 @@ def valid_means(outs: list[Path], rows=OURS) -> dict[str, dict]:
             if not (path / "manifest.json").is_file():
                 continue
             ck = load_checkpoint(path)
-            per_user = evaluate_full(ck.model.eval(), ck.vocab, prepared, "valid", GenerationConfig(page_size=20)).per_user
+            per_user = evaluate_full(ck.model.eval(), ck.vocab, prepared, "valid",
+                                     generation_for(ck.manifest, page_size=20)).per_user
             for m in VALID_COLUMNS:
                 found.setdefault(row, {}).setdefault(m, []).append(M.mean(per_user[m].to_numpy(dtype=float)))
     return {row: {m: stats.seed_summary(v) for m, v in d.items()} for row, d in found.items()}

@@ -1,6 +1,7 @@
 """SFT ablations on ml-100k leave-one-out: what the ranker's inputs and start buy.
 
     python bench/sft_ablation.py --seeds 0,1,2 [--variants user_tokens,page_order_gt,...]
+    python bench/sft_ablation.py --seeds 0,1,2 --variants dropout_0.3,history_20 --peers runs/peers/loo
     python bench/sft_ablation.py --smoke --seeds 0      # synthetic data, minutes: the plumbing
 
 Every variant is an SFT run with the shipped config's ``sft`` section (the same cosine schedule,
@@ -18,7 +19,18 @@ best validation epoch kept) that differs from the seed's SFT (the protocol table
   of the shipped pre-training of up to 6 epochs (early stopping on the rating head's validation
   RMSE, patience 2; the variant ``pretrain_6ep`` of the table that chose it);
 * ``epochs_15``: the cosine learning-rate schedule spans 15 epochs instead of the shipped 24
-  (``bench/sft_select.py`` compares schedules on validation alone).
+  (``bench/sft_select.py`` compares schedules on validation alone);
+* ``dropout_0.2``, ``dropout_0.3``: the model's dropout (residuals, embeddings, attention) at 0.2
+  or 0.3 instead of 0.1, in its own pre-training (the model is built there) and so in SFT: the
+  best peer on leave-one-out, GRU4Rec, was tuned to dropout 0.3, and ml-100k's 943 users are
+  few for 0.7M weights;
+* ``history_20``: SFT's prompts (and so its evaluation and every later stage) hold the 20 most
+  recent history items instead of 50: both sequential peers chose a 20-item history over 50 on
+  leave-one-out validation (``bench/peers_bench.py``'s grids).
+
+With ``--peers DIR`` (the top-100 lists of ``bench/peers_bench.py`` on the same data, e.g.
+``runs/peers/loo``) every row is also compared with the best peer on test NDCG@10, paired over
+users, as ``bench/protocol_table.py`` compares SFT: the issue's target is SFT at least the best peer.
 
 Test is read once per checkpoint; the table (same cells and paired comparisons as
 ``bench/lpo_ablation.py``, against the seed's SFT) goes to ``bench/results/sft_ablation.json``.
@@ -50,6 +62,11 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
     "pretrain_40steps": ("a 40-step pre-training warm-up (shipped until a93661f) instead of up to 6 epochs",
                          {"train": {"epochs": 1, "max_steps": 40, "patience": 0}}, {}),
     "epochs_15": ("a 15-epoch cosine schedule instead of the shipped 24", {}, {"train": {"epochs": 15}}),
+    "dropout_0.2": ("dropout 0.2 instead of 0.1 (pre-training and SFT)", {"model": {"dropout": 0.2}}, {}),
+    "dropout_0.3": ("dropout 0.3 instead of 0.1 (pre-training and SFT; GRU4Rec's tuned 0.3)",
+                    {"model": {"dropout": 0.3}}, {}),
+    "history_20": ("prompts of the 20 most recent items instead of 50 (GRU4Rec's and SASRec's selected "
+                   "MAX_ITEM_LIST_LENGTH)", {}, {"max_history": 20}),
 }
 
 

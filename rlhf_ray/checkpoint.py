@@ -286,6 +286,15 @@ def prompt_of(manifest: dict, default_history: int = 50) -> dict:
     return prompt
 
 
+def generation_for(manifest: dict, **fields):
+    """Decoding settings that score a checkpoint on the prompt it was trained with: its own
+    ``max_history`` (:func:`prompt_of`), ``fields`` on top. A model trained on 20-item
+    histories and scored on 50 reads positions it never learned."""
+    from rlhf_ray.config import GenerationConfig
+
+    return GenerationConfig(**{"max_history": int(prompt_of(manifest)["max_history"]), **fields})
+
+
 def load_heads(ckpt: Checkpoint, names: list[str] | None = None):
     """Rebuild the :class:`rlhf_ray.model.Heads` module saved in the checkpoint."""
     from rlhf_ray.model import Heads

@@ -102,11 +102,13 @@ def add_config_file_arg(parser: argparse.ArgumentParser) -> None:
                         help="YAML/JSON file of config values; --flags given too take precedence")
 
 
-def load_config(cls: type[Config], args: argparse.Namespace, *, key: str | None = None) -> Config:
+def load_config(cls: type[Config], args: argparse.Namespace, *, key: str | None = None,
+                base: dict[str, Any] | None = None) -> Config:
     """Build ``cls`` from ``args.config`` (if any) with the command-line flags on top.
 
     ``key``: read the file's ``key:`` section instead of its top level (one file
-    holding several stages' configs).
+    holding several stages' configs). ``base``: values under both (defaults that come from
+    elsewhere, e.g. a checkpoint's own prompt), where the dataclass defaults would be.
     """
     path = getattr(args, "config", None)
     data: dict[str, Any] = {}
@@ -114,5 +116,5 @@ def load_config(cls: type[Config], args: argparse.Namespace, *, key: str | None 
         data = read_mapping(path)
         if key is not None:
             data = dict(data.get(key) or {})
-    data = deep_merge(data, config_overrides(args, cls))
+    data = deep_merge(deep_merge(dict(base or {}), data), config_overrides(args, cls))
     return cls.from_dict(data, source=str(path) if path else "")

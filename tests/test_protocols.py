@@ -86,3 +86,18 @@ def test_eval_cli_json_is_strict_and_lists_na(tiny_sft, synth_data):
     doc = json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"bare {c} in eval --json output"))
     assert doc["protocol"] == "loo" and "page_pwkt" in doc["n/a"]
     assert isinstance(doc["ndcg@10"], float) and "page_pwkt" not in doc
+    # prompts hold the history length the checkpoint was trained with (20 here, not the default 50):
+    # the same figures as evaluate_full on 20-item prompts
+    from rlhf_ray.checkpoint import generation_for, load_checkpoint
+    from rlhf_ray.evaluation import evaluate_full
+
+    ck = load_checkpoint(tiny_sft)
+    assert doc["max_history"] == 20 == generation_for(ck.manifest).max_history
+    ev = evaluate_full(ck.model.eval(), ck.vocab, load_prepared(synth_data), "test",
+                       generation_for(ck.manifest), max_users=20)
+    assert doc["ndcg@10"] == pytest.approx(ev.metrics["ndcg@10"]) and doc["recall@20"] == pytest.approx(
+        ev.metrics["recall@20"])
+    out = subprocess.run([sys.executable, "-m", "rlhf_ray.cli", "eval", "--checkpoint", str(tiny_sft), "--data",
+                          str(synth_data), "--json", "--max-users", "20", "--max-history", "7"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and json.loads(out.stdout)["max_history"] == 7, out.stderr[-2000:]

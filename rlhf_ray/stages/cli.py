@@ -54,18 +54,19 @@ def _run_stage(stage: Stage, args: argparse.Namespace) -> int:
     return 0
 
 def _eval(args: argparse.Namespace) -> int:
-    from rlhf_ray.checkpoint import load_checkpoint
+    from rlhf_ray.checkpoint import load_checkpoint, prompt_of
     from rlhf_ray.evaluation import evaluate_full
     from rlhf_ray.stages.common import check_compatible, open_data
 
-    gen = load_config(GenerationConfig, args)
     ck = load_checkpoint(args.checkpoint)
+    # the history length the checkpoint was trained with, unless --max-history (or --config) says otherwise
+    gen = load_config(GenerationConfig, args, base={"max_history": int(prompt_of(ck.manifest)["max_history"])})
     prepared = open_data(args.data)
     check_compatible(ck.catalog, prepared, args.checkpoint)
     ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
     ev = evaluate_full(ck.model, ck.vocab, prepared, args.split, gen, ks=ks, max_users=args.max_users)
     metrics = {"checkpoint": str(args.checkpoint), "stage": ck.stage, "split": args.split,
-               "protocol": ev.protocol, **ev.metrics, "n/a": ev.na}
+               "protocol": ev.protocol, "max_history": gen.max_history, **ev.metrics, "n/a": ev.na}
     preds = ev.per_user
     if args.predictions_out:
         out = Path(args.predictions_out)
@@ -112,7 +113,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_stage_command(subparsers, stage)
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint (full ranking + generated pages)",
-                              description="Full-ranking metrics and page metrics of a checkpoint on a split.")
+                              description="Full-ranking metrics and page metrics of a checkpoint on a split. "
+                                          "Prompts hold as many history items as the checkpoint was trained with "
+                                          "(its manifest's prompt) unless --max-history says otherwise.")
     p.add_argument("--checkpoint", required=True, metavar="DIR")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--split", default="test", choices=["valid", "test"])
