@@ -114,7 +114,7 @@ class PPOOrchestrator:
     def __init__(self, cfg: PPOConfig, sft: str, reward: str | Callable, data: str, out: str,
                  log: Callable[[str], None] = print):
         from rlhf_ray.checkpoint import local_dir, verify_checkpoint
-        from rlhf_ray.stages.common import check_compatible, open_data, ref
+        from rlhf_ray.stages.common import check_compatible, check_history, open_data, ref
         from rlhf_ray.tokens import load_tokenizer
 
         # locations: local paths (on a cluster, a file system every node mounts) or storage URIs
@@ -124,8 +124,11 @@ class PPOOrchestrator:
         self.data = storage.normalize(data)
         self.out = storage.normalize(out)
         self.sft_manifest = verify_checkpoint(self.sft)  # verified once in this process (cached)
+        check_history(self.sft_manifest, cfg, self.sft)
         if isinstance(self.reward_source, str) and self.reward_source != "rule":
-            self.reward_ref = ref(verify_checkpoint(self.reward_source))
+            reward_manifest = verify_checkpoint(self.reward_source)
+            check_history(reward_manifest, cfg, self.reward_source)
+            self.reward_ref = ref(reward_manifest)
         else:
             name = self.reward_source if isinstance(self.reward_source, str) else getattr(
                 self.reward_source, "__name__", "custom")

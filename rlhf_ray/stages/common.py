@@ -8,7 +8,7 @@ import pandas as pd
 from torch import nn
 
 from rlhf_ray.checkpoint import catalog_mismatch, load_checkpoint, save_checkpoint
-from rlhf_ray.config import ModelConfig
+from rlhf_ray.config import ConfigError, ModelConfig, PromptConfig
 from rlhf_ray.errors import DataError
 from rlhf_ray.model import Heads, build_model
 from rlhf_ray.tokens import extend_tokenizer, meta_texts, train_tokenizer
@@ -33,6 +33,18 @@ def check_compatible(catalog: pd.DataFrame, prepared, where: str) -> None:
     if detail:
         raise DataError(f"the prepared data does not match the catalogue of checkpoint {where}: {detail}. "
                         f"Prepare the data with the same dataset and filtering as that checkpoint.")
+
+
+def check_history(manifest: dict | None, cfg, where: str) -> None:
+    """A stage that continues a checkpoint trained on the page prompt keeps its history length:
+    ``cfg.max_history`` (a :class:`PromptConfig`) must equal ``manifest["prompt"]["max_history"]``.
+    Pre-training has no page prompt, so SFT from it may choose any length. ConfigError naming both."""
+    trained = ((manifest or {}).get("prompt") or {}).get("max_history")
+    if trained is None or not isinstance(cfg, PromptConfig) or int(trained) == int(cfg.max_history):
+        return
+    raise ConfigError(f"max_history: {cfg.max_history}, but checkpoint {where} was trained on prompts of {trained} "
+                      f"history items; set max_history: {trained} (a model is trained, scored and served on one "
+                      f"prompt: positions it never learned would be read)")
 
 
 def init_policy(init: str | None, model_cfg: ModelConfig | None, prepared):
@@ -157,6 +169,7 @@ def run_stage(build_spec: Callable, cfg, data_dir: str, out_dir: str, init: str 
     # next-token loss after 40 steps 6.39 against 8.01). The same seed on every rank.
     seed_everything(cfg.train.seed, "build")
     lm, tokenizer, vocab, catalog, parent = init_policy(init, model_cfg, prepared)
+    check_history(parent, cfg, str(init))
     with staged(out_dir) as local_out:
         spec = build_spec(cfg, prepared, lm, tokenizer, vocab, catalog, local_out, parent)
         metrics = fit(spec, cfg.train, log_dir(local_out))

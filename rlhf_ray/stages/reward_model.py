@@ -39,7 +39,7 @@ from rlhf_ray.model import Heads, hidden_size, train_top_blocks
 from rlhf_ray.policy_pairs import POLICY_FAMILIES, add_policy_pairs
 from rlhf_ray.rewards import HEAD_NAMES, ModelReward, RewardNorm, item_mean, score_pages
 from rlhf_ray.seeding import rng, shard
-from rlhf_ray.stages.common import check_context, exporter, run_stage
+from rlhf_ray.stages.common import check_context, check_history, exporter, run_stage
 from rlhf_ray.stages.loop import StageSpec
 from rlhf_ray.tokens import Vocab
 
@@ -170,6 +170,7 @@ def negative_policy(cfg: RewardConfig, lm: nn.Module, vocab: Vocab, parent: dict
         from rlhf_ray.config import ConfigError
 
         ck = load_checkpoint(cfg.policy_checkpoint)
+        check_history(ck.manifest, cfg, str(cfg.policy_checkpoint))
         if ck.vocab != vocab:
             raise ConfigError(f"policy_checkpoint: {cfg.policy_checkpoint} has another token layout than the "
                               f"reward model's starting checkpoint (trained from another SFT run?)")

@@ -1,0 +1,53 @@
+"""A model is trained, scored and served on one prompt: a stage that continues a checkpoint
+trained on the page prompt must keep its history length (rlhf_ray.stages.common.check_history)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf_ray.cli import main
+from rlhf_ray.config import ConfigError, LPOConfig, PretrainConfig, RewardConfig, SFTConfig
+from rlhf_ray.stages import lpo
+from rlhf_ray.stages.common import check_history
+
+TRAIN = {"epochs": 1, "max_steps": 1, "batch_size": 16, "progress": False, "tensorboard": False, "eval_users": 10}
+
+
+def test_check_history_refuses_another_length_of_a_page_trained_checkpoint():
+    sft_manifest = {"stage": "sft", "prompt": {"max_history": 20, "page_size": 10, "exclude_seen": True}}
+    check_history(sft_manifest, LPOConfig.from_dict({"max_history": 20}), "runs/sft")  # the same: fine
+    with pytest.raises(ConfigError, match=r"max_history: 50, but checkpoint runs/sft was trained on prompts of 20"):
+        check_history(sft_manifest, LPOConfig(), "runs/sft")
+    with pytest.raises(ConfigError, match="max_history"):
+        check_history(sft_manifest, RewardConfig.from_dict({"max_history": 30}), "runs/sft")
+    # pre-training has no page prompt: SFT from it chooses its own length
+    check_history({"stage": "pretrain", "config": {"max_history": 20}}, SFTConfig(), "runs/pretrain")
+    check_history(None, SFTConfig(), "fresh")
+    check_history(sft_manifest, PretrainConfig(), "runs/sft")  # not a page-prompt stage
+
+
+def test_lpo_from_a_20_item_sft_with_50_items_fails_before_training(tiny_sft, synth_data, tmp_path):
+    out = tmp_path / "lpo"
+    with pytest.raises(ConfigError, match="max_history: 50.*20 history items"):
+        lpo.run(LPOConfig.from_dict({"n_negatives": 4, "train": TRAIN}), str(synth_data), str(out), init=str(tiny_sft))
+    assert not out.exists() and not list(tmp_path.glob("lpo*"))  # nothing written
+    metrics = lpo.run(LPOConfig.from_dict({"max_history": 20, "n_negatives": 4, "train": TRAIN}), str(synth_data),
+                      str(out), init=str(tiny_sft))
+    assert json.loads((out / "manifest.json").read_text())["prompt"]["max_history"] == 20 and "checkpoint" in metrics
+
+
+def test_cli_names_the_field_and_both_lengths(tiny_sft, synth_data, tmp_path, capsys):
+    rc = main(["lpo", "--sft", str(tiny_sft), "--data", str(synth_data), "--out", str(tmp_path / "lpo"),
+               "--max-history", "30", "--train.max-steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "max_history: 30" in err and "20 history items" in err, err
+
+
+def test_ppo_checks_the_policy_and_reward_before_any_actor_starts(tiny_sft, synth_data, tmp_path, capsys):
+    out = tmp_path / "ppo"
+    rc = main(["ppo", "--sft", str(tiny_sft), "--reward", "rule", "--data", str(synth_data), "--out", str(out),
+               "--max-history", "50", "--iterations", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "max_history: 50" in err and "20 history items" in err, err
+    assert not out.exists()
