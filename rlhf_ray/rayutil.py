@@ -88,6 +88,8 @@ def simulated_cluster(nodes: list[dict], system_config: dict | None = None):
     ``system_config``: Ray system settings of the head (e.g. faster node-death detection). The
     cluster's temp dir (sessions, and the address file ``ray.init()`` would otherwise pick up)
     is private, so other Ray users on this machine never attach to it; all of it goes at exit.
+    A driver connection this process already holds (e.g. the embedded Ray an earlier
+    ``launch()`` left up) is closed first: the driver can be connected to one cluster only.
     """
     import shutil
     import tempfile
@@ -95,6 +97,8 @@ def simulated_cluster(nodes: list[dict], system_config: dict | None = None):
     import ray
     from ray.cluster_utils import Cluster
 
+    if ray.is_initialized():
+        ray.shutdown()
     local_env()
     tmp = tempfile.mkdtemp(prefix="rsim-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     saved = os.environ.get("RAY_TMPDIR")

@@ -24,12 +24,8 @@ FAST_NODE_DEATH = {"health_check_period_ms": 500, "health_check_failure_threshol
 
 @pytest.fixture(scope="module")
 def cluster3():
-    import ray
-
     from rlhf_ray.rayutil import simulated_cluster
 
-    if ray.is_initialized():  # a Ray a previous module's launch() left connected (the slow suite's order)
-        ray.shutdown()
     with simulated_cluster(NODES, FAST_NODE_DEATH) as c:
         yield c
 
