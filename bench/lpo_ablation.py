@@ -273,7 +273,8 @@ def vs_best_peer(frames: dict[str, list[pd.DataFrame]], peers: dict[str, pd.Data
     c = cell([peers[best]], metric)
     md = (f"Against the best peer on test {metric} ({best}, {c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}], "
           f"bench/peers_bench.py's top-100 lists), paired over {next(iter(rows.values()))['n']} users: "
-          + "; ".join(f"{n} x{r['rel']:.3f} ({r['verdict']})" for n, r in rows.items()) + ".")
+          + "; ".join(f"{n} " + (f"x{r['rel']:.3f}" if r["rel"] is not None else "n/a") + f" ({r['verdict']})"
+                      for n, r in rows.items()) + ".")
     return {"peer": best, "cell": c, "rows": rows, "markdown": md}
 
 

@@ -70,15 +70,19 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
 }
 
 
-def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
-    """Train (or reuse) one variant's pre-training (when it has its own) and SFT; the SFT dir."""
+def variant_configs(raw: dict, name: str, smoke: bool) -> dict:
+    """The pipeline configs of variant ``name`` from the seed's pipeline config ``raw``. A history
+    length is the pipeline's ``prompt`` (one for every stage), so ``history_20`` sets it there."""
     from rlhf_ray.config.base import deep_merge
     from rlhf_ray.pipeline import load_pipeline_raw
-    from rlhf_ray.stages.launch import launch
 
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
     _, pre_changes, sft_changes = VARIANTS[name]
     quiet = {"train": {"progress": False, "tensorboard": False}}
+    if "max_history" in sft_changes:  # every prompt section, not pre-training's rating prompt
+        raw.setdefault("prompt", {})["max_history"] = sft_changes["max_history"]
+        for sec, body in raw.items():
+            if sec not in ("pretrain", "data", "prompt") and isinstance(body, dict) and "max_history" in body:
+                body["max_history"] = sft_changes["max_history"]
     raw["sft"] = deep_merge(deep_merge(raw.get("sft") or {}, sft_changes), quiet)
     if pre_changes:
         raw["pretrain"] = deep_merge(deep_merge(raw.get("pretrain") or {}, pre_changes), quiet)
@@ -87,7 +91,15 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
     if pre_changes is None:  # the pre-trained model's size, built fresh
         raw["sft"]["model"] = deep_merge((raw.get("pretrain") or {}).get("model") or {},
                                          raw["sft"].get("model") or {})
-    cfgs = load_pipeline_raw(raw)
+    return load_pipeline_raw(raw)
+
+
+def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
+    """Train (or reuse) one variant's pre-training (when it has its own) and SFT; the SFT dir."""
+    from rlhf_ray.stages.launch import launch
+
+    cfgs = variant_configs(yaml.safe_load((run_dir / "config.yaml").read_text()), name, smoke)
+    _, pre_changes, _ = VARIANTS[name]
     out = run_dir / "sft_ablation" / name
     init = None
     if pre_changes == {}:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def test_concurrent_fetch_that_wins_the_race_is_kept(tmp_path):
     assert "10 users, 8 items, 80 ratings" in logs[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ml-100k"]  # no temp directory left
     assert sorted(p.name for p in cache.iterdir()) == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert cache.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
 
 
 def test_failed_download_leaves_no_cache(tmp_path):

@@ -38,3 +38,20 @@ def test_sft_ablation_smoke_writes_one_table(tmp_path):
     # a second run reuses every checkpoint (same configs): nothing is trained again
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert again.returncode == 0 and "trained in" not in again.stdout, again.stdout[-2000:]
+
+
+def test_every_variant_makes_a_valid_pipeline_config():
+    """Each variant's configs load (a history length goes to the shared prompt: 'history_20' set
+    only in the sft section was refused by the pipeline's one-prompt rule)."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from protocol_table import protocol_config
+    from sft_ablation import VARIANTS, variant_configs
+
+    raw = protocol_config(str(ROOT / "bench" / "configs" / "ml-100k-selected.yaml"), "loo", 0, False)
+    for name in VARIANTS:
+        cfgs = variant_configs(yaml.safe_load(yaml.safe_dump(raw)), name, smoke=False)
+        want = 20 if name == "history_20" else 50
+        assert cfgs["sft"].max_history == want and cfgs["lpo"].max_history == want, name
+    assert variant_configs(yaml.safe_load(yaml.safe_dump(raw)), "dropout_0.3", False)["pretrain"].model.dropout == 0.3

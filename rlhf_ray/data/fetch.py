@@ -124,6 +124,9 @@ def fetch(name: str = "ml-100k", cache: str | Path | None = None, source: str | 
     cache.parent.mkdir(parents=True, exist_ok=True)
     # a fresh name per call: concurrent fetches (processes, or nodes sharing a home) never share it
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.tmp-", dir=cache.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the cache is as readable as a mkdir'd one
     try:
         if source is not None:
             log(f"copying {name} from {source}")
