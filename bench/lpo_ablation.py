@@ -114,7 +114,9 @@ def ensure_sft(work: Path, seed: int, config: str, smoke: bool, protocol: str = 
 
 
 def lpo_config(run_dir: Path, name: str, seed: int, smoke: bool):
-    """The variant's LPOConfig: the pipeline's lpo section + prompt, changed by :data:`VARIANTS`."""
+    """The variant's LPOConfig: the pipeline's lpo section, changed by :data:`VARIANTS`, on the
+    prompt length of the run's SFT checkpoint."""
+    from rlhf_ray.checkpoint import prompt_of
     from rlhf_ray.config import LPOConfig
 
     raw = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -127,8 +129,10 @@ def lpo_config(run_dir: Path, name: str, seed: int, smoke: bool):
     if smoke:
         train.update({"epochs": 1, "max_steps": 3, "eval_users": 50})
     sec["train"] = train
-    prompt = {k: v for k, v in (raw.get("sft") or {}).items() if k in ("max_history",)}
-    return LPOConfig.from_dict({**prompt, **sec})
+    # the history length SFT was trained on (every variant continues SFT or is compared with it;
+    # the run's config may set it under prompt: or nowhere)
+    history = prompt_of(json.loads((run_dir / "sft" / "manifest.json").read_text()))["max_history"]
+    return LPOConfig.from_dict({**sec, "max_history": int(history)})
 
 
 def describe(cfg) -> str:
@@ -326,6 +330,17 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     dirs = [ensure_sft(work, s, args.config, args.smoke, args.protocol) for s in seeds]
     prepared = load_prepared(dirs[0] / "data")
     run.add_input("data", dirs[0] / "data")
+    peers = {}
+    if args.peers:  # read (and refused) before any variant trains
+        from protocol_table import per_user_peers
+        try:
+            peers = per_user_peers(Path(args.peers), prepared, args.protocol)
+        except RuntimeError as e:
+            p.error(f"--peers: {e}")
+        if not peers:
+            p.error(f"--peers: no peer lists (*.npz of bench/peers_bench.py) in {args.peers}")
+        for name in peers:
+            run.add_input(f"peer/{name}", Path(args.peers) / f"{name}.npz")
     frames: dict[str, list[pd.DataFrame]] = {"sft": []}
     val: dict[str, dict[str, list[float]]] = {}
     val_frames: dict[str, list[pd.DataFrame]] = {}
@@ -353,13 +368,8 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
         md += (f"\n\nValidation columns over the {len(val_frames['sft'][0])} validation users after the first "
                f"{args.valid_skip} (--valid-skip: the users PPO validated on, which ppo.select chose on).")
     peer = None
-    if args.peers:
-        from protocol_table import HEADLINE, per_user_peers
-        peers = per_user_peers(Path(args.peers), prepared, args.protocol)
-        if not peers:
-            p.error(f"--peers: no peer lists (*.npz of bench/peers_bench.py) in {args.peers}")
-        for name in peers:
-            run.add_input(f"peer/{name}", Path(args.peers) / f"{name}.npz")
+    if peers:
+        from protocol_table import HEADLINE
         peer = vs_best_peer(frames, peers, HEADLINE[args.protocol])
         md += "\n\n" + peer["markdown"]
     notes = {n: checkpoint_note(n, cks) for n, cks in checkpoints.items()} if checkpoint_note else {}

@@ -55,12 +55,11 @@ def train_sft(data: str, out: Path, epochs: int, smoke: bool) -> None:
 
 
 def test_metrics(ckpt: Path, prepared, max_users: int) -> dict:
-    from rlhf_ray.checkpoint import load_checkpoint
-    from rlhf_ray.config import GenerationConfig
+    from rlhf_ray.checkpoint import generation_for, load_checkpoint
     from rlhf_ray.evaluation import evaluate
 
     ck = load_checkpoint(ckpt)
-    m, preds = evaluate(ck.model, ck.vocab, prepared, "test", GenerationConfig(), ks=(10, 20), max_users=max_users,
+    m, preds = evaluate(ck.model, ck.vocab, prepared, "test", generation_for(ck.manifest), ks=(10, 20), max_users=max_users,
                         pages=False)
     top = np.array(preds["ranking"].tolist())[:, :20]  # (U, 20) item_idx
     tail = prepared.is_tail

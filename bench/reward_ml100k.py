@@ -27,6 +27,7 @@ Writes ``bench/results/reward_ml100k.json`` (through bench/provenance.py) and pr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -51,8 +52,7 @@ def next_item_test(reward, sft_dir: str, prepared, page_size: int, max_users: in
     import numpy as np
     import torch
 
-    from rlhf_ray.checkpoint import load_checkpoint
-    from rlhf_ray.config import GenerationConfig
+    from rlhf_ray.checkpoint import generation_for, load_checkpoint
     from rlhf_ray.generation import build_prompts, generate_pages
     from rlhf_ray.rewards import item_mean
 
@@ -62,7 +62,7 @@ def next_item_test(reward, sft_dir: str, prepared, page_size: int, max_users: in
     target = [t[0] for t in h.targets[:n]]
     ck = load_checkpoint(sft_dir)
     ck.model.eval()
-    gen = GenerationConfig(page_size=page_size)
+    gen = generation_for(ck.manifest, page_size=page_size)  # the SFT's own prompt length
     sft_pages = []
     for s in range(0, n, 256):
         prompts = build_prompts(hist[s: s + 256], ck.vocab, gen.max_history, user_idx=users[s: s + 256])
@@ -92,7 +92,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--max-history", type=int, default=50, help="prompt history (the pipeline's: 50)")
+    ap.add_argument("--max-history", type=int, default=None,
+                    help="prompt history (default: the one the SFT checkpoint was trained with)")
     ap.add_argument("--policy-pages", type=int, default=None,
                     help="on-policy rejected pages per golden page (default: RewardConfig's; 0 = synthetic only)")
     ap.add_argument("--policy-graded", type=int, default=None,
@@ -132,6 +133,11 @@ def main() -> None:
         sft_dir = "/tmp/reward-bench-sft"
         sft_s = train_sft(args.data, sft_dir)
         run.add_input("sft", sft_dir)
+    if args.max_history is None:
+        from rlhf_ray.checkpoint import prompt_of
+        from rlhf_ray.storage import join, read_text
+
+        args.max_history = int(prompt_of(json.loads(read_text(join(sft_dir, "manifest.json")) or "{}"))["max_history"])
     train = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_steps": args.max_steps,
              "progress": False, "tensorboard": False, "seed": args.seed}
     if args.smoke_test:

@@ -279,8 +279,10 @@ def catalog_mismatch(ckpt_items: list[str], data_items: list[str]) -> str | None
 
 def prompt_of(manifest: dict, default_history: int = 50) -> dict:
     """The prompt a checkpoint was trained with (``max_history``, ``page_size``, ``exclude_seen``):
-    the manifest's ``prompt`` entry, else what its stage config recorded, else ``default_history``."""
-    conf = manifest.get("config") or {}
+    the manifest's ``prompt`` entry, else what its stage config recorded, else ``default_history``
+    (also for a pre-training checkpoint: its config's ``max_history`` is the rating prompt's, not a
+    page prompt's)."""
+    conf = (manifest.get("config") or {}) if manifest.get("stage") != "pretrain" else {}
     prompt = dict(manifest.get("prompt") or {})
     prompt.setdefault("max_history", int(conf.get("max_history") or default_history))
     return prompt

@@ -105,10 +105,14 @@ def _share_prompt(raw: dict, secs: dict[str, type[Config]], where: str) -> dict:
         if name == "prompt" or not issubclass(cls, PromptConfig):
             continue
         sec = dict(out.get(name) or {})
-        for k in given:
-            if k in SHARED_STRICT and k in sec and sec[k] != shared[k]:
+        for k in SHARED_STRICT:
+            # checked whether or not prompt: sets it (else the default): a section alone on its
+            # own history length would train, then fail at the next stage that reads its checkpoint
+            if k in sec and sec[k] != shared[k]:
+                said = "" if k in given else " (its default; prompt: does not set it)"
                 raise ConfigError(f"{where or 'pipeline config'}: {name}.{k} = {sec[k]!r} differs from prompt.{k} = "
-                                  f"{shared[k]!r}; set it once, under prompt:")
+                                  f"{shared[k]!r}{said}; set it once, under prompt:")
+        for k in given:
             sec.setdefault(k, shared[k])
         out[name] = sec
     return out

@@ -62,6 +62,14 @@ def test_ablation_smoke_writes_one_table(tmp_path):
     np.savez(peers / "BPR.npz", user_idx=users, top=np.tile(pop[::-1], (len(users), 1)))
     bad = subprocess.run(cmd + ["--peers", str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "--peers" in bad.stderr
+    # a malformed list is refused before any variant trains (lpo_sigmoid is not trained yet)
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "BPR.npz").write_text("not an npz")
+    bad = subprocess.run(cmd[:-6] + ["--variants", "lpo_sigmoid", *cmd[-4:], "--peers", str(garbage)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert bad.returncode == 2 and "BPR.npz: not a peer list" in bad.stderr, bad.stderr[-2000:]
+    assert not (run / "lpo_ablation" / "lpo_sigmoid").exists()
     proc = subprocess.run(cmd + ["--peers", str(peers)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with_peers = json.loads((res / "lpo_ablation_smoke.json").read_text())
@@ -120,6 +128,14 @@ def test_vs_best_peer_pairs_users_by_index_against_the_strongest_peer():
     sft, var = out["rows"]["sft"], out["rows"]["variant"]
     assert sft["n"] == var["n"] == 200
     assert sft["diff"] == pytest.approx(0.0, abs=1e-12) and sft["verdict"] == "within interval"
+    # the interval is the one of the users matched by index (per-user differences = the noise);
+    # pairing by position against the reversed peer would give other per-user differences
+    from rlhf_ray import stats
+
+    aligned = stats.paired_diff(base + 0.05 + noise, base + 0.05)
+    by_position = stats.paired_diff(base + 0.05 + noise, strong["ndcg@10"].to_numpy())
+    assert (sft["lo"], sft["hi"]) == pytest.approx((aligned["lo"], aligned["hi"]))
+    assert (by_position["lo"], by_position["hi"]) != pytest.approx((aligned["lo"], aligned["hi"]))
     assert var["rel"] == pytest.approx((2 * base).mean() / (base + 0.05).mean()) and var["verdict"] == "higher"
     assert "strong" in out["markdown"] and "variant x" in out["markdown"]
     frames["sft"][1] = frames["sft"][1].iloc[::-1]

@@ -25,6 +25,20 @@ def test_check_history_refuses_another_length_of_a_page_trained_checkpoint():
     check_history({"stage": "pretrain", "config": {"max_history": 20}}, SFTConfig(), "runs/pretrain")
     check_history(None, SFTConfig(), "fresh")
     check_history(sft_manifest, PretrainConfig(), "runs/sft")  # not a page-prompt stage
+    # a checkpoint from before manifests recorded "prompt": its stage config's length counts
+    legacy = {"stage": "reward", "config": {"max_history": 20}}
+    with pytest.raises(ConfigError, match="trained on prompts of 20"):
+        check_history(legacy, LPOConfig(), "runs/reward")
+
+
+def test_prompt_of_reads_a_page_prompt_never_the_rating_prompt():
+    from rlhf_ray.checkpoint import generation_for, prompt_of
+
+    assert prompt_of({"stage": "sft", "prompt": {"max_history": 20, "page_size": 10}})["max_history"] == 20
+    assert prompt_of({"stage": "lpo", "config": {"max_history": 30}})["max_history"] == 30  # legacy manifest
+    # pre-training's max_history is the rating prompt's: a page prompt of it is the default length
+    assert prompt_of({"stage": "pretrain", "config": {"max_history": 20}})["max_history"] == 50
+    assert generation_for({"stage": "pretrain", "config": {"max_history": 20}}, page_size=20).max_history == 50
 
 
 def test_lpo_from_a_20_item_sft_with_50_items_fails_before_training(tiny_sft, synth_data, tmp_path):
@@ -51,3 +65,19 @@ def test_ppo_checks_the_policy_and_reward_before_any_actor_starts(tiny_sft, synt
     err = capsys.readouterr().err
     assert rc == 2 and "max_history: 50" in err and "20 history items" in err, err
     assert not out.exists()
+
+
+def test_launch_checks_on_the_driver_before_a_worker_group(tiny_sft, synth_data, tmp_path, monkeypatch):
+    """With train.num_workers > 0 the stage runs on Ray Train workers, where the error would come
+    back wrapped (and be retried max_failures times): launch refuses on the driver first."""
+    import rlhf_ray.rayutil
+    from rlhf_ray.stages.launch import launch
+
+    def no_cluster(*a, **k):
+        raise AssertionError("a Ray cluster was started for a run that should have been refused")
+
+    monkeypatch.setattr(rlhf_ray.rayutil, "init_ray", no_cluster)
+    cfg = LPOConfig.from_dict({"n_negatives": 4, "train": {**TRAIN, "num_workers": 2}})
+    with pytest.raises(ConfigError, match="max_history: 50.*20 history items"):
+        launch("lpo", cfg, str(synth_data), str(tmp_path / "lpo"), init=str(tiny_sft))
+    assert not (tmp_path / "lpo").exists()

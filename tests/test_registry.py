@@ -35,6 +35,11 @@ def test_pipeline_plan_and_shared_prompt(tmp_path):
     f.write_text("prompt: {max_history: 30}\nreward: {max_history: 20}\n")
     with pytest.raises(ConfigError, match="reward.max_history = 20 differs from prompt.max_history = 30"):
         load_pipeline_config(f)
+    f.write_text("sft: {max_history: 20}\n")  # a section alone on its own length: refused at load, not after SFT
+    with pytest.raises(ConfigError, match=r"sft.max_history = 20 differs from prompt.max_history = 50 \(its default"):
+        load_pipeline_config(f)
+    f.write_text("sft: {max_history: 50}\n")  # equal to the shared default: fine
+    assert load_pipeline_config(f)["lpo"].max_history == 50
     smoke = load_pipeline_config(None, smoke=True)  # every stage's own few-step settings
     assert smoke["ppo"].iterations == registry.get("ppo").smoke["iterations"] and smoke["lpo"].n_negatives == 4
 

@@ -38,8 +38,12 @@ def check_compatible(catalog: pd.DataFrame, prepared, where: str) -> None:
 def check_history(manifest: dict | None, cfg, where: str) -> None:
     """A stage that continues a checkpoint trained on the page prompt keeps its history length:
     ``cfg.max_history`` (a :class:`PromptConfig`) must equal ``manifest["prompt"]["max_history"]``.
-    Pre-training has no page prompt, so SFT from it may choose any length. ConfigError naming both."""
-    trained = ((manifest or {}).get("prompt") or {}).get("max_history")
+    Pre-training has no page prompt, so SFT from it may choose any length. A checkpoint written
+    before manifests recorded ``prompt`` is read by its stage config's ``max_history``.
+    ConfigError naming both."""
+    m = manifest or {}
+    trained = None if m.get("stage") == "pretrain" else \
+        (m.get("prompt") or {}).get("max_history", (m.get("config") or {}).get("max_history"))
     if trained is None or not isinstance(cfg, PromptConfig) or int(trained) == int(cfg.max_history):
         return
     raise ConfigError(f"max_history: {cfg.max_history}, but checkpoint {where} was trained on prompts of {trained} "

@@ -20,6 +20,7 @@ file system every node mounts) or a storage URI (``s3://...``, ``file://...``; s
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -66,6 +67,11 @@ def launch(stage: str | Stage, cfg, data_dir: str, out_dir: str, init: str | Non
     if stage.launcher is not None:
         return stage.launcher(cfg, data_dir, out_dir, init, address=address, resume=resume, num_cpus=num_cpus,
                               **inputs)
+    if init:  # on the driver, before a worker group starts (a worker's error would be wrapped and retried)
+        from rlhf_ray.stages.common import check_history
+
+        text = store.read_text(store.join(init, MANIFEST))
+        check_history(json.loads(text) if text is not None else None, cfg, init)
     train = cfg.train
     if train.num_workers == 0 and not address:
         return stage.run(cfg, data_dir, out_dir, init, **inputs)
