@@ -199,6 +199,9 @@ class PPOOrchestrator:
                  f"(ZeRO-{c.critic.train.zero_stage}), rollout x{c.rollout.actors}, reference, reward "
                  f"{reward['kind']} {reward['mix']}; "
                  f"{'colocated ' + str(self.layout.bundles) if c.colocate else 'spread (' + c.strategy + ')'}")
+        if reward.get("max_history") not in (None, c.max_history):  # a callable reward (checkpoints are checked)
+            self.log(f"[ppo] note: the reward builds prompts of {reward['max_history']} history items "
+                     f"(its own), the policy of {c.max_history}")
 
     @property
     def policy(self) -> ModelGroup:

@@ -252,16 +252,18 @@ def per_user_peers(peers_dir: Path, prepared, protocol: str) -> dict[str, pd.Dat
             print(f"[protocol] peer {name}: {f} missing, row left out", flush=True)
             continue
         try:
-            with np.load(f) as z:
+            with np.load(f) as z:  # a .npy under an .npz name loads as an array: no context manager
                 listed, top = z["user_idx"], z["top"].astype(np.int64)
-        except (OSError, ValueError, KeyError) as e:  # not an npz, or without user_idx / top
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise RuntimeError(f"{f}: not a peer list of bench/peers_bench.py (user_idx, top): {e}") from e
         if not np.array_equal(listed, users):
             raise RuntimeError(f"{f}: users differ from the prepared test users")
-        if top.ndim != 2 or top.shape[0] != len(users) or top.shape[1] < 20 or top.min() < 0 \
-                or top.max() >= prepared.n_items:
-            raise RuntimeError(f"{f}: top must be (users, >= 20) item indices in [0, {prepared.n_items}), "
-                               f"got shape {top.shape}")
+        depth = max(20, *PROTOCOLS[protocol]["ks"])
+        if top.ndim != 2 or top.shape[0] != len(users) or top.shape[1] < depth or top.size == 0 \
+                or top.min() < 0 or top.max() >= prepared.n_items:
+            lo, hi = (int(top.min()), int(top.max())) if top.size else (None, None)
+            raise RuntimeError(f"{f}: top must be ({len(users)} users, >= {depth}) item indices in "
+                               f"[0, {prepared.n_items}), got shape {top.shape}, indices {lo}..{hi}")
         s = score_lists(top, top[:, :20], targets, ratings, prepared, protocol)
         df = pd.DataFrame({"user_idx": users, **s.per_user})
         df.attrs["coverage"] = coverage(top, top[:, :20], prepared.n_items)

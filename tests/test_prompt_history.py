@@ -81,3 +81,32 @@ def test_launch_checks_on_the_driver_before_a_worker_group(tiny_sft, synth_data,
     with pytest.raises(ConfigError, match="max_history: 50.*20 history items"):
         launch("lpo", cfg, str(synth_data), str(tmp_path / "lpo"), init=str(tiny_sft))
     assert not (tmp_path / "lpo").exists()
+
+
+def test_launch_checks_a_rewards_policy_checkpoint_and_a_truncated_manifest(tiny_sft, synth_data, tmp_path,
+                                                                             monkeypatch):
+    """The reward stage's policy_checkpoint is checked on the driver too; a manifest that is not
+    JSON is left to the stage's own load (which names the broken checkpoint), never a raw
+    JSONDecodeError from the history check."""
+    import shutil
+
+    import rlhf_ray.rayutil
+    from rlhf_ray.errors import UserError
+    from rlhf_ray.stages.launch import launch
+
+    def no_cluster(*a, **k):
+        raise AssertionError("a Ray cluster was started for a run that should have been refused")
+
+    monkeypatch.setattr(rlhf_ray.rayutil, "init_ray", no_cluster)
+    cfg = RewardConfig.from_dict({"max_history": 50, "policy_checkpoint": str(tiny_sft),
+                                  "train": {**TRAIN, "num_workers": 2}})
+    with pytest.raises(ConfigError, match=f"checkpoint {tiny_sft} was trained on prompts of 20"):
+        launch("reward", cfg, str(synth_data), str(tmp_path / "rm"), init=None)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sft, broken)
+    (broken / "manifest.json").write_text('{"stage": "sft", "prom')
+    cfg = LPOConfig.from_dict({"max_history": 20, "n_negatives": 4, "train": TRAIN})
+    with pytest.raises(UserError, match="broken") as e:
+        launch("lpo", cfg, str(synth_data), str(tmp_path / "lpo"), init=str(broken))
+    assert not isinstance(e.value, json.JSONDecodeError)
+    assert not (tmp_path / "lpo").exists()

@@ -116,3 +116,40 @@ def test_our_rows_are_rescored_from_their_lists_with_coverage(synth_data, tmp_pa
     bad.to_parquet(outs[0] / "predictions-sft.parquet")
     with pytest.raises(RuntimeError, match="page_ild rescored here differs"):
         pt.per_user_ours(outs, prepared, "loo")
+
+
+def test_peer_lists_are_checked_before_they_are_scored(synth_data, tmp_path):
+    """A peer's npz is scored only when it is one: a .npy under the name, a list shallower than
+    the protocol's deepest cutoff, or an item index outside the catalogue stops the table with
+    the file, the expected shape and the index range it found."""
+    import numpy as np
+    import protocol_table as pt
+
+    from rlhf_ray.data.prepared import load_prepared
+
+    prepared = load_prepared(synth_data)
+    _, _, _, users = prepared.histories("test")
+    users = np.asarray(users, dtype=np.int64)
+    rng = np.random.default_rng(0)
+    top = np.stack([rng.permutation(prepared.n_items)[:100] for _ in users])
+    f = tmp_path / "BPR.npz"
+
+    def save(t):
+        with open(f, "wb") as fh:
+            np.savez(fh, user_idx=users, top=t)
+
+    save(top)
+    assert set(pt.per_user_peers(tmp_path, prepared, "pagellm")) == {"BPR"}
+    save(top[:, :40])  # deep enough for loo's ks (10, 20), not for pagellm's NDCG@100
+    assert set(pt.per_user_peers(tmp_path, prepared, "loo")) == {"BPR"}
+    with pytest.raises(RuntimeError, match=r"BPR.npz: top must be .*>= 100.*got shape \(\d+, 40\)"):
+        pt.per_user_peers(tmp_path, prepared, "pagellm")
+    bad = top.copy()
+    bad[0, 0] = prepared.n_items
+    save(bad)
+    with pytest.raises(RuntimeError, match=f"indices 0..{prepared.n_items}"):
+        pt.per_user_peers(tmp_path, prepared, "loo")
+    with open(f, "wb") as fh:
+        np.save(fh, top)  # an .npy with the peer's name
+    with pytest.raises(RuntimeError, match="BPR.npz: not a peer list"):
+        pt.per_user_peers(tmp_path, prepared, "loo")

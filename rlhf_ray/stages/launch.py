@@ -36,6 +36,27 @@ def _abs(location: str | None) -> str | None:
     return store.normalize(location) if location else None
 
 
+def _manifest(location: str) -> dict | None:
+    """The manifest at ``location``, or None when it is absent or unreadable (the stage's own
+    load then reports what is wrong with the checkpoint)."""
+    text = store.read_text(store.join(location, MANIFEST))
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _check_histories(cfg, init: str | None) -> None:
+    """On the driver, before any worker group or actor starts (a worker's error would come back
+    wrapped and be retried): the checkpoints a stage continues keep their history length, the
+    one it starts from and a reward stage's ``policy_checkpoint``."""
+    from rlhf_ray.stages.common import check_history
+
+    for location in (init, getattr(cfg, "policy_checkpoint", None)):
+        if location:
+            check_history(_manifest(_abs(str(location))), cfg, str(location))
+
+
 def _worker(config: dict) -> None:
     stage = resolve(config["stage"])
     cfg = stage.config.from_dict(config["cfg"])
@@ -67,11 +88,7 @@ def launch(stage: str | Stage, cfg, data_dir: str, out_dir: str, init: str | Non
     if stage.launcher is not None:
         return stage.launcher(cfg, data_dir, out_dir, init, address=address, resume=resume, num_cpus=num_cpus,
                               **inputs)
-    if init:  # on the driver, before a worker group starts (a worker's error would be wrapped and retried)
-        from rlhf_ray.stages.common import check_history
-
-        text = store.read_text(store.join(init, MANIFEST))
-        check_history(json.loads(text) if text is not None else None, cfg, init)
+    _check_histories(cfg, init)
     train = cfg.train
     if train.num_workers == 0 and not address:
         return stage.run(cfg, data_dir, out_dir, init, **inputs)
