@@ -24,6 +24,9 @@ best validation epoch kept) that differs from the seed's SFT (the protocol table
   or 0.3 instead of 0.1, in its own pre-training (the model is built there) and so in SFT: the
   best peer on leave-one-out, GRU4Rec, was tuned to dropout 0.3, and ml-100k's 943 users are
   few for 0.7M weights;
+* ``ema_0.99``, ``label_smoothing_0.1``: the two regularisers not yet tried against the peer gap:
+  an exponential moving average of the weights (``train.ema_decay``; validation picks the best
+  epoch of the average) and label smoothing of the next-item loss (``sft.label_smoothing``);
 * ``history_20``: SFT's prompts (and so its evaluation and every later stage) hold the 20 most
   recent history items instead of 50: both sequential peers chose a 20-item history over 50 on
   leave-one-out validation (``bench/peers_bench.py``'s grids).
@@ -67,6 +70,9 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
                     {"model": {"dropout": 0.3}}, {}),
     "history_20": ("prompts of the 20 most recent items instead of 50 (GRU4Rec's and SASRec's selected "
                    "MAX_ITEM_LIST_LENGTH)", {}, {"max_history": 20}),
+    "ema_0.99": ("a moving average of the weights (decay 0.99 per step, about 1.6 of the 62-step epochs) "
+                 "validated and exported instead of the trained weights", {}, {"train": {"ema_decay": 0.99}}),
+    "label_smoothing_0.1": ("label smoothing 0.1 on the next-item loss", {}, {"label_smoothing": 0.1}),
 }
 
 

@@ -65,12 +65,14 @@ def _f(x: Tensor) -> float:
 # --------------------------------------------------------------------------- supervised
 
 
-def token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Stats]:
+def token_nll(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> tuple[Tensor, Stats]:
     """Next-token cross-entropy, mean over non-ignored tokens.
 
     L = -(1/|M|) sum_{(b,t) in M} log softmax(logits[b,t])[labels[b,t]],
     M = {(b,t): labels[b,t] != -100}. ``labels`` are already aligned with
-    ``logits`` (the caller shifts). No valid tokens -> loss 0.
+    ``logits`` (the caller shifts). No valid tokens -> loss 0. With ``smoothing`` eps > 0 the
+    target is (1 - eps) on the label plus eps spread evenly over all V classes (Szegedy et al.
+    2016): L_eps = (1 - eps) L + eps * mean_v(-log softmax(logits)_v).
     """
     vocab = logits.size(-1)
     nll_sum = F.cross_entropy(
@@ -78,6 +80,7 @@ def token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Stats]:
         labels.reshape(-1),  # (B*T,)
         ignore_index=IGNORE_INDEX,
         reduction="sum",
+        label_smoothing=smoothing,
     )
     ntokens = (labels != IGNORE_INDEX).sum()
     loss = nll_sum / ntokens.clamp(min=1)

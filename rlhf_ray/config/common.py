@@ -65,6 +65,10 @@ class TrainConfig(Config):
     placement_strategy: typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = field(
         default="PACK", metadata=doc("Ray Train workers across nodes: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD "
                                      "(one worker per node)"))
+    ema_decay: float = field(default=0.0, metadata=doc(
+        "validate and export an exponential moving average of the weights with this per-step decay (e.g. "
+        "0.999; 0 = off, the trained weights); not with zero_stage 3, whose ranks hold slices of each weight",
+        ge=0.0, lt=1.0, legacy=0.0))
     max_failures: int = field(default=0, metadata=doc(
         "Ray Train: start the worker group again after this many failures (a worker or its node lost; "
         "-1 = no limit)", ge=-1))
@@ -74,6 +78,8 @@ class TrainConfig(Config):
 
     def validate(self) -> None:
         require(not self.offload or self.zero_stage == 3, "offload", "needs zero_stage 3")
+        require(not self.ema_decay or self.zero_stage < 3, "ema_decay", "needs zero_stage 0-2 (every rank keeps "
+                "the full average; ZeRO-3 partitions the weights)")
 
 
 @dataclass

@@ -43,6 +43,9 @@ class SFTConfig(PromptConfig):
         "ground_truth pages: at most this many items of one category while other positives allow it", ge=1, legacy=PAGE_MAX_PER_CATEGORY))
     rank_weight: float = field(default=1.0, metadata=doc("weight of L_rank on page tokens"))
     next_weight: float = field(default=1.0, metadata=doc("weight of next-item loss on history prefixes"))
+    label_smoothing: float = field(default=0.0, metadata=doc(
+        "label smoothing of the next-item loss: eps of the target mass spread over every item (0 = off)",
+        ge=0.0, lt=1.0, legacy=0.0))
     sampled_softmax: int = field(default=0, metadata=doc(
         "training losses over sampled items: 0 = full softmax over the catalogue; N > 0 = each target "
         "is scored against N negatives drawn with replacement once per step for the whole batch, with "
@@ -56,6 +59,8 @@ class SFTConfig(PromptConfig):
         require(not (self.sampled_softmax and self.train.zero_stage == 3), "sampled_softmax",
                 "reads the output projection's item rows directly, which ZeRO-3 partitions; "
                 "use train.zero_stage 0-2 or sampled_softmax 0")
+        require(not (self.sampled_softmax and self.label_smoothing), "label_smoothing",
+                "spreads mass over every item, which a sampled softmax never scores; use sampled_softmax 0")
 
 
 LPOLoss = typing.Literal["lpo", "lpo_sigmoid", "dpo", "sdpo"]

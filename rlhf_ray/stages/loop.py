@@ -5,7 +5,9 @@ A stage supplies a :class:`StageSpec`: the module whose ``forward(batch)`` retur
 function, and an exporter for the final checkpoint. The loop owns everything
 else, written once: seeding, the engine (torch/DDP/DeepSpeed ZeRO), progress
 bars, TensorBoard, Ray Train reporting, periodic validation, early stopping with
-best-weights restore, and the final export on rank 0.
+best-weights restore, an optional moving average of the weights (``train.ema_decay``,
+:mod:`rlhf_ray.stages.averaging`: validated and exported in place of the trained weights),
+and the final export on rank 0.
 
 It runs in-process or inside a Ray Train worker unchanged: Ray is only touched
 through :func:`rlhf_ray.stages.runlog.report`, a no-op outside a Ray Train / Tune session.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -34,6 +37,7 @@ from torch import nn
 from rlhf_ray.config import TrainConfig
 from rlhf_ray.engine import Engine, rank_world
 from rlhf_ray.seeding import seed_everything
+from rlhf_ray.stages.averaging import WeightAverage
 from rlhf_ray.stages.runlog import RunLogger, report
 
 
@@ -48,6 +52,11 @@ class StageSpec:
     key_metric: str = "val/loss"
     mode: str = "min"  # "min" or "max" for key_metric
     history: list = field(default_factory=list)
+
+
+@contextmanager
+def _as_is(model: nn.Module):
+    yield model
 
 
 def _better(new: float, best: float | None, mode: str) -> bool:
@@ -67,6 +76,9 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     engine = Engine.create(spec.module, cfg, total_steps=total)
+    average = WeightAverage(engine.model, cfg.ema_decay) if cfg.ema_decay else None
+    # the weights validated and exported: the running average when there is one, else the trained ones
+    held = average.swapped_in if average is not None else _as_is
     is_main = rank == 0
     logger = RunLogger(log_dir, enabled=is_main, tensorboard=cfg.tensorboard)
     progress = cfg.progress and is_main
@@ -84,6 +96,8 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
             loss, stats = engine.module(batch)
             engine.backward(loss)
             gnorm = engine.step()
+            if average is not None:
+                average.update(engine.model)
             step += 1
             n += 1
             stats = {"loss": float(loss.detach()), **stats, "grad_norm": gnorm, "lr": engine.lr}
@@ -104,15 +118,16 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
         done = bool(cfg.max_steps and step >= cfg.max_steps) or epoch == cfg.epochs - 1
         if spec.validate is not None and ((epoch + 1) % cfg.eval_every == 0 or done):
             engine.train(False)
-            with torch.no_grad():
-                epoch_metrics.update(spec.validate(engine.model))
-            key = epoch_metrics.get(spec.key_metric, float("nan"))
-            if _better(key, best, spec.mode):
-                best, stale = key, 0
-                best_state = engine.full_state_dict()
-                final = dict(epoch_metrics)
-            else:
-                stale += 1
+            with held(engine.model):
+                with torch.no_grad():
+                    epoch_metrics.update(spec.validate(engine.model))
+                key = epoch_metrics.get(spec.key_metric, float("nan"))
+                if _better(key, best, spec.mode):
+                    best, stale = key, 0
+                    best_state = engine.full_state_dict()
+                    final = dict(epoch_metrics)
+                else:
+                    stale += 1
         else:
             final = dict(epoch_metrics)
             best_state = None
@@ -131,7 +146,10 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
             else:
                 stopped_by = "max_steps" if cfg.max_steps and step >= cfg.max_steps else "epochs"
             break
-    state = best_state if best_state is not None else engine.full_state_dict()
+    if best_state is None:
+        with held(engine.model):
+            best_state = engine.full_state_dict()
+    state = best_state
     final = {k: v for k, v in final.items()}
     # how training ended: "early_stopping" (converged on validation), or a cap ("epochs",
     # "max_steps") that bound before validation stopped improving

@@ -151,6 +151,7 @@ class SFTModule(nn.Module):
         self.vocab = vocab
         self.rank_weight = cfg.rank_weight
         self.next_weight = cfg.next_weight
+        self.smoothing = cfg.label_smoothing
         if cfg.sampled_softmax:
             check_item_rows(lm, vocab)
 
@@ -166,7 +167,7 @@ class SFTModule(nn.Module):
             ids, mask, labels = w["ids"].to(dev), w["mask"].to(dev), w["labels"].to(dev)
             logits = self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
             item_logits = logits[..., v.item_offset: v.item_offset + v.n_items]  # (B, T, n_items)
-            l_next, s = token_nll(item_logits, labels)
+            l_next, s = token_nll(item_logits, labels, self.smoothing)
             loss = loss + self.next_weight * l_next
             stats["l_next"] = float(l_next.detach())
         if "pages" in batch and self.rank_weight > 0:
