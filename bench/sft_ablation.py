@@ -27,6 +27,9 @@ best validation epoch kept) that differs from the seed's SFT (the protocol table
 * ``ema_0.99``, ``label_smoothing_0.1``: the two regularisers not yet tried against the peer gap:
   an exponential moving average of the weights (``train.ema_decay``; validation picks the best
   epoch of the average) and label smoothing of the next-item loss (``sft.label_smoothing``);
+* ``stride_10``: next-item windows slid by 10 items instead of the shipped 20 (chosen at 12406e8
+  to fit 8 epochs on this box, never compared on validation since): each epoch sees twice the
+  windows, each target in more contexts;
 * ``history_20``: SFT's prompts (and so its evaluation and every later stage) hold the 20 most
   recent history items instead of 50: both sequential peers chose a 20-item history over 50 on
   leave-one-out validation (``bench/peers_bench.py``'s grids).
@@ -73,6 +76,8 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
     "ema_0.99": ("a moving average of the weights (decay 0.99 per step, about 1.6 of the 62-step epochs) "
                  "validated and exported instead of the trained weights", {}, {"train": {"ema_decay": 0.99}}),
     "label_smoothing_0.1": ("label smoothing 0.1 on the next-item loss", {}, {"label_smoothing": 0.1}),
+    "stride_10": ("next-item windows every 10 items instead of 20 (twice the windows per epoch; the "
+                  "field's default)", {}, {"window_stride": 10}),
 }
 
 
