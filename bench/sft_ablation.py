@@ -73,8 +73,9 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
                     {"model": {"dropout": 0.3}}, {}),
     "history_20": ("prompts of the 20 most recent items instead of 50 (GRU4Rec's and SASRec's selected "
                    "MAX_ITEM_LIST_LENGTH)", {}, {"max_history": 20}),
-    "ema_0.99": ("a moving average of the weights (decay 0.99 per step, about 1.6 of the 62-step epochs) "
-                 "validated and exported instead of the trained weights", {}, {"train": {"ema_decay": 0.99}}),
+    "ema_0.99": ("a moving average of the weights validated and exported instead of the trained weights "
+                 "(decay min(0.99, (1+n)/(10+n)) at step n: spanning about n/9 steps until step 890, "
+                 "then 100, 1.6 of the 62-step epochs)", {}, {"train": {"ema_decay": 0.99}}),
     "label_smoothing_0.1": ("label smoothing 0.1 on the next-item loss", {}, {"label_smoothing": 0.1}),
     "stride_10": ("next-item windows every 10 items instead of 20 (twice the windows per epoch; the "
                   "field's default)", {}, {"window_stride": 10}),

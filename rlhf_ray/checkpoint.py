@@ -144,7 +144,8 @@ def save_checkpoint(
     """Write a checkpoint directory atomically and return its path.
 
     ``state_dict`` overrides the model's own (e.g. consolidated from ZeRO-3 shards).
-    A peft model is merged into plain weights so transformers alone can load it.
+    A peft model (``state_dict`` then in peft's names) is merged into plain weights so
+    transformers alone can load it.
     """
     from safetensors.torch import save_file
 
@@ -155,7 +156,13 @@ def save_checkpoint(
     if hasattr(model, "merge_and_unload"):  # peft: export merged weights
         import copy
 
-        model = copy.deepcopy(model).merge_and_unload()
+        # ``state_dict`` (the trained or averaged weights) is in peft's names, adapters apart:
+        # load it into a copy and merge there; the merged model's own state is what is saved.
+        model = copy.deepcopy(model)
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
+            state_dict = None
+        model = model.merge_and_unload()
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp), state_dict=state_dict)
         if not (tmp / "model.safetensors").is_file():
@@ -223,8 +230,10 @@ def verify_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{p}: no {MANIFEST} (incomplete or not a rlhf-ray checkpoint)")
     try:
         manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, or not UTF-8 text
         raise CheckpointError(f"{mf}: corrupt manifest: {e}") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{mf}: corrupt manifest: a JSON {type(manifest).__name__}, not an object")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{mf}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
     files = manifest.get("files", {})

@@ -72,19 +72,23 @@ def token_nll(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> tuple[T
     M = {(b,t): labels[b,t] != -100}. ``labels`` are already aligned with
     ``logits`` (the caller shifts). No valid tokens -> loss 0. With ``smoothing`` eps > 0 the
     target is (1 - eps) on the label plus eps spread evenly over all V classes (Szegedy et al.
-    2016): L_eps = (1 - eps) L + eps * mean_v(-log softmax(logits)_v).
+    2016): L_eps = (1 - eps) L + eps * mean_v(-log softmax(logits)_v). The stats' ``nll`` is
+    always the plain L (comparable across smoothing settings); ``smoothed`` is L_eps when eps > 0.
     """
     vocab = logits.size(-1)
-    nll_sum = F.cross_entropy(
-        logits.reshape(-1, vocab).float(),  # (B*T, V)
-        labels.reshape(-1),  # (B*T,)
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-        label_smoothing=smoothing,
-    )
+    flat, target = logits.reshape(-1, vocab).float(), labels.reshape(-1)  # (B*T, V), (B*T,)
     ntokens = (labels != IGNORE_INDEX).sum()
-    loss = nll_sum / ntokens.clamp(min=1)
-    return loss, {"nll": float(loss.detach()), "ntokens": float(ntokens)}
+
+    def mean_ce(eps: float) -> Tensor:
+        return F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX, reduction="sum",
+                               label_smoothing=eps) / ntokens.clamp(min=1)
+
+    loss = mean_ce(smoothing)
+    if not smoothing:
+        return loss, {"nll": float(loss.detach()), "ntokens": float(ntokens)}
+    with torch.no_grad():
+        plain = mean_ce(0.0)
+    return loss, {"nll": float(plain), "smoothed": float(loss.detach()), "ntokens": float(ntokens)}
 
 
 def sampled_item_nll(pos_logit: Tensor, neg_logits: Tensor, log_correction: Tensor, keep: Tensor) -> Tensor:

@@ -108,6 +108,16 @@ def test_incomplete_checkpoint_is_refused(tiny_sft, tmp_path, remove):
         load_checkpoint(bad)
 
 
+@pytest.mark.parametrize("text", [b'{"stage": "sft", "fi', b'{"stage": "\xff"}', b'["sft"]'])
+def test_corrupt_manifest_is_refused_by_name(tiny_sft, tmp_path, text):
+    """Truncated, not UTF-8, or JSON that is not an object: a CheckpointError naming the file."""
+    bad = tmp_path / "corrupt"
+    shutil.copytree(tiny_sft, bad)
+    (bad / MANIFEST).write_bytes(text)
+    with pytest.raises(CheckpointError, match=f"{bad / MANIFEST}: corrupt manifest"):
+        load_checkpoint(bad)
+
+
 def test_cli_eval_on_bad_checkpoint_exits_2(tiny_sft, synth_data, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_sft, bad)
@@ -143,3 +153,35 @@ def test_save_is_atomic_on_failure(tiny_sft, tmp_path):
     assert (target / MANIFEST).read_text() == before
     verify_checkpoint(target)
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_lora_export_merges_the_given_state_so_transformers_loads_it(tiny_sft, tmp_path):
+    """A LoRA policy exports merged plain weights: the state handed in (peft's names, what a
+    stage's exporter passes) is the one merged, and transformers alone reproduces its scores."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_ray.checkpoint import save_checkpoint
+    from rlhf_ray.config import ModelConfig
+    from rlhf_ray.model import add_lora
+
+    ck = load_checkpoint(tiny_sft)
+    lora = add_lora(ck.model, ModelConfig(lora=True, lora_r=4), ck.vocab).eval()
+    trained = {k: v.clone() for k, v in lora.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    for k, v in trained.items():
+        if "lora_B" in k:  # zero at init: give the adapters something to merge
+            v.copy_(torch.randn(v.shape, generator=g) * 0.05)
+    out = save_checkpoint(tmp_path / "lora", stage="sft", model=lora, tokenizer=ck.tokenizer, vocab=ck.vocab,
+                          catalog=ck.catalog, config={}, data_fingerprint="", state_dict=trained)
+    assert any("lora_A" in k for k in lora.state_dict())  # the live model keeps its adapters
+    lora.load_state_dict(trained)
+    prompts = build_prompts([[1, 2, 3]], ck.vocab, 20)
+    want = score_items(lora, ck.vocab, prompts)
+    base = score_items(load_checkpoint(tiny_sft).model.eval(), ck.vocab, prompts)
+    seen = torch.isfinite(base)  # masked tokens score -inf on both
+    assert (want[seen] - base[seen]).abs().max() > 1e-3  # the adapters move the scores: merging shows
+    hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert not any("lora" in k for k in hf.state_dict())
+    torch.testing.assert_close(score_items(hf, ck.vocab, prompts), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(score_items(load_checkpoint(out).model.eval(), ck.vocab, prompts), want,
+                               atol=1e-4, rtol=1e-4)

@@ -57,3 +57,52 @@ def test_early_stopping_exports_the_best_epochs_weights(tmp_path, zero_stage):
     assert any(not torch.equal(best[k], last[k]) for k in best)  # training moved the weights after the best
     for k, v in out["state"].items():
         assert torch.equal(v, best[k].float()), f"{k}: the export is not the best epoch's weights"
+
+
+def test_epochs_between_validations_keep_the_best_so_far(tmp_path):
+    """eval_every 2: the unvalidated epochs 1 and 3 neither drop the best state nor stand in for
+    it; epoch 4 validates worse than epoch 2, so epoch 2's weights and metrics are exported."""
+    seen: list[dict] = []
+    exported: list[dict] = []
+    cfg = TrainConfig(epochs=4, eval_every=2, batch_size=8, lr=0.05, warmup_ratio=0.0, patience=0,
+                      tensorboard=False, progress=False)
+    final = fit(_spec([0.5, 0.9], seen, exported), cfg, tmp_path)
+    assert len(seen) == 2 and final["val/loss"] == 0.5 and final["train/best_epoch"] == 2
+    (out,) = exported
+    assert out["metrics"]["val/loss"] == 0.5
+    for k, v in out["state"].items():
+        assert torch.equal(v, seen[0][k].float()), f"{k}: the export is not epoch 2's weights"
+
+
+class Recording(Tiny):
+    def __init__(self, losses: list[float]):
+        super().__init__()
+        self.losses = losses
+
+    def forward(self, batch):
+        loss, stats = super().forward(batch)
+        self.losses.append(float(loss.detach()))
+        return loss, stats
+
+
+def test_an_average_is_validated_and_exported_while_training_continues_on_its_own_weights(tmp_path):
+    """train.ema_decay: every validation sees the average and the export is the best one's, yet
+    each step trains the model's own weights, so the step losses equal a run without it."""
+    runs = {}
+    for decay in (0.0, 0.5):
+        seen: list[dict] = []
+        exported: list[dict] = []
+        losses: list[float] = []
+        spec = _spec([1.0, 0.5, 0.9], seen, exported)
+        torch.manual_seed(0)
+        spec.module = Recording(losses)
+        cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, warmup_ratio=0.0, patience=0, tensorboard=False,
+                          progress=False, seed=0, ema_decay=decay)
+        fit(spec, cfg, tmp_path / str(decay))
+        runs[decay] = (seen, exported, losses)
+    (plain_seen, _, plain_losses), (avg_seen, (avg_out,), avg_losses) = runs[0.0], runs[0.5]
+    assert len(avg_losses) == 9 and avg_losses == plain_losses  # the swap put the trained weights back
+    for e in range(3):
+        assert any(not torch.equal(avg_seen[e][k], plain_seen[e][k]) for k in plain_seen[e])  # it saw the average
+    for k, v in avg_out["state"].items():
+        assert torch.equal(v, avg_seen[1][k].float()), f"{k}: the export is not the best validation's average"

@@ -106,7 +106,9 @@ def test_launch_checks_a_rewards_policy_checkpoint_and_a_truncated_manifest(tiny
     shutil.copytree(tiny_sft, broken)
     (broken / "manifest.json").write_text('{"stage": "sft", "prom')
     cfg = LPOConfig.from_dict({"max_history": 20, "n_negatives": 4, "train": TRAIN})
-    with pytest.raises(UserError, match="broken") as e:
+    with pytest.raises(UserError, match="broken"):
         launch("lpo", cfg, str(synth_data), str(tmp_path / "lpo"), init=str(broken))
-    assert not isinstance(e.value, json.JSONDecodeError)
+    (broken / "manifest.json").write_bytes(b'{"stage": "\xff\xfe"}')  # not UTF-8: the same
+    with pytest.raises(UserError, match="broken"):
+        launch("lpo", cfg, str(synth_data), str(tmp_path / "lpo"), init=str(broken))
     assert not (tmp_path / "lpo").exists()

@@ -42,6 +42,11 @@ def test_config_refuses_an_average_of_partitioned_weights_and_smoothing_a_sample
         TrainConfig.from_dict({"ema_decay": 1.5})
     with pytest.raises(ConfigError, match="label_smoothing"):
         SFTConfig.from_dict({"label_smoothing": 0.1, "sampled_softmax": 64})
+    from rlhf_ray.config import PPOConfig
+
+    for role in ("policy", "critic"):  # PPO's actors do not read it: refused, not ignored
+        with pytest.raises(ConfigError, match="ema_decay"):
+            PPOConfig.from_dict({role: {"train": {"ema_decay": 0.99}}})
     # configs recorded before the fields existed read as off: old checkpoints still match
     assert TrainConfig().matches({k: v for k, v in TrainConfig().to_dict().items() if k != "ema_decay"})
 
@@ -54,6 +59,8 @@ def test_label_smoothing_mixes_the_nll_with_the_mean_over_classes():
     logp = logits.log_softmax(-1)[labels != -100]  # (M, V)
     uniform = (-logp.mean(-1)).mean()
     assert torch.allclose(smooth, 0.8 * plain + 0.2 * uniform, atol=1e-6)
+    _, stats = token_nll(logits, labels, 0.2)  # the logged nll stays the plain one
+    assert stats["nll"] == pytest.approx(float(plain)) and stats["smoothed"] == pytest.approx(float(smooth))
 
 
 def test_sft_with_an_average_exports_the_averaged_weights(synth_data, tmp_path):

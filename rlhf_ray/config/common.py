@@ -66,8 +66,10 @@ class TrainConfig(Config):
         default="PACK", metadata=doc("Ray Train workers across nodes: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD "
                                      "(one worker per node)"))
     ema_decay: float = field(default=0.0, metadata=doc(
-        "validate and export an exponential moving average of the weights with this per-step decay (e.g. "
-        "0.999; 0 = off, the trained weights); not with zero_stage 3, whose ranks hold slices of each weight",
+        "validate and export an exponential moving average of the weights with this per-step decay (0 = off, "
+        "the trained weights); the decay warms up as min(d, (1+n)/(10+n)) after n steps, so 0.99 binds from "
+        "step 890 on (rlhf_ray.stages.averaging); one fp32 copy of the weights per rank; not with zero_stage "
+        "3, whose ranks hold slices of each weight",
         ge=0.0, lt=1.0, legacy=0.0))
     max_failures: int = field(default=0, metadata=doc(
         "Ray Train: start the worker group again after this many failures (a worker or its node lost; "

@@ -27,6 +27,8 @@ class _TrainedRole(ActorResources):
     def validate(self) -> None:
         require(self.train.batch_size % self.ranks == 0, "train.batch_size",
                 f"{self.train.batch_size} is not divisible by ranks={self.ranks} (every rank takes an equal shard)")
+        require(not self.train.ema_decay, "train.ema_decay",
+                "is not read by PPO's actors (PPO selects among its validated iterations with ppo.select); set it to 0")
 
 
 @dataclass

@@ -6,11 +6,17 @@
     with avg.swapped_in(model):        # the model holds theta_avg; its own weights come back after
         metrics = validate(model)
 
-The average starts at the first step's weights and uses the bias-free warm-up decay
-``min(d, (1 + n) / (10 + n))`` after n updates, so a short run is not dominated by its
-initial weights. Floating-point parameters only (buffers are kept as trained). Every rank
-keeps a full copy, so a sharded model (ZeRO-3, where a rank holds a slice of each weight) is
-refused by the config; ZeRO-1/2 and plain DDP hold full weights on every rank.
+The average starts at the initial weights and its n-th update (n = 0, 1, ...) uses the decay
+``min(d, (1 + n) / (10 + n))`` (TensorFlow's ``num_updates`` warm-up), so the initial weights
+are forgotten at once (0.1 of them is left after the first update). The warm-up is long: the
+cap d binds only from n = (10 d - 1) / (1 - d) on (890 updates for d = 0.99, 8990 for 0.999);
+before that the average spans roughly the last n / 9 steps, after it the last 1 / (1 - d).
+Floating-point parameters only (buffers are kept as trained).
+
+Memory: one fp32 copy of the trainable weights per rank (4 bytes a parameter, on the weights'
+device), and a second one while the average is swapped in. Every rank keeps the full copy, so
+a sharded model (ZeRO-3, where a rank holds a slice of each weight) is refused by the config;
+ZeRO-1/2 and plain DDP hold full weights on every rank.
 """
 from __future__ import annotations
 

@@ -39,8 +39,8 @@ def _abs(location: str | None) -> str | None:
 def _manifest(location: str) -> dict | None:
     """The manifest at ``location``, or None when it is absent or unreadable (the stage's own
     load then reports what is wrong with the checkpoint)."""
-    text = store.read_text(store.join(location, MANIFEST))
-    try:
+    try:  # ValueError: not JSON, or not UTF-8 text (UnicodeDecodeError)
+        text = store.read_text(store.join(location, MANIFEST))
         return json.loads(text) if text is not None else None
     except ValueError:
         return None

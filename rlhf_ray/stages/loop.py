@@ -128,7 +128,7 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
                     final = dict(epoch_metrics)
                 else:
                     stale += 1
-        else:
+        elif spec.validate is None:  # nothing to select on: the last epoch is exported
             final = dict(epoch_metrics)
             best_state = None
         spec.history.append(epoch_metrics)

@@ -170,6 +170,8 @@ class SFTModule(nn.Module):
             l_next, s = token_nll(item_logits, labels, self.smoothing)
             loss = loss + self.next_weight * l_next
             stats["l_next"] = float(l_next.detach())
+            if self.smoothing:  # l_next is the smoothed objective; the plain NLL stays comparable
+                stats["nll_next"] = s["nll"]
         if "pages" in batch and self.rank_weight > 0:
             p = batch["pages"]
             res = page_logprobs(self.lm, v, p["prompts"], p["pages"])
