@@ -154,15 +154,7 @@ def save_checkpoint(
     out = Path(out_dir)
     model = unwrap(model)
     if hasattr(model, "merge_and_unload"):  # peft: export merged weights
-        import copy
-
-        # ``state_dict`` (the trained or averaged weights) is in peft's names, adapters apart:
-        # load it into a copy and merge there; the merged model's own state is what is saved.
-        model = copy.deepcopy(model)
-        if state_dict is not None:
-            model.load_state_dict(state_dict)
-            state_dict = None
-        model = model.merge_and_unload()
+        model, state_dict = _merged(model, state_dict), None
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp), state_dict=state_dict)
         if not (tmp / "model.safetensors").is_file():
@@ -198,6 +190,39 @@ def save_checkpoint(
 _VERIFIED: dict[Path, tuple] = {}  # path -> (stat signature, manifest) of checkpoints hashed in this process
 
 
+def _merged(peft_model, state_dict: dict | None):
+    """A plain fp32 CPU model holding ``peft_model``'s adapters merged into its weights.
+
+    ``state_dict`` (the trained, best or averaged weights, in peft's names; the live model's own
+    when None) is loaded into a fresh CPU fp32 copy built from the configs and merged there: a
+    deep copy of the live model would be in its training dtype (a bf16 merge rounds away small
+    adapter updates), on its device (twice the accelerator memory), and under ZeRO-3 hold
+    empty partitions that a full state dict cannot load into."""
+    import copy
+
+    import torch
+    from peft import get_peft_model
+
+    base = peft_model.get_base_model()
+    fresh = get_peft_model(type(base)(base.config), copy.deepcopy(peft_model.peft_config["default"]))
+    state = state_dict if state_dict is not None else peft_model.state_dict()
+    fresh.load_state_dict({k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.cpu()
+                           for k, v in state.items()})
+    return fresh.merge_and_unload()
+
+
+def read_manifest(location: str | Path) -> dict | None:
+    """The manifest at a checkpoint location (a path or a storage URI), or None when it is absent,
+    not UTF-8 JSON, or not a JSON object. For the driver's checks before a stage; the stage's own
+    :func:`verify_checkpoint` then names what is wrong with a checkpoint it cannot use."""
+    try:  # ValueError: not JSON, or not UTF-8 text (UnicodeDecodeError)
+        text = storage.read_text(storage.join(str(location), MANIFEST))
+        manifest = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def _signature(p: Path, files: dict) -> tuple:
     """Size and mtime of the manifest and of every listed file: what a rewrite or an edit changes."""
     out = []
@@ -229,7 +254,7 @@ def verify_checkpoint(path: str | Path) -> dict:
     if not mf.is_file():
         raise CheckpointError(f"{p}: no {MANIFEST} (incomplete or not a rlhf-ray checkpoint)")
     try:
-        manifest = json.loads(mf.read_text())
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
     except ValueError as e:  # not JSON, or not UTF-8 text
         raise CheckpointError(f"{mf}: corrupt manifest: {e}") from None
     if not isinstance(manifest, dict):
@@ -263,7 +288,9 @@ def load_checkpoint(path: str | Path, *, verify: bool = True, device: str = "cpu
     from rlhf_ray.model import fast_activations
 
     p = local_dir(path)
-    manifest = verify_checkpoint(p) if verify else json.loads((p / MANIFEST).read_text())
+    manifest = verify_checkpoint(p) if verify else read_manifest(p)
+    if manifest is None:
+        raise CheckpointError(f"{p / MANIFEST}: missing or corrupt manifest")
     model = fast_activations(AutoModelForCausalLM.from_pretrained(str(p))).to(device)
     tokenizer, vocab = load_tokenizer(p / "tokenizer")
     if vocab.to_dict() != manifest["vocab"]:

@@ -76,19 +76,18 @@ def token_nll(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> tuple[T
     always the plain L (comparable across smoothing settings); ``smoothed`` is L_eps when eps > 0.
     """
     vocab = logits.size(-1)
-    flat, target = logits.reshape(-1, vocab).float(), labels.reshape(-1)  # (B*T, V), (B*T,)
-    ntokens = (labels != IGNORE_INDEX).sum()
-
-    def mean_ce(eps: float) -> Tensor:
-        return F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX, reduction="sum",
-                               label_smoothing=eps) / ntokens.clamp(min=1)
-
-    loss = mean_ce(smoothing)
+    target = labels.reshape(-1)  # (B*T,)
+    keep = target != IGNORE_INDEX
+    ntokens = keep.sum()
     if not smoothing:
+        loss = F.cross_entropy(logits.reshape(-1, vocab).float(), target, ignore_index=IGNORE_INDEX,
+                               reduction="sum") / ntokens.clamp(min=1)
         return loss, {"nll": float(loss.detach()), "ntokens": float(ntokens)}
-    with torch.no_grad():
-        plain = mean_ce(0.0)
-    return loss, {"nll": float(plain), "smoothed": float(loss.detach()), "ntokens": float(ntokens)}
+    logp = logits.reshape(-1, vocab).float()[keep].log_softmax(-1)  # (M, V), one pass for both terms
+    plain = -logp.gather(1, target[keep][:, None]).sum() / ntokens.clamp(min=1)
+    uniform = -logp.mean(-1).sum() / ntokens.clamp(min=1)
+    loss = (1.0 - smoothing) * plain + smoothing * uniform
+    return loss, {"nll": float(plain.detach()), "smoothed": float(loss.detach()), "ntokens": float(ntokens)}
 
 
 def sampled_item_nll(pos_logit: Tensor, neg_logits: Tensor, log_correction: Tensor, keep: Tensor) -> Tensor:

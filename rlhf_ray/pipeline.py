@@ -26,7 +26,6 @@ reaches the Ray actor layer (PPO comes in through the registry like any other st
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 
 from rlhf_ray import storage
-from rlhf_ray.checkpoint import MANIFEST
+from rlhf_ray.checkpoint import MANIFEST, read_manifest
 from rlhf_ray.jsonio import dumps
 from rlhf_ray.config import (Config, ConfigError, DataConfig, GenerationConfig, PromptConfig, deep_merge, doc,
                              read_mapping, require)
@@ -136,8 +135,8 @@ def load_pipeline_raw(raw: dict, smoke: bool = False, where: str = "") -> dict[s
 
 
 def _manifest_id(path: str | Path) -> str | None:
-    text = storage.read_text(storage.join(path, MANIFEST))
-    return json.loads(text).get("id") if text is not None else None
+    manifest = read_manifest(path)  # unreadable: no id, so nothing made from it counts as done
+    return manifest.get("id") if manifest else None
 
 
 def stage_done(ckpt: str, cfg: Config, fingerprint: str, init: str | None, inputs: dict[str, str]) -> bool:
@@ -259,8 +258,8 @@ def hacking_alerts(policies: dict[str, str]) -> int | None:
     """The PPO stage's hacking-monitor alert count, from its checkpoint's manifest (None: no PPO)."""
     if "ppo" not in policies:
         return None
-    text = storage.read_text(storage.join(policies["ppo"], MANIFEST))
-    n = (json.loads(text).get("metrics") or {}).get("hacking_alerts") if text else None
+    manifest = read_manifest(policies["ppo"]) or {}
+    n = (manifest.get("metrics") or {}).get("hacking_alerts")
     return None if n is None else int(n)
 
 

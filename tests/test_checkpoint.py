@@ -1,5 +1,6 @@
 """Checkpoint directory: round trip, transformers compatibility, tamper and incompleteness detection."""
 import json
+import re
 import shutil
 
 import pytest
@@ -114,7 +115,7 @@ def test_corrupt_manifest_is_refused_by_name(tiny_sft, tmp_path, text):
     bad = tmp_path / "corrupt"
     shutil.copytree(tiny_sft, bad)
     (bad / MANIFEST).write_bytes(text)
-    with pytest.raises(CheckpointError, match=f"{bad / MANIFEST}: corrupt manifest"):
+    with pytest.raises(CheckpointError, match=re.escape(f"{(bad / MANIFEST).resolve()}: corrupt manifest")):
         load_checkpoint(bad)
 
 
@@ -157,7 +158,10 @@ def test_save_is_atomic_on_failure(tiny_sft, tmp_path):
 
 def test_lora_export_merges_the_given_state_so_transformers_loads_it(tiny_sft, tmp_path):
     """A LoRA policy exports merged plain weights: the state handed in (peft's names, what a
-    stage's exporter passes) is the one merged, and transformers alone reproduces its scores."""
+    stage's exporter passes) is the one merged, adapters and trainable token rows both, in fp32
+    whatever the live model's dtype, and transformers alone reproduces its scores."""
+    import copy
+
     from transformers import AutoModelForCausalLM
 
     from rlhf_ray.checkpoint import save_checkpoint
@@ -168,10 +172,12 @@ def test_lora_export_merges_the_given_state_so_transformers_loads_it(tiny_sft, t
     lora = add_lora(ck.model, ModelConfig(lora=True, lora_r=4), ck.vocab).eval()
     trained = {k: v.clone() for k, v in lora.state_dict().items()}
     g = torch.Generator().manual_seed(0)
-    for k, v in trained.items():
-        if "lora_B" in k:  # zero at init: give the adapters something to merge
-            v.copy_(torch.randn(v.shape, generator=g) * 0.05)
-    out = save_checkpoint(tmp_path / "lora", stage="sft", model=lora, tokenizer=ck.tokenizer, vocab=ck.vocab,
+    deltas = [k for k in trained if "lora_B" in k or "trainable_tokens_delta" in k]
+    assert any("trainable_tokens_delta" in k for k in deltas)  # the item/user rows' own update
+    for k in deltas:  # zero at init: give the adapters and token rows something to merge
+        trained[k].copy_(torch.randn(trained[k].shape, generator=g) * 0.05)
+    live = copy.deepcopy(lora).to(torch.bfloat16)  # trained in bf16: the export still merges in fp32
+    out = save_checkpoint(tmp_path / "lora", stage="sft", model=live, tokenizer=ck.tokenizer, vocab=ck.vocab,
                           catalog=ck.catalog, config={}, data_fingerprint="", state_dict=trained)
     assert any("lora_A" in k for k in lora.state_dict())  # the live model keeps its adapters
     lora.load_state_dict(trained)
@@ -181,7 +187,30 @@ def test_lora_export_merges_the_given_state_so_transformers_loads_it(tiny_sft, t
     seen = torch.isfinite(base)  # masked tokens score -inf on both
     assert (want[seen] - base[seen]).abs().max() > 1e-3  # the adapters move the scores: merging shows
     hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
-    assert not any("lora" in k for k in hf.state_dict())
+    assert not any("lora" in k or "trainable_tokens" in k for k in hf.state_dict())
+    assert all(v.dtype == torch.float32 for v in hf.state_dict().values() if v.is_floating_point())
     torch.testing.assert_close(score_items(hf, ck.vocab, prompts), want, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(score_items(load_checkpoint(out).model.eval(), ck.vocab, prompts), want,
                                atol=1e-4, rtol=1e-4)
+
+
+def test_sft_with_lora_exports_the_weights_it_validated(synth_data, tmp_path):
+    """A LoRA SFT run (the stage's exporter, its best-epoch state) writes a plain checkpoint whose
+    validation NDCG@10, measured again on the loaded weights, is the one the run recorded."""
+    from conftest import TINY_MODEL
+
+    from rlhf_ray.config import GenerationConfig, SFTConfig
+    from rlhf_ray.data.prepared import load_prepared
+    from rlhf_ray.evaluation import evaluate
+    from rlhf_ray.stages import sft
+
+    train = {"epochs": 2, "batch_size": 16, "progress": False, "tensorboard": False, "max_steps": 6,
+             "patience": 0, "lr": 1e-2}
+    cfg = SFTConfig.from_dict({"model": {**TINY_MODEL, "lora": True, "lora_r": 4}, "train": train,
+                               "max_history": 20, "page_size": 5})
+    metrics = sft.run(cfg, str(synth_data), str(tmp_path / "lora"))
+    ck = load_checkpoint(tmp_path / "lora")
+    assert not any("lora" in k for k in ck.model.state_dict())
+    again, _ = evaluate(ck.model.eval(), ck.vocab, load_prepared(synth_data), "valid",
+                        GenerationConfig(**cfg.prompt.to_dict()), ks=(10, 20), pages=False, prefix="val/")
+    assert again["val/ndcg@10"] == pytest.approx(metrics["val/ndcg@10"], abs=1e-6)

@@ -108,7 +108,8 @@ def test_launch_checks_a_rewards_policy_checkpoint_and_a_truncated_manifest(tiny
     cfg = LPOConfig.from_dict({"max_history": 20, "n_negatives": 4, "train": TRAIN})
     with pytest.raises(UserError, match="broken"):
         launch("lpo", cfg, str(synth_data), str(tmp_path / "lpo"), init=str(broken))
-    (broken / "manifest.json").write_bytes(b'{"stage": "\xff\xfe"}')  # not UTF-8: the same
-    with pytest.raises(UserError, match="broken"):
-        launch("lpo", cfg, str(synth_data), str(tmp_path / "lpo"), init=str(broken))
+    for text in (b'{"stage": "\xff\xfe"}', b'["sft"]'):  # not UTF-8; JSON but not an object: the same
+        (broken / "manifest.json").write_bytes(text)
+        with pytest.raises(UserError, match="broken"):
+            launch("lpo", cfg, str(synth_data), str(tmp_path / "lpo"), init=str(broken))
     assert not (tmp_path / "lpo").exists()

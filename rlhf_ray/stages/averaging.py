@@ -14,7 +14,8 @@ before that the average spans roughly the last n / 9 steps, after it the last 1 
 Floating-point parameters only (buffers are kept as trained).
 
 Memory: one fp32 copy of the trainable weights per rank (4 bytes a parameter, on the weights'
-device), and a second one while the average is swapped in. Every rank keeps the full copy, so
+device), and while the average is swapped in, a copy of the trained weights in their own dtype
+(the loop's best-state snapshot is a further copy, average or not). Every rank keeps the full copy, so
 a sharded model (ZeRO-3, where a rank holds a slice of each weight) is refused by the config;
 ZeRO-1/2 and plain DDP hold full weights on every rank.
 """

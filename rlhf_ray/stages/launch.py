@@ -20,30 +20,19 @@ file system every node mounts) or a storage URI (``s3://...``, ``file://...``; s
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from rlhf_ray import storage as store
-from rlhf_ray.checkpoint import MANIFEST, atomic_dir, verify_checkpoint
+from rlhf_ray.checkpoint import MANIFEST, atomic_dir, read_manifest, verify_checkpoint
 from rlhf_ray.errors import UserError
 from rlhf_ray.stages.registry import Stage, resolve
 
 
 def _abs(location: str | None) -> str | None:
     return store.normalize(location) if location else None
-
-
-def _manifest(location: str) -> dict | None:
-    """The manifest at ``location``, or None when it is absent or unreadable (the stage's own
-    load then reports what is wrong with the checkpoint)."""
-    try:  # ValueError: not JSON, or not UTF-8 text (UnicodeDecodeError)
-        text = store.read_text(store.join(location, MANIFEST))
-        return json.loads(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 def _check_histories(cfg, init: str | None) -> None:
@@ -54,7 +43,7 @@ def _check_histories(cfg, init: str | None) -> None:
 
     for location in (init, getattr(cfg, "policy_checkpoint", None)):
         if location:
-            check_history(_manifest(_abs(str(location))), cfg, str(location))
+            check_history(read_manifest(_abs(str(location))), cfg, str(location))
 
 
 def _worker(config: dict) -> None:

@@ -169,9 +169,8 @@ class SFTModule(nn.Module):
             item_logits = logits[..., v.item_offset: v.item_offset + v.n_items]  # (B, T, n_items)
             l_next, s = token_nll(item_logits, labels, self.smoothing)
             loss = loss + self.next_weight * l_next
-            stats["l_next"] = float(l_next.detach())
-            if self.smoothing:  # l_next is the smoothed objective; the plain NLL stays comparable
-                stats["nll_next"] = s["nll"]
+            stats["l_next"] = float(l_next.detach())  # the objective (smoothed when label_smoothing > 0)
+            stats["nll_next"] = s["nll"]  # the plain NLL: comparable across smoothing settings
         if "pages" in batch and self.rank_weight > 0:
             p = batch["pages"]
             res = page_logprobs(self.lm, v, p["prompts"], p["pages"])
