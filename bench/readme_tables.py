@@ -294,7 +294,8 @@ BLOCKS = {
                                  "--seeds 0,1,2,3,4 (then copy its protocol_loo.json to this name)", protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
     "sft_ablation_peer": block("sft_ablation_peer", "python bench/sft_ablation.py --seeds 0,1,2 --variants "
-                               "dropout_0.3,dropout_0.2,history_20,ema_0.99,label_smoothing_0.1,stride_10 --peers DIR (then copy its sft_ablation.json to "
+                               "dropout_0.3,dropout_0.2,history_20,ema_0.99,label_smoothing_0.1,stride_10,epochs_36,"
+                               "epochs_48 --peers DIR (then copy its sft_ablation.json to "
                                "this name)", protocol_body),
     "ppo_ablation": block("ppo_ablation", "python bench/ppo_ablation.py --seeds 0,1,2", protocol_body),
     "ppo_ablation_pretrain6": block("ppo_ablation_pretrain6", "python bench/ppo_ablation.py --seeds 0,1,2",
