@@ -186,6 +186,27 @@ class Engine:
     def train(self, mode: bool = True) -> None:
         self.module.train(mode)
 
+    @torch.no_grad()
+    def copy_weights_to(self, replica: nn.Module) -> nn.Module:
+        """``replica`` (a plain copy of the module made before the engine, on this rank's device)
+        holding the engine's current full weights; a collective under ZeRO-3 (every rank calls).
+
+        Under ZeRO-3 a rank holds a slice of each weight, gathered by DeepSpeed's hooks around a
+        submodule's own forward only; validation's KV-cached ranking reads weights directly (the
+        item rows of ``lm_head``) and calls submodules piecemeal, and on the engine's module it
+        failed on empty tensors. The replica has no hooks and every weight whole."""
+        own = dict(self.model.named_parameters())
+        zero3 = self.deepspeed and self.cfg.zero_stage == 3
+        for name, p in replica.named_parameters():
+            if zero3:  # one weight at a time, in the same order on every rank
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([own[name]]):
+                    p.copy_(own[name].detach())
+            else:
+                p.copy_(own[name].detach())
+        return replica
+
     def full_state_dict(self) -> dict | None:
         """Consolidated fp32 weights, each tensor owning its own memory (a collective under ZeRO-3:
         call on every rank).

@@ -23,6 +23,7 @@ their live parameters are bit-identical), ``dist/rank{r}/loss_start`` /
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -75,14 +76,20 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
     total = steps_epoch * cfg.epochs
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
+    # ZeRO-3 leaves each rank a slice of every weight: validation reads a plain replica holding
+    # the gathered weights (Engine.copy_weights_to); one full copy per rank, made before the
+    # engine partitions the module
+    replica = copy.deepcopy(spec.module) if cfg.zero_stage == 3 and spec.validate is not None else None
     engine = Engine.create(spec.module, cfg, total_steps=total)
+    if replica is not None:
+        replica.to(engine.device).train(False)
     average = WeightAverage(engine.model, cfg.ema_decay) if cfg.ema_decay else None
     # the weights validated and exported: the running average when there is one, else the trained ones
     held = average.swapped_in if average is not None else _as_is
     is_main = rank == 0
     logger = RunLogger(log_dir, enabled=is_main, tensorboard=cfg.tensorboard)
     progress = cfg.progress and is_main
-    best, best_state, stale, step = None, None, 0, 0
+    best, best_state, kept, stale, step = None, None, False, 0, 0
     final: dict = {}
     losses: list[float] = []  # this rank's loss per step, for rank_summary
     stopped_by = "epochs"
@@ -120,17 +127,18 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
             engine.train(False)
             with held(engine.model):
                 with torch.no_grad():
-                    epoch_metrics.update(spec.validate(engine.model))
+                    read = engine.model if replica is None else engine.copy_weights_to(replica)
+                    epoch_metrics.update(spec.validate(read))
                 key = epoch_metrics.get(spec.key_metric, float("nan"))
                 if _better(key, best, spec.mode):
                     best, stale = key, 0
-                    best_state = engine.full_state_dict()
+                    best_state, kept = engine.full_state_dict(), True
                     final = dict(epoch_metrics)
                 else:
                     stale += 1
         elif spec.validate is None:  # nothing to select on: the last epoch is exported
             final = dict(epoch_metrics)
-            best_state = None
+            best_state, kept = None, False
         spec.history.append(epoch_metrics)
         if is_main:
             logger.log(epoch_metrics, step)
@@ -146,7 +154,9 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
             else:
                 stopped_by = "max_steps" if cfg.max_steps and step >= cfg.max_steps else "epochs"
             break
-    if best_state is None:
+    # ``kept``, not ``best_state is None``: under ZeRO-3 the consolidated state is None on every
+    # rank but 0, and the gather is a collective every rank must enter alike
+    if not kept:
         with held(engine.model):
             best_state = engine.full_state_dict()
     state = best_state
