@@ -15,20 +15,25 @@ from tests.conftest import tiny_sft_config
 STEPS = 10
 
 
-def test_sft_on_two_ray_train_workers_with_zero2(synth_data, tmp_path):
+def _launch_sft(cfg, data, out) -> dict:
+    """SFT through ``launch`` on a fresh 2-CPU local Ray (a Ray Train worker group), shut down after."""
     import ray
 
     from rlhf_ray.rayutil import init_ray
     from rlhf_ray.stages.launch import launch
 
+    init_ray(num_cpus=2, log_to_driver=False)
+    try:
+        return launch("sft", cfg, str(data), str(out))
+    finally:
+        ray.shutdown()
+
+
+def test_sft_on_two_ray_train_workers_with_zero2(synth_data, tmp_path):
     cfg = tiny_sft_config(num_workers=2, zero_stage=2, max_steps=STEPS, cpus_per_worker=0.5, batch_size=8,
                           lr=1e-2, warmup_ratio=0.0)
     out = tmp_path / "sft-ray"
-    init_ray(num_cpus=2, log_to_driver=False)
-    try:
-        metrics = launch("sft", cfg, str(synth_data), str(out))
-    finally:
-        ray.shutdown()
+    metrics = _launch_sft(cfg, synth_data, out)
     manifest = verify_checkpoint(out)
     assert manifest["stage"] == "sft"
     assert manifest["config"]["train"]["zero_stage"] == 2
@@ -56,22 +61,14 @@ def test_sft_with_lora_on_two_zero3_workers_validates_and_exports_whole_weights(
     gathered weights (it failed on empty tensors before), every rank enters the consolidation
     alike (rank 1 used to gather again alone and abort gloo), and the exported LoRA-merged
     checkpoint re-validates to the recorded figure."""
-    import ray
-
     from rlhf_ray.config import GenerationConfig
     from rlhf_ray.data.prepared import load_prepared
     from rlhf_ray.evaluation import evaluate
-    from rlhf_ray.rayutil import init_ray
-    from rlhf_ray.stages.launch import launch
 
     cfg = tiny_sft_config(num_workers=2, zero_stage=3, max_steps=6, cpus_per_worker=0.5, batch_size=8, lr=1e-2)
     cfg.model.lora, cfg.model.lora_r = True, 4
     out = tmp_path / "sft-z3"
-    init_ray(num_cpus=2, log_to_driver=False)
-    try:
-        metrics = launch("sft", cfg, str(synth_data), str(out))
-    finally:
-        ray.shutdown()
+    metrics = _launch_sft(cfg, synth_data, out)
     assert metrics["train/steps"] == 6 and metrics["val/ndcg@10"] > 0
     ck = load_checkpoint(out)
     assert not any("lora" in k for k in ck.model.state_dict())
