@@ -11,6 +11,7 @@ import atexit
 import math
 import os
 import socket
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,13 +198,10 @@ class Engine:
         failed on empty tensors. The replica has no hooks and every weight whole."""
         own = dict(self.model.named_parameters())
         zero3 = self.deepspeed and self.cfg.zero_stage == 3
-        for name, p in replica.named_parameters():
-            if zero3:  # one weight at a time, in the same order on every rank
-                import deepspeed
-
-                with deepspeed.zero.GatheredParameters([own[name]]):
-                    p.copy_(own[name].detach())
-            else:
+        if zero3:
+            import deepspeed
+        for name, p in replica.named_parameters():  # one weight at a time, in the same order on every rank
+            with deepspeed.zero.GatheredParameters([own[name]]) if zero3 else nullcontext():
                 p.copy_(own[name].detach())
         return replica
 

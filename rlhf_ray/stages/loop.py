@@ -89,7 +89,7 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
     is_main = rank == 0
     logger = RunLogger(log_dir, enabled=is_main, tensorboard=cfg.tensorboard)
     progress = cfg.progress and is_main
-    best, best_state, kept, stale, step = None, None, False, 0, 0
+    best, best_state, stale, step = None, None, 0, 0
     final: dict = {}
     losses: list[float] = []  # this rank's loss per step, for rank_summary
     stopped_by = "epochs"
@@ -132,13 +132,12 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
                 key = epoch_metrics.get(spec.key_metric, float("nan"))
                 if _better(key, best, spec.mode):
                     best, stale = key, 0
-                    best_state, kept = engine.full_state_dict(), True
+                    best_state = engine.full_state_dict()
                     final = dict(epoch_metrics)
                 else:
                     stale += 1
         elif spec.validate is None:  # nothing to select on: the last epoch is exported
             final = dict(epoch_metrics)
-            best_state, kept = None, False
         spec.history.append(epoch_metrics)
         if is_main:
             logger.log(epoch_metrics, step)
@@ -154,9 +153,9 @@ def fit(spec: StageSpec, cfg: TrainConfig, log_dir: Path) -> dict:
             else:
                 stopped_by = "max_steps" if cfg.max_steps and step >= cfg.max_steps else "epochs"
             break
-    # ``kept``, not ``best_state is None``: under ZeRO-3 the consolidated state is None on every
-    # rank but 0, and the gather is a collective every rank must enter alike
-    if not kept:
+    # ``best``, not ``best_state``: under ZeRO-3 the consolidated state is None on every rank but
+    # 0, and the gather is a collective every rank must enter alike
+    if best is None:
         with held(engine.model):
             best_state = engine.full_state_dict()
     state = best_state
