@@ -282,6 +282,21 @@ def vs_best_peer(frames: dict[str, list[pd.DataFrame]], peers: dict[str, pd.Data
     return {"peer": best, "cell": c, "rows": rows, "markdown": md}
 
 
+def train_seconds(checkpoint: Path) -> float | None:
+    """Wall seconds the stage that wrote ``checkpoint`` trained for, from its manifest (supervised
+    stages record ``train/wall_s``, PPO ``wall_s``); None when the manifest has neither. A variant
+    reused from an earlier run keeps the time of the run that trained it, which the harness's own
+    ``seconds`` (this invocation's wall time) does not show. A variant's own pre-training is not
+    included."""
+    from rlhf_ray.checkpoint import read_manifest
+
+    metrics = (read_manifest(checkpoint) or {}).get("metrics") or {}
+    for key in ("train/wall_s", "wall_s"):
+        if isinstance(metrics.get(key), (int, float)):
+            return round(float(metrics[key]), 1)
+    return None
+
+
 def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, base_what: str,
                  describe_default=None, columns=COLUMNS, compare=COMPARE, valid=VALID,
                  whole_valid: bool = False, checkpoint_note=None) -> int:
@@ -381,7 +396,8 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
                      {"protocol": args.protocol, "seeds": seeds, "variants": whats, "valid_skip": args.valid_skip,
                       "rows": rows, "comparisons": comps, "markdown": md, "notes": notes, "vs_best_peer": peer,
                       "users": len(prepared.histories("test")[3]),
-                      "tail_users": n_tail, "seconds": round(time.time() - t0, 1)},
+                      "tail_users": n_tail, "seconds": round(time.time() - t0, 1),
+                      "train_seconds": {n: [train_seconds(ck) for ck in cks] for n, cks in checkpoints.items()}},
                      results_dir=args.results or results_dir(args.smoke))
     print(f"[{bench}] wrote {path}")
     return 0

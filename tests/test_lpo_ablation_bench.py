@@ -24,6 +24,9 @@ def test_ablation_smoke_writes_one_table(tmp_path):
         assert 0 < row["page_coverage"]["mean"] <= 1
         assert row["valid_ndcg@10"]["n_seeds"] == 1 and row["valid_tail_recall@20"]["n_seeds"] == 1
     assert doc["tail_users"] > 0
+    # every trained variant's wall time per seed, from its manifest (LPO checkpoints record train/wall_s)
+    assert set(doc["train_seconds"]) == {"default", "reweight_adaptive", "joint"}
+    assert all(len(v) == 1 and v[0] > 0 for v in doc["train_seconds"].values())
     assert set(doc["comparisons"]) == {"default", "reweight_adaptive", "joint"}
     for comp in doc["comparisons"].values():
         assert comp["ndcg@10"]["verdict"] in ("higher", "lower", "within interval")
@@ -141,3 +144,23 @@ def test_vs_best_peer_pairs_users_by_index_against_the_strongest_peer():
     frames["sft"][1] = frames["sft"][1].iloc[::-1]
     with pytest.raises(RuntimeError, match="different users"):
         vs_best_peer(frames, {"strong": strong}, "ndcg@10")
+
+
+def test_train_seconds_reads_each_stages_wall_time_from_its_manifest(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from lpo_ablation import train_seconds
+
+    def checkpoint(name, metrics):
+        ck = tmp_path / name
+        ck.mkdir()
+        if metrics is not None:
+            (ck / "manifest.json").write_text(json.dumps({"metrics": metrics}))
+        return ck
+
+    assert train_seconds(checkpoint("sft", {"train/wall_s": 587.849, "elapsed_s": 514.4})) == 587.8
+    assert train_seconds(checkpoint("ppo", {"wall_s": 141.26})) == 141.3
+    assert train_seconds(checkpoint("old", {"elapsed_s": 3.0})) is None  # a manifest without a wall time
+    assert train_seconds(checkpoint("absent", None)) is None
+    bad = checkpoint("bad", {})
+    (bad / "manifest.json").write_bytes(b"\xff\xfe")  # not UTF-8: None, not an exception
+    assert train_seconds(bad) is None
