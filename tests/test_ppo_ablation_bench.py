@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,3 +76,16 @@ def test_monitor_note_reads_each_seeds_alert_count(tmp_path):
     (tmp_path / "old" / "manifest.json").write_text(json.dumps({"metrics": {}}))  # a run from before the monitor
     assert monitor_note("v", cks) == "hacking-monitor alerts per seed 0, 2, 1"
     assert monitor_note("v", [tmp_path / "old"]) == "hacking-monitor alerts per seed ?"
+
+
+def test_diversity_variants_change_only_the_category_entropy_weight_of_the_shipped_section():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ppo_ablation import HIT3_LR_HALF_DIV4, VARIANTS
+
+    shipped = yaml.safe_load((ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml").read_text())["ppo"]
+    assert HIT3_LR_HALF_DIV4["reward"] == shipped["reward"]  # the section the variants change is the shipped one
+    assert HIT3_LR_HALF_DIV4["policy"]["train"]["lr"] == pytest.approx(shipped["policy"]["train"]["lr"])
+    for w in (5, 6):
+        changed = VARIANTS[f"hit3_lr_half_div{w}"][1]
+        assert changed["reward"] == {**shipped["reward"], "diversity_weight": float(w)}
+        assert changed["policy"] == HIT3_LR_HALF_DIV4["policy"]
