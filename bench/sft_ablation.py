@@ -31,8 +31,8 @@ best validation epoch kept) that differs from the seed's SFT (the protocol table
 * ``stride_10``: next-item windows slid by 10 items instead of the shipped 20 (chosen at 12406e8
   to fit 8 epochs on this box, never compared on validation since): each epoch sees twice the
   windows, each target in more contexts;
-* ``rank_weight_0.5``, ``rank_weight_0.25``, ``rank_weight_0``: the ranked-page loss (``sft.rank_weight``) at
-  half or a quarter weight, or off, beside the next-item loss: the peers train next-item prediction alone, and the leave-one-out
+* ``rank_weight_0.5``, ``rank_weight_0.25``, ``rank_weight_0.1``, ``rank_weight_0``: the ranked-page loss
+  (``sft.rank_weight``) at a half, a quarter or a tenth of its weight, or off, beside the next-item loss: the peers train next-item prediction alone, and the leave-one-out
   headline reads the first slot's full ranking, which the page loss shares weights with;
 * ``history_20``: SFT's prompts (and so its evaluation and every later stage) hold the 20 most
   recent history items instead of 50: both sequential peers chose a 20-item history over 50 on
@@ -88,6 +88,7 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
     "rank_weight_0.5": ("the ranked-page loss at half weight (sft.rank_weight 0.5 beside the next-item loss's 1)",
                         {}, {"rank_weight": 0.5}),
     "rank_weight_0.25": ("the ranked-page loss at a quarter weight (sft.rank_weight 0.25)", {}, {"rank_weight": 0.25}),
+    "rank_weight_0.1": ("the ranked-page loss at a tenth of its weight (sft.rank_weight 0.1)", {}, {"rank_weight": 0.1}),
     "rank_weight_0": ("the next-item loss alone (sft.rank_weight 0: the peers' objective; the page is then "
                       "decoded from what next-item prediction taught every slot)", {}, {"rank_weight": 0.0}),
 }
