@@ -31,9 +31,11 @@ best validation epoch kept) that differs from the seed's SFT (the protocol table
 * ``stride_10``: next-item windows slid by 10 items instead of the shipped 20 (chosen at 12406e8
   to fit 8 epochs on this box, never compared on validation since): each epoch sees twice the
   windows, each target in more contexts;
-* ``rank_weight_0.5``, ``rank_weight_0.25``, ``rank_weight_0.1``, ``rank_weight_0``: the ranked-page loss
-  (``sft.rank_weight``) at a half, a quarter or a tenth of its weight, or off, beside the next-item loss: the peers train next-item prediction alone, and the leave-one-out
-  headline reads the first slot's full ranking, which the page loss shares weights with;
+* ``rank_weight_0.5``, ``rank_weight_0.25``, ``rank_weight_0.1``, ``rank_weight_0``: the ranked-page
+  loss (``sft.rank_weight``) at a half, a quarter or a tenth of its weight, or off, beside the
+  next-item loss, which the peers train alone. The full ranking (the leave-one-out headline) is the
+  first slot's, read at the ``<page>`` token, which only the page loss trains: with it off, that
+  position is untrained and the ranking falls apart;
 * ``history_20``: SFT's prompts (and so its evaluation and every later stage) hold the 20 most
   recent history items instead of 50: both sequential peers chose a 20-item history over 50 on
   leave-one-out validation (``bench/peers_bench.py``'s grids).
