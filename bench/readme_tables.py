@@ -297,7 +297,16 @@ BLOCKS = {
                                "dropout_0.3,dropout_0.2,history_20,ema_0.99,label_smoothing_0.1,stride_10,epochs_36,"
                                "epochs_48 --peers DIR (then copy its sft_ablation.json to "
                                "this name)", protocol_body),
+    "sft_ablation_rank": block("sft_ablation_rank", "python bench/sft_ablation.py --seeds 0,1,2 --variants "
+                               "rank_weight_0.5,rank_weight_0.25,rank_weight_0.1 --peers DIR (then copy its "
+                               "sft_ablation.json to this name)", protocol_body),
     "ppo_ablation": block("ppo_ablation", "python bench/ppo_ablation.py --seeds 0,1,2", protocol_body),
+    "ppo_ablation_div": block("ppo_ablation_div", "python bench/ppo_ablation.py --seeds 0,1,2 --variants "
+                              "default,hit3_lr_half_div5,hit3_lr_half_div6 (then copy its ppo_ablation.json to "
+                              "this name)", protocol_body),
+    "ppo_ablation_rank25": block("ppo_ablation_rank25", "python bench/ppo_ablation.py --seeds 0,1,2 --variants "
+                                 "default,hit3_lr_half_div5,hit3_lr_half_div6 --work DIR (on the rank_weight 0.25 "
+                                 "SFT; then copy its ppo_ablation.json to this name)", protocol_body),
     "ppo_ablation_pretrain6": block("ppo_ablation_pretrain6", "python bench/ppo_ablation.py --seeds 0,1,2",
                                     protocol_body),
     "ppo_ablation_amd5": block("ppo_ablation_amd5", "python bench/ppo_ablation.py --seeds 0,1,2,3,4 (then copy its "
