@@ -41,7 +41,7 @@ def test_ppo_ablation_smoke_writes_one_table(tmp_path):
     assert manifest("base")["config"]["reward"]["diversity_weight"] == 1.0
     shipped = json.loads((run / "ppo" / "manifest.json").read_text())["config"] if (run / "ppo").is_dir() else \
         manifest("default")["config"]
-    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 4.0  # shipped
+    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 5.0  # shipped
     assert "| page_ild@10 vs SFT |" in doc["markdown"].splitlines()[0] + "|"
     assert set(doc["notes"]) == {"base", "default", "ptx_1"}  # the monitor's alerts, one count per seed
     assert all(n.startswith("hacking-monitor alerts per seed ") and n.split()[-1].isdigit()
@@ -78,12 +78,12 @@ def test_monitor_note_reads_each_seeds_alert_count(tmp_path):
     assert monitor_note("v", [tmp_path / "old"]) == "hacking-monitor alerts per seed ?"
 
 
-def test_diversity_variants_change_only_the_category_entropy_weight_of_the_shipped_section():
+def test_diversity_variants_change_only_the_category_entropy_weight():
     sys.path.insert(0, str(ROOT / "bench"))
     from ppo_ablation import HIT3_LR_HALF_DIV4, VARIANTS
 
     shipped = yaml.safe_load((ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml").read_text())["ppo"]
-    assert HIT3_LR_HALF_DIV4["reward"] == shipped["reward"]  # the section the variants change is the shipped one
+    assert VARIANTS["hit3_lr_half_div5"][1]["reward"] == shipped["reward"]  # shipped since the rank_weight 0.25 SFT
     assert HIT3_LR_HALF_DIV4["policy"]["train"]["lr"] == pytest.approx(shipped["policy"]["train"]["lr"])
     for w in (5, 6):
         changed = VARIANTS[f"hit3_lr_half_div{w}"][1]
