@@ -238,6 +238,11 @@ def reward_seeded_body(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def reward_single_body(doc: dict) -> str:
+    """One reward model's calibration row (``--reuse`` of a pipeline's own reward model)."""
+    return "\n".join(reward_lines([(doc.get("label") or "the pipeline's reward model (--reuse)", doc, None)]))
+
+
 def serve_ab(subdir: str, modes: dict[str, str]):
     """A renderer of interleaved serve_load rounds ``results/{subdir}/{mode}_r{n}.json``: per client
     count and mode, the median [min, max] over rounds of pages/s, ratio to the ceiling and p99, and
@@ -284,6 +289,8 @@ BLOCKS = {
     "reward_ml100k": block("reward_ml100k", "python bench/reward_ml100k.py --data DIR --sft DIR", reward_body),
     "reward_ml100k_seeded": block("reward_ml100k_seeded", "python bench/reward_ml100k.py --data DIR --sft DIR "
                                   "--reuse --out DIR", reward_seeded_body),
+    "reward_ml100k_rank25": block("reward_ml100k_rank25", "python bench/reward_ml100k.py --data DIR --sft DIR "
+                                  "--reuse --out DIR (the rank_weight 0.25 SFT's run)", reward_single_body),
     "lpo_ablation": block("lpo_ablation", "python bench/lpo_ablation.py --seeds 0,1,2", protocol_body),
     "lpo_ablation_pagellm": block("lpo_ablation_pagellm", "python bench/lpo_ablation.py --protocol pagellm "
                                   "--seeds 0,1,2", protocol_body),
