@@ -22,8 +22,9 @@ variant its own):
 * ``hit3_ptx3``, ``hit3_lr_half``, ``hit3_lr_3q``, ``hit3_lr_half_div4``: the section shipped until
   this table (``hit3``) with PPO-ptx 3, half or 3/4 of the policy learning rate, or half of it with
   category-entropy weight 4, against the full-ranking NDCG@10 fall the hacking monitor flagged on 2 of 5 seeds;
-* ``hit3_lr_half_div5``, ``hit3_lr_half_div6``: the shipped section with category-entropy weight 5 or 6
-  instead of 4, for the page ILD@10 target it misses on validation;
+* ``hit3_lr_half_div5``, ``hit3_lr_half_div6``: ``hit3_lr_half_div4`` with category-entropy weight 5 or 6
+  instead of 4, for the page ILD@10 target it missed on validation (``hit3_lr_half_div5`` is shipped
+  since it was re-chosen on the SFT with ``rank_weight`` 0.25);
 * ``hit3_lr_half_div4_sl10``, ``..._sl20``: the shipped section with rollouts sampled among each
   prompt's first-slot top 10 / 20 (``ppo.rollout.shortlist``; the reference's KL and the policy's
   ratio restricted alike): PPO trained for the pages a shortlist decodes (README "Pages decoded
@@ -113,9 +114,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "hit3_lr_3q": ("hit3 with three quarters of the policy learning rate (1.47e-4)",
                    deep_merge(HIT3, {"policy": {"train": {"lr": SWEEP_LR * 0.75}}})),
     "hit3_lr_half_div4": ("hit3_lr_half with category-entropy weight 4 instead of 3", HIT3_LR_HALF_DIV4),
-    # the shipped section misses page ILD@10 on five seeds' validation (1.044x) and on the main job's seed 0:
-    # a larger weight on the page's category entropy, the one lever aimed at it
-    **{f"hit3_lr_half_div{w}": (f"hit3_lr_half_div4 (shipped since 97cd55b) with category-entropy weight {w} "
+    # hit3_lr_half_div4 missed page ILD@10 on five seeds' validation (1.044x) and on the main job's seed 0:
+    # a larger weight on the page's category entropy, the one lever aimed at it (div5 shipped since)
+    **{f"hit3_lr_half_div{w}": (f"hit3_lr_half_div4 (shipped from 97cd55b) with category-entropy weight {w} "
                                 "instead of 4", deep_merge(HIT3_LR_HALF_DIV4, {"reward": {"diversity_weight": float(w)}}))
        for w in (5, 6)},
     **{f"hit3_lr_half_div4_sl{m}": (f"hit3_lr_half_div4 with rollouts sampled among each prompt's first-slot "

@@ -240,7 +240,7 @@ def reward_seeded_body(doc: dict) -> str:
 
 def reward_single_body(doc: dict) -> str:
     """One reward model's calibration row (``--reuse`` of a pipeline's own reward model)."""
-    return "\n".join(reward_lines([(doc.get("label") or "the pipeline's reward model (--reuse)", doc, None)]))
+    return "\n".join(reward_lines([("the pipeline's reward model (--reuse)", doc, None)]))
 
 
 def serve_ab(subdir: str, modes: dict[str, str]):

@@ -91,8 +91,8 @@ VARIANTS: dict[str, tuple[str, dict | None, dict]] = {
                         {}, {"rank_weight": 0.5}),
     "rank_weight_0.25": ("the ranked-page loss at a quarter weight (sft.rank_weight 0.25)", {}, {"rank_weight": 0.25}),
     "rank_weight_0.1": ("the ranked-page loss at a tenth of its weight (sft.rank_weight 0.1)", {}, {"rank_weight": 0.1}),
-    "rank_weight_0": ("the next-item loss alone (sft.rank_weight 0: the peers' objective; the page is then "
-                      "decoded from what next-item prediction taught every slot)", {}, {"rank_weight": 0.0}),
+    "rank_weight_0": ("the next-item loss alone (sft.rank_weight 0: the peers' objective; the <page> position, "
+                      "where the ranking is read, is then never trained)", {}, {"rank_weight": 0.0}),
 }
 
 
@@ -145,7 +145,7 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
 
 def main(argv=None) -> int:
     return run_ablation(argv, __doc__, "sft_ablation", {k: v[0] for k, v in VARIANTS.items()}, train_variant,
-                        "shipped SFT (pre-training up to 6 epochs, time-ordered pages)")
+                        "the seed's SFT (the --config's pretrain and sft sections)")
 
 
 if __name__ == "__main__":
