@@ -84,3 +84,10 @@ def test_sft_with_an_average_exports_the_averaged_weights(synth_data, tmp_path):
     a, b = load_checkpoint(out).model.state_dict(), load_checkpoint(plain).model.state_dict()
     differ = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
     assert differ, "the same seed with and without the average exported the same weights"
+
+
+def test_sft_loss_weights_refuse_negative_values_by_name():
+    for name in ("rank_weight", "next_weight"):
+        with pytest.raises(ConfigError, match=name):
+            SFTConfig.from_dict({name: -0.25})
+    assert SFTConfig.from_dict({"rank_weight": 0.0}).rank_weight == 0.0  # off is an ablation, not an error

@@ -41,8 +41,10 @@ class SFTConfig(PromptConfig):
         "ground_truth pages draw from the positives among this many interactions after the cut (0 = all)", ge=0, legacy=PAGE_WINDOW))
     max_per_category: int = field(default=PAGE_MAX_PER_CATEGORY, metadata=doc(
         "ground_truth pages: at most this many items of one category while other positives allow it", ge=1, legacy=PAGE_MAX_PER_CATEGORY))
-    rank_weight: float = field(default=1.0, metadata=doc("weight of L_rank on page tokens"))
-    next_weight: float = field(default=1.0, metadata=doc("weight of next-item loss on history prefixes"))
+    rank_weight: float = field(default=1.0, metadata=doc(
+        "weight of L_rank on page tokens (the shipped config: 0.25). The full ranking is read at the <page> "
+        "token, which only this loss trains: 0 leaves it untrained", ge=0.0))
+    next_weight: float = field(default=1.0, metadata=doc("weight of next-item loss on history prefixes", ge=0.0))
     label_smoothing: float = field(default=0.0, metadata=doc(
         "label smoothing of the next-item loss: eps of the target mass spread over every item (0 = off)",
         ge=0.0, lt=1.0, legacy=0.0))
