@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,14 +48,24 @@ class PromptBatch:
     length: int  # (no rows) L: prompt tokens of the whole batch, so every shard is padded alike
     max_history: int  # (no rows) history items in a prompt (the most recent ones)
     exclude_seen: bool  # (no rows) block the history's items from the page
+    targets: list | None = None  # B lists: the page SFT teaches after each prompt (PPO-ptx's page term), or None
 
     @classmethod
     def make(cls, histories: list, user_idx: Tensor, vocab: Vocab, max_history: int,
-             exclude_seen: bool = True) -> "PromptBatch":
+             exclude_seen: bool = True, targets: list | None = None) -> "PromptBatch":
         """The batch of these users (``L`` measured here, nothing over the catalogue built)."""
         users = user_idx.tolist() if vocab.n_users else None
         return cls(histories, user_idx, prompt_length(histories, vocab, max_history, users), max_history,
-                   exclude_seen)
+                   exclude_seen, targets)
+
+    def target_pages(self) -> Tensor:
+        """(b, longest) int64: these rows' :attr:`targets`, right-padded with -1 (an empty row: all -1)."""
+        if self.targets is None:
+            raise ValueError("this PromptBatch carries no target pages (PPO-ptx's page term is off)")
+        out = torch.full((len(self.targets), max([len(t) for t in self.targets] + [1])), -1, dtype=torch.long)
+        for b, page in enumerate(self.targets):
+            out[b, : len(page)] = torch.as_tensor(list(page), dtype=torch.long)
+        return out
 
     def prompts(self, vocab: Vocab) -> Prompts:
         """These rows' prompts: input_ids (b, L), attention_mask (b, L), blocked (b, N) bool (the
@@ -64,15 +75,45 @@ class PromptBatch:
                              user_idx=self.user_idx.tolist() if vocab.n_users else None, length=self.length)
 
 
+def holdout_cut(length: int, holdout: int) -> int:
+    """Where a rollout prompt ends in a training history of ``length`` items: ``holdout`` before its
+    end, at least one item kept (no cut when ``holdout`` is 0)."""
+    return max(1, length - holdout) if holdout else length
+
+
+def held_out_pages(prepared, user_idx, holdout: int, page_size: int, sft_config: dict) -> list[list[int]]:
+    """Per user of ``user_idx`` (training users), the page SFT teaches after the rollout prompt's cut
+    (:func:`holdout_cut`): from the training positives the prompt holds out, in SFT's page order
+    (``sft_config``: the SFT checkpoint's config, ``page_order``/``page_window``/``max_per_category``;
+    :func:`rlhf_ray.data.pages.page_after`). Never a validation or test target: the positives come
+    from the training range only. Empty for a user who held out no positive."""
+    from rlhf_ray.data.pages import MAX_PER_CATEGORY, WINDOW, page_after
+
+    s = prepared.sequences
+    where = {int(u): i for i, u in enumerate(s["user_idx"])}
+    order = sft_config.get("page_order", "time")
+    out = []
+    for u in user_idx:
+        i = where[int(u)]
+        vs = int(s["valid_start"][i])
+        items, ratings = np.asarray(s["items"][i])[:vs], np.asarray(s["ratings"][i])[:vs]
+        out.append(page_after(items, ratings, holdout_cut(vs, holdout), prepared.positive_threshold, page_size,
+                              order, prepared.item_categories, sft_config.get("page_window", WINDOW),
+                              sft_config.get("max_per_category", MAX_PER_CATEGORY)))
+    return out
+
+
 def rollout_prompts(histories: list, user_idx, vocab, max_history: int, exclude_seen: bool = True,
-                    holdout: int = 0) -> PromptBatch:
+                    holdout: int = 0, targets: list | None = None) -> PromptBatch:
     """The prompts of one iteration's users: each user's training history less its newest
-    ``holdout`` interactions (kept out of the prompt: what hits pay for; at least one item
-    stays), and the user's token when the vocabulary has user tokens, as SFT trained and
-    validation scores it. ``user_idx`` (B,) int64. Only the description is built here; each
-    rank builds its rows' tokens and mask (:meth:`PromptBatch.prompts`)."""
-    hist = [h[:max(1, len(h) - holdout)] if holdout else h for h in histories]
-    return PromptBatch.make(hist, torch.as_tensor(user_idx, dtype=torch.long), vocab, max_history, exclude_seen)
+    ``holdout`` interactions (kept out of the prompt: what hits pay for; :func:`holdout_cut`),
+    and the user's token when the vocabulary has user tokens, as SFT trained and validation
+    scores it. ``user_idx`` (B,) int64; ``targets``: each row's page for PPO-ptx's page term.
+    Only the description is built here; each rank builds its rows' tokens and mask
+    (:meth:`PromptBatch.prompts`)."""
+    hist = [h[:holdout_cut(len(h), holdout)] for h in histories]
+    return PromptBatch.make(hist, torch.as_tensor(user_idx, dtype=torch.long), vocab, max_history, exclude_seen,
+                            targets)
 
 
 @dataclass

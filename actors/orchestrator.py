@@ -58,7 +58,7 @@ import torch
 from actors.advantage import AdvantageStep
 from actors.batching import Sharded
 from actors.critic import CriticActor
-from actors.experience import PromptBatch, rollout_prompts
+from actors.experience import PromptBatch, held_out_pages, rollout_prompts
 from actors.group import ModelGroup
 from actors.ledger import Ledger, Relay
 from actors.monitor import WATCHED, HackingMonitor
@@ -140,6 +140,10 @@ class PPOOrchestrator:
         if not train.histories:
             raise UserError(f"{self.data}: no user has a training history")
         self.train_histories, self.train_users = train.histories, torch.as_tensor(train.user_idx)
+        # PPO-ptx's page term: each training user's held-out page, built once (SFT's own page definition)
+        self.ptx_pages = (held_out_pages(self.prepared, train.user_idx, cfg.holdout, cfg.page_size,
+                                         self.sft_manifest.get("config", {}))
+                          if cfg.policy.ptx_page_coef > 0 else None)
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(cfg.kl_coef))
         self.monitor = HackingMonitor(cfg.hack_threshold)
@@ -239,8 +243,9 @@ class PPOOrchestrator:
     def prompt_batch(self, iteration: int) -> PromptBatch:
         """The iteration's users: histories and ids only (each role builds its rows' prompts)."""
         idx = self.batch_users(iteration)
+        targets = [self.ptx_pages[i] for i in idx] if self.ptx_pages is not None else None
         return rollout_prompts([self.train_histories[i] for i in idx], self.train_users[idx], self.vocab,
-                               self.cfg.max_history, self.cfg.exclude_seen, self.cfg.holdout)
+                               self.cfg.max_history, self.cfg.exclude_seen, self.cfg.holdout, targets)
 
     def sync_weights(self) -> None:
         """Policy -> rollout actors.

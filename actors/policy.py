@@ -1,7 +1,13 @@
 """PolicyActor: one rank of the trained policy (PPO clipped surrogate + entropy bonus [+ ptx]).
 
-    L = L_clip(rho, A) - entropy_coef * H(pi(. | s_t)) + ptx_coef * L_next(history)    (losses.ppo_policy_loss)
+    L = L_clip(rho, A) - entropy_coef * H(pi(. | s_t))                  (losses.ppo_policy_loss)
+        + ptx_coef * L_next(history) + ptx_page_coef * L_rank(held-out page)
     rho_t = pi_theta(a_t | s_t) / pi_old(a_t | s_t)
+
+PPO-ptx mixes SFT's own two losses back in (InstructGPT mixes the pre-training loss): L_next over
+the prompt's history, and L_rank, SFT's page loss, on the page SFT teaches after the prompt (the
+training positives the rollout prompt held out, :func:`actors.experience.held_out_pages`). Only
+L_rank trains the ``<page>`` position, whose logits are the full ranking evaluation reads.
 
 log pi_theta comes from :func:`rlhf_ray.generation.page_logprobs`, the same restricted
 distribution the rollout actors sampled from. Gradient clipping: the Engine
@@ -36,14 +42,26 @@ class PolicyActor(TrainerActor):
         self._start_engine(ck.model, cfg.train, total_steps)
         return {"params": sum(p.numel() for p in ck.model.parameters()), "device": str(self.engine.device)}
 
-    def _loss(self, prompts: Prompts, m: Experience):
+    def _inputs(self, batch: PromptBatch):
+        if self.cfg.ptx_page_coef > 0:  # the held-out pages travel with the prompts' rows
+            return batch.prompts(self.vocab), batch.target_pages()
+        return batch.prompts(self.vocab)
+
+    def _loss(self, inputs, m: Experience):
+        prompts, targets = inputs if isinstance(inputs, tuple) else (inputs, None)
         ptx = self.cfg.ptx_coef > 0
+        if targets is not None:  # SFT's page loss, unrestricted by the rollout's shortlist as SFT trains it
+            page = page_logprobs(self.engine.module, self.vocab, prompts, targets)
+            l_rank = -(page["logprobs"].sum() / page["mask"].sum().clamp(min=1))
         prompts = restrict_to(prompts, m.shortlist)  # the rollout's shortlist, if it sampled among one
         out = page_logprobs(self.engine.module, self.vocab, prompts, m.pages, logits_out=True, history_nll=ptx)
         loss, stats = ppo_policy_loss(out["logprobs"], m.logprobs, m.advantages, m.mask, self.cfg.clip_eps)
-        if ptx:  # PPO-ptx: SFT's next-item loss on the prompts' histories keeps the ranking it learned
+        if ptx:  # PPO-ptx: SFT's next-item loss on the prompts' histories
             loss = loss + self.cfg.ptx_coef * out["history_nll"]
             stats["ptx_nll"] = float(out["history_nll"].detach())
+        if targets is not None:  # and its page loss, which trains the <page> position the ranking is read at
+            loss = loss + self.cfg.ptx_page_coef * l_rank
+            stats["ptx_page_nll"] = float(l_rank.detach())
         if self.cfg.entropy_coef > 0:
             entropy = restricted_entropy(out["logits"], m.mask)
             loss = loss - self.cfg.entropy_coef * entropy

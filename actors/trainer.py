@@ -39,13 +39,19 @@ class TrainerActor(BaseActor):
         self.engine.train(True)  # dropout is off (p = 0), so train mode is deterministic
         return self.engine
 
+    def _inputs(self, batch: PromptBatch):
+        """What the loss reads of this rank's prompt rows (a batch, :mod:`actors.batching`): the
+        prompts' tokens and seen-item mask, built here once per call. A role that reads more
+        (the policy's PPO-ptx target pages) returns a tuple."""
+        return batch.prompts(self.vocab)
+
     def _fit(self, batch: PromptBatch, exp: Experience, epochs: int, seed: int,
              loss_fn: Callable[[Prompts, Experience], tuple[torch.Tensor, dict]]) -> dict[str, float]:
         """Minibatch steps over this rank's shard (``batch`` and ``exp``: the same rows); mean stats
-        over the steps."""
+        over the steps. ``loss_fn`` gets the minibatch's rows of :meth:`_inputs` and of ``exp``."""
         mb = max(1, self.train_cfg.batch_size // self.world)
         rank_seed = derive_seed(seed, "rank", self.rank)
-        prompts = batch.prompts(self.vocab)  # (b, L) tokens, (b, N) seen-item mask: built here, once
+        prompts = self._inputs(batch)
         sums: dict[str, float] = {}
         clock = {"batch": 0.0, "forward": 0.0, "backward": 0.0, "step": 0.0}  # seconds per phase, summed
         steps = 0

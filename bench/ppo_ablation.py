@@ -73,6 +73,8 @@ SHIPPED = {"reward": {"diversity_weight": 3.0}, "policy": {"ptx_coef": 1.0}}
 HIT3 = deep_merge(SHIPPED, {"reward": {"hit_weight": 3.0}})
 #: hit3_lr_half_div4 (shipped since 97cd55b); the *_sl* variants change it
 HIT3_LR_HALF_DIV4 = deep_merge(HIT3, {"reward": {"diversity_weight": 4.0}, "policy": {"train": {"lr": SWEEP_LR / 2}}})
+#: hit3_lr_half_div5 (shipped since 370d372); the *_pp* variants change it
+HIT3_LR_HALF_DIV5 = deep_merge(HIT3_LR_HALF_DIV4, {"reward": {"diversity_weight": 5.0}})
 #: name -> (what it tests, changes to BASE); "default" is the config's own ppo section as shipped
 VARIANTS: dict[str, tuple[str, dict]] = {
     "base": ("PPO as shipped before these ablations: category-entropy weight 1, no ptx, 64 pages", {}),
@@ -119,6 +121,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"hit3_lr_half_div{w}": (f"hit3_lr_half_div4 (shipped from 97cd55b) with category-entropy weight {w} "
                                 "instead of 4", deep_merge(HIT3_LR_HALF_DIV4, {"reward": {"diversity_weight": float(w)}}))
        for w in (5, 6)},
+    # PPO-ptx's next-item term never trains the <page> position the full ranking is read at; on the SFT with
+    # page-loss weight 0.25 every variant's Recall@20 ended at or below SFT's (README "PPO variants"):
+    # SFT's page loss mixed in too, on the held-out training positives (ppo.policy.ptx_page_coef)
+    **{f"hit3_lr_half_div5_pp{c}": (f"hit3_lr_half_div5 (shipped since 370d372) + {c} x SFT's page loss on the "
+                                    "page of each prompt's held-out training positives (ppo.policy.ptx_page_coef)",
+                                    deep_merge(HIT3_LR_HALF_DIV5, {"policy": {"ptx_page_coef": c}}))
+       for c in (0.25, 1.0)},
     **{f"hit3_lr_half_div4_sl{m}": (f"hit3_lr_half_div4 with rollouts sampled among each prompt's first-slot "
                                     f"top {m} (ppo.rollout.shortlist)",
                                     deep_merge(HIT3_LR_HALF_DIV4, {"rollout": {"shortlist": m}})) for m in (10, 20)},

@@ -38,8 +38,10 @@ def ray_local():
 def orch(ray_local, tiny_sft, synth_data, tmp_path_factory):
     from actors.orchestrator import PPOOrchestrator
 
-    # ptx on: the policy's loss carries SFT's next-item term too (PPO-ptx), through ZeRO-2 on 2 ranks
-    cfg = ppo_config(policy={"ranks": 2, "ptx_coef": 0.5, "train": {"batch_size": 8, "zero_stage": 2, "lr": 1e-3}})
+    # ptx on: the policy's loss carries SFT's next-item and page terms too (PPO-ptx; the page term on the
+    # prompts' 3 held-out interactions), through ZeRO-2 on 2 ranks
+    cfg = ppo_config(holdout=3, policy={"ranks": 2, "ptx_coef": 0.5, "ptx_page_coef": 0.5,
+                                        "train": {"batch_size": 8, "zero_stage": 2, "lr": 1e-3}})
     o = PPOOrchestrator(cfg, str(tiny_sft), "rule", str(synth_data), str(tmp_path_factory.mktemp("ppo")),
                         log=lambda s: None)
     o.start()
@@ -61,6 +63,10 @@ def test_first_batch_kl_zero_and_logprobs_agree(orch):
     assert bool(exp.mask.all())
     for hist, page in zip(batch.histories, exp.pages.tolist()):
         assert len(set(page)) == K and not set(page) & set(hist)  # distinct, never seen
+    # PPO-ptx's page targets: the users' held-out pages, row for row (never in the prompt)
+    assert batch.targets == [orch.ptx_pages[i] for i in orch.batch_users(0)]
+    assert sum(map(bool, batch.targets)) > 0 and not any(set(t) & set(h) for t, h in zip(batch.targets,
+                                                                                         batch.histories))
     # policy == reference at the start: the per-slot KL vanishes
     assert float(exp.kl.abs().max()) < 1e-5
     # the rollout's recorded log-probs are what the policy group recomputes
@@ -104,9 +110,9 @@ def test_full_iteration_trains_and_zero2_ranks_stay_in_sync(orch):
     before_c = orch.critic.call("checksums")
     m = orch.iteration(0)
     for k in ("reward/total", "kl/per_page", "policy/policy_loss", "policy/entropy", "critic/value_loss",
-              "policy/grad_norm", "perf/pages_per_s", "policy/ptx_nll"):
+              "policy/grad_norm", "perf/pages_per_s", "policy/ptx_nll", "policy/ptx_page_nll"):
         assert math.isfinite(m[k]), k
-    assert m["policy/ptx_nll"] > 0
+    assert m["policy/ptx_nll"] > 0 and m["policy/ptx_page_nll"] > 0
     assert m["policy/steps"] == orch.cfg.ppo_epochs * orch.cfg.rollout_batch_size // orch.cfg.policy.train.batch_size
     after_p = orch.policy.call("checksums")
     after_c = orch.critic.call("checksums")

@@ -46,6 +46,11 @@ class PPOPolicyConfig(_TrainedRole):
         "PPO-ptx (InstructGPT's mix of the pre-training loss into PPO): loss += coef * SFT's next-item "
         "cross-entropy over the items of the rollout prompts' histories, so PPO keeps the full ranking SFT "
         "learned (0 = off)", ge=0, legacy=0.0))
+    ptx_page_coef: float = field(default=0.0, metadata=doc(
+        "PPO-ptx's page term: loss += coef * SFT's page loss (L_rank) on the page SFT teaches for each rollout "
+        "prompt, the training positives it holds out (ppo.holdout > 0; SFT's page_order). It trains the <page> "
+        "position, where the full ranking is read and which ptx_coef's next-item term never reaches "
+        "(0 = off)", ge=0, legacy=0.0))
     train: TrainConfig = field(default_factory=lambda: _ppo_train(1e-5), metadata=doc("policy engine"))
 
 
@@ -153,6 +158,8 @@ class PPOConfig(PromptConfig):
     def validate(self) -> None:
         require(self.select == "last" or self.eval_every > 0, "select",
                 "select=best chooses among validations: set eval_every > 0")
+        require(self.policy.ptx_page_coef == 0 or self.holdout > 0, "policy.ptx_page_coef",
+                "teaches the page of the training positives the rollout prompts hold out: set holdout > 0")
         require(self.rollout.shortlist == 0 or self.rollout.shortlist >= self.page_size, "rollout.shortlist",
                 f"must be 0 or at least page_size={self.page_size}, got {self.rollout.shortlist}")
         for role in ("policy", "critic"):

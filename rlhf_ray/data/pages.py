@@ -12,6 +12,10 @@ ratings y_i, cut at t (the prompt holds x_0 .. x_{t-1}):
    so the cap holds whenever the positives allow it;
 4. the page = the first K taken, shown in the order of step 2.
 
+SFT's default target (``sft.page_order: time``) is simpler: the next K positives after t in time order
+(:func:`next_positives`). :func:`page_after` gives either, so every stage that teaches a page (SFT,
+PPO-ptx's page term) builds the same one.
+
 Who uses it: the reward model's chosen pages (:mod:`rlhf_ray.data.pairs`), SFT's page targets
 (``sft.page_order: ground_truth``; ``time`` keeps the next K positives in time order, see
 :mod:`rlhf_ray.stages.sft`), the on-policy negatives and the calibration of the reward
@@ -74,3 +78,26 @@ def ground_truth_page(items: np.ndarray, ratings: np.ndarray, cut: int, item_cat
     its = np.asarray(items, dtype=np.int64)[pos]
     sel = golden_page(its, np.asarray(ratings)[pos], np.asarray(item_categories)[its], page_size, max_per_category)
     return its[sel].tolist()
+
+
+def next_positives(items: np.ndarray, ratings: np.ndarray, cut: int, threshold: float, page_size: int) -> list[int]:
+    """``sft.page_order: time``: the first ``page_size`` positives after ``cut`` (to the end of ``items``)
+    the user had not had before ``cut``, in time order, a repeat kept once (item ids)."""
+    seen = set(np.asarray(items[:cut]).tolist())
+    page = [int(items[p]) for p in range(cut, len(items)) if ratings[p] > threshold and int(items[p]) not in seen]
+    return list(dict.fromkeys(page[:page_size]))
+
+
+def page_after(items: np.ndarray, ratings: np.ndarray, cut: int, threshold: float, page_size: int, order: str,
+               item_categories: np.ndarray | None = None, window: int = WINDOW,
+               max_per_category: int = MAX_PER_CATEGORY) -> list[int]:
+    """The page SFT teaches for a user cut at ``cut`` (item ids, possibly empty): ``order`` "time"
+    (:func:`next_positives`) or "ground_truth" (:func:`ground_truth_page`, needs ``item_categories``).
+    ``items``/``ratings`` end where the positives may come from (the training range)."""
+    if order == "time":
+        return next_positives(items, ratings, cut, threshold, page_size)
+    if order != "ground_truth":
+        raise ValueError(f"page order must be time or ground_truth, got {order!r}")
+    if item_categories is None:
+        raise ValueError("page order ground_truth needs the item categories")
+    return ground_truth_page(items, ratings, cut, item_categories, threshold, page_size, window, max_per_category)

@@ -34,7 +34,7 @@ from torch import nn
 
 from rlhf_ray.config import ConfigError, SFTConfig
 from rlhf_ray.config.common import PAGE_MAX_PER_CATEGORY, PAGE_WINDOW
-from rlhf_ray.data.pages import ground_truth_page
+from rlhf_ray.data.pages import page_after
 from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.generation import build_prompts, page_logprobs, page_states, prompt_head
 from rlhf_ray.losses import sampled_item_nll, token_nll
@@ -109,15 +109,9 @@ def golden_pages(seqs: list[Sequence], K: int, cuts: int, threshold: float, rng:
             continue
         chosen = cand if len(cand) <= cuts else sorted(rng.sample(cand, cuts - 1) + [cand[-1]])
         for t in chosen:
-            hist = s.items[:t]
-            if order == "ground_truth":
-                page = ground_truth_page(s.items, s.ratings, t, categories, threshold, K, window, max_per_category)
-            else:
-                seen = set(hist.tolist())
-                page = [int(s.items[p]) for p in pos_idx if p >= t and int(s.items[p]) not in seen][:K]
-                page = list(dict.fromkeys(page))
+            page = page_after(s.items, s.ratings, t, threshold, K, order, categories, window, max_per_category)
             if page:
-                out.append(PageExample(hist, page, s.user))
+                out.append(PageExample(s.items[:t], page, s.user))
     return out
 
 
