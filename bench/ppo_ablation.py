@@ -128,6 +128,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                     "page of each prompt's held-out training positives (ppo.policy.ptx_page_coef)",
                                     deep_merge(HIT3_LR_HALF_DIV5, {"policy": {"ptx_page_coef": c}}))
        for c in (0.25, 1.0)},
+    # the page term pulls the page back toward SFT's (ILD@10 1.004x at 1.0): a larger category-entropy weight
+    **{f"hit3_lr_half_div{w}_pp{c}": (f"hit3_lr_half_div5_pp{c} with category-entropy weight {w} instead of 5",
+                                      deep_merge(HIT3_LR_HALF_DIV5, {"reward": {"diversity_weight": float(w)},
+                                                                     "policy": {"ptx_page_coef": c}}))
+       for w, c in ((7, 0.5), (8, 1.0), (10, 1.0))},
     **{f"hit3_lr_half_div4_sl{m}": (f"hit3_lr_half_div4 with rollouts sampled among each prompt's first-slot "
                                     f"top {m} (ppo.rollout.shortlist)",
                                     deep_merge(HIT3_LR_HALF_DIV4, {"rollout": {"shortlist": m}})) for m in (10, 20)},
