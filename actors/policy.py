@@ -51,7 +51,8 @@ class PolicyActor(TrainerActor):
         prompts, targets = inputs if isinstance(inputs, tuple) else (inputs, None)
         ptx = self.cfg.ptx_coef > 0
         if targets is not None:  # SFT's page loss, unrestricted by the rollout's shortlist as SFT trains it
-            page = page_logprobs(self.engine.module, self.vocab, prompts, targets)
+            n = self.cfg.ptx_page_slots or targets.shape[1]  # the first n slots (all by default)
+            page = page_logprobs(self.engine.module, self.vocab, prompts, targets[:, :n])
             l_rank = -(page["logprobs"].sum() / page["mask"].sum().clamp(min=1))
         prompts = restrict_to(prompts, m.shortlist)  # the rollout's shortlist, if it sampled among one
         out = page_logprobs(self.engine.module, self.vocab, prompts, m.pages, logits_out=True, history_nll=ptx)

@@ -133,6 +133,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                       deep_merge(HIT3_LR_HALF_DIV5, {"reward": {"diversity_weight": float(w)},
                                                                      "policy": {"ptx_page_coef": c}}))
        for w, c in ((7, 0.5), (8, 1.0), (10, 1.0))},
+    # ... or the page term on the first slot only: the <page> position, where the full ranking is read
+    **{f"hit3_lr_half_div5_pp{c}_s1": (f"hit3_lr_half_div5_pp{c} on the page's first slot only "
+                                       "(ppo.policy.ptx_page_slots: 1)",
+                                       deep_merge(HIT3_LR_HALF_DIV5, {"policy": {"ptx_page_coef": c,
+                                                                                 "ptx_page_slots": 1}}))
+       for c in (1.0, 2.0)},
     **{f"hit3_lr_half_div4_sl{m}": (f"hit3_lr_half_div4 with rollouts sampled among each prompt's first-slot "
                                     f"top {m} (ppo.rollout.shortlist)",
                                     deep_merge(HIT3_LR_HALF_DIV4, {"rollout": {"shortlist": m}})) for m in (10, 20)},

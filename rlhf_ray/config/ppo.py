@@ -51,6 +51,9 @@ class PPOPolicyConfig(_TrainedRole):
         "prompt, the training positives it holds out (ppo.holdout > 0; SFT's page_order). It trains the <page> "
         "position, where the full ranking is read and which ptx_coef's next-item term never reaches "
         "(0 = off)", ge=0, legacy=0.0))
+    ptx_page_slots: int = field(default=0, metadata=doc(
+        "ptx_page_coef's loss over the page's first N slots only (0 = every slot, as SFT trains it; 1 = the "
+        "<page> position alone, the full ranking, leaving how later slots follow to PPO)", ge=0, legacy=0))
     train: TrainConfig = field(default_factory=lambda: _ppo_train(1e-5), metadata=doc("policy engine"))
 
 
