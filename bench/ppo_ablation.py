@@ -139,6 +139,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                        deep_merge(HIT3_LR_HALF_DIV5, {"policy": {"ptx_page_coef": c,
                                                                                  "ptx_page_slots": 1}}))
        for c in (1.0, 2.0)},
+    **{f"hit3_lr_half_div{w}_pp1.0_s1": (f"hit3_lr_half_div5_pp1.0_s1 with category-entropy weight {w} instead of 5",
+                                         deep_merge(HIT3_LR_HALF_DIV5, {"reward": {"diversity_weight": float(w)},
+                                                                        "policy": {"ptx_page_coef": 1.0,
+                                                                                   "ptx_page_slots": 1}}))
+       for w in (8, 10)},
     **{f"hit3_lr_half_div4_sl{m}": (f"hit3_lr_half_div4 with rollouts sampled among each prompt's first-slot "
                                     f"top {m} (ppo.rollout.shortlist)",
                                     deep_merge(HIT3_LR_HALF_DIV4, {"rollout": {"shortlist": m}})) for m in (10, 20)},
