@@ -34,6 +34,8 @@ def test_nested_fields_are_upgraded_and_unknown_ones_stay_missing():
     now = PPOConfig().to_dict()
     assert PPOConfig.upgrade(_without(now, "reward.diversity_weight")) == now
     assert PPOConfig.upgrade(_without(now, "policy.ptx_coef")) == now  # PPO-ptx off before it existed
+    # its page term too: a run recorded before the term existed is a run with it off
+    assert PPOConfig.upgrade(_without(now, "policy.ptx_page_coef", "policy.ptx_page_slots")) == now
     # a field with no legacy value: the recorded run is not known to match
     no_legacy = next(f.name for f in dataclasses.fields(PPOConfig) if "legacy" not in f.metadata)
     assert no_legacy not in PPOConfig.upgrade(_without(now, no_legacy))

@@ -84,3 +84,45 @@ def test_config_needs_holdout():
     assert PPOConfig.from_dict({"holdout": 3, "policy": {"ptx_page_coef": 0.5}}).policy.ptx_page_coef == 0.5
     with pytest.raises(ConfigError, match="ptx_page_coef"):
         PPOConfig.from_dict({"holdout": 3, "policy": {"ptx_page_coef": -1}})
+
+
+def test_policy_loss_page_term_reads_the_first_n_slots(tiny_sft, synth_data):
+    """The policy's page term is SFT's page loss on the target pages (``ptx_page_slots``: their first N
+    slots): computed here against page_logprobs on the same model, and blind to later slots at N = 1."""
+    from types import SimpleNamespace
+
+    from actors.models import load_policy
+    from actors.policy import PolicyActor
+    from rlhf_ray.config import PPOPolicyConfig
+    from rlhf_ray.data.prepared import load_prepared
+    from rlhf_ray.generation import page_logprobs
+
+    ck = load_policy(str(tiny_sft))
+    prepared = load_prepared(synth_data)
+    train = prepared.histories("train")
+    users = train.user_idx[:8]
+    targets = held_out_pages(prepared, users, 6, 5, {})
+    targets = [t if t else [0] for t in targets]  # every row holds a target here
+    batch = rollout_prompts(train.histories[:8], users, ck.vocab, 20, holdout=6, targets=targets)
+    prompts, pages = batch.prompts(ck.vocab), batch.target_pages()
+    zeros = torch.zeros(pages.shape[0], 2)
+    m = SimpleNamespace(pages=torch.zeros(pages.shape[0], 2, dtype=torch.long) + 1, logprobs=zeros,
+                        advantages=zeros, mask=torch.ones(pages.shape[0], 2, dtype=torch.bool), shortlist=None)
+    actor = PolicyActor("policy", 0, 1)
+    actor.vocab, actor.engine = ck.vocab, SimpleNamespace(module=ck.model)
+
+    def page_nll(slots: int, p=pages) -> float:
+        actor.cfg = PPOPolicyConfig(ptx_page_coef=1.0, ptx_page_slots=slots)
+        with torch.no_grad():
+            return actor._loss((prompts, p), m)[1]["ptx_page_nll"]
+
+    def expected(n: int) -> float:
+        with torch.no_grad():
+            out = page_logprobs(ck.model, ck.vocab, prompts, pages[:, :n])
+        return float(-(out["logprobs"].sum() / out["mask"].sum()))
+
+    assert page_nll(0) == pytest.approx(expected(pages.shape[1]), rel=1e-5)
+    assert page_nll(1) == pytest.approx(expected(1), rel=1e-5) and page_nll(1) != pytest.approx(page_nll(0))
+    later = pages.clone()
+    later[:, 1:] = -1  # drop every slot after the first: the first-slot term does not move
+    assert page_nll(1, later) == pytest.approx(page_nll(1), rel=1e-6)
