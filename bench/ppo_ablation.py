@@ -61,10 +61,11 @@ from rlhf_ray.config.base import deep_merge  # noqa: E402
 SWEEP_LR = 0.0001963246395844747
 
 #: the ppo section every variant but ``default`` changes: the shipped one with the fields these
-#: ablations searched set back to what was shipped before them (category entropy 1, no ptx, 64 pages
-#: per iteration, the PPO sweep's policy lr 1.96e-4), so every row keeps its meaning (and its checkpoint)
+#: ablations searched set back to what was shipped before them (category entropy 1, no ptx and no page term,
+#: 64 pages per iteration, the PPO sweep's policy lr 1.96e-4), so every row keeps its meaning (and its checkpoint)
 #: when the shipped section moves
-BASE = {"reward": {"diversity_weight": 1.0}, "policy": {"ptx_coef": 0.0, "train": {"lr": SWEEP_LR}},
+BASE = {"reward": {"diversity_weight": 1.0},
+        "policy": {"ptx_coef": 0.0, "ptx_page_coef": 0.0, "ptx_page_slots": 0, "train": {"lr": SWEEP_LR}},
         "rollout_batch_size": 64}
 #: the section shipped from 902de4b to 0a89db6 (= div3_ptx_1): category entropy 3, ptx 1, 64 pages per
 #: iteration; the later variants change it

@@ -38,10 +38,12 @@ def test_ppo_ablation_smoke_writes_one_table(tmp_path):
     seed_sft = json.loads((run / "sft" / "manifest.json").read_text())["id"]
     assert manifest("ptx_1")["parent"]["id"] == seed_sft and manifest("ptx_1")["config"]["policy"]["ptx_coef"] == 1.0
     assert manifest("base")["config"]["policy"]["ptx_coef"] == 0.0
+    assert manifest("base")["config"]["policy"]["ptx_page_coef"] == 0.0  # the shipped page term set back too
     assert manifest("base")["config"]["reward"]["diversity_weight"] == 1.0
     shipped = json.loads((run / "ppo" / "manifest.json").read_text())["config"] if (run / "ppo").is_dir() else \
         manifest("default")["config"]
-    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 5.0  # shipped
+    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 10.0  # shipped
+    assert shipped["policy"]["ptx_page_coef"] == 1.0 and shipped["policy"]["ptx_page_slots"] == 1
     assert "| page_ild@10 vs SFT |" in doc["markdown"].splitlines()[0] + "|"
     assert set(doc["notes"]) == {"base", "default", "ptx_1"}  # the monitor's alerts, one count per seed
     assert all(n.startswith("hacking-monitor alerts per seed ") and n.split()[-1].isdigit()
