@@ -302,6 +302,9 @@ BLOCKS = {
     "protocol_loo_rank25": block("protocol_loo_rank25", "python bench/protocol_table.py --protocol loo --seeds 0,1,2 "
                                  "(on the rank_weight 0.25 SFT; then copy its protocol_loo.json to this name)",
                                  protocol_body),
+    "protocol_loo_ptxpage": block("protocol_loo_ptxpage", "python bench/protocol_table.py --protocol loo --seeds "
+                                  "0,1,2 (on the rank_weight 0.25 SFT, PPO with the page term; then copy its "
+                                  "protocol_loo.json to this name)", protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
     "sft_ablation_peer": block("sft_ablation_peer", "python bench/sft_ablation.py --seeds 0,1,2 --variants "
                                "dropout_0.3,dropout_0.2,history_20,ema_0.99,label_smoothing_0.1,stride_10,epochs_36,"
