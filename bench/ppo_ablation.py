@@ -144,7 +144,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                          deep_merge(HIT3_LR_HALF_DIV5, {"reward": {"diversity_weight": float(w)},
                                                                         "policy": {"ptx_page_coef": 1.0,
                                                                                    "ptx_page_slots": 1}}))
-       for w in (8, 10)},
+       for w in (8, 10, 12, 15)},
     **{f"hit3_lr_half_div4_sl{m}": (f"hit3_lr_half_div4 with rollouts sampled among each prompt's first-slot "
                                     f"top {m} (ppo.rollout.shortlist)",
                                     deep_merge(HIT3_LR_HALF_DIV4, {"rollout": {"shortlist": m}})) for m in (10, 20)},
