@@ -85,9 +85,17 @@ def test_diversity_variants_change_only_the_category_entropy_weight():
     from ppo_ablation import HIT3_LR_HALF_DIV4, VARIANTS
 
     shipped = yaml.safe_load((ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml").read_text())["ppo"]
-    assert VARIANTS["hit3_lr_half_div5"][1]["reward"] == shipped["reward"]  # shipped since the rank_weight 0.25 SFT
+    ship = VARIANTS["hit3_lr_half_div10_pp1.0_s1"][1]  # shipped since the page term (README "PPO-ptx's page term")
+    assert ship["reward"] == shipped["reward"]
+    assert {k: ship["policy"][k] for k in ("ptx_coef", "ptx_page_coef", "ptx_page_slots")} == \
+        {k: shipped["policy"][k] for k in ("ptx_coef", "ptx_page_coef", "ptx_page_slots")}
     assert HIT3_LR_HALF_DIV4["policy"]["train"]["lr"] == pytest.approx(shipped["policy"]["train"]["lr"])
     for w in (5, 6):
         changed = VARIANTS[f"hit3_lr_half_div{w}"][1]
-        assert changed["reward"] == {**shipped["reward"], "diversity_weight": float(w)}
+        assert changed["reward"] == {**HIT3_LR_HALF_DIV4["reward"], "diversity_weight": float(w)}
         assert changed["policy"] == HIT3_LR_HALF_DIV4["policy"]
+    for name, (_, changed) in VARIANTS.items():  # the page-term variants: the weight-5 section + their fields
+        if "_pp" in name:
+            assert changed["reward"]["hit_weight"] == 3.0 and changed["policy"]["ptx_coef"] == 1.0
+            assert changed["policy"]["ptx_page_coef"] == float(name.split("_pp")[1].split("_")[0])
+            assert changed["policy"].get("ptx_page_slots", 0) == (1 if name.endswith("_s1") else 0)
