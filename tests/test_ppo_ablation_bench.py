@@ -42,7 +42,7 @@ def test_ppo_ablation_smoke_writes_one_table(tmp_path):
     assert manifest("base")["config"]["reward"]["diversity_weight"] == 1.0
     shipped = json.loads((run / "ppo" / "manifest.json").read_text())["config"] if (run / "ppo").is_dir() else \
         manifest("default")["config"]
-    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 10.0  # shipped
+    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 15.0  # shipped
     assert shipped["policy"]["ptx_page_coef"] == 1.0 and shipped["policy"]["ptx_page_slots"] == 1
     assert "| page_ild@10 vs SFT |" in doc["markdown"].splitlines()[0] + "|"
     assert set(doc["notes"]) == {"base", "default", "ptx_1"}  # the monitor's alerts, one count per seed
@@ -85,7 +85,7 @@ def test_diversity_variants_change_only_the_category_entropy_weight():
     from ppo_ablation import HIT3_LR_HALF_DIV4, VARIANTS
 
     shipped = yaml.safe_load((ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml").read_text())["ppo"]
-    ship = VARIANTS["hit3_lr_half_div10_pp1.0_s1"][1]  # shipped since the page term (README "PPO-ptx's page term")
+    ship = VARIANTS["hit3_lr_half_div15_pp1.0_s1"][1]  # shipped since the page term (README "PPO-ptx's page term")
     assert ship["reward"] == shipped["reward"]
     assert {k: ship["policy"][k] for k in ("ptx_coef", "ptx_page_coef", "ptx_page_slots")} == \
         {k: shipped["policy"][k] for k in ("ptx_coef", "ptx_page_coef", "ptx_page_slots")}
