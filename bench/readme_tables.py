@@ -321,7 +321,7 @@ BLOCKS = {
                                  "default,hit3_lr_half_div5,hit3_lr_half_div6 --work DIR (on the rank_weight 0.25 "
                                  "SFT; then copy its ppo_ablation.json to this name)", protocol_body),
     "ppo_ablation_ptxpage": block("ppo_ablation_ptxpage", "python bench/ppo_ablation.py --seeds 0,1,2 --variants "
-                                  "hit3_lr_half_div5,hit3_lr_half_div5_pp0.25,...,hit3_lr_half_div10_pp1.0_s1 --work DIR "
+                                  "hit3_lr_half_div5,hit3_lr_half_div5_pp0.25,...,hit3_lr_half_div15_pp1.0_s1 --work DIR "
                                   "(on the rank_weight 0.25 SFT; then copy its ppo_ablation.json to this name)",
                                   protocol_body),
     "ppo_ablation_pretrain6": block("ppo_ablation_pretrain6", "python bench/ppo_ablation.py --seeds 0,1,2",
