@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rlhf_ray.evaluation import pad_lists
 from rlhf_ray.generation import Prompts, build_prompts, prompt_length
 from rlhf_ray.losses import gae, kl_penalty, masked_mean, whiten
 from rlhf_ray.seeding import seed as derive_seed
@@ -62,10 +63,7 @@ class PromptBatch:
         """(b, longest) int64: these rows' :attr:`targets`, right-padded with -1 (an empty row: all -1)."""
         if self.targets is None:
             raise ValueError("this PromptBatch carries no target pages (PPO-ptx's page term is off)")
-        out = torch.full((len(self.targets), max([len(t) for t in self.targets] + [1])), -1, dtype=torch.long)
-        for b, page in enumerate(self.targets):
-            out[b, : len(page)] = torch.as_tensor(list(page), dtype=torch.long)
-        return out
+        return torch.as_tensor(pad_lists(self.targets))
 
     def prompts(self, vocab: Vocab) -> Prompts:
         """These rows' prompts: input_ids (b, L), attention_mask (b, L), blocked (b, N) bool (the
