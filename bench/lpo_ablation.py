@@ -40,6 +40,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+from protocol_runs import seed_list  # noqa: E402
 from protocol_table import cell, fmt, protocol_config, seed_avg  # noqa: E402
 from ppo_common import results_dir  # noqa: E402
 from provenance import Run  # noqa: E402
@@ -311,7 +312,7 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
     checkpoints)``: a sentence on a variant from its checkpoints (one per seed), listed under the table."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2")
     p.add_argument("--protocol", default="loo", choices=["loo", "pagellm"],
                    help="the split the seeds' runs use (bench/protocol_table.py's); the JSON is <bench>.json for "
                         "loo, <bench>_pagellm.json for pagellm")
@@ -332,11 +333,11 @@ def run_ablation(argv, doc: str, bench: str, variants: dict[str, str], train, ba
         p.error(f"--peers: {args.peers} is not a directory")
     if args.valid_skip < 0:
         p.error(f"--valid-skip: at least 0, got {args.valid_skip}")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    seeds = args.seeds
     names = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(names) - set(variants))
-    if unknown or not seeds:
-        p.error(f"unknown variants {unknown}" if unknown else "--seeds: give at least one seed")
+    if unknown:
+        p.error(f"unknown variants {unknown}")
     from rlhf_ray.data.prepared import load_prepared
 
     work = Path(args.work or ROOT / "runs" / "bench" / (args.protocol + ("-smoke" if args.smoke else "")))

@@ -55,6 +55,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+from protocol_runs import seed_list  # noqa: E402
 from provenance import Run  # noqa: E402
 
 from rlhf_ray import metrics as M  # noqa: E402
@@ -409,7 +410,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
-    p.add_argument("--seeds", default="0,1,2", help="training seeds of our pipeline (default 0,1,2)")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2", help="training seeds of our pipeline (default 0,1,2)")
     p.add_argument("--config", default=str(ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml"),
                    help="pipeline config to run for our rows (default: the shipped ml-100k config)")
     p.add_argument("--work", default=None, help="run directory (default runs/bench/PROTOCOL)")
@@ -425,9 +426,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
-    if not seeds:
-        raise SystemExit("--seeds: give at least one seed")
+    seeds = args.seeds
     work = Path(args.work or ROOT / "runs" / "bench" / (args.protocol + ("-smoke" if args.smoke else "")))
     peers_dir = Path(args.peers_dir or ROOT / "runs" / "peers" / args.protocol)
     run = Run(inputs={"config": args.config, "peers_dir": peers_dir})

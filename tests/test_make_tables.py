@@ -46,7 +46,7 @@ def test_tables_trains_ours_then_peers_then_rereads_ours_with_the_peers_for_both
     for i, protocol in enumerate(("loo", "pagellm")):
         (_, train), (_, peers), (_, reread) = calls[3 * i: 3 * i + 3]
         assert train.protocol == peers.protocol == reread.protocol == protocol
-        assert train.seeds == reread.seeds == "3,4"
+        assert train.seeds == reread.seeds == [3, 4]
         assert not train.no_train and reread.no_train and not train.smoke and not peers.smoke
         assert train.config == reread.config and (ROOT / train.config).is_file()
         # the peers train on the split our first seed's pipeline prepared (protocol_table's default work dir)
@@ -60,5 +60,5 @@ def test_tables_trains_ours_then_peers_then_rereads_ours_with_the_peers_for_both
 def test_tables_defaults_to_three_seeds_of_the_selected_config():
     calls = bench_calls(recipe())
     train = calls[0][1]
-    assert train.seeds == "0,1,2" and train.config == "bench/configs/ml-100k-selected.yaml"
+    assert train.seeds == [0, 1, 2] and train.config == "bench/configs/ml-100k-selected.yaml"
     assert Path(calls[1][1].data).parts[-2] == "seed0"

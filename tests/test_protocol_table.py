@@ -153,3 +153,16 @@ def test_peer_lists_are_checked_before_they_are_scored(synth_data, tmp_path):
         np.save(fh, top)  # an .npy with the peer's name
     with pytest.raises(RuntimeError, match="BPR.npz: not a peer list"):
         pt.per_user_peers(tmp_path, prepared, "loo")
+
+
+@pytest.mark.parametrize("bad", ["a,b", "0,-1", "", ",", "1.5"])
+def test_bad_seeds_are_a_usage_error_that_names_them(bad, capsys):
+    """`make tables SEEDS=...` passes the value straight through: a wrong one stops before any run."""
+    import protocol_table as pt
+
+    with pytest.raises(SystemExit) as e:
+        pt.parse_args(["--protocol", "loo", "--seeds", bad])
+    assert e.value.code == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert pt.parse_args(["--protocol", "loo", "--seeds", " 3, 4,"]).seeds == [3, 4]
+    assert pt.parse_args(["--protocol", "loo"]).seeds == [0, 1, 2]
