@@ -72,7 +72,7 @@ from actors.selection import Keeper
 from actors.state import RunState, read_controller, rng_state, set_rng_state, state_dir
 from rlhf_ray import storage
 from rlhf_ray.config import GenerationConfig, PPOConfig
-from rlhf_ray.errors import UserError
+from rlhf_ray.errors import CheckpointError, UserError
 from rlhf_ray.losses import AdaptiveKLController, FixedKLController
 from rlhf_ray.seeding import rng
 from rlhf_ray.seeding import seed as derive_seed
@@ -125,10 +125,21 @@ class PPOOrchestrator:
         self.out = storage.normalize(out)
         self.sft_manifest = verify_checkpoint(self.sft)  # verified once in this process (cached)
         check_history(self.sft_manifest, cfg, self.sft)
+        self.reward_members = [storage.normalize(m) for m in cfg.reward.members]
+        self.member_refs = []
         if isinstance(self.reward_source, str) and self.reward_source != "rule":
-            reward_manifest = verify_checkpoint(self.reward_source)
-            check_history(reward_manifest, cfg, self.reward_source)
-            self.reward_ref = ref(reward_manifest)
+            refs = []
+            for path in [self.reward_source, *self.reward_members]:
+                manifest = verify_checkpoint(path)
+                if manifest.get("stage") != "reward":
+                    raise CheckpointError(f"{path}: a {manifest.get('stage')!r} checkpoint, not a reward model "
+                                          f"(rlhf-ray reward)")
+                check_history(manifest, cfg, path)
+                refs.append(ref(manifest))
+            self.reward_ref, self.member_refs = refs[0], refs[1:]
+        elif self.reward_members:
+            raise UserError(f"ppo.reward.members: an ensemble of reward checkpoints needs a reward checkpoint as "
+                            f"its first member, not {self.reward_source!r}")
         else:
             name = self.reward_source if isinstance(self.reward_source, str) else getattr(
                 self.reward_source, "__name__", "custom")
@@ -183,7 +194,8 @@ class PPOOrchestrator:
         if role == "reference":
             return self.groups["reference"].run_all("setup", self.sft)
         if role == "reward":
-            return self.groups["reward"].run_all("setup", self.reward_source, c.reward, self.data)
+            return self.groups["reward"].run_all("setup", self.reward_source,
+                                                 c.reward.replace(members=self.reward_members), self.data)
         gen = GenerationConfig(**c.prompt.to_dict(), strategy="sample", temperature=c.rollout.temperature,
                                top_k=c.rollout.top_k, shortlist=c.rollout.shortlist)
         return self.rollout.run_all("setup", self.sft, gen, c.seed)
@@ -441,7 +453,8 @@ class PPOOrchestrator:
         """The policy (or ``weights``, ``[ref]``: the kept one) as the ``ppo`` checkpoint at OUT."""
         from rlhf_ray.stages.common import lineage
 
-        info = lineage(self.sft_manifest, self.cfg, {"reward": self.reward_ref})
+        info = lineage(self.sft_manifest, self.cfg, {"reward": self.reward_ref,
+                                                     **{f"reward_member{i + 1}": r for i, r in enumerate(self.member_refs)}})
         return self.policy.call("export", str(self.out), stage=STAGE, config=self.cfg.to_dict(), metrics=metrics,
                                 data_fingerprint=self.prepared.fingerprint, lineage=info, weights=weights)[0]
 

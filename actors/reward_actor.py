@@ -31,18 +31,24 @@ def reward_mix(fn) -> RewardMix:
 
 
 def build_reward(source: str, cfg: PPORewardConfig, data_dir: str, device: str = "cpu"):
-    """A RewardFn from ``source``: "rule" or a reward checkpoint directory (with ``cfg.hit_weight`` /
+    """A RewardFn from ``source``: "rule" or a reward checkpoint directory, clipped to ``cfg.clip``
+    and, with ``cfg.members``, averaged with those checkpoints (less ``cfg.uncertainty_coef`` times
+    their spread, :class:`rlhf_ray.rewards.EnsembleReward`); with ``cfg.hit_weight`` /
     ``cfg.diversity_weight``: plus hits on the held-out training positives and the page's category
-    entropy, :class:`rlhf_ray.rewards.HitBonus`)."""
-    from rlhf_ray.rewards import HitBonus, ModelReward, RuleReward
+    entropy, :class:`rlhf_ray.rewards.HitBonus`."""
+    from rlhf_ray.rewards import EnsembleReward, HitBonus, ModelReward, RuleReward
     from rlhf_ray.stages.common import check_compatible, open_data
 
     prepared = open_data(data_dir)
     if source == "rule":
         return RuleReward(prepared)
-    fn = ModelReward.from_checkpoint(source, alpha=cfg.alpha, device=device)
-    if fn.catalog is not None:
-        check_compatible(fn.catalog, prepared, source)
+    models = []
+    for path in [source, *cfg.members]:
+        m = ModelReward.from_checkpoint(path, alpha=cfg.alpha, device=device, clip=cfg.clip)
+        if m.catalog is not None:
+            check_compatible(m.catalog, prepared, path)
+        models.append(m)
+    fn = models[0] if len(models) == 1 else EnsembleReward(models, uncertainty=cfg.uncertainty_coef)
     if cfg.hit_weight > 0 or cfg.diversity_weight > 0:
         mix = reward_mix(fn)
         return HitBonus(fn, prepared, cfg.hit_weight, mix.page_coef, mix.item_coef, mix.item_mode,

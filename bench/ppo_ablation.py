@@ -76,6 +76,11 @@ HIT3 = deep_merge(SHIPPED, {"reward": {"hit_weight": 3.0}})
 HIT3_LR_HALF_DIV4 = deep_merge(HIT3, {"reward": {"diversity_weight": 4.0}, "policy": {"train": {"lr": SWEEP_LR / 2}}})
 #: hit3_lr_half_div5 (shipped since 370d372); the *_pp* variants change it
 HIT3_LR_HALF_DIV5 = deep_merge(HIT3_LR_HALF_DIV4, {"reward": {"diversity_weight": 5.0}})
+#: hit3_lr_half_div15_pp1.0_s1 (shipped since 9146454: the config's ppo section); the shipped_* reward variants change it
+SHIPPED_NOW = deep_merge(HIT3_LR_HALF_DIV5, {"reward": {"diversity_weight": 15.0},
+                                             "policy": {"ptx_page_coef": 1.0, "ptx_page_slots": 1}})
+#: reward-model ensemble members of a seed's run: the run's own pairs, other training seeds (:func:`ensure_members`)
+MEMBERS = ["{run}/reward_m1", "{run}/reward_m2"]
 #: name -> (what it tests, changes to BASE); "default" is the config's own ppo section as shipped
 VARIANTS: dict[str, tuple[str, dict]] = {
     "base": ("PPO as shipped before these ablations: category-entropy weight 1, no ptx, 64 pages", {}),
@@ -155,6 +160,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                "NDCG@10 on the monitor's users)", deep_merge(HIT3_LR_HALF_DIV4, {"select": "best"})),
     "hit3_best": ("hit3 exporting its best validated policy (select: best, page NDCG@10 on the monitor's users)",
                   deep_merge(HIT3, {"select": "best"})),
+    # the reward-side levers issue 13 names: clipping, an ensemble of reward models, and its uncertainty penalty
+    **{f"shipped_clip{c:g}": (f"the shipped section with the reward model's normalised scores clipped to [-{c:g}, {c:g}] "
+                              "(ppo.reward.clip)", deep_merge(SHIPPED_NOW, {"reward": {"clip": c}})) for c in (1.0, 2.0)},
+    "shipped_ens3": ("the shipped section with the reward model averaged with 2 more trained on the same pairs "
+                     "(other seeds; ppo.reward.members)", deep_merge(SHIPPED_NOW, {"reward": {"members": MEMBERS}})),
+    **{f"shipped_ens3_unc{u:g}": (f"shipped_ens3 less {u:g} x the 3 models' standard deviation, per page and per slot "
+                                  "(ppo.reward.uncertainty_coef)",
+                                  deep_merge(SHIPPED_NOW, {"reward": {"members": MEMBERS, "uncertainty_coef": u}}))
+       for u in (1.0, 3.0)},
 }
 COLUMNS = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
 COMPARE = ["page_ndcg@10", "recall@20", "page_ild@10", "ndcg@10"]
@@ -168,6 +182,9 @@ def ppo_config(run_dir: Path, name: str, smoke: bool):
     raw = yaml.safe_load((run_dir / "config.yaml").read_text())
     if name != "default":
         raw["ppo"] = deep_merge(deep_merge(raw.get("ppo") or {}, BASE), VARIANTS[name][1])
+        reward = raw["ppo"].get("reward") or {}
+        if reward.get("members"):
+            reward["members"] = [m.format(run=run_dir) for m in reward["members"]]
     if smoke:
         raw["ppo"] = deep_merge(raw["ppo"], {"iterations": 2, "rollout_batch_size": 8, "eval_every": 1,
                                              "eval_users": 20, "save_every": 0,
@@ -188,6 +205,25 @@ def ensure_reward(run_dir: Path, smoke: bool) -> Path:
     return run_dir / "reward"
 
 
+def ensure_members(run_dir: Path, members: list[str], smoke: bool) -> None:
+    """Train each missing ensemble member (``{run}/reward_mN``) as the seed's reward model was trained,
+    on its pair set (``reward.pairs.parquet``), with training seed ``100 N + seed``."""
+    import subprocess
+
+    ensure_reward(run_dir, smoke)
+    seed = json.loads((run_dir / "reward" / "manifest.json").read_text())["config"]["train"]["seed"]
+    for m in map(Path, members):
+        if (m / "manifest.json").is_file():
+            continue
+        n = int(m.name.rsplit("_m", 1)[1])
+        cmd = [sys.executable, "-m", "rlhf_ray.cli", "reward", "--config", str(run_dir / "config.yaml"),
+               "--config-key", "reward", "--sft", str(run_dir / "sft"), "--data", str(run_dir / "data"),
+               "--out", str(m), "--pairs-file", str(run_dir / "reward.pairs.parquet"),
+               "--train.seed", str(100 * n + seed), "--no-train.progress"] + (["--train.max-steps", "4"] if smoke else [])
+        print(f"[ppo-ablation] $ {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, check=True)
+
+
 def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
     """Train (or reuse) one variant's PPO policy; returns its checkpoint directory."""
     from rlhf_ray.stages.launch import launch
@@ -199,6 +235,7 @@ def train_variant(run_dir: Path, name: str, seed: int, smoke: bool) -> Path:
             return done
     # trained with another config (e.g. "default" before the shipped section changed): kept aside
     set_aside(out.parent, [name], time.strftime("%Y%m%d-%H%M%S"))
+    ensure_members(run_dir, cfg.reward.members, smoke)
     t = time.time()
     launch("ppo", cfg, str(run_dir / "data"), str(out), init=str(run_dir / "sft"),
            inputs={"reward": str(ensure_reward(run_dir, smoke))})

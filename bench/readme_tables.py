@@ -185,6 +185,13 @@ def reward_lines(runs: list[tuple[str, dict, str | None]]) -> list[str]:
     return lines + [f"| {label} | " + " | ".join(reward_run_cells(d)) + " |" for label, d, _ in runs]
 
 
+def reward_mean_row(label: str, docs: list[dict]) -> str:
+    """One table row: every column's mean ±std (ddof 1) over the runs ``docs``."""
+    table = np.array([[np.nan if v is None else v for v in reward_cells(d)] for d in docs], dtype=float)
+    cells = ["—" if np.isnan(col).all() else f"{np.nanmean(col):.3f} ±{np.nanstd(col, ddof=1):.3f}" for col in table.T]
+    return f"| {label} (mean ±std over seeds) | " + " | ".join(cells) + " |"
+
+
 def reward_body(doc: dict) -> str:
     """The shipped reward (this file) beside the other runs of :data:`REWARD_ROWS`, the shipped
     settings over training seeds and their ensemble: same SFT, same held-out users."""
@@ -193,11 +200,8 @@ def reward_body(doc: dict) -> str:
     lines = reward_lines(runs)
     seeds = [d for n in REWARD_SEEDS if (d := _load(n)) is not None]
     if len(seeds) > 1:
-        table = np.array([[np.nan if v is None else v for v in reward_cells(d)] for d in seeds], dtype=float)
-        cells = ["—" if np.isnan(col).all() else f"{np.nanmean(col):.3f} ±{np.nanstd(col, ddof=1):.3f}"
-                 for col in table.T]
-        lines.append(f"| the shipped settings, training seeds {', '.join(str(d['config']['train']['seed']) for d in seeds)}"
-                     f" (mean ±std over seeds) | " + " | ".join(cells) + " |")
+        lines.append(reward_mean_row(f"the shipped settings, training seeds "
+                                     f"{', '.join(str(d['config']['train']['seed']) for d in seeds)}", seeds))
         runs += [(None, d, f"Seed {d['config']['train']['seed']} of the seeds row") for d in seeds]
     ens = _load(REWARD_ENSEMBLE)
     if ens:
@@ -238,9 +242,24 @@ def reward_seeded_body(doc: dict) -> str:
     return "\n".join(lines)
 
 
+#: the same measurement (``--reuse``) on the reward models of the other leave-one-out seeds of the shipped config
+REWARD_RANK25_SEEDS = ("reward_ml100k_rank25_seed1", "reward_ml100k_rank25_seed2")
+
+
 def reward_single_body(doc: dict) -> str:
-    """One reward model's calibration row (``--reuse`` of a pipeline's own reward model)."""
-    return "\n".join(reward_lines([("the pipeline's reward model (--reuse)", doc, None)]))
+    """The calibration of a pipeline's own reward model (``--reuse``; this file, seed 0) and of the
+    other seeds' pipelines (:data:`REWARD_RANK25_SEEDS`: each its own SFT and reward model, same
+    held-out users), with their mean ±std over seeds."""
+    others = [d for n in REWARD_RANK25_SEEDS if (d := _load(n)) is not None]
+    runs = [(f"the pipeline's reward model, seed {i}" if others else "the pipeline's reward model (--reuse)", d,
+             f"Seed {i}" if i else None) for i, d in enumerate([doc, *others])]
+    lines = reward_lines(runs)
+    if others:
+        lines.append(reward_mean_row(f"seeds 0-{len(others)}", [doc, *others]))
+    for _, d, prefix in runs:
+        if prefix:
+            lines.append("\n" + _source(d).replace("Generated from", f"{prefix}: generated from"))
+    return "\n".join(lines)
 
 
 def serve_ab(subdir: str, modes: dict[str, str]):
@@ -302,9 +321,9 @@ BLOCKS = {
     "protocol_loo_rank25": block("protocol_loo_rank25", "python bench/protocol_table.py --protocol loo --seeds 0,1,2 "
                                  "(on the rank_weight 0.25 SFT; then copy its protocol_loo.json to this name)",
                                  protocol_body),
-    "protocol_loo_ptxpage": block("protocol_loo_ptxpage", "python bench/protocol_table.py --protocol loo --seeds "
-                                  "0,1,2 (on the rank_weight 0.25 SFT, PPO with the page term; then copy its "
-                                  "protocol_loo.json to this name)", protocol_body),
+    "protocol_loo_rankw1": block("protocol_loo_rankw1", "python bench/protocol_table.py --protocol loo --seeds "
+                                 "0,1,2 (at e0c3e8c, on the SFT with page-loss weight 1; then copy its "
+                                 "protocol_loo.json to this name)", protocol_body),
     "sft_ablation": block("sft_ablation", "python bench/sft_ablation.py --seeds 0,1,2", protocol_body),
     "sft_ablation_peer": block("sft_ablation_peer", "python bench/sft_ablation.py --seeds 0,1,2 --variants "
                                "dropout_0.3,dropout_0.2,history_20,ema_0.99,label_smoothing_0.1,stride_10,epochs_36,"

@@ -133,23 +133,28 @@ class RewardNorm:
 class ModelReward:
     """The trained mixed-grained reward model as a :class:`RewardFn` (inference only).
 
-    ``norm=None`` scores with the raw heads. The backbone and heads are used as given
-    (``from_checkpoint`` puts them in eval mode on ``device``).
+    ``norm=None`` scores with the raw heads. ``clip > 0`` clamps the normalised page score and
+    each item reward to [-clip, clip] before the mix (reward clipping: a page the model scores
+    far outside what its training pairs taught it counts no more than ``clip`` standard
+    deviations). The backbone and heads are used as given (``from_checkpoint`` puts them in eval
+    mode on ``device``).
     """
 
     def __init__(self, lm: nn.Module, heads: nn.Module, vocab: Vocab, *, alpha: float = 0.5,
-                 norm: RewardNorm | None = None, max_history: int = 50, batch_size: int = 256):
+                 norm: RewardNorm | None = None, max_history: int = 50, batch_size: int = 256, clip: float = 0.0):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if clip < 0:
+            raise ValueError(f"clip must be >= 0 (0 = off), got {clip}")
         self.lm, self.heads, self.vocab = lm, heads, vocab
-        self.alpha, self.norm = float(alpha), norm or RewardNorm()
+        self.alpha, self.norm, self.clip = float(alpha), norm or RewardNorm(), float(clip)
         self.max_history, self.batch_size = max_history, batch_size
         self.manifest: dict = {}  # set by from_checkpoint, with the checkpoint's catalogue
         self.catalog = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, alpha: float | None = None, device: str = "cpu",
-                        batch_size: int = 256, verify: bool = True) -> "ModelReward":
+                        batch_size: int = 256, verify: bool = True, clip: float = 0.0) -> "ModelReward":
         """Load a ``reward`` checkpoint; ``alpha=None`` keeps the trained mix ratio."""
         from rlhf_ray.checkpoint import load_checkpoint, load_heads
 
@@ -160,7 +165,7 @@ class ModelReward:
         heads = load_heads(ck, HEAD_NAMES).to(device).eval()
         self = cls(ck.model.eval(), heads, ck.vocab, alpha=info["alpha"] if alpha is None else alpha,
                    norm=RewardNorm.from_dict(info["norm"]), max_history=int(info["max_history"]),
-                   batch_size=batch_size)
+                   batch_size=batch_size, clip=clip)
         self.manifest, self.catalog = ck.manifest, ck.catalog
         return self
 
@@ -183,26 +188,42 @@ class ModelReward:
         items = torch.cat([o[1] for o in outs]).cpu()
         mask = torch.cat([o[2] for o in outs]).cpu()
         page, items = self.norm.apply(page, items, mask)
+        if self.clip:
+            page, items = page.clamp(-self.clip, self.clip), items.clamp(-self.clip, self.clip) * mask
         return RewardOutput(page, items, mix(page, items, mask, self.alpha))
 
 
 class EnsembleReward:
-    """The mean of several :class:`ModelReward` members (each normalised with its own
-    statistics, so their scales agree): page, item rewards and total averaged member-wise.
+    """Several :class:`ModelReward` members (each normalised with its own statistics, so their
+    scales agree), combined per page and per slot:
 
-    Members must share the item catalogue and mix ratio; reward models trained with different
-    seeds disagree most where the pairs say least, so the mean is less sure there."""
+        page  = mean_m page_m  - uncertainty * std_m page_m
+        item_t = mean_m item_mt - uncertainty * std_m item_mt
+        total = alpha * page + (1 - alpha) * mean_t item_t
 
-    def __init__(self, members: Sequence[ModelReward]):
+    std over members (population, ddof 0). ``uncertainty = 0`` is the plain mean. Reward models
+    trained with different seeds disagree most where the pairs say least; the penalty makes a
+    page the members disagree on worth less, so the policy is not paid for moving where the
+    reward is a guess. Coste et al. (ICLR 2024, reward-model ensembles against over-optimisation)
+    penalise the members' variance; the standard deviation is used here so that ``uncertainty``
+    is in the reward's own units (z-scores of the training pages). Members must share the item
+    catalogue and mix ratio."""
+
+    def __init__(self, members: Sequence[ModelReward], uncertainty: float = 0.0):
         if not members:
             raise ValueError("an ensemble needs at least one member")
+        if uncertainty < 0:
+            raise ValueError(f"uncertainty must be >= 0, got {uncertainty}")
+        if uncertainty and len(members) < 2:
+            raise ValueError("an uncertainty penalty needs at least two members (their spread is the penalty)")
         n = {m.vocab.n_items for m in members}
         alphas = {m.alpha for m in members}
         if len(n) > 1 or len(alphas) > 1:
             raise ValueError(f"ensemble members differ: n_items {sorted(n)}, alpha {sorted(alphas)}")
-        self.members = list(members)
+        self.members, self.uncertainty = list(members), float(uncertainty)
         self.alpha, self.vocab = members[0].alpha, members[0].vocab
         self.manifest, self.catalog = members[0].manifest, members[0].catalog
+        self.max_history = members[0].max_history
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], **kw) -> "EnsembleReward":
@@ -210,10 +231,16 @@ class EnsembleReward:
 
     def __call__(self, histories: Sequence[Sequence[int]], pages, user_idx: Sequence[int] | None = None
                  ) -> RewardOutput:
+        pages = as_pages(pages)
         outs = [m(histories, pages, user_idx) for m in self.members]
-        mean = lambda xs: torch.stack(xs).mean(0)  # noqa: E731
-        return RewardOutput(mean([o.page for o in outs]), mean([o.items for o in outs]),
-                            mean([o.total for o in outs]))
+
+        def combine(xs: list[Tensor]) -> Tensor:
+            x = torch.stack(xs)
+            return x.mean(0) - self.uncertainty * x.std(0, unbiased=False) if self.uncertainty else x.mean(0)
+
+        mask = pages >= 0
+        page, items = combine([o.page for o in outs]), combine([o.items for o in outs]) * mask
+        return RewardOutput(page, items, mix(page, items, mask, self.alpha))
 
 
 # --------------------------------------------------------------------------- rules

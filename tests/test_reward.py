@@ -345,6 +345,73 @@ def test_ensemble_is_the_member_mean_and_refuses_mismatched_members(trained):
         EnsembleReward([])
 
 
+def test_uncertainty_penalty_subtracts_the_members_spread(trained):
+    """mean - u * std (population) per page and per slot, the total mixed from those; u = 0 is the mean."""
+    from rlhf_ray.rewards import EnsembleReward, mix
+
+    a = ModelReward.from_checkpoint(trained.out)
+    m = trained.before
+    b = ModelReward(m.lm, m.heads, trained.vocab, alpha=a.alpha, norm=a.norm, max_history=20)
+    rows = trained.pairs.iloc[:24]
+    hist, users = rows["history"].tolist(), rows["user_idx"].tolist()
+    pages = torch.as_tensor(pad_lists(rows["rejected"].tolist()))
+    mask = pages >= 0
+    oa, ob = a(hist, pages, users), b(hist, pages, users)
+    out = EnsembleReward([a, b], uncertainty=1.0)(hist, pages, users)
+    for got, x, y in ((out.page, oa.page, ob.page), (out.items, oa.items, ob.items)):
+        # two members: population std = |x - y| / 2, so mean - 1 std = min(x, y)
+        torch.testing.assert_close(got, torch.minimum(x, y))
+    torch.testing.assert_close(out.total, mix(out.page, out.items, mask, a.alpha))
+    assert (out.items[~mask] == 0).all()
+    plain = EnsembleReward([a, b])(hist, pages, users)
+    assert (out.total < plain.total - 1e-6).any() and (out.total <= plain.total + 1e-6).all()
+    with pytest.raises(ValueError, match="at least two members"):
+        EnsembleReward([a], uncertainty=1.0)
+    with pytest.raises(ValueError, match="uncertainty"):
+        EnsembleReward([a, b], uncertainty=-1.0)
+
+
+def test_clip_bounds_the_normalised_scores_and_keeps_the_mix(trained):
+    from rlhf_ray.rewards import mix
+
+    rows = trained.pairs.iloc[:48]
+    hist, users = rows["history"].tolist(), rows["user_idx"].tolist()
+    pages = torch.as_tensor(pad_lists(rows["rejected"].tolist()))
+    mask = pages >= 0
+    free = ModelReward.from_checkpoint(trained.out)(hist, pages, users)
+    c = 0.5 * float(torch.cat([free.page.abs(), free.items[mask].abs()]).max())  # some scores lie beyond it
+    out = ModelReward.from_checkpoint(trained.out, clip=c)(hist, pages, users)
+    torch.testing.assert_close(out.page, free.page.clamp(-c, c))
+    torch.testing.assert_close(out.items, free.items.clamp(-c, c) * mask)
+    torch.testing.assert_close(out.total, mix(out.page, out.items, mask, free_alpha(trained)))
+    assert not torch.allclose(out.total, free.total)
+    with pytest.raises(ValueError, match="clip"):
+        ModelReward.from_checkpoint(trained.out, clip=-1.0)
+
+
+def free_alpha(trained) -> float:
+    return ModelReward.from_checkpoint(trained.out).alpha
+
+
+def test_ppo_reward_builds_the_ensemble_from_members(trained, rm_data):
+    """actors.reward_actor.build_reward: members -> EnsembleReward (clip and penalty passed on), under the
+    grounded terms; uncertainty without members is a config error naming the field."""
+    from actors.reward_actor import build_reward
+    from rlhf_ray.config import PPORewardConfig
+    from rlhf_ray.rewards import EnsembleReward, HitBonus
+
+    cfg = PPORewardConfig(members=[str(trained.out)], uncertainty_coef=1.0, clip=2.0, hit_weight=1.0)
+    fn = build_reward(str(trained.out), cfg, str(rm_data))
+    assert isinstance(fn, HitBonus) and isinstance(fn.base, EnsembleReward)
+    assert fn.base.uncertainty == 1.0 and [m.clip for m in fn.base.members] == [2.0, 2.0]
+    single = build_reward(str(trained.out), PPORewardConfig(clip=2.0), str(rm_data))
+    assert isinstance(single, ModelReward) and single.clip == 2.0
+    with pytest.raises(ConfigError, match="uncertainty_coef"):
+        PPORewardConfig(uncertainty_coef=1.0)
+    with pytest.raises(ConfigError, match="clip"):
+        PPORewardConfig(clip=-0.5)
+
+
 # --------------------------------------------------------------------------- trained weights
 
 

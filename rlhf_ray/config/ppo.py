@@ -97,6 +97,20 @@ class PPORewardConfig(ActorResources):
     diversity_weight: float = field(default=0.0, metadata=doc(
         "adds diversity_weight * H_cat(page) / ln K' (the page's category entropy, 1 = spread evenly) to the "
         "page reward, beside the reward model's (0 = off)", ge=0.0, legacy=0.0))
+    clip: float = field(default=0.0, metadata=doc(
+        "reward clipping: clamp the reward model's normalised page score and item rewards to [-clip, clip] "
+        "(in standard deviations of its training pages) before the mix (0 = off)", ge=0.0, legacy=0.0))
+    members: list[str] = field(default_factory=list, metadata=doc(
+        "more reward checkpoints (the same pairs, other training seeds: rlhf-ray reward --seed N) scored beside "
+        "the main one; the model reward is then the ensemble's mean (rlhf_ray.rewards.EnsembleReward)",
+        legacy=[]))
+    uncertainty_coef: float = field(default=0.0, metadata=doc(
+        "ensemble uncertainty penalty: the model reward is mean - uncertainty_coef * std over the main "
+        "checkpoint and members, per page and per slot (needs members; 0 = the plain mean)", ge=0.0, legacy=0.0))
+
+    def validate(self) -> None:
+        require(self.uncertainty_coef == 0 or self.members, "uncertainty_coef",
+                "penalises the spread of an ensemble: list the other reward checkpoints in reward.members")
 
 
 @dataclass
