@@ -343,6 +343,9 @@ BLOCKS = {
                                   "hit3_lr_half_div5,hit3_lr_half_div5_pp0.25,...,hit3_lr_half_div15_pp1.0_s1 --work DIR "
                                   "(on the rank_weight 0.25 SFT; then copy its ppo_ablation.json to this name)",
                                   protocol_body),
+    "ppo_ablation_reward": block("ppo_ablation_reward", "python bench/ppo_ablation.py --seeds 0,1,2 --variants "
+                                 "default,shipped_clip1,shipped_clip2,shipped_ens3,shipped_ens3_unc1,shipped_ens3_unc3 "
+                                 "--work DIR (then copy its ppo_ablation.json to this name)", protocol_body),
     "ppo_ablation_pretrain6": block("ppo_ablation_pretrain6", "python bench/ppo_ablation.py --seeds 0,1,2",
                                     protocol_body),
     "ppo_ablation_amd5": block("ppo_ablation_amd5", "python bench/ppo_ablation.py --seeds 0,1,2,3,4 (then copy its "

@@ -99,3 +99,30 @@ def test_diversity_variants_change_only_the_category_entropy_weight():
             assert changed["reward"]["hit_weight"] == 3.0 and changed["policy"]["ptx_coef"] == 1.0
             assert changed["policy"]["ptx_page_coef"] == float(name.split("_pp")[1].split("_")[0])
             assert changed["policy"].get("ptx_page_slots", 0) == (1 if name.endswith("_s1") else 0)
+
+
+def test_reward_variants_change_only_their_reward_field_of_the_shipped_section(tmp_path):
+    """shipped_clip* / shipped_ens3*: the shipped section (as the config ships it) plus clip, members or the
+    uncertainty penalty; a seed's members resolve to that seed's run directory."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ppo_ablation import BASE, SHIPPED_NOW, VARIANTS, ppo_config
+
+    from rlhf_ray.config import deep_merge
+
+    shipped = yaml.safe_load((ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml").read_text())["ppo"]
+    assert SHIPPED_NOW == VARIANTS["hit3_lr_half_div15_pp1.0_s1"][1]
+    assert SHIPPED_NOW["reward"] == shipped["reward"]
+    extra = {"shipped_clip1": {"clip": 1.0}, "shipped_clip2": {"clip": 2.0},
+             "shipped_ens3": {"members": ["{run}/reward_m1", "{run}/reward_m2"]},
+             "shipped_ens3_unc1": {"members": ["{run}/reward_m1", "{run}/reward_m2"], "uncertainty_coef": 1.0},
+             "shipped_ens3_unc3": {"members": ["{run}/reward_m1", "{run}/reward_m2"], "uncertainty_coef": 3.0}}
+    for name, fields in extra.items():
+        assert VARIANTS[name][1] == deep_merge(SHIPPED_NOW, {"reward": fields}), name
+    run = tmp_path / "seed4"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"ppo": shipped}))
+    cfg = ppo_config(run, "shipped_ens3_unc1", smoke=False)
+    assert cfg.reward.members == [str(run / "reward_m1"), str(run / "reward_m2")]
+    assert cfg.reward.uncertainty_coef == 1.0 and cfg.reward.diversity_weight == shipped["reward"]["diversity_weight"]
+    assert VARIANTS["shipped_ens3"][1]["reward"]["members"][0] == "{run}/reward_m1"  # the template is not consumed
+    assert "members" not in BASE["reward"]
