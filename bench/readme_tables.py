@@ -244,18 +244,30 @@ def reward_seeded_body(doc: dict) -> str:
 
 #: the same measurement (``--reuse``) on the reward models of the other leave-one-out seeds of the shipped config
 REWARD_RANK25_SEEDS = ("reward_ml100k_rank25_seed1", "reward_ml100k_rank25_seed2")
+#: each seed's reward model averaged with 2 more trained on its pairs with other seeds (``--ensemble``; the
+#: members ``ppo.reward.members`` lists in bench/ppo_ablation.py's shipped_ens3 variants)
+REWARD_RANK25_ENSEMBLES = tuple(f"reward_ml100k_rank25_ens3_seed{s}" for s in range(3))
 
 
 def reward_single_body(doc: dict) -> str:
     """The calibration of a pipeline's own reward model (``--reuse``; this file, seed 0) and of the
     other seeds' pipelines (:data:`REWARD_RANK25_SEEDS`: each its own SFT and reward model, same
-    held-out users), with their mean ±std over seeds."""
+    held-out users), with their mean ±std over seeds; then each seed's ensemble of 3
+    (:data:`REWARD_RANK25_ENSEMBLES`) and their mean ±std."""
     others = [d for n in REWARD_RANK25_SEEDS if (d := _load(n)) is not None]
     runs = [(f"the pipeline's reward model, seed {i}" if others else "the pipeline's reward model (--reuse)", d,
              f"Seed {i}" if i else None) for i, d in enumerate([doc, *others])]
     lines = reward_lines(runs)
     if others:
         lines.append(reward_mean_row(f"seeds 0-{len(others)}", [doc, *others]))
+    ensembles = [(n[-1], d) for n in REWARD_RANK25_ENSEMBLES if (d := _load(n)) is not None]
+    for s, d in ensembles:
+        label = f"seed {s}: the mean of its reward model and {len(d.get('members', [])) - 1} more on its pairs"
+        lines.append(f"| {label} | " + " | ".join(reward_run_cells(d)) + " |")
+        runs.append((None, d, f"Seed {s}'s ensemble"))
+    if len(ensembles) > 1:
+        lines.append(reward_mean_row(f"those ensembles, seeds {', '.join(s for s, _ in ensembles)}",
+                                     [d for _, d in ensembles]))
     for _, d, prefix in runs:
         if prefix:
             lines.append("\n" + _source(d).replace("Generated from", f"{prefix}: generated from"))
