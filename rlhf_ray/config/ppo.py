@@ -101,9 +101,9 @@ class PPORewardConfig(ActorResources):
         "reward clipping: clamp the reward model's normalised page score and item rewards to [-clip, clip] "
         "(in standard deviations of its training pages) before the mix (0 = off)", ge=0.0, legacy=0.0))
     members: list[str] = field(default_factory=list, metadata=doc(
-        "more reward checkpoints (the same pairs, other training seeds: rlhf-ray reward --pairs-file P --train.seed N) "
-        "scored beside "
-        "the main one; the model reward is then the ensemble's mean (rlhf_ray.rewards.EnsembleReward)",
+        "more reward checkpoints (the same pairs, other training seeds: rlhf-ray reward --pairs-file P "
+        "--train.seed N) scored beside the main one; the model reward is then the ensemble's mean "
+        "(rlhf_ray.rewards.EnsembleReward)",
         legacy=[]))
     uncertainty_coef: float = field(default=0.0, metadata=doc(
         "ensemble uncertainty penalty: the model reward is mean - uncertainty_coef * std over the main "
