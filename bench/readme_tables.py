@@ -355,6 +355,11 @@ BLOCKS = {
                                   "hit3_lr_half_div5,hit3_lr_half_div5_pp0.25,...,hit3_lr_half_div15_pp1.0_s1 --work DIR "
                                   "(on the rank_weight 0.25 SFT; then copy its ppo_ablation.json to this name)",
                                   protocol_body),
+    **{f"ppo_ablation_div30{suffix}": block(f"ppo_ablation_div30{suffix}", f"python bench/ppo_ablation.py --protocol {proto} "
+                                          "--seeds 0,1,2 --variants default,hit3_lr_half_div20_pp1.0_s1,"
+                                          "hit3_lr_half_div25_pp1.0_s1,hit3_lr_half_div30_pp1.0_s1 --work DIR (then copy "
+                                          "its result to this name)", protocol_body)
+       for proto, suffix in (("loo", ""), ("pagellm", "_pagellm"))},
     "ppo_ablation_reward": block("ppo_ablation_reward", "python bench/ppo_ablation.py --seeds 0,1,2 --variants "
                                  "default,shipped_clip1,shipped_clip2,shipped_ens3,shipped_ens3_unc1,shipped_ens3_unc3 "
                                  "--work DIR (then copy its ppo_ablation.json to this name)", protocol_body),
