@@ -163,3 +163,27 @@ def test_searchers_suggest_the_default_first_then_points_inside_the_space(tmp_pa
         assert 0.01 <= p["ppo.kl_coef"] <= 0.5 and p["lpo.sampler"] in ("gumbel", "popularity")
         assert 2 <= p["lpo.n_negatives"] < 9
         sweep.pipeline_configs(p)  # every suggestion loads as a typed config
+
+
+def test_relative_paths_in_the_base_config_are_made_absolute_for_the_trials(tmp_path, monkeypatch):
+    """Tune runs each trial in its own directory: a path field written relative to where the sweep is
+    started (pairs_file, PPO's reward members, a base_model directory) reaches the trials absolute; a
+    name that is no file there (a Hugging Face model id), a URI and an absolute path stay as written."""
+    from rlhf_ray.tune.spec import load_sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs.parquet").write_bytes(b"")
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "gpt-local").mkdir()
+    f = write(tmp_path, overrides={
+        "reward": {"pairs_file": "pairs.parquet", "model": {"base_model": "gpt2"}},
+        "ppo": {"reward": {"members": ["m1", "s3://bucket/m2", "/abs/m3"]}},
+        "sft": {"model": {"base_model": "gpt-local"}},
+    })
+    sweep = load_sweep(f)
+    assert sweep.base_raw["reward"]["pairs_file"] == str(tmp_path / "pairs.parquet")
+    assert sweep.base_raw["reward"]["model"]["base_model"] == "gpt2"  # not a file here: a hub id stays
+    assert sweep.base_raw["ppo"]["reward"]["members"] == [str(tmp_path / "m1"), "s3://bucket/m2", "/abs/m3"]
+    assert sweep.base_raw["sft"]["model"]["base_model"] == str(tmp_path / "gpt-local")
+    cfgs = sweep.pipeline_configs({d.path: d.probes()[0] for d in sweep.dims})
+    assert cfgs["ppo"].reward.members[0] == str(tmp_path / "m1")  # and the typed config the trial builds

@@ -44,8 +44,9 @@ def doc(help: str, **rules: Any) -> dict:
 
     ``legacy=v``: the behaviour before the field existed (:meth:`Config.upgrade`);
     ``cosmetic=True``: the field changes what a run shows, never what it trains (progress bars,
-    TensorBoard files), so :meth:`Config.outcome` leaves it out."""
-    bad = sorted(set(rules) - set(RULES) - {"help", "legacy", "cosmetic"})
+    TensorBoard files), so :meth:`Config.outcome` leaves it out; ``path=True``: a local path (or a
+    list of them) that :meth:`Config.resolve_paths` makes absolute."""
+    bad = sorted(set(rules) - set(RULES) - {"help", "legacy", "cosmetic", "path"})
     if bad:
         raise TypeError(f"doc(): unknown rule(s) {bad}; valid: {list(RULES)}")
     return {"help": help, **rules}
@@ -167,6 +168,31 @@ class Config:
                     out[f.name] = f.metadata["legacy"]
             elif isinstance(default, Config) and isinstance(out[f.name], Mapping):
                 out[f.name] = type(default).upgrade(out[f.name])
+        return out
+
+    @classmethod
+    def resolve_paths(cls, raw: Mapping[str, Any], base: Path) -> dict[str, Any]:
+        """``raw`` (this config's section of a YAML) with each relative path of a ``path=True`` field
+        that exists under ``base`` made absolute, nested configs included. A process that runs
+        elsewhere (a Tune trial runs in its own directory) then reads the same files. URIs, absolute
+        paths and names that are not files under ``base`` (a Hugging Face model id) stay as written."""
+        def fix(v: Any) -> Any:
+            if isinstance(v, list):
+                return [fix(x) for x in v]
+            if isinstance(v, str) and "://" not in v and not Path(v).expanduser().is_absolute() \
+                    and (base / v).exists():
+                return str((base / v).resolve())
+            return v
+
+        out = dict(raw)
+        for f in dataclasses.fields(cls):
+            default = _field_default(f)
+            if f.name not in out:
+                continue
+            if f.metadata.get("path"):
+                out[f.name] = fix(out[f.name])
+            elif isinstance(default, Config) and isinstance(out[f.name], Mapping):
+                out[f.name] = type(default).resolve_paths(out[f.name], base)
         return out
 
     @classmethod

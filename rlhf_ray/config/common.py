@@ -19,7 +19,7 @@ class ModelConfig(Config):
         "HF causal-LM directory with its tokenizer to start from: its own tokenizer is kept for text, the "
         "specials it lacks, item (and user) tokens are appended and the embeddings grown for them (new rows "
         "start at the mean row); the sizes, dropout and text_vocab_size below are then ignored. Default: build a "
-        "GPT-2 from the sizes below"))
+        "GPT-2 from the sizes below", path=True))
     n_layer: int = field(default=2, metadata=doc("transformer blocks", ge=1))
     n_embd: int = field(default=128, metadata=doc("hidden size", ge=1))
     n_head: int = field(default=4, metadata=doc("attention heads (must divide n_embd)", ge=1))

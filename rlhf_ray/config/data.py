@@ -15,8 +15,8 @@ class DataConfig(Config):
         "dataset name: ml-100k | amazon2014 | amazon2018 | amazon2023 | csv | parquet | synthetic"))
     path: str | None = field(default=None, metadata=doc(
         "raw data location (file or directory); ml-100k: a GroupLens zip/dir or RecBole atomic dir; "
-        "default: the fetch cache"))
-    meta_path: str | None = field(default=None, metadata=doc("item metadata file (Amazon meta JSON lines)"))
+        "default: the fetch cache", path=True))
+    meta_path: str | None = field(default=None, metadata=doc("item metadata file (Amazon meta JSON lines)", path=True))
     k_core: int = field(default=5, metadata=doc("iteratively keep users and items with >= k interactions", ge=0))
     positive_threshold: float = field(default=3.0, metadata=doc("ratings strictly above this are positives"))
     split: typing.Literal["leave_one_out", "temporal"] = field(default="leave_one_out", metadata=doc(

@@ -103,8 +103,7 @@ class PPORewardConfig(ActorResources):
     members: list[str] = field(default_factory=list, metadata=doc(
         "more reward checkpoints (the same pairs, other training seeds: rlhf-ray reward --pairs-file P "
         "--train.seed N) scored beside the main one; the model reward is then the ensemble's mean "
-        "(rlhf_ray.rewards.EnsembleReward)",
-        legacy=[]))
+        "(rlhf_ray.rewards.EnsembleReward)", legacy=[], path=True))
     uncertainty_coef: float = field(default=0.0, metadata=doc(
         "ensemble uncertainty penalty: the model reward is mean - uncertainty_coef * std over the main "
         "checkpoint and members, per page and per slot (needs members; 0 = the plain mean)", ge=0.0, legacy=0.0))

@@ -73,7 +73,7 @@ class RewardConfig(PromptConfig):
                                metadata=doc("optimisation"))
     pairs: PairsConfig = field(default_factory=PairsConfig, metadata=doc("preference-pair synthesis"))
     pairs_file: str | None = field(default=None, metadata=doc(
-        "read pairs from this Parquet file (rlhf-ray pairs) instead of synthesising them"))
+        "read pairs from this Parquet file (rlhf-ray pairs) instead of synthesising them", path=True))
     alpha: float = field(default=0.5, metadata=doc(
         "reward mix ratio: R = alpha * page score + (1 - alpha) * mean item reward (normalised heads)",
         ge=0.0, le=1.0))
@@ -92,7 +92,8 @@ class RewardConfig(PromptConfig):
         "sampling temperature of the on-policy pages after the first (greedy) one", gt=0, legacy=1.0))
     policy_checkpoint: str | None = field(default=None, metadata=doc(
         "policy checkpoint whose pages are the on-policy negatives (default: the checkpoint the reward "
-        "model starts from, i.e. SFT; give PPO's to refresh the reward for a later round)", legacy=None))
+        "model starts from, i.e. SFT; give PPO's to refresh the reward for a later round)", legacy=None,
+        path=True))
     train_blocks: int = field(default=-1, metadata=doc(
         "which backbone weights the pair loss trains: -1 = all of them; n >= 0 = only the top n transformer "
         "blocks and the final layer norm, the embeddings and lower blocks keeping the starting (SFT) "

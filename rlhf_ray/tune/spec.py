@@ -159,6 +159,18 @@ def _base_path(base: str, sweep_file: Path) -> Path:
                       f"config {names}")
 
 
+def resolve_paths(raw: dict, base: Path) -> dict:
+    """The pipeline config ``raw`` with the relative paths of its path fields (a reward model's
+    ``pairs_file``, PPO's reward ``members``, a ``base_model`` directory, ...) that exist under
+    ``base`` made absolute (:meth:`rlhf_ray.config.Config.resolve_paths`): Tune runs every trial in
+    its own directory, where a path relative to where the sweep was started names nothing."""
+    from rlhf_ray.pipeline import sections
+
+    secs = sections()
+    return {name: secs[name].resolve_paths(sec, base) if name in secs and isinstance(sec, dict) else sec
+            for name, sec in raw.items()}
+
+
 def load_sweep(path: str | Path, smoke: bool = False) -> Sweep:
     """Read and check a sweep file: every error (unknown key, stage or path, bad bound, a value
     the config refuses, an objective or Pareto metric missing) is raised here, before Ray."""
@@ -172,6 +184,7 @@ def load_sweep(path: str | Path, smoke: bool = False) -> Sweep:
     base_raw = deep_merge(base_raw, cfg.overrides)
     if smoke:  # the pipeline's --smoke (synthetic data, few steps), then the sweep's own smoke changes
         base_raw = deep_merge(deep_merge(base_raw, smoke_overrides()), cfg.smoke)
+    base_raw = resolve_paths(base_raw, Path.cwd())
     for name in [*cfg.prepare, *cfg.trial]:
         if name not in STEPS:
             registry.get(name)  # a clear error naming the registered stages
