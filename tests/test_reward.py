@@ -378,19 +378,16 @@ def test_clip_bounds_the_normalised_scores_and_keeps_the_mix(trained):
     hist, users = rows["history"].tolist(), rows["user_idx"].tolist()
     pages = torch.as_tensor(pad_lists(rows["rejected"].tolist()))
     mask = pages >= 0
-    free = ModelReward.from_checkpoint(trained.out)(hist, pages, users)
+    unclipped = ModelReward.from_checkpoint(trained.out)
+    free = unclipped(hist, pages, users)
     c = 0.5 * float(torch.cat([free.page.abs(), free.items[mask].abs()]).max())  # some scores lie beyond it
     out = ModelReward.from_checkpoint(trained.out, clip=c)(hist, pages, users)
     torch.testing.assert_close(out.page, free.page.clamp(-c, c))
     torch.testing.assert_close(out.items, free.items.clamp(-c, c) * mask)
-    torch.testing.assert_close(out.total, mix(out.page, out.items, mask, free_alpha(trained)))
+    torch.testing.assert_close(out.total, mix(out.page, out.items, mask, unclipped.alpha))
     assert not torch.allclose(out.total, free.total)
     with pytest.raises(ValueError, match="clip"):
         ModelReward.from_checkpoint(trained.out, clip=-1.0)
-
-
-def free_alpha(trained) -> float:
-    return ModelReward.from_checkpoint(trained.out).alpha
 
 
 def test_ppo_reward_builds_the_ensemble_from_members(trained, rm_data):

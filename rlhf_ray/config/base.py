@@ -186,12 +186,11 @@ class Config:
 
         out = dict(raw)
         for f in dataclasses.fields(cls):
-            default = _field_default(f)
             if f.name not in out:
                 continue
             if f.metadata.get("path"):
                 out[f.name] = fix(out[f.name])
-            elif isinstance(default, Config) and isinstance(out[f.name], Mapping):
+            elif isinstance(out[f.name], Mapping) and isinstance(default := _field_default(f), Config):
                 out[f.name] = type(default).resolve_paths(out[f.name], base)
         return out
 
