@@ -42,7 +42,7 @@ def test_ppo_ablation_smoke_writes_one_table(tmp_path):
     assert manifest("base")["config"]["reward"]["diversity_weight"] == 1.0
     shipped = json.loads((run / "ppo" / "manifest.json").read_text())["config"] if (run / "ppo").is_dir() else \
         manifest("default")["config"]
-    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 15.0  # shipped
+    assert shipped["policy"]["ptx_coef"] == 1.0 and shipped["reward"]["diversity_weight"] == 30.0  # shipped
     assert shipped["policy"]["ptx_page_coef"] == 1.0 and shipped["policy"]["ptx_page_slots"] == 1
     assert "| page_ild@10 vs SFT |" in doc["markdown"].splitlines()[0] + "|"
     assert set(doc["notes"]) == {"base", "default", "ptx_1"}  # the monitor's alerts, one count per seed
@@ -85,7 +85,7 @@ def test_diversity_variants_change_only_the_category_entropy_weight():
     from ppo_ablation import HIT3_LR_HALF_DIV4, VARIANTS
 
     shipped = yaml.safe_load((ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml").read_text())["ppo"]
-    ship = VARIANTS["hit3_lr_half_div15_pp1.0_s1"][1]  # shipped since the page term (README "PPO-ptx's page term")
+    ship = VARIANTS["hit3_lr_half_div30_pp1.0_s1"][1]  # shipped (README "A larger category-entropy weight")
     assert ship["reward"] == shipped["reward"]
     assert {k: ship["policy"][k] for k in ("ptx_coef", "ptx_page_coef", "ptx_page_slots")} == \
         {k: shipped["policy"][k] for k in ("ptx_coef", "ptx_page_coef", "ptx_page_slots")}
@@ -102,27 +102,28 @@ def test_diversity_variants_change_only_the_category_entropy_weight():
 
 
 def test_reward_variants_change_only_their_reward_field_of_the_shipped_section(tmp_path):
-    """shipped_clip* / shipped_ens3*: the shipped section (as the config ships it) plus clip, members or the
-    uncertainty penalty; a seed's members resolve to that seed's run directory."""
+    """shipped_clip* / shipped_ens3*: the weight-15 section (shipped when they were measured) plus clip, members or
+    the uncertainty penalty; SHIPPED_NOW is the config's section; a seed's members resolve to that seed's run."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from ppo_ablation import BASE, SHIPPED_NOW, VARIANTS, ppo_config
+    from ppo_ablation import BASE, SHIPPED_DIV15, SHIPPED_NOW, VARIANTS, ppo_config
 
     from rlhf_ray.config import deep_merge
 
     shipped = yaml.safe_load((ROOT / "rlhf_ray" / "configs" / "ml-100k.yaml").read_text())["ppo"]
-    assert SHIPPED_NOW == VARIANTS["hit3_lr_half_div15_pp1.0_s1"][1]
+    assert SHIPPED_NOW == VARIANTS["hit3_lr_half_div30_pp1.0_s1"][1]
+    assert SHIPPED_DIV15 == VARIANTS["hit3_lr_half_div15_pp1.0_s1"][1]
     assert SHIPPED_NOW["reward"] == shipped["reward"]
     extra = {"shipped_clip1": {"clip": 1.0}, "shipped_clip2": {"clip": 2.0},
              "shipped_ens3": {"members": ["{run}/reward_m1", "{run}/reward_m2"]},
              "shipped_ens3_unc1": {"members": ["{run}/reward_m1", "{run}/reward_m2"], "uncertainty_coef": 1.0},
              "shipped_ens3_unc3": {"members": ["{run}/reward_m1", "{run}/reward_m2"], "uncertainty_coef": 3.0}}
     for name, fields in extra.items():
-        assert VARIANTS[name][1] == deep_merge(SHIPPED_NOW, {"reward": fields}), name
+        assert VARIANTS[name][1] == deep_merge(SHIPPED_DIV15, {"reward": fields}), name
     run = tmp_path / "seed4"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"ppo": shipped}))
     cfg = ppo_config(run, "shipped_ens3_unc1", smoke=False)
     assert cfg.reward.members == [str(run / "reward_m1"), str(run / "reward_m2")]
-    assert cfg.reward.uncertainty_coef == 1.0 and cfg.reward.diversity_weight == shipped["reward"]["diversity_weight"]
+    assert cfg.reward.uncertainty_coef == 1.0 and cfg.reward.diversity_weight == 15.0
     assert VARIANTS["shipped_ens3"][1]["reward"]["members"][0] == "{run}/reward_m1"  # the template is not consumed
     assert "members" not in BASE["reward"]
