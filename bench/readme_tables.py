@@ -363,6 +363,9 @@ BLOCKS = {
     "ppo_ablation_div30_5seeds": block("ppo_ablation_div30_5seeds", "python bench/ppo_ablation.py --protocol loo --seeds "
                                        "0,1,2,3,4 --variants default,hit3_lr_half_div30_pp1.0_s1 --work DIR (then copy "
                                        "its ppo_ablation.json to this name)", protocol_body),
+    "ppo_ablation_div15_vs_30": block("ppo_ablation_div15_vs_30", "python bench/ppo_ablation.py --protocol loo --seeds "
+                                      "0,1,2 --variants default,hit3_lr_half_div15_pp1.0_s1 --work DIR (weight 30 "
+                                      "shipped; then copy its ppo_ablation.json to this name)", protocol_body),
     "ppo_ablation_reward": block("ppo_ablation_reward", "python bench/ppo_ablation.py --seeds 0,1,2 --variants "
                                  "default,shipped_clip1,shipped_clip2,shipped_ens3,shipped_ens3_unc1,shipped_ens3_unc3 "
                                  "--work DIR (then copy its ppo_ablation.json to this name)", protocol_body),

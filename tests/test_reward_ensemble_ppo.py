@@ -21,15 +21,18 @@ def _stage_config(run, stage: str, path, **changes) -> str:
 
 @pytest.fixture(scope="module")
 def member(smoke_run, tmp_path_factory):
-    """A second reward model: the smoke run's pairs, another training seed, a few steps."""
+    """A second reward model: the smoke run's pairs, another training seed, a few steps, on a Ray Train worker
+    (which Ray starts in a directory of its own) with the pair file named relative to where the CLI runs."""
     run, proc = smoke_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     tmp = tmp_path_factory.mktemp("member")
-    cfg = _stage_config(run, "reward", tmp / "reward.yaml", train={"seed": 7, "max_steps": 4})
+    cfg = _stage_config(run, "reward", tmp / "reward.yaml", train={"seed": 7, "max_steps": 4, "num_workers": 1})
     out = tmp / "reward_m1"
     p = run_cli(["reward", "--config", cfg, "--sft", str(run / "sft"), "--data", str(run / "data"),
-                 "--out", str(out), "--pairs-file", str(run / "reward.pairs.parquet")])
+                 "--out", str(out), "--pairs-file", "reward.pairs.parquet"], cwd=run)
     assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["pairs_file"] == "reward.pairs.parquet" and m["config"]["train"]["num_workers"] == 1
     return out
 
 

@@ -20,6 +20,7 @@ file system every node mounts) or a storage URI (``s3://...``, ``file://...``; s
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,6 +48,11 @@ def _check_histories(cfg, init: str | None) -> None:
 
 
 def _worker(config: dict) -> None:
+    # Ray Train starts each worker in a directory of its own (measured: <session>/artifacts/<run name>); back to
+    # the driver's, where it exists on this node, so the config's relative paths (a reward stage's pairs_file, a
+    # base_model directory) name what they named on the driver, as when the stage runs in-process
+    if config.get("cwd") and os.path.isdir(config["cwd"]):
+        os.chdir(config["cwd"])
     stage = resolve(config["stage"])
     cfg = stage.config.from_dict(config["cfg"])
     stage.run(cfg, config["data"], config["out"], config.get("init"), **config.get("inputs", {}))
@@ -96,7 +102,7 @@ def launch(stage: str | Stage, cfg, data_dir: str, out_dir: str, init: str | Non
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"stage": stage.name, "cfg": cfg.to_dict(), "data": data_dir, "out": out_dir,
-                           "init": init, "inputs": inputs},
+                           "init": init, "inputs": inputs, "cwd": os.getcwd()},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, placement_strategy=train.placement_strategy,
