@@ -322,6 +322,9 @@ BLOCKS = {
                                   "--reuse --out DIR", reward_seeded_body),
     "reward_ml100k_rank25": block("reward_ml100k_rank25", "python bench/reward_ml100k.py --data DIR --sft DIR "
                                   "--reuse --out DIR (the rank_weight 0.25 SFT's run)", reward_single_body),
+    "reward_judges": block("reward_judges", "python bench/reward_judges.py --work runs/bench/loo", protocol_body),
+    "reward_judges_pagellm": block("reward_judges_pagellm", "python bench/reward_judges.py --work runs/bench/pagellm "
+                                   "--name reward_judges_pagellm", protocol_body),
     "lpo_ablation": block("lpo_ablation", "python bench/lpo_ablation.py --seeds 0,1,2", protocol_body),
     "lpo_ablation_pagellm": block("lpo_ablation_pagellm", "python bench/lpo_ablation.py --protocol pagellm "
                                   "--seeds 0,1,2", protocol_body),
