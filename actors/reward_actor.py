@@ -35,7 +35,7 @@ def build_reward(source: str, cfg: PPORewardConfig, data_dir: str, device: str =
     and, with ``cfg.members``, averaged with those checkpoints (less ``cfg.uncertainty_coef`` times
     their spread, :class:`rlhf_ray.rewards.EnsembleReward`); with ``cfg.hit_weight`` /
     ``cfg.diversity_weight``: plus hits on the held-out training positives and the page's category
-    entropy, :class:`rlhf_ray.rewards.HitBonus`."""
+    entropy, :class:`rlhf_ray.rewards.HitBonus`, the model's part scaled by ``cfg.model_weight``."""
     from rlhf_ray.rewards import EnsembleReward, HitBonus, ModelReward, RuleReward
     from rlhf_ray.stages.common import check_compatible, open_data
 
@@ -49,9 +49,9 @@ def build_reward(source: str, cfg: PPORewardConfig, data_dir: str, device: str =
             check_compatible(m.catalog, prepared, path)
         models.append(m)
     fn = models[0] if len(models) == 1 else EnsembleReward(models, uncertainty=cfg.uncertainty_coef)
-    if cfg.hit_weight > 0 or cfg.diversity_weight > 0:
-        mix = reward_mix(fn)
-        return HitBonus(fn, prepared, cfg.hit_weight, mix.page_coef, mix.item_coef, mix.item_mode,
+    if cfg.hit_weight > 0 or cfg.diversity_weight > 0 or cfg.model_weight != 1.0:
+        mix, w = reward_mix(fn), cfg.model_weight
+        return HitBonus(fn, prepared, cfg.hit_weight, w * mix.page_coef, w * mix.item_coef, mix.item_mode,
                         cfg.diversity_weight)
     return fn
 

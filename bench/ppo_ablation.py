@@ -166,6 +166,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                "NDCG@10 on the monitor's users)", deep_merge(HIT3_LR_HALF_DIV4, {"select": "best"})),
     "hit3_best": ("hit3 exporting its best validated policy (select: best, page NDCG@10 on the monitor's users)",
                   deep_merge(HIT3, {"select": "best"})),
+    # what the learned reward model adds to PPO at the shipped weights (bench/reward_judges.py: without the hit term
+    # PPO's reward is mostly the category-entropy term): its score left out, and made three times louder
+    **{f"shipped_model{w:g}": (f"the shipped section with the reward model's score weighted {w:g} in PPO's reward "
+                               f"(ppo.reward.model_weight; 0 = hits and category entropy alone)",
+                               deep_merge(SHIPPED_NOW, {"reward": {"model_weight": w}})) for w in (0.0, 3.0)},
     # the reward-side levers issue 13 names: clipping, an ensemble of reward models, and its uncertainty penalty, on
     # the section shipped when they were measured (category-entropy weight 15)
     **{f"shipped_clip{c:g}": (f"the weight-15 section with the reward model's normalised scores clipped to "

@@ -409,6 +409,38 @@ def test_ppo_reward_builds_the_ensemble_from_members(trained, rm_data):
         PPORewardConfig(clip=-0.5)
 
 
+def test_ppo_reward_model_weight_scales_the_model_and_keeps_the_grounded_terms(trained, rm_data):
+    """ppo.reward.model_weight: 0 leaves hits and category entropy alone (the ablation), 0.5 halves the model's
+    part of every page and slot; the parts still add up to the total; a reward with nothing left is refused."""
+    from actors.reward_actor import build_reward, reward_mix
+    from rlhf_ray.config import PPORewardConfig
+    from rlhf_ray.data.prepared import load_prepared
+    from rlhf_ray.rewards import HitBonus
+
+    prepared = load_prepared(rm_data)
+    h = prepared.histories("test")
+    hist, users = h.histories[:6], [int(u) for u in h.user_idx[:6]]
+    pages = torch.as_tensor([[(u * 7 + j * 3) % prepared.n_items for j in range(5)] for u in range(6)])
+    terms = dict(hit_weight=2.0, diversity_weight=3.0)
+    full = build_reward(str(trained.out), PPORewardConfig(**terms), str(rm_data))(hist, pages, users)
+    half = build_reward(str(trained.out), PPORewardConfig(model_weight=0.5, **terms), str(rm_data))
+    none = build_reward(str(trained.out), PPORewardConfig(model_weight=0.0, **terms), str(rm_data))
+    assert isinstance(none, HitBonus) and reward_mix(none).item_mode == "sum"
+    rules = RuleReward(prepared, "train", hit=2.0, tail=0.0, diversity=3.0, repeat=0.0)(hist, pages, users)
+    model = ModelReward.from_checkpoint(trained.out)(hist, pages, users).total
+    out0, out5 = none(hist, pages, users), half(hist, pages, users)
+    torch.testing.assert_close(out0.total, rules.total)
+    torch.testing.assert_close(out5.total, rules.total + 0.5 * model)
+    torch.testing.assert_close(full.total, rules.total + model)
+    torch.testing.assert_close(out5.page + out5.items.sum(-1), out5.total)
+    alone = build_reward(str(trained.out), PPORewardConfig(model_weight=0.5), str(rm_data))(hist, pages, users)
+    torch.testing.assert_close(alone.total, 0.5 * model)
+    with pytest.raises(ConfigError, match="model_weight"):
+        PPORewardConfig(model_weight=0.0)
+    with pytest.raises(ConfigError, match="model_weight"):
+        PPORewardConfig(model_weight=-1.0)
+
+
 # --------------------------------------------------------------------------- trained weights
 
 

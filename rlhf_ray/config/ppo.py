@@ -104,6 +104,10 @@ class PPORewardConfig(ActorResources):
         "more reward checkpoints (the same pairs, other training seeds: rlhf-ray reward --pairs-file P "
         "--train.seed N) scored beside the main one; the model reward is then the ensemble's mean "
         "(rlhf_ray.rewards.EnsembleReward)", legacy=[], path=True))
+    model_weight: float = field(default=1.0, metadata=doc(
+        "weight of the reward model's score (its mix, or the ensemble's) in PPO's reward beside hit_weight and "
+        "diversity_weight; 0 = the grounded terms alone, the ablation that asks what the learned model adds",
+        ge=0.0, legacy=1.0))
     uncertainty_coef: float = field(default=0.0, metadata=doc(
         "ensemble uncertainty penalty: the model reward is mean - uncertainty_coef * std over the main "
         "checkpoint and members, per page and per slot (needs members; 0 = the plain mean)", ge=0.0, legacy=0.0))
@@ -111,6 +115,8 @@ class PPORewardConfig(ActorResources):
     def validate(self) -> None:
         require(self.uncertainty_coef == 0 or self.members, "uncertainty_coef",
                 "penalises the spread of an ensemble: list the other reward checkpoints in reward.members")
+        require(self.model_weight > 0 or self.hit_weight > 0 or self.diversity_weight > 0, "model_weight",
+                "0 leaves PPO no reward at all: keep the model or set hit_weight / diversity_weight")
 
 
 @dataclass
