@@ -170,7 +170,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # PPO's reward is mostly the category-entropy term): its score left out, and made three times louder
     **{f"shipped_model{w:g}": (f"the shipped section with the reward model's score weighted {w:g} in PPO's reward "
                                f"(ppo.reward.model_weight; 0 = hits and category entropy alone)",
-                               deep_merge(SHIPPED_NOW, {"reward": {"model_weight": w}})) for w in (0.0, 3.0)},
+                               deep_merge(SHIPPED_NOW, {"reward": {"model_weight": w}})) for w in (0.0, 3.0, 10.0)},
     # the reward-side levers issue 13 names: clipping, an ensemble of reward models, and its uncertainty penalty, on
     # the section shipped when they were measured (category-entropy weight 15)
     **{f"shipped_clip{c:g}": (f"the weight-15 section with the reward model's normalised scores clipped to "
