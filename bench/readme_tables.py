@@ -372,6 +372,9 @@ BLOCKS = {
     "ppo_ablation_reward": block("ppo_ablation_reward", "python bench/ppo_ablation.py --seeds 0,1,2 --variants "
                                  "default,shipped_clip1,shipped_clip2,shipped_ens3,shipped_ens3_unc1,shipped_ens3_unc3 "
                                  "--work DIR (then copy its ppo_ablation.json to this name)", protocol_body),
+    "ppo_ablation_model": block("ppo_ablation_model", "python bench/ppo_ablation.py --protocol loo --seeds 0,1,2 "
+                                "--variants default,shipped_model0,shipped_model3,shipped_model10 --work DIR (then copy "
+                                "its ppo_ablation.json to this name)", protocol_body),
     "ppo_ablation_pretrain6": block("ppo_ablation_pretrain6", "python bench/ppo_ablation.py --seeds 0,1,2",
                                     protocol_body),
     "ppo_ablation_amd5": block("ppo_ablation_amd5", "python bench/ppo_ablation.py --seeds 0,1,2,3,4 (then copy its "
