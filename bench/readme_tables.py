@@ -375,6 +375,10 @@ BLOCKS = {
     "ppo_ablation_model": block("ppo_ablation_model", "python bench/ppo_ablation.py --protocol loo --seeds 0,1,2 "
                                 "--variants default,shipped_model0,shipped_model3,shipped_model10 --work DIR (then copy "
                                 "its ppo_ablation.json to this name)", protocol_body),
+    **{f"ppo_ablation_warmup{suffix}": block(f"ppo_ablation_warmup{suffix}", f"python bench/ppo_ablation.py --protocol "
+                                             f"{proto} --seeds 0,1,2 --variants default,shipped_warmup0.25 --work DIR "
+                                             "(then copy its JSON to this name)", protocol_body)
+       for proto, suffix in (("loo", ""), ("pagellm", "_pagellm"))},
     "ppo_ablation_pretrain6": block("ppo_ablation_pretrain6", "python bench/ppo_ablation.py --seeds 0,1,2",
                                     protocol_body),
     "ppo_ablation_amd5": block("ppo_ablation_amd5", "python bench/ppo_ablation.py --seeds 0,1,2,3,4 (then copy its "
