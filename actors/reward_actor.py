@@ -52,7 +52,7 @@ def build_reward(source: str, cfg: PPORewardConfig, data_dir: str, device: str =
     if cfg.hit_weight > 0 or cfg.diversity_weight > 0 or cfg.model_weight != 1.0:
         mix, w = reward_mix(fn), cfg.model_weight
         return HitBonus(fn, prepared, cfg.hit_weight, w * mix.page_coef, w * mix.item_coef, mix.item_mode,
-                        cfg.diversity_weight)
+                        cfg.diversity_weight, diversity_slots=cfg.diversity_credit == "slot")
     return fn
 
 

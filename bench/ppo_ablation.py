@@ -176,6 +176,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"shipped_warmup{r:g}": (f"the shipped section with the policy's learning rate warmed up over the first "
                                 f"{r:g} of its steps (policy.train.warmup_ratio; 0 shipped)",
                                 deep_merge(SHIPPED_NOW, {"policy": {"train": {"warmup_ratio": r}}})) for r in (0.25,)},
+    # the category-entropy term paid slot by slot (each slot the entropy it adds) instead of at the page's end: the
+    # same reward, credited where it is earned (PageLLM's page ILD@10 misses 1.05x at weight 30, 1.043x)
+    "shipped_divslot": ("the shipped section with the category-entropy term credited per slot "
+                        "(ppo.reward.diversity_credit: slot)",
+                        deep_merge(SHIPPED_NOW, {"reward": {"diversity_credit": "slot"}})),
     # the reward-side levers issue 13 names: clipping, an ensemble of reward models, and its uncertainty penalty, on
     # the section shipped when they were measured (category-entropy weight 15)
     **{f"shipped_clip{c:g}": (f"the weight-15 section with the reward model's normalised scores clipped to "

@@ -312,6 +312,27 @@ class RuleReward:
         return RewardOutput(page, items, page + items.sum(-1))
 
 
+def entropy_steps(pages: Tensor, categories: np.ndarray) -> Tensor:
+    """(B, K) the page's normalised category entropy gained at each slot:
+    ``(H(p[:t+1]) - H(p[:t])) / ln K'`` over valid items (K' = the page's valid items; 0 at padding,
+    at the first slot and for a page with K' < 2). A row sums to ``H_cat(page) / ln K'``, the page-level
+    term :class:`RuleReward` pays, so the total is the same and only the slot it is credited to moves."""
+    from rlhf_ray.metrics import category_entropy
+
+    pages = as_pages(pages)
+    B, K = pages.shape
+    valid = pages >= 0
+    n = valid.sum(-1)
+    prefix = np.zeros((B, K + 1))
+    arr = pages.numpy()
+    for t in range(1, K + 1):
+        cut = np.where(np.arange(K)[None, :] < t, arr, -1)
+        prefix[:, t] = np.nan_to_num(category_entropy(cut, categories))
+    steps = torch.as_tensor(np.diff(prefix, axis=1), dtype=torch.float32) * valid
+    scale = torch.where(n >= 2, 1.0 / torch.log(n.clamp(min=2).float()), torch.zeros(B))
+    return steps * scale[:, None]
+
+
 class HitBonus:
     """A :class:`RewardFn` adding grounded terms to another reward (an ensemble of a learned and a
     rule-based reward):
@@ -323,13 +344,18 @@ class HitBonus:
     ``items_t = c_item * w_t * base.items_t + weight * hit_t`` (the base's own slot weights w_t),
     so the parts sum to the total exactly (a plain sum: no ``alpha`` attribute). Hits and the
     normalised category entropy are :class:`RuleReward`'s terms, every other rule term off.
+    ``diversity_slots``: the entropy term is credited slot by slot instead, each slot the entropy it
+    adds (:func:`entropy_steps`), the same total.
     """
 
     def __init__(self, base: RewardFn, prepared, weight: float, page_coef: float, item_coef: float,
-                 item_mode: str = "mean", diversity: float = 0.0):
+                 item_mode: str = "mean", diversity: float = 0.0, diversity_slots: bool = False):
         self.base, self.weight, self.diversity = base, float(weight), float(diversity)
         self.page_coef, self.item_coef, self.item_mode = page_coef, item_coef, item_mode
-        self.hits = RuleReward(prepared, "train", hit=1.0, tail=0.0, diversity=self.diversity, repeat=0.0)
+        self.diversity_slots = bool(diversity_slots)
+        self.categories = np.asarray(prepared.item_categories)
+        self.hits = RuleReward(prepared, "train", hit=1.0, tail=0.0, repeat=0.0,
+                               diversity=0.0 if self.diversity_slots else self.diversity)
         self.max_history = getattr(base, "max_history", None)
 
     def __call__(self, histories: Sequence[Sequence[int]], pages, user_idx: Sequence[int] | None = None
@@ -340,5 +366,7 @@ class HitBonus:
         mask = (pages >= 0).to(out.items.dtype)
         w = mask / mask.sum(-1, keepdim=True).clamp(min=1.0) if self.item_mode == "mean" else mask
         items = self.item_coef * w * out.items + self.weight * rules.items
+        if self.diversity_slots and self.diversity:
+            items = items + self.diversity * entropy_steps(pages, self.categories).to(items.dtype)
         page = self.page_coef * out.page + rules.page.to(out.page.dtype)  # rules.page: diversity * H / ln K'
         return RewardOutput(page, items, page + items.sum(-1))

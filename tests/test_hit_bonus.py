@@ -63,3 +63,30 @@ def test_diversity_term_pays_the_normalised_category_entropy(synth_data):
     assert float(out.page[1] - ref.page[1]) > float(out.page[0] - ref.page[0])  # the spread page earns more
     torch.testing.assert_close(out.items, ref.items)
     torch.testing.assert_close(out.page + out.items.sum(-1), out.total)
+
+
+def test_slot_credit_pays_each_slot_the_entropy_it_adds_and_keeps_the_total(synth_data):
+    from rlhf_ray.rewards import entropy_steps
+
+    prepared = load_prepared(synth_data)
+    cats = np.asarray(prepared.item_categories)
+    a = np.flatnonzero(cats == cats[0])[:3].tolist()  # three items of one category
+    b = int(np.flatnonzero(cats != cats[0])[0])  # one of another
+    pages = torch.tensor([[a[0], a[1], b, a[2]], [a[0], b, -1, -1]])
+    steps = entropy_steps(pages, cats)
+    assert steps[0, 0] == 0 and steps[0, 1] == 0  # one item, then a second of the same category: no entropy
+    assert steps[0, 2] > 0 > steps[0, 3]  # a new category adds entropy, a third of the first takes some back
+    assert (steps[1, 2:] == 0).all()  # padding earns nothing
+    from rlhf_ray.metrics import category_entropy
+    ent = torch.as_tensor(category_entropy(pages.numpy(), cats), dtype=torch.float32)
+    torch.testing.assert_close(steps.sum(-1), ent / torch.log(torch.tensor([4.0, 2.0])))
+    base = Fixed()
+    kw = dict(weight=2.0, page_coef=base.alpha, item_coef=1 - base.alpha, diversity=1.5)
+    h = [[], []]
+    page_fn = HitBonus(base, prepared, **kw)
+    slot_fn = HitBonus(base, prepared, **kw, diversity_slots=True)
+    at_page, at_slot = page_fn(h, pages, user_idx=[0, 0]), slot_fn(h, pages, user_idx=[0, 0])
+    torch.testing.assert_close(at_slot.total, at_page.total)  # the same reward, credited elsewhere
+    torch.testing.assert_close(at_page.page - at_slot.page, 1.5 * steps.sum(-1))
+    torch.testing.assert_close(at_slot.items - at_page.items, 1.5 * steps)
+    torch.testing.assert_close(at_slot.page + at_slot.items.sum(-1), at_slot.total)

@@ -97,6 +97,9 @@ class PPORewardConfig(ActorResources):
     diversity_weight: float = field(default=0.0, metadata=doc(
         "adds diversity_weight * H_cat(page) / ln K' (the page's category entropy, 1 = spread evenly) to the "
         "page reward, beside the reward model's (0 = off)", ge=0.0, legacy=0.0))
+    diversity_credit: typing.Literal["page", "slot"] = field(default="page", metadata=doc(
+        "where the category-entropy term is paid: page (at the page's end, as a page-level reward) or slot "
+        "(each slot the entropy it adds; the same total, credited where it is earned)", legacy="page"))
     clip: float = field(default=0.0, metadata=doc(
         "reward clipping: clamp the reward model's normalised page score and item rewards to [-clip, clip] "
         "(in standard deviations of its training pages) before the mix (0 = off)", ge=0.0, legacy=0.0))
