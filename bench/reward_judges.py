@@ -12,19 +12,24 @@ mixed reward R, as ``rlhf-ray eval-reward`` scores it):
 * ``rating``: the page's DCG of item quality, ``sum_k q(i_k) / log2(k + 2)``, with q(i) the
   item's mean rating over the *training-split* users' training ranges, shrunk toward the
   global mean by ``--shrink`` pseudo-ratings (no held-out user's rating enters it);
-* ``popularity``: the same DCG of ``log(1 + training popularity)``;
+* ``popularity``: the same DCG of ``log(1 + n_i)``, n_i the training-split users who rated the
+  item in their training range (no held-out user counts, so a chosen page's items get nothing from
+  the very user whose window they come from);
 * ``spread``: the page's category entropy (order-blind: a ranking pair is a tie);
-* ``ppo_reward``: what PPO optimises less its grounded hit term: the reward model's R plus
-  ``ppo.reward.diversity_weight`` (as the seed's PPO checkpoint records it) times the page's normalised
-  category entropy, :class:`rlhf_ray.rewards.RuleReward`'s term. The hit term is left out: on a
-  pair's window it would count the very positives the golden page is made of.
+* ``ppo_reward``: what PPO optimises less its grounded hit term: the reward PPO's actor builds
+  (:func:`actors.reward_actor.build_reward`) from the ``ppo.reward`` section the seed's PPO
+  checkpoint records (model weight, clipping, members, category-entropy weight and credit), with
+  ``hit_weight`` 0. The hit term is left out: on a pair's window it would count the very positives
+  the golden page is made of.
 
 A pair counts 1 when the judge scores the chosen page higher, 1/2 on a tie, 0 otherwise.
 Per family: mean over seeds (±std) of the pair accuracy, and for ``rating`` against the
 reward model the paired 95% bootstrap interval over held-out users of the difference of
 their per-user accuracies, per seed. No judge is tuned: each is the first thing one would
 write, so a family where one beats the reward model shows a signal the model misses, and a
-family where none reaches 0.80 shows how much harder that target is than counting.
+family where none reaches 0.80 shows how much harder that target is than counting. The table's
+cells are means over pairs; the interval is of per-user means (each held-out user once), so it need
+not equal the difference of the two cells.
 
 Reads finished runs only (the protocol table's); trains nothing. Writes
 ``bench/results/reward_judges.json`` (``--name``: another file name).
@@ -52,9 +57,10 @@ def dcg(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (np.where(mask, values, 0.0) * disc).sum(1)
 
 
-def item_quality(sequences, train_users: set[int], n_items: int, shrink: float) -> np.ndarray:
-    """(I,) mean rating per item over ``train_users``' training ranges (items[:valid_start]),
-    shrunk toward the global mean by ``shrink`` pseudo-ratings (an item nobody rated: the global mean)."""
+def item_stats(sequences, train_users: set[int], n_items: int, shrink: float) -> tuple[np.ndarray, np.ndarray]:
+    """(quality, count), each (I,), over ``train_users``' training ranges (items[:valid_start]) only:
+    quality = the item's mean rating shrunk toward the global mean by ``shrink`` pseudo-ratings (an item
+    nobody rated: the global mean); count = how many of those users rated it (its popularity)."""
     total, count = np.zeros(n_items), np.zeros(n_items)
     for u, items, ratings, start in zip(sequences["user_idx"], sequences["items"], sequences["ratings"],
                                         sequences["valid_start"]):
@@ -63,7 +69,7 @@ def item_quality(sequences, train_users: set[int], n_items: int, shrink: float) 
             np.add.at(count, np.asarray(items[:start], int), 1.0)
     mu = total.sum() / max(count.sum(), 1.0)
     denom = count + shrink
-    return np.where(denom > 0, (total + shrink * mu) / np.where(denom > 0, denom, 1.0), mu)
+    return np.where(denom > 0, (total + shrink * mu) / np.where(denom > 0, denom, 1.0), mu), count
 
 
 def judge_scores(pages: np.ndarray, quality: np.ndarray, log_pop: np.ndarray,
@@ -83,24 +89,29 @@ def wins(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
     return np.where(np.abs(d) <= 1e-9, 0.5, (d > 0).astype(float))
 
 
-def diversity_weight(run_dir: Path) -> float:
-    """``ppo.reward.diversity_weight`` the run's PPO stage trained with (its checkpoint's recorded
-    config), or the config's default when the run has no PPO checkpoint."""
+def ppo_reward_config(run_dir: Path):
+    """The ``ppo.reward`` section the run's PPO stage trained with (its checkpoint's recorded config),
+    hit term off: what PPO optimises less the hits (model weight, clipping, members, category entropy
+    and its credit as recorded)."""
     import json
 
-    from rlhf_ray.config import PPOConfig
+    from rlhf_ray.config import PPOConfig, PPORewardConfig
 
     manifest = run_dir / "ppo" / "manifest.json"
-    recorded = json.loads(manifest.read_text()).get("config") if manifest.is_file() else None
-    return float(PPOConfig.from_dict(recorded, source=str(manifest)).reward.diversity_weight)
+    if not manifest.is_file():
+        raise SystemExit(f"{manifest}: no PPO checkpoint; the ppo_reward judge needs the reward section PPO "
+                         f"trained with (run the pipeline's ppo stage first)")
+    cfg = PPOConfig.from_dict(json.loads(manifest.read_text()).get("config"), source=str(manifest)).reward
+    return PPORewardConfig.from_dict({**cfg.to_dict(), "hit_weight": 0.0}, source=str(manifest))
 
 
 def seed_wins(run_dir: Path, shrink: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """({judge or "reward_model": (N,) wins}, families (N,), users (N,)) over one seed's test pairs."""
+    from actors.reward_actor import build_reward
     from rlhf_ray.data.pairs import load_pairs
     from rlhf_ray.data.prepared import load_prepared
     from rlhf_ray.evaluation import pad_lists
-    from rlhf_ray.rewards import ModelReward, RuleReward
+    from rlhf_ray.rewards import ModelReward
     from rlhf_ray.stages.reward_model import score_pairs
 
     pairs, _ = load_pairs(run_dir / "reward.pairs.parquet")
@@ -109,8 +120,8 @@ def seed_wins(run_dir: Path, shrink: float) -> tuple[dict[str, np.ndarray], np.n
     test = pairs[pairs["split"] == "test"].reset_index(drop=True)
     if test.empty:
         raise SystemExit(f"{run_dir / 'reward.pairs.parquet'}: no pairs of split 'test' to judge")
-    quality = item_quality(prep.sequences, train_users, prep.n_items, shrink)
-    log_pop = np.log1p(np.asarray(prep.popularity, float))
+    quality, popularity = item_stats(prep.sequences, train_users, prep.n_items, shrink)
+    log_pop = np.log1p(popularity)
     cats = np.asarray(prep.item_categories)
     c = judge_scores(pad_lists(test["chosen"].tolist()), quality, log_pop, cats)
     r = judge_scores(pad_lists(test["rejected"].tolist()), quality, log_pop, cats)
@@ -120,10 +131,10 @@ def seed_wins(run_dir: Path, shrink: float) -> tuple[dict[str, np.ndarray], np.n
     a = reward.alpha
     rc, rr = a * s.page_c + (1 - a) * s.item_c, a * s.page_r + (1 - a) * s.item_r
     out["reward_model"] = wins(rc, rr)
-    spread = RuleReward(prep, "train", hit=0.0, tail=0.0, diversity=diversity_weight(run_dir), repeat=0.0)
-    hist, users = test["history"].tolist(), test["user_idx"].tolist()
-    dc, dr = (spread(hist, pad_lists(test[col].tolist()), user_idx=users).page.numpy() for col in ("chosen", "rejected"))
-    out["ppo_reward"] = wins(rc + dc, rr + dr)
+    ppo = build_reward(str(run_dir / "reward"), ppo_reward_config(run_dir), str(run_dir / "data"))
+    hist, users = test["history"].tolist(), test["user_idx"].astype(int).tolist()
+    pc, pr = (ppo(hist, pad_lists(test[col].tolist()), user_idx=users).total.numpy() for col in ("chosen", "rejected"))
+    out["ppo_reward"] = wins(pc, pr)
     return out, test["family"].to_numpy(), test["user_idx"].to_numpy()
 
 
@@ -182,10 +193,11 @@ def markdown(result: dict) -> str:
     lines.append(f"Pair accuracy on each seed's held-out pairs (split 'test'), mean ±std over seeds "
                  f"{result['seeds']}; a tie counts 1/2. Rating judge: DCG of each item's mean rating over the "
                  f"training-split users (shrunk by {result['shrink']:g} pseudo-ratings); popularity judge: DCG of "
-                 f"log(1 + training popularity); spread judge: category entropy; reward model: the seed's own, "
+                 f"log(1 + training-split users who rated the item); spread judge: category entropy; reward model: the seed's own, "
                  f"its mixed reward; PPO's: that plus ppo.reward.diversity_weight ({result['diversity_weight']}) "
-                 f"x normalised category entropy. Intervals: paired bootstrap over the held-out users of the difference of "
-                 f"per-user accuracies.")
+                 f"x normalised category entropy, as its PPO checkpoint records the section, hits off. Cells are means over "
+                 f"pairs; intervals: paired bootstrap over the held-out users of the difference of per-user accuracies "
+                 f"(each user once), so an interval need not centre on the difference of two cells.")
     return "\n".join(lines)
 
 
@@ -201,8 +213,8 @@ def main(argv=None) -> int:
                if not (work / f"seed{s}" / "reward.pairs.parquet").is_file()]
     if missing:
         p.error("no pair file at " + ", ".join(missing))
-    run = Run(inputs={**{f"seed{s}/reward": work / f"seed{s}" / "reward" for s in seeds},
-                      **{f"seed{s}/data": work / f"seed{s}" / "data" for s in seeds}})
+    run = Run(inputs={**{f"seed{s}/{name}": work / f"seed{s}" / name for s in seeds
+                         for name in ("reward", "data", "ppo", "reward.pairs.parquet")}})
     per_seed = []
     for s in seeds:
         per_seed.append(seed_wins(work / f"seed{s}", args.shrink))
@@ -210,7 +222,7 @@ def main(argv=None) -> int:
         print(f"[reward-judges] seed {s}: " + "  ".join(f"{k} {v.mean():.3f}" for k, v in w.items()), flush=True)
     result = {"what": "held-out pair accuracy of count-based judges beside the reward model, per family",
               "seeds": seeds, "shrink": args.shrink, "judges": list(JUDGES),
-              "diversity_weight": sorted({diversity_weight(work / f"seed{s}") for s in seeds}),
+              "diversity_weight": sorted({ppo_reward_config(work / f"seed{s}").diversity_weight for s in seeds}),
               "families": family_summary(per_seed)}
     result["markdown"] = markdown(result)
     run.write(args.name, result, results_dir=Path(args.results))

@@ -418,15 +418,25 @@ def test_ppo_reward_model_weight_scales_the_model_and_keeps_the_grounded_terms(t
     from rlhf_ray.rewards import HitBonus
 
     prepared = load_prepared(rm_data)
-    h = prepared.histories("test")
-    hist, users = h.histories[:6], [int(u) for u in h.user_idx[:6]]
-    pages = torch.as_tensor([[(u * 7 + j * 3) % prepared.n_items for j in range(5)] for u in range(6)])
+    s, thr = prepared.sequences, prepared.positive_threshold
+    hist, users, rows = [], [], []
+    for u, items, ratings, vs in zip(s["user_idx"], s["items"], s["ratings"], s["valid_start"]):
+        items, ratings = np.asarray(items[:vs]), np.asarray(ratings[:vs])
+        held = [int(i) for i, r in zip(items[-3:], ratings[-3:]) if r > thr and i not in items[:-3]]
+        if len(items) > 8 and held:  # the prompt holds out the last 3 training items, as ppo.holdout does
+            hist.append(items[:-3].tolist())
+            users.append(int(u))
+            rows.append((held + [(int(u) * 7 + j * 3) % prepared.n_items for j in range(5)])[:5])
+        if len(rows) == 6:
+            break
+    pages = torch.as_tensor(rows)
     terms = dict(hit_weight=2.0, diversity_weight=3.0)
     full = build_reward(str(trained.out), PPORewardConfig(**terms), str(rm_data))(hist, pages, users)
     half = build_reward(str(trained.out), PPORewardConfig(model_weight=0.5, **terms), str(rm_data))
     none = build_reward(str(trained.out), PPORewardConfig(model_weight=0.0, **terms), str(rm_data))
     assert isinstance(none, HitBonus) and reward_mix(none).item_mode == "sum"
     rules = RuleReward(prepared, "train", hit=2.0, tail=0.0, diversity=3.0, repeat=0.0)(hist, pages, users)
+    assert rules.items.sum() > 0 and rules.page.sum() > 0  # both grounded terms pay something here
     model = ModelReward.from_checkpoint(trained.out)(hist, pages, users).total
     out0, out5 = none(hist, pages, users), half(hist, pages, users)
     torch.testing.assert_close(out0.total, rules.total)

@@ -24,13 +24,14 @@ def test_dcg_rewards_the_better_item_first_and_skips_padding():
     assert rj.dcg(np.array([[1.0, 9.0]]), np.array([[True, False]]))[0] == 1.0
 
 
-def test_item_quality_reads_only_training_users_and_their_training_range():
+def test_item_stats_read_only_training_users_and_their_training_range():
     seqs = pd.DataFrame({"user_idx": [0, 1, 2], "items": [[0, 1, 2], [0, 1], [1, 0]],
                          "ratings": [[5.0, 1.0, 5.0], [5.0, 1.0], [1.0, 1.0]], "valid_start": [2, 2, 2]})
-    q = rj.item_quality(seqs, {0, 1}, 3, shrink=0.0)
+    q, n = rj.item_stats(seqs, {0, 1}, 3, shrink=0.0)
     assert q[0] == 5.0 and q[1] == 1.0  # user 2 (held out) never counts
     assert q[2] == 3.0  # item 2 sits past valid_start, unread: the global mean of (5, 1, 5, 1)
-    shrunk = rj.item_quality(seqs, {0, 1}, 3, shrink=2.0)
+    assert n.tolist() == [2.0, 2.0, 0.0]  # popularity: the training users' training ranges only
+    shrunk, _ = rj.item_stats(seqs, {0, 1}, 3, shrink=2.0)
     assert abs(shrunk[0] - (10.0 + 6.0) / 4.0) < 1e-12 and shrunk[2] == 3.0
 
 
@@ -71,6 +72,7 @@ def test_the_bench_on_a_real_run(smoke_run, tmp_path):
     assert fams["diversity"]["spread"]["mean"] == 1.0
     assert fams["ranking"]["spread"]["mean"] == 0.5  # same items, order-blind judge: every pair a tie
     assert doc["provenance"]["inputs"]["seed0/reward"]["kind"] == "checkpoint"
+    assert doc["provenance"]["inputs"]["seed0/reward.pairs.parquet"]["kind"] == "file"
     assert "| overall |" in doc["markdown"]
 
 
@@ -78,3 +80,17 @@ def test_missing_runs_are_named(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "reward_judges.py"), "--work", str(tmp_path),
                            "--seeds", "0"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and str(tmp_path / "seed0" / "reward") in proc.stderr
+
+
+def test_a_run_without_ppo_is_named(smoke_run, tmp_path):
+    """The ppo_reward judge needs the reward section PPO trained with: no silent default."""
+    run, _ = smoke_run
+    seed = tmp_path / "work" / "seed0"
+    seed.mkdir(parents=True)
+    for name in ("reward", "data", "reward.pairs.parquet"):
+        (seed / name).symlink_to(run / name)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "reward_judges.py"), "--work", str(tmp_path / "work"),
+                           "--seeds", "0", "--results", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode != 0 and str(seed / "ppo" / "manifest.json") in proc.stderr
+    assert not (tmp_path / "reward_judges.json").exists()
