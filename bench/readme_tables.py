@@ -379,6 +379,10 @@ BLOCKS = {
                                              f"{proto} --seeds 0,1,2 --variants default,shipped_warmup0.25 --work DIR "
                                              "(then copy its JSON to this name)", protocol_body)
        for proto, suffix in (("loo", ""), ("pagellm", "_pagellm"))},
+    **{f"ppo_ablation_divslot{suffix}": block(f"ppo_ablation_divslot{suffix}", f"python bench/ppo_ablation.py "
+                                              f"--protocol {proto} --seeds 0,1,2 --variants default,shipped_divslot "
+                                              "--work DIR (then copy its JSON to this name)", protocol_body)
+       for proto, suffix in (("loo", ""), ("pagellm", "_pagellm"))},
     "ppo_ablation_pretrain6": block("ppo_ablation_pretrain6", "python bench/ppo_ablation.py --seeds 0,1,2",
                                     protocol_body),
     "ppo_ablation_amd5": block("ppo_ablation_amd5", "python bench/ppo_ablation.py --seeds 0,1,2,3,4 (then copy its "
