@@ -53,8 +53,9 @@ FAMILY_ORDER = ("relevance", "ranking", "diversity", "redundancy", "policy", "po
 
 def dcg(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(B,) sum_k values[b, k] / log2(k + 2) over the valid slots."""
-    disc = 1.0 / np.log2(np.arange(values.shape[1]) + 2.0)
-    return (np.where(mask, values, 0.0) * disc).sum(1)
+    from rlhf_ray.metrics import _discount  # the metrics' own DCG discount
+
+    return (np.where(mask, values, 0.0) * _discount(values.shape[1])).sum(1)
 
 
 def item_stats(sequences, train_users: set[int], n_items: int, shrink: float) -> tuple[np.ndarray, np.ndarray]:
@@ -140,15 +141,9 @@ def seed_wins(run_dir: Path, shrink: float) -> tuple[dict[str, np.ndarray], np.n
 
 def per_user(w: np.ndarray, users: np.ndarray, order: np.ndarray) -> np.ndarray:
     """(len(order),) mean of ``w`` per user in ``order`` (NaN for a user with no pair)."""
-    out = np.full(len(order), np.nan)
-    pos = {int(u): i for i, u in enumerate(order)}
-    sums, counts = np.zeros(len(order)), np.zeros(len(order))
-    for x, u in zip(w, users):
-        sums[pos[int(u)]] += x
-        counts[pos[int(u)]] += 1
-    has = counts > 0
-    out[has] = sums[has] / counts[has]
-    return out
+    import pandas as pd
+
+    return pd.Series(w, dtype=float).groupby(np.asarray(users, dtype=np.int64)).mean().reindex(order).to_numpy()
 
 
 def family_summary(per_seed: list[tuple[dict, np.ndarray, np.ndarray]]) -> dict:

@@ -306,10 +306,16 @@ class RuleReward:
                 seen[b, k] = item in hist or item in row[:k]
                 hits[b, k] = float(item in tgt and not seen[b, k])
         items = (self.hit * hits + self.tail * self.is_tail[safe].float() - self.repeat * seen.float()) * mask
-        n = mask.sum(-1)
         ent = torch.as_tensor(np.nan_to_num(category_entropy(pages.numpy(), self.categories)), dtype=torch.float32)
-        page = self.diversity * torch.where(n >= 2, ent / torch.log(n.clamp(min=2).float()), torch.zeros(B))
+        page = self.diversity * ent * per_ln_k(mask)
         return RewardOutput(page, items, page + items.sum(-1))
+
+
+def per_ln_k(mask: Tensor) -> Tensor:
+    """(B,) 1 / ln K', K' = the page's valid items (``mask`` (B, K)); 0 for K' < 2: what turns a page's
+    category entropy into the normalised one (1 = K' items of K' categories)."""
+    n = mask.sum(-1)
+    return torch.where(n >= 2, 1.0 / torch.log(n.clamp(min=2).float()), torch.zeros(n.shape[0]))
 
 
 def entropy_steps(pages: Tensor, categories: np.ndarray) -> Tensor:
@@ -322,15 +328,13 @@ def entropy_steps(pages: Tensor, categories: np.ndarray) -> Tensor:
     pages = as_pages(pages)
     B, K = pages.shape
     valid = pages >= 0
-    n = valid.sum(-1)
     prefix = np.zeros((B, K + 1))
     arr = pages.numpy()
     for t in range(1, K + 1):
         cut = np.where(np.arange(K)[None, :] < t, arr, -1)
         prefix[:, t] = np.nan_to_num(category_entropy(cut, categories))
     steps = torch.as_tensor(np.diff(prefix, axis=1), dtype=torch.float32) * valid
-    scale = torch.where(n >= 2, 1.0 / torch.log(n.clamp(min=2).float()), torch.zeros(B))
-    return steps * scale[:, None]
+    return steps * per_ln_k(valid)[:, None]
 
 
 class HitBonus:
